@@ -1,0 +1,52 @@
+# The two commands of the contract: `make run` and `make test`. Both install everything into .venv.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+# Tests run against the real services: PostgreSQL and Redis on this machine (see .ci/run).
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/atelier
+TEST_BROKER_URL ?= redis://127.0.0.1:6379/14
+
+.PHONY: install run test lint typecheck browser clean
+
+install: $(STAMP)
+
+# torch first, pinned to the CPU build (a range would pull several GB of CUDA packages); then the
+# project without build isolation, so that DeepSpeed's sdist builds against that torch (its ops are
+# JIT-compiled on first use, never at install time).
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q torch==2.13.0
+	DS_BUILD_OPS=0 $(PY) -m pip install -q --no-build-isolation -e '.[dev]'
+	touch $(STAMP)
+
+# Debian's Chromium for the browser tests (never `playwright install`: no downloads from elsewhere).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+run: $(STAMP)
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py seed_demo
+	@echo "Atelier: http://$(HOST):$(PORT)/  (Ctrl-C stops the web server, the worker and beat)"
+	@trap 'kill 0' EXIT; \
+	$(VENV)/bin/celery -A studio worker -Q default,gpu --concurrency 1 --loglevel INFO & \
+	$(VENV)/bin/celery -A studio beat --loglevel WARNING --schedule var/celerybeat-schedule & \
+	$(VENV)/bin/uvicorn studio.asgi:app --host $(HOST) --port $(PORT)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy .
+
+test: $(STAMP) browser lint typecheck
+	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} CELERY_BROKER_URL=$${CELERY_BROKER_URL:-$(TEST_BROKER_URL)} \
+		$(VENV)/bin/pytest
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,403 @@
+"""REST endpoints for teams, members, invitations, personal tokens, team keys and the audit trail.
+
+No ``from __future__ import annotations`` here: django-ninja reads the annotations at runtime.
+"""
+
+from datetime import date, datetime
+from typing import Any, Literal
+
+from django.contrib.auth import authenticate, get_user_model
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest
+from django.shortcuts import get_object_or_404
+from django.urls import reverse
+from ninja import Field, Query, Router, Schema
+from ninja.pagination import LimitOffsetPagination, paginate
+
+from accounts import services
+from accounts.http import client_ip
+from accounts.models import AuditEvent, Invitation, Membership, PersonalAccessToken, Team, TeamAPIKey
+from accounts.permissions import TeamAccess, resolve_access, resolve_key_access, teams_of, visible_objects
+from accounts.roles import Perm
+
+router = Router(tags=["accounts"])
+User = get_user_model()
+
+RoleName = Literal["owner", "admin", "member", "viewer"]
+
+
+def team_access(request: HttpRequest, slug: str) -> TeamAccess:
+    """The caller's access to team ``slug`` (404 for non-members, as in the site)."""
+    if isinstance(request.auth, TeamAPIKey):  # type: ignore[attr-defined]
+        return resolve_key_access(request.auth, slug)  # type: ignore[attr-defined]
+    return resolve_access(request.auth, slug)  # type: ignore[attr-defined]
+
+
+def acting_user(request: HttpRequest) -> Any:
+    """The signed-in person; team API keys cannot act on personal resources."""
+    if isinstance(request.auth, TeamAPIKey):  # type: ignore[attr-defined]
+        raise PermissionDenied("Team API keys act only inside their team; use a personal token for this.")
+    return request.auth  # type: ignore[attr-defined]
+
+
+# --- schemas ------------------------------------------------------------------------------------
+
+
+class Error(Schema):
+    detail: str
+    errors: dict[str, list[str]] | None = None
+
+
+class TokenRequest(Schema):
+    username: str = Field(max_length=150)
+    password: str = Field(max_length=1024)
+    name: str = Field("CLI", max_length=80, description="Where the token will be used.")
+
+
+class TokenOut(Schema):
+    id: int
+    name: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="The secret: shown this once, stored only as a hash.")
+
+
+class TokenIn(Schema):
+    name: str = Field(max_length=80)
+
+
+class TeamIn(Schema):
+    name: str = Field(max_length=80)
+    slug: str = Field(max_length=40, description="Lowercase letters, digits and hyphens.")
+
+
+class TeamOut(Schema):
+    name: str
+    slug: str
+    created_at: datetime
+    role: str | None = Field(None, description="Your role in this team.")
+
+
+class MemberOut(Schema):
+    username: str
+    email: str
+    role: str
+    joined_at: datetime
+
+
+class RoleIn(Schema):
+    role: RoleName
+
+
+class InvitationIn(Schema):
+    role: RoleName = "member"
+    email: str = Field("", max_length=254)
+
+
+class InvitationOut(Schema):
+    id: int
+    role: str
+    email: str
+    status: str
+    created_at: datetime
+    expires_at: datetime
+    created_by: str | None
+
+
+class InvitationCreated(InvitationOut):
+    link: str = Field(description="The single-use link: shown this once.")
+
+
+class AcceptIn(Schema):
+    token: str = Field(max_length=100)
+
+
+class KeyIn(Schema):
+    name: str = Field(max_length=80)
+    role: Literal["member", "viewer"] = "viewer"
+
+
+class KeyOut(Schema):
+    id: int
+    name: str
+    role: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="The secret: shown this once, stored only as a hash.")
+
+
+class ShareIn(Schema):
+    username: str = Field(max_length=150)
+    level: Literal["view", "change"]
+
+
+class AuditEventOut(Schema):
+    id: int
+    created_at: datetime
+    actor: str
+    action: str
+    target_type: str
+    target_id: str
+    target_label: str
+    ip_address: str | None
+    details: dict[str, Any]
+
+    @staticmethod
+    def resolve_actor(event: AuditEvent) -> str:
+        return event.actor_label
+
+
+class AuditFilters(Schema):
+    action: str | None = Field(None, max_length=60)
+    actor: str | None = Field(None, max_length=150)
+    since: date | None = None
+    until: date | None = None
+
+
+def _token_out(token: PersonalAccessToken | TeamAPIKey) -> dict[str, Any]:
+    out = {
+        "id": token.pk,
+        "name": token.name,
+        "prefix": token.display_prefix,
+        "created_at": token.created_at,
+        "last_used_at": token.last_used_at,
+        "revoked_at": token.revoked_at,
+    }
+    if isinstance(token, TeamAPIKey):
+        out["role"] = token.role
+    return out
+
+
+def _member(access: TeamAccess, username: str) -> Membership:
+    return get_object_or_404(Membership.objects.select_related("user"), team=access.team, user__username=username)
+
+
+def _member_out(membership: Membership) -> dict[str, Any]:
+    return {
+        "username": membership.user.get_username(),
+        "email": membership.user.email,
+        "role": membership.role,
+        "joined_at": membership.created_at,
+    }
+
+
+def _invitation_out(invitation: Invitation) -> dict[str, Any]:
+    return {
+        "id": invitation.pk,
+        "role": invitation.role,
+        "email": invitation.email,
+        "status": invitation.status,
+        "created_at": invitation.created_at,
+        "expires_at": invitation.expires_at,
+        "created_by": invitation.created_by.get_username() if invitation.created_by else None,
+    }
+
+
+# --- auth and personal tokens -------------------------------------------------------------------
+
+
+@router.post("auth/token", auth=None, response={201: TokenCreated, 401: Error, 429: Error})
+def obtain_token(request: HttpRequest, body: TokenRequest) -> tuple[int, dict[str, Any]]:
+    """Exchange a username and password for a new personal token (for the CLI and scripts)."""
+    user = authenticate(request, username=body.username, password=body.password)
+    if user is None:
+        return 401, {"detail": "Wrong username or password."}
+    token, plaintext = services.create_personal_token(user=user, name=body.name, ip=client_ip(request))
+    return 201, {**_token_out(token), "token": plaintext}
+
+
+@router.get("me", response=dict[str, Any])
+def me(request: HttpRequest) -> dict[str, Any]:
+    user = acting_user(request)
+    return {"username": user.get_username(), "email": user.email}
+
+
+@router.get("tokens/", response=list[TokenOut])
+def list_tokens(request: HttpRequest) -> list[dict[str, Any]]:
+    return [_token_out(t) for t in PersonalAccessToken.objects.filter(user=acting_user(request))]
+
+
+@router.post("tokens/", response={201: TokenCreated, 400: Error})
+def create_token(request: HttpRequest, body: TokenIn) -> tuple[int, dict[str, Any]]:
+    token, plaintext = services.create_personal_token(user=acting_user(request), name=body.name, ip=client_ip(request))
+    return 201, {**_token_out(token), "token": plaintext}
+
+
+@router.delete("tokens/{token_id}", response={204: None, 404: Error})
+def revoke_token(request: HttpRequest, token_id: int) -> tuple[int, None]:
+    user = acting_user(request)
+    token = get_object_or_404(PersonalAccessToken, pk=token_id, user=user)
+    services.revoke_personal_token(user=user, token=token, ip=client_ip(request))
+    return 204, None
+
+
+# --- teams and members --------------------------------------------------------------------------
+
+
+@router.get("teams/", response=list[TeamOut])
+def list_teams(request: HttpRequest) -> list[dict[str, Any]]:
+    if isinstance(request.auth, TeamAPIKey):  # type: ignore[attr-defined]
+        key = request.auth  # type: ignore[attr-defined]
+        return [{"name": key.team.name, "slug": key.team.slug, "created_at": key.team.created_at, "role": key.role}]
+    user = request.auth  # type: ignore[attr-defined]
+    roles = dict(Membership.objects.filter(user=user).values_list("team_id", "role"))
+    return [{**TeamOut.from_orm(team).dict(), "role": roles[team.pk]} for team in teams_of(user)]
+
+
+@router.post("teams/", response={201: TeamOut, 400: Error})
+def create_team(request: HttpRequest, body: TeamIn) -> tuple[int, dict[str, Any]]:
+    team = services.create_team(actor=acting_user(request), name=body.name, slug=body.slug, ip=client_ip(request))
+    return 201, {**TeamOut.from_orm(team).dict(), "role": "owner"}
+
+
+@router.get("teams/{slug}/", response={200: TeamOut, 404: Error})
+def team_detail(request: HttpRequest, slug: str) -> dict[str, Any]:
+    access = team_access(request, slug)
+    team: Team = access.team
+    return {**TeamOut.from_orm(team).dict(), "role": access.role}
+
+
+@router.get("teams/{slug}/members/", response={200: list[MemberOut], 404: Error})
+def list_members(request: HttpRequest, slug: str) -> list[dict[str, Any]]:
+    access = team_access(request, slug)
+    access.require(Perm.VIEW_TEAM)
+    memberships = Membership.objects.filter(team=access.team).select_related("user").order_by("user__username")
+    return [_member_out(m) for m in memberships]
+
+
+@router.patch("teams/{slug}/members/{username}", response={200: MemberOut, 400: Error, 403: Error, 404: Error})
+def change_member_role(request: HttpRequest, slug: str, username: str, body: RoleIn) -> dict[str, Any]:
+    access = team_access(request, slug)
+    access.require(Perm.CHANGE_ROLES)
+    membership = services.change_role(
+        access=access, membership=_member(access, username), role=body.role, ip=client_ip(request)
+    )
+    return _member_out(membership)
+
+
+@router.delete("teams/{slug}/members/{username}", response={204: None, 400: Error, 403: Error, 404: Error})
+def remove_member(request: HttpRequest, slug: str, username: str) -> tuple[int, None]:
+    """Remove a member; a member may remove themselves (leave the team)."""
+    access = team_access(request, slug)
+    services.remove_member(access=access, membership=_member(access, username), ip=client_ip(request))
+    return 204, None
+
+
+# --- invitations --------------------------------------------------------------------------------
+
+
+@router.get("teams/{slug}/invitations/", response={200: list[InvitationOut], 403: Error, 404: Error})
+def list_invitations(request: HttpRequest, slug: str) -> list[dict[str, Any]]:
+    access = team_access(request, slug)
+    access.require(Perm.INVITE_MEMBERS)
+    return [_invitation_out(i) for i in Invitation.objects.for_team(access.team).select_related("created_by")]
+
+
+@router.post("teams/{slug}/invitations/", response={201: InvitationCreated, 400: Error, 403: Error, 404: Error})
+def create_invitation(request: HttpRequest, slug: str, body: InvitationIn) -> tuple[int, dict[str, Any]]:
+    access = team_access(request, slug)
+    access.require(Perm.INVITE_MEMBERS)
+    invitation, token = services.create_invitation(
+        access=access, role=body.role, email=body.email, ip=client_ip(request)
+    )
+    link = request.build_absolute_uri(reverse("accounts:invitation_accept", args=[token]))
+    return 201, {**_invitation_out(invitation), "link": link}
+
+
+@router.delete("teams/{slug}/invitations/{invitation_id}", response={204: None, 400: Error, 403: Error, 404: Error})
+def revoke_invitation(request: HttpRequest, slug: str, invitation_id: int) -> tuple[int, None]:
+    access = team_access(request, slug)
+    access.require(Perm.INVITE_MEMBERS)
+    invitation = get_object_or_404(Invitation.objects.for_team(access.team), pk=invitation_id)
+    services.revoke_invitation(access=access, invitation=invitation, ip=client_ip(request))
+    return 204, None
+
+
+@router.post("invitations/accept", response={201: TeamOut, 400: Error})
+def accept_invitation(request: HttpRequest, body: AcceptIn) -> tuple[int, dict[str, Any]]:
+    """Accept an invitation with the token from its link (the part after /invite/)."""
+    membership = services.accept_invitation(user=acting_user(request), token=body.token, ip=client_ip(request))
+    return 201, {**TeamOut.from_orm(membership.team).dict(), "role": membership.role}
+
+
+# --- team API keys ------------------------------------------------------------------------------
+
+
+@router.get("teams/{slug}/keys/", response={200: list[KeyOut], 404: Error})
+def list_keys(request: HttpRequest, slug: str) -> list[dict[str, Any]]:
+    access = team_access(request, slug)
+    return [_token_out(k) for k in visible_objects(access, TeamAPIKey.objects.for_team(access.team), "view")]
+
+
+@router.post("teams/{slug}/keys/", response={201: KeyCreated, 400: Error, 403: Error, 404: Error})
+def create_key(request: HttpRequest, slug: str, body: KeyIn) -> tuple[int, dict[str, Any]]:
+    access = team_access(request, slug)
+    key, plaintext = services.create_team_api_key(access=access, name=body.name, role=body.role, ip=client_ip(request))
+    return 201, {**_token_out(key), "key": plaintext}
+
+
+def _visible_key(access: TeamAccess, key_id: int) -> TeamAPIKey:
+    key = visible_objects(access, TeamAPIKey.objects.for_team(access.team), "view").filter(pk=key_id).first()
+    if key is None:
+        raise Http404("No such key.")
+    return key
+
+
+@router.delete("teams/{slug}/keys/{key_id}", response={204: None, 403: Error, 404: Error})
+def revoke_key(request: HttpRequest, slug: str, key_id: int) -> tuple[int, None]:
+    access = team_access(request, slug)
+    services.revoke_team_api_key(access=access, key=_visible_key(access, key_id), ip=client_ip(request))
+    return 204, None
+
+
+@router.post("teams/{slug}/keys/{key_id}/shares", response={204: None, 400: Error, 403: Error, 404: Error})
+def share_key(request: HttpRequest, slug: str, key_id: int, body: ShareIn) -> tuple[int, None]:
+    """Give a member view or change access to one key (guardian object permission)."""
+    access = team_access(request, slug)
+    access.require(Perm.SHARE_OBJECTS)
+    key = _visible_key(access, key_id)
+    services.share_object(
+        access=access, obj=key, member=_member(access, body.username), level=body.level, ip=client_ip(request)
+    )
+    return 204, None
+
+
+@router.delete("teams/{slug}/keys/{key_id}/shares/{username}", response={204: None, 403: Error, 404: Error})
+def unshare_key(request: HttpRequest, slug: str, key_id: int, username: str) -> tuple[int, None]:
+    access = team_access(request, slug)
+    access.require(Perm.SHARE_OBJECTS)
+    key = _visible_key(access, key_id)
+    services.unshare_object(access=access, obj=key, member=_member(access, username), ip=client_ip(request))
+    return 204, None
+
+
+# --- audit trail --------------------------------------------------------------------------------
+
+
+@router.get("teams/{slug}/audit-events/", response={200: list[AuditEventOut], 403: Error, 404: Error})
+@paginate(LimitOffsetPagination)
+def list_audit_events(request: HttpRequest, slug: str, filters: Query[AuditFilters]) -> QuerySet[AuditEvent]:
+    """The team's audit trail, newest first (owners and admins)."""
+    access = team_access(request, slug)
+    access.require(Perm.VIEW_AUDIT)
+    events = AuditEvent.objects.for_team(access.team)
+    if filters.action:
+        events = events.filter(action__icontains=filters.action)
+    if filters.actor:
+        events = events.filter(actor_label__icontains=filters.actor)
+    if filters.since:
+        events = events.filter(created_at__date__gte=filters.since)
+    if filters.until:
+        events = events.filter(created_at__date__lte=filters.until)
+    return events

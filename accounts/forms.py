@@ -1,0 +1,92 @@
+"""Forms for the accounts pages; each field says what is wrong and how to fix it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib.auth import get_user_model
+from django.contrib.auth.forms import UserCreationForm
+
+from accounts.models import Membership
+from accounts.roles import Role
+
+User = get_user_model()
+
+
+class SignupForm(UserCreationForm):
+    email = forms.EmailField(required=True, help_text="Used for password resets.")
+
+    class Meta:
+        model = User
+        fields = ("username", "email")
+        field_classes = UserCreationForm.Meta.field_classes  # type: ignore[attr-defined]
+
+    def clean_email(self) -> str:
+        email: str = self.cleaned_data["email"].strip().lower()
+        if User.objects.filter(email__iexact=email).exists():
+            raise forms.ValidationError("An account already uses this e-mail; log in or reset its password.")
+        return email
+
+
+class TeamForm(forms.Form):
+    name = forms.CharField(max_length=80, help_text="Shown in the navigation, e.g. “Support bots”.")
+    slug = forms.SlugField(
+        max_length=40,
+        label="Address",
+        help_text="Lowercase letters, digits and hyphens; the team's pages live at /t/<address>/.",
+    )
+
+
+class RenameTeamForm(forms.Form):
+    name = forms.CharField(max_length=80)
+
+
+class InvitationForm(forms.Form):
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.MEMBER)
+    email = forms.EmailField(required=False, help_text="Optional: a note of who the link is for.")
+
+    def __init__(self, *args: Any, allowed_roles: list[str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if allowed_roles is not None:
+            role_field = self.fields["role"]
+            assert isinstance(role_field, forms.ChoiceField)
+            role_field.choices = [(v, label) for v, label in Role.choices if v in allowed_roles]
+
+
+class RoleForm(forms.Form):
+    role = forms.ChoiceField(choices=Role.choices)
+
+
+class TokenForm(forms.Form):
+    name = forms.CharField(max_length=80, help_text="Where the token will be used, e.g. “laptop CLI”.")
+
+
+class TeamAPIKeyForm(forms.Form):
+    name = forms.CharField(max_length=80, help_text="What will use the key, e.g. “nightly eval job”.")
+    role = forms.ChoiceField(choices=[(Role.MEMBER, "Member"), (Role.VIEWER, "Viewer")], initial=Role.VIEWER)
+
+
+class MemberChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj: Any) -> str:
+        return f"{obj.user.get_username()} ({obj.role})"
+
+
+class ShareForm(forms.Form):
+    member = MemberChoiceField(queryset=Membership.objects.none(), empty_label=None)
+    level = forms.ChoiceField(choices=[])
+
+    def __init__(self, *args: Any, members: Any, levels: list[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        member_field = self.fields["member"]
+        level_field = self.fields["level"]
+        assert isinstance(member_field, MemberChoiceField) and isinstance(level_field, forms.ChoiceField)
+        member_field.queryset = members
+        level_field.choices = [(level, level.title()) for level in levels]
+
+
+class AuditFilterForm(forms.Form):
+    action = forms.CharField(required=False, max_length=60)
+    actor = forms.CharField(required=False, max_length=150)
+    since = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    until = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))

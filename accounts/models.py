@@ -1,0 +1,226 @@
+"""Accounts: teams (the tenant), memberships with roles, invitations, tokens and the audit trail."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from typing import Any, ClassVar
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+from django.utils import timezone
+from guardian.models import UserObjectPermissionBase
+
+from accounts.roles import ROLE_PERMISSIONS, Perm, Role
+from accounts.tenancy import TeamOwnedModel
+
+SLUG_VALIDATOR = RegexValidator(
+    r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$",
+    "Use 1–40 lowercase letters, digits or hyphens, starting and ending with a letter or digit.",
+)
+# Slugs that would shadow the site's own pages under /t/.
+RESERVED_SLUGS = frozenset({"new", "admin", "api", "static", "play", "v1"})
+
+
+class Team(models.Model):
+    """The tenant: everything a team uploads, trains and serves belongs to exactly one team."""
+
+    name = models.CharField(max_length=80)
+    slug = models.SlugField(max_length=40, unique=True, validators=[SLUG_VALIDATOR])
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering: ClassVar = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.MEMBER)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints: ClassVar = [models.UniqueConstraint(fields=["team", "user"], name="one_membership_per_team")]
+        ordering: ClassVar = ["created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.team} as {self.role}"
+
+    def has_perm(self, perm: Perm) -> bool:
+        return perm in ROLE_PERMISSIONS[Role(self.role)]
+
+
+def hash_secret(secret: str) -> str:
+    """SHA-256 of a high-entropy secret (tokens, keys, invitation links): enough, since none is guessable."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def secret_matches(secret: str, stored_hash: str) -> bool:
+    return hmac.compare_digest(hash_secret(secret), stored_hash)
+
+
+class Invitation(TeamOwnedModel):
+    """A single-use, expiring link that makes whoever accepts it a member with ``role``."""
+
+    email = models.EmailField(blank=True, help_text="Optional: who the link is meant for (shown to the inviter).")
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.MEMBER)
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering: ClassVar = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"invitation to {self.team_id} as {self.role}"
+
+    @staticmethod
+    def generate_token() -> str:
+        """The secret part of an invitation link; only its hash is stored."""
+        return secrets.token_urlsafe(32)
+
+    @property
+    def status(self) -> str:
+        if self.accepted_at:
+            return "accepted"
+        if self.revoked_at:
+            return "revoked"
+        if self.expires_at <= timezone.now():
+            return "expired"
+        return "pending"
+
+
+class TokenBase(models.Model):
+    """A bearer secret shown once: ``<kind>_<prefix>_<secret>``, stored as prefix + SHA-256 of the whole."""
+
+    KIND: ClassVar[str] = ""
+
+    name = models.CharField(max_length=80)
+    prefix = models.CharField(max_length=12, unique=True)
+    secret_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+        ordering: ClassVar = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.display_prefix})"
+
+    @property
+    def display_prefix(self) -> str:
+        return f"{self.KIND}_{self.prefix}…"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+    @classmethod
+    def generate(cls) -> tuple[str, str, str]:
+        """A new (plaintext token, prefix, hash); the plaintext is shown once and never stored."""
+        prefix = secrets.token_hex(6)
+        token = f"{cls.KIND}_{prefix}_{secrets.token_urlsafe(32)}"
+        return token, prefix, hash_secret(token)
+
+    @classmethod
+    def split(cls, token: str) -> str | None:
+        """The prefix of a well-formed token of this kind, or None for anything else."""
+        kind, _, rest = token.partition("_")
+        prefix, _, secret = rest.partition("_")
+        if kind != cls.KIND or len(prefix) != 12 or len(secret) < 32 or len(token) > 100:
+            return None
+        return prefix
+
+
+class PersonalAccessToken(TokenBase):
+    """A user's own API token: acts as that user, in every team they belong to."""
+
+    KIND = "atl"
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+
+
+class TeamAPIKey(TokenBase, TeamOwnedModel):
+    """A team's service key (for CI and scripts): acts in one team with a role no higher than member.
+
+    Owners and admins manage every key; a member sees or manages a key only when it is shared with
+    them through django-guardian object permissions (``view_teamapikey`` / ``change_teamapikey``).
+    """
+
+    KIND = "atk"
+    role = models.CharField(
+        max_length=10,
+        choices=[(Role.MEMBER, "Member"), (Role.VIEWER, "Viewer")],
+        default=Role.VIEWER,
+    )
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+
+    class Meta(TokenBase.Meta):
+        pass
+
+
+class TeamAPIKeyUserObjectPermission(UserObjectPermissionBase):
+    """guardian's direct foreign-key permission table for team API keys (fast, joinable, cascades)."""
+
+    content_object = models.ForeignKey(TeamAPIKey, on_delete=models.CASCADE)
+
+
+class AuditEventQuerySet(models.QuerySet):
+    """Append-only: rows can be read and created, never changed or removed through the ORM."""
+
+    def for_team(self, team: Team) -> AuditEventQuerySet:
+        return self.filter(team=team)
+
+    def update(self, **kwargs: Any) -> int:
+        raise PermissionError("Audit events are append-only.")
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise PermissionError("Audit events are append-only.")
+
+
+class AuditEvent(models.Model):
+    """Who did what, to what, when and from where. Written by services; never edited or deleted."""
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # PROTECT: a team with history cannot silently take its history with it.
+    team = models.ForeignKey(Team, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    # Kept as text too, so the trail still answers "who" after an account is deleted.
+    actor_label = models.CharField(max_length=200)
+    action = models.CharField(max_length=60, db_index=True)
+    target_type = models.CharField(max_length=60, blank=True)
+    target_id = models.CharField(max_length=64, blank=True)
+    target_label = models.CharField(max_length=200, blank=True)
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    details = models.JSONField(default=dict, blank=True)
+
+    objects = AuditEventQuerySet.as_manager()
+
+    class Meta:
+        ordering: ClassVar = ["-created_at", "-id"]
+        indexes: ClassVar = [models.Index(fields=["team", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M} {self.actor_label} {self.action} {self.target_label}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None and not self._state.adding:
+            raise PermissionError("Audit events are append-only.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise PermissionError("Audit events are append-only.")

@@ -1,0 +1,71 @@
+"""Team roles and what each may do: the one documented role -> permission matrix.
+
+The README's role table is checked against ``ROLE_PERMISSIONS`` by a test, so the two cannot drift.
+Later apps add their permissions here, next to the ones they extend.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from django.db import models
+
+
+class Role(models.TextChoices):
+    OWNER = "owner", "Owner"
+    ADMIN = "admin", "Admin"
+    MEMBER = "member", "Member"
+    VIEWER = "viewer", "Viewer"
+
+
+# Highest first: a role may only hand out roles at or below its own rank (and admins never "owner").
+ROLE_RANK = {Role.OWNER: 3, Role.ADMIN: 2, Role.MEMBER: 1, Role.VIEWER: 0}
+
+
+class Perm(StrEnum):
+    VIEW_TEAM = "team.view"
+    CHANGE_TEAM = "team.change"
+    INVITE_MEMBERS = "members.invite"
+    CHANGE_ROLES = "members.change_role"
+    REMOVE_MEMBERS = "members.remove"
+    VIEW_AUDIT = "audit.view"
+    MANAGE_API_KEYS = "apikeys.manage"
+    SHARE_OBJECTS = "objects.share"
+
+
+_EVERYONE = frozenset({Perm.VIEW_TEAM})
+_ADMINS = _EVERYONE | {
+    Perm.CHANGE_TEAM,
+    Perm.INVITE_MEMBERS,
+    Perm.CHANGE_ROLES,
+    Perm.REMOVE_MEMBERS,
+    Perm.VIEW_AUDIT,
+    Perm.MANAGE_API_KEYS,
+    Perm.SHARE_OBJECTS,
+}
+
+ROLE_PERMISSIONS: dict[Role, frozenset[Perm]] = {
+    Role.OWNER: frozenset(_ADMINS),
+    Role.ADMIN: frozenset(_ADMINS),
+    Role.MEMBER: _EVERYONE,
+    Role.VIEWER: _EVERYONE,
+}
+
+PERM_DESCRIPTIONS: dict[Perm, str] = {
+    Perm.VIEW_TEAM: "See the team, its members and everything not restricted to named members",
+    Perm.CHANGE_TEAM: "Rename the team",
+    Perm.INVITE_MEMBERS: "Create and revoke invitation links",
+    Perm.CHANGE_ROLES: "Change a member's role (only owners grant or take away 'owner')",
+    Perm.REMOVE_MEMBERS: "Remove a member (only owners remove an owner)",
+    Perm.VIEW_AUDIT: "Read the team's audit trail",
+    Perm.MANAGE_API_KEYS: "Create and revoke team API keys",
+    Perm.SHARE_OBJECTS: "Share a team object with named members (view / use / change)",
+}
+
+
+def can_assign(actor_role: Role | str, target_role: Role | str) -> bool:
+    """Whether someone with ``actor_role`` may give (or take away) ``target_role``."""
+    actor, target = Role(actor_role), Role(target_role)
+    if target == Role.OWNER:
+        return actor == Role.OWNER
+    return ROLE_RANK[actor] >= ROLE_RANK[Role.ADMIN]

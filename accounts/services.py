@@ -1,0 +1,380 @@
+"""What the accounts app can do: teams, members, invitations, tokens, keys and sharing.
+
+Each service is a plain function taking keyword arguments, running in one transaction and writing
+exactly one audit event for a privileged action. Bad input raises ``ValidationError`` keyed by the
+field to fix; views and the API turn that into an inline form error or a JSON 400.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import Model
+from django.utils import timezone
+from guardian.shortcuts import assign_perm, get_users_with_perms, remove_perm
+
+from accounts import audit
+from accounts.models import (
+    RESERVED_SLUGS,
+    SLUG_VALIDATOR,
+    Invitation,
+    Membership,
+    PersonalAccessToken,
+    Team,
+    TeamAPIKey,
+    hash_secret,
+    secret_matches,
+)
+from accounts.permissions import TeamAccess, require_object_action
+from accounts.roles import Perm, Role, can_assign
+
+User = get_user_model()
+
+# How often a token's "last used" time is written: once a minute is precise enough and keeps every
+# API call from being a database write.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+# --- teams --------------------------------------------------------------------------------------
+
+
+def create_team(*, actor: Any, name: str, slug: str, ip: str | None = None) -> Team:
+    """Create a team with ``actor`` as its first owner."""
+    name, slug = name.strip(), slug.strip().lower()
+    if not name:
+        raise ValidationError({"name": "Give the team a name."})
+    SLUG_VALIDATOR(slug)
+    if slug in RESERVED_SLUGS:
+        raise ValidationError({"slug": f"“{slug}” is reserved by the studio; pick another."})
+    try:
+        with transaction.atomic():
+            team = Team.objects.create(name=name, slug=slug)
+            Membership.objects.create(team=team, user=actor, role=Role.OWNER)
+            audit.record("team.created", actor=actor, team=team, target=team, ip=ip, name=name, slug=slug)
+    except IntegrityError as error:
+        raise ValidationError({"slug": f"The address “{slug}” is taken; pick another."}) from error
+    return team
+
+
+def rename_team(*, access: TeamAccess, name: str, ip: str | None = None) -> Team:
+    access.require(Perm.CHANGE_TEAM)
+    name = name.strip()
+    if not name:
+        raise ValidationError({"name": "Give the team a name."})
+    with transaction.atomic():
+        team = Team.objects.select_for_update().get(pk=access.team.pk)
+        old = team.name
+        team.name = name
+        team.save(update_fields=["name"])
+        audit.record("team.renamed", access=access, target=team, ip=ip, old=old, new=name)
+    return team
+
+
+# --- members ------------------------------------------------------------------------------------
+
+
+def _owner_count(team: Team) -> int:
+    return Membership.objects.filter(team=team, role=Role.OWNER).count()
+
+
+def change_role(*, access: TeamAccess, membership: Membership, role: str, ip: str | None = None) -> Membership:
+    """Give ``membership`` a new role. Only owners hand out or take away "owner"; a team keeps one owner."""
+    access.require(Perm.CHANGE_ROLES)
+    if role not in Role.values:
+        raise ValidationError({"role": f"“{role}” is not a role; choose one of {', '.join(Role.values)}."})
+    if membership.team_id != access.team.pk:
+        raise ValidationError({"member": "That person is not a member of this team."})
+    if not (can_assign(access.role, membership.role) and can_assign(access.role, role)):
+        raise PermissionDenied("Only an owner can grant or take away the owner role.")
+    with transaction.atomic():
+        membership = Membership.objects.select_for_update().get(pk=membership.pk)
+        old = membership.role
+        if old == role:
+            return membership
+        if old == Role.OWNER and _owner_count(access.team) == 1:
+            raise ValidationError(
+                {"role": "This is the team's last owner: make someone else an owner first, then change this role."}
+            )
+        membership.role = role
+        membership.save(update_fields=["role"])
+        audit.record("member.role_changed", access=access, target=membership.user, ip=ip, old_role=old, new_role=role)
+    return membership
+
+
+def remove_member(*, access: TeamAccess, membership: Membership, ip: str | None = None) -> None:
+    """Remove a member (or, when it is the actor's own membership, leave the team)."""
+    leaving = access.user is not None and membership.user_id == access.user.pk
+    if not leaving:
+        access.require(Perm.REMOVE_MEMBERS)
+        if not can_assign(access.role, membership.role):
+            raise PermissionDenied("Only an owner can remove an owner.")
+    if membership.team_id != access.team.pk:
+        raise ValidationError({"member": "That person is not a member of this team."})
+    with transaction.atomic():
+        membership = Membership.objects.select_for_update().get(pk=membership.pk)
+        if membership.role == Role.OWNER and _owner_count(access.team) == 1:
+            raise ValidationError(
+                {"member": "This is the team's last owner: make someone else an owner before leaving."}
+            )
+        user = membership.user
+        membership.delete()
+        audit.record(
+            "member.left" if leaving else "member.removed", access=access, target=user, ip=ip, role=membership.role
+        )
+
+
+# --- invitations --------------------------------------------------------------------------------
+
+
+def create_invitation(
+    *, access: TeamAccess, role: str, email: str = "", ip: str | None = None
+) -> tuple[Invitation, str]:
+    """A single-use link (returned once, stored hashed) that expires after INVITATION_TTL_HOURS."""
+    access.require(Perm.INVITE_MEMBERS)
+    if role not in Role.values:
+        raise ValidationError({"role": f"“{role}” is not a role; choose one of {', '.join(Role.values)}."})
+    if not can_assign(access.role, role):
+        raise ValidationError({"role": "Only an owner can invite another owner."})
+    token = Invitation.generate_token()
+    with transaction.atomic():
+        invitation = Invitation.objects.create(
+            team=access.team,
+            role=role,
+            email=email.strip(),
+            token_hash=hash_secret(token),
+            created_by=access.user,
+            expires_at=timezone.now() + timedelta(hours=settings.INVITATION_TTL_HOURS),
+        )
+        audit.record("invitation.created", access=access, target=invitation, ip=ip, role=role, email=email)
+    return invitation, token
+
+
+def revoke_invitation(*, access: TeamAccess, invitation: Invitation, ip: str | None = None) -> None:
+    access.require(Perm.INVITE_MEMBERS)
+    with transaction.atomic():
+        invitation = Invitation.objects.for_team(access.team).select_for_update().get(pk=invitation.pk)
+        if invitation.status != "pending":
+            raise ValidationError({"invitation": f"This invitation is already {invitation.status}."})
+        invitation.revoked_at = timezone.now()
+        invitation.save(update_fields=["revoked_at"])
+        audit.record("invitation.revoked", access=access, target=invitation, ip=ip)
+
+
+def find_invitation(token: str) -> Invitation | None:
+    """The invitation a link's token belongs to (any state), or None for an unknown token."""
+    if not token or len(token) > 100:
+        return None
+    return Invitation.objects.unscoped().select_related("team").filter(token_hash=hash_secret(token)).first()
+
+
+def accept_invitation(*, user: Any, token: str, ip: str | None = None) -> Membership:
+    """Join the invitation's team with its role; the link then stops working."""
+    with transaction.atomic():
+        found = find_invitation(token)
+        if found is None:
+            raise ValidationError({"token": "This invitation link is not valid. Ask for a new one."})
+        invitation = Invitation.objects.unscoped().select_for_update().get(pk=found.pk)
+        status = invitation.status
+        if status == "accepted":
+            raise ValidationError({"token": "This invitation link has already been used. Ask for a new one."})
+        if status == "revoked":
+            raise ValidationError({"token": "This invitation was withdrawn. Ask the team for a new one."})
+        if status == "expired":
+            raise ValidationError({"token": "This invitation link has expired. Ask the team for a new one."})
+        team = found.team
+        if Membership.objects.filter(team=team, user=user).exists():
+            raise ValidationError({"token": f"You are already a member of {team.name}."})
+        membership = Membership.objects.create(team=team, user=user, role=invitation.role)
+        invitation.accepted_at = timezone.now()
+        invitation.accepted_by = user
+        invitation.save(update_fields=["accepted_at", "accepted_by"])
+        audit.record(
+            "member.joined",
+            actor=user,
+            team=team,
+            target=user,
+            ip=ip,
+            role=invitation.role,
+            invitation_id=invitation.pk,
+        )
+    return membership
+
+
+def purge_expired_invitations(*, older_than_days: int = 30) -> int:
+    """Delete invitations that expired unused more than ``older_than_days`` ago; returns how many."""
+    cutoff = timezone.now() - timedelta(days=older_than_days)
+    deleted, _ = Invitation.objects.unscoped().filter(accepted_at__isnull=True, expires_at__lt=cutoff).delete()
+    return deleted
+
+
+# --- personal API tokens ------------------------------------------------------------------------
+
+
+def create_personal_token(*, user: Any, name: str, ip: str | None = None) -> tuple[PersonalAccessToken, str]:
+    """A new token for ``user``; the plaintext is returned once and only its hash is stored."""
+    name = name.strip()
+    if not name:
+        raise ValidationError({"name": "Name the token after where it will be used, e.g. “laptop CLI”."})
+    plaintext, prefix, digest = PersonalAccessToken.generate()
+    with transaction.atomic():
+        token = PersonalAccessToken.objects.create(user=user, name=name, prefix=prefix, secret_hash=digest)
+        audit.record("token.created", actor=user, target=token, ip=ip)
+    return token, plaintext
+
+
+def revoke_personal_token(*, user: Any, token: PersonalAccessToken, ip: str | None = None) -> None:
+    if token.user_id != user.pk:
+        raise PermissionDenied("That token is not yours.")
+    with transaction.atomic():
+        updated = PersonalAccessToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(
+            revoked_at=timezone.now()
+        )
+        if updated:
+            audit.record("token.revoked", actor=user, target=token, ip=ip)
+
+
+def _touch(model: type[PersonalAccessToken] | type[TeamAPIKey], obj: Any) -> None:
+    now = timezone.now()
+    if obj.last_used_at is None or now - obj.last_used_at > LAST_USED_RESOLUTION:
+        model._base_manager.filter(pk=obj.pk).update(last_used_at=now)
+        obj.last_used_at = now
+
+
+def authenticate_personal_token(raw: str) -> Any | None:
+    """The active user a personal token belongs to, or None (unknown, malformed, revoked)."""
+    prefix = PersonalAccessToken.split(raw)
+    if prefix is None:
+        return None
+    token = PersonalAccessToken.objects.select_related("user").filter(prefix=prefix).first()
+    if token is None or not token.is_active or not secret_matches(raw, token.secret_hash):
+        return None
+    if not token.user.is_active:
+        return None
+    _touch(PersonalAccessToken, token)
+    return token.user
+
+
+# --- team API keys ------------------------------------------------------------------------------
+
+
+def create_team_api_key(
+    *, access: TeamAccess, name: str, role: str = Role.VIEWER, ip: str | None = None
+) -> tuple[TeamAPIKey, str]:
+    """A team service key acting with ``role`` (member or viewer); plaintext returned once."""
+    access.require(Perm.MANAGE_API_KEYS)
+    name = name.strip()
+    if not name:
+        raise ValidationError({"name": "Name the key after what will use it, e.g. “nightly eval job”."})
+    if role not in (Role.MEMBER, Role.VIEWER):
+        raise ValidationError({"role": "A team key acts as a member or a viewer."})
+    plaintext, prefix, digest = TeamAPIKey.generate()
+    with transaction.atomic():
+        key = TeamAPIKey.objects.create(
+            team=access.team, name=name, role=role, prefix=prefix, secret_hash=digest, created_by=access.user
+        )
+        audit.record("apikey.created", access=access, target=key, ip=ip, role=role)
+    return key, plaintext
+
+
+def revoke_team_api_key(*, access: TeamAccess, key: TeamAPIKey, ip: str | None = None) -> None:
+    """Revoke a key: team admins, or a member the key is shared with at the "change" level."""
+    if not access.can(Perm.MANAGE_API_KEYS):
+        require_object_action(access, key, "change")
+    with transaction.atomic():
+        updated = (
+            TeamAPIKey.objects.for_team(access.team)
+            .filter(pk=key.pk, revoked_at__isnull=True)
+            .update(revoked_at=timezone.now())
+        )
+        if updated:
+            audit.record("apikey.revoked", access=access, target=key, ip=ip)
+
+
+def authenticate_team_api_key(raw: str) -> TeamAPIKey | None:
+    prefix = TeamAPIKey.split(raw)
+    if prefix is None:
+        return None
+    key = TeamAPIKey.objects.unscoped().select_related("team").filter(prefix=prefix).first()
+    if key is None or not key.is_active or not secret_matches(raw, key.secret_hash):
+        return None
+    _touch(TeamAPIKey, key)
+    return key
+
+
+# --- sharing (django-guardian object permissions) -----------------------------------------------
+
+# A share level and the actions it grants; a model offers the levels its permissions support.
+SHARE_LEVELS: dict[str, tuple[str, ...]] = {
+    "view": ("view",),
+    "use": ("view", "use"),
+    "change": ("view", "use", "change"),
+}
+
+
+def _actions_of(model: type[Model]) -> set[str]:
+    """The object-permission actions a model defines (Django's defaults plus its custom ones)."""
+    return set(model._meta.default_permissions) | {c.split("_", 1)[0] for c, _ in model._meta.permissions}
+
+
+def share_levels_for(model: type[Model]) -> list[str]:
+    """The share levels that make sense for ``model`` (``use`` only where the model defines it)."""
+    return [level for level in SHARE_LEVELS if level in _actions_of(model)]
+
+
+def share_object(*, access: TeamAccess, obj: Model, member: Membership, level: str, ip: str | None = None) -> None:
+    """Give ``member`` exactly ``level`` on ``obj`` (replacing any earlier level). Admins only."""
+    access.require(Perm.SHARE_OBJECTS)
+    if getattr(obj, "team_id", None) != access.team.pk or member.team_id != access.team.pk:
+        raise ValidationError({"member": "Both the object and the member must belong to this team."})
+    if level not in share_levels_for(type(obj)):
+        raise ValidationError({"level": f"Choose one of: {', '.join(share_levels_for(type(obj)))}."})
+    model_name = obj._meta.model_name
+    with transaction.atomic():
+        _clear_shares(obj, member.user)
+        for action in SHARE_LEVELS[level]:
+            if action in _actions_of(type(obj)):
+                assign_perm(f"{action}_{model_name}", member.user, obj)
+        audit.record("object.shared", access=access, target=obj, ip=ip, member=member.user.get_username(), level=level)
+
+
+def unshare_object(*, access: TeamAccess, obj: Model, member: Membership, ip: str | None = None) -> None:
+    access.require(Perm.SHARE_OBJECTS)
+    if getattr(obj, "team_id", None) != access.team.pk or member.team_id != access.team.pk:
+        raise ValidationError({"member": "Both the object and the member must belong to this team."})
+    with transaction.atomic():
+        _clear_shares(obj, member.user)
+        audit.record("object.unshared", access=access, target=obj, ip=ip, member=member.user.get_username())
+
+
+def _clear_shares(obj: Model, user: Any) -> None:
+    for action in _actions_of(type(obj)):
+        remove_perm(f"{action}_{obj._meta.model_name}", user, obj)
+
+
+def shares_of(obj: Model) -> dict[int, str]:
+    """Membership user id -> the share level each member holds on ``obj`` (highest level wins)."""
+    available = _actions_of(type(obj))
+    levels: dict[int, str] = {}
+    holders: dict[Any, list[str]] = get_users_with_perms(obj, attach_perms=True, with_superusers=False)  # type: ignore[assignment]
+    for user, codenames in holders.items():
+        held = {codename.split("_", 1)[0] for codename in codenames}
+        granted = [level for level in share_levels_for(type(obj)) if set(SHARE_LEVELS[level]) & available <= held]
+        if granted:
+            levels[user.pk] = granted[-1]
+    return levels
+
+
+# --- sign-up ------------------------------------------------------------------------------------
+
+
+def register_user(*, username: str, email: str, password: str, ip: str | None = None) -> Any:
+    """Create an account (the form has already validated the password against the validators)."""
+    with transaction.atomic():
+        user = User.objects.create_user(username=username, email=email, password=password)
+        audit.record("user.signed_up", actor=user, target=user, ip=ip)
+    return user

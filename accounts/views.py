@@ -1,0 +1,360 @@
+"""Account and team pages. Each view: parse input, authorize, call one service, respond."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth import get_user_model, login
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
+from django.db import connection
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from accounts import services
+from accounts.forms import (
+    AuditFilterForm,
+    InvitationForm,
+    RenameTeamForm,
+    RoleForm,
+    ShareForm,
+    SignupForm,
+    TeamAPIKeyForm,
+    TeamForm,
+    TokenForm,
+)
+from accounts.http import add_service_errors, client_ip
+from accounts.models import AuditEvent, Invitation, Membership, PersonalAccessToken, TeamAPIKey
+from accounts.permissions import (
+    object_actions,
+    require_object_action,
+    require_perm,
+    teams_of,
+    visible_objects,
+)
+from accounts.roles import PERM_DESCRIPTIONS, ROLE_PERMISSIONS, Perm, Role, can_assign
+
+User = get_user_model()
+
+
+@require_GET
+def healthz(request: HttpRequest) -> HttpResponse:
+    """Liveness for load balancers and compose: the database answers."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    return HttpResponse("ok", content_type="text/plain")
+
+
+# --- account ------------------------------------------------------------------------------------
+
+
+def signup(request: HttpRequest) -> HttpResponse:
+    form = SignupForm(request.POST or None)
+    next_url = request.GET.get("next", "")
+    if request.method == "POST" and form.is_valid():
+        user = services.register_user(
+            username=form.cleaned_data["username"],
+            email=form.cleaned_data["email"],
+            password=form.cleaned_data["password1"],
+            ip=client_ip(request),
+        )
+        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        messages.success(request, f"Welcome, {user.get_username()}.")
+        if next_url.startswith("/") and not next_url.startswith("//"):
+            return redirect(next_url)
+        return redirect("accounts:home")
+    return render(request, "accounts/signup.html", {"form": form, "next": next_url})
+
+
+@login_required
+def home(request: HttpRequest) -> HttpResponse:
+    """Where login lands: the only team, or the list of teams (with a way to make one)."""
+    teams = list(teams_of(request.user))
+    if len(teams) == 1:
+        return redirect("accounts:team_home", team_slug=teams[0].slug)
+    return render(request, "accounts/home.html", {"teams": teams})
+
+
+@login_required
+def team_create(request: HttpRequest) -> HttpResponse:
+    form = TeamForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            team = services.create_team(actor=request.user, ip=client_ip(request), **form.cleaned_data)
+        except ValidationError as error:
+            add_service_errors(form, error)
+        else:
+            messages.success(request, f"Team “{team.name}” created. Invite your colleagues below.")
+            return redirect("accounts:team_home", team_slug=team.slug)
+    return render(request, "accounts/team_create.html", {"form": form})
+
+
+@login_required
+def tokens(request: HttpRequest) -> HttpResponse:
+    form = TokenForm(request.POST or None)
+    new_token = None
+    if request.method == "POST" and form.is_valid():
+        _, new_token = services.create_personal_token(
+            user=request.user, name=form.cleaned_data["name"], ip=client_ip(request)
+        )
+        form = TokenForm()
+    token_list = PersonalAccessToken.objects.filter(user=request.user)  # type: ignore[misc]  # login_required
+    return render(request, "accounts/tokens.html", {"form": form, "tokens": token_list, "new_token": new_token})
+
+
+@login_required
+@require_POST
+def token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
+    token = get_object_or_404(PersonalAccessToken, pk=token_id, user=request.user)
+    services.revoke_personal_token(user=request.user, token=token, ip=client_ip(request))
+    messages.success(request, f"Token “{token.name}” revoked: it no longer works.")
+    return redirect("accounts:tokens")
+
+
+def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
+    """Show who invites whom to what; a signed-in visitor accepts with one click."""
+    invitation = services.find_invitation(token)
+    error = None
+    if request.method == "POST" and request.user.is_authenticated:
+        try:
+            membership = services.accept_invitation(user=request.user, token=token, ip=client_ip(request))
+        except ValidationError as problem:
+            error = problem.messages[0]
+        else:
+            messages.success(request, f"You joined {membership.team.name} as {membership.get_role_display()}.")
+            return redirect("accounts:team_home", team_slug=membership.team.slug)
+    elif invitation is None:
+        error = "This invitation link is not valid. Ask the team for a new one."
+    elif invitation.status != "pending":
+        error = {
+            "accepted": "This invitation link has already been used. Ask for a new one.",
+            "revoked": "This invitation was withdrawn. Ask the team for a new one.",
+            "expired": "This invitation link has expired. Ask the team for a new one.",
+        }[invitation.status]
+    context = {"invitation": invitation, "error": error, "token": token}
+    return render(request, "accounts/invitation_accept.html", context, status=400 if error else 200)
+
+
+# --- team pages (request.access set by TeamScopeMiddleware) -------------------------------------
+
+
+@require_perm(Perm.VIEW_TEAM)
+def team_home(request: HttpRequest, team_slug: str) -> HttpResponse:
+    """Members, their roles, and (for admins) invitations."""
+    access = request.access  # type: ignore[attr-defined]
+    members = Membership.objects.filter(team=access.team).select_related("user").order_by("user__username")
+    assignable = [role for role in Role.values if can_assign(access.role, role)]
+    rows = [
+        {
+            "membership": m,
+            "is_me": m.user_id == request.user.pk,
+            "can_change_role": access.can(Perm.CHANGE_ROLES)
+            and m.user_id != request.user.pk
+            and can_assign(access.role, m.role),
+            "can_remove": m.user_id != request.user.pk
+            and access.can(Perm.REMOVE_MEMBERS)
+            and can_assign(access.role, m.role),
+        }
+        for m in members
+    ]
+    context = {
+        "rows": rows,
+        "assignable_roles": [(value, Role(value).label) for value in assignable],
+        "invitation_form": InvitationForm(allowed_roles=assignable),
+        "invitations": Invitation.objects.for_team(access.team).select_related("created_by")[:50]
+        if access.can(Perm.INVITE_MEMBERS)
+        else [],
+        "role_matrix": _role_matrix(),
+        "roles": [role.label for role in Role],
+        # Shown once, right after it was made (post/redirect/get keeps it out of the URL).
+        "new_invitation_link": request.session.pop("new_invitation_link", None),
+    }
+    return render(request, "accounts/team_home.html", context)
+
+
+def _role_matrix() -> list[tuple[str, list[bool]]]:
+    return [(PERM_DESCRIPTIONS[perm], [perm in ROLE_PERMISSIONS[role] for role in Role]) for perm in Perm]
+
+
+@require_POST
+@require_perm(Perm.INVITE_MEMBERS)
+def invitation_create(request: HttpRequest, team_slug: str) -> HttpResponse:
+    access = request.access  # type: ignore[attr-defined]
+    form = InvitationForm(request.POST)
+    if form.is_valid():
+        try:
+            _, token = services.create_invitation(access=access, ip=client_ip(request), **form.cleaned_data)
+        except ValidationError as error:
+            messages.error(request, " ".join(error.messages))
+        else:
+            link = request.build_absolute_uri(reverse("accounts:invitation_accept", args=[token]))
+            request.session["new_invitation_link"] = link
+    else:
+        messages.error(
+            request, "; ".join(f"{field}: {' '.join(map(str, errors))}" for field, errors in form.errors.items())
+        )
+    return redirect("accounts:team_home", team_slug=team_slug)
+
+
+@require_POST
+@require_perm(Perm.INVITE_MEMBERS)
+def invitation_revoke(request: HttpRequest, team_slug: str, invitation_id: int) -> HttpResponse:
+    access = request.access  # type: ignore[attr-defined]
+    invitation = get_object_or_404(Invitation.objects.for_team(access.team), pk=invitation_id)
+    try:
+        services.revoke_invitation(access=access, invitation=invitation, ip=client_ip(request))
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages))
+    else:
+        messages.success(request, "Invitation withdrawn: its link no longer works.")
+    return redirect("accounts:team_home", team_slug=team_slug)
+
+
+@require_POST
+@require_perm(Perm.CHANGE_ROLES)
+def member_role(request: HttpRequest, team_slug: str, membership_id: int) -> HttpResponse:
+    access = request.access  # type: ignore[attr-defined]
+    membership = get_object_or_404(Membership.objects.select_related("user"), pk=membership_id, team=access.team)
+    form = RoleForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Choose one of the listed roles.")
+    else:
+        try:
+            services.change_role(
+                access=access, membership=membership, role=form.cleaned_data["role"], ip=client_ip(request)
+            )
+        except ValidationError as error:
+            messages.error(request, " ".join(error.messages))
+        else:
+            messages.success(request, f"{membership.user.get_username()} is now {form.cleaned_data['role']}.")
+    return redirect("accounts:team_home", team_slug=team_slug)
+
+
+@require_POST
+@require_perm(Perm.VIEW_TEAM)  # anyone may leave; removing someone else is checked by the service
+def member_remove(request: HttpRequest, team_slug: str, membership_id: int) -> HttpResponse:
+    access = request.access  # type: ignore[attr-defined]
+    membership = get_object_or_404(Membership.objects.select_related("user"), pk=membership_id, team=access.team)
+    leaving = membership.user_id == request.user.pk
+    try:
+        services.remove_member(access=access, membership=membership, ip=client_ip(request))
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages))
+        return redirect("accounts:team_home", team_slug=team_slug)
+    if leaving:
+        messages.success(request, f"You left {access.team.name}.")
+        return redirect("accounts:home")
+    messages.success(request, f"{membership.user.get_username()} was removed from the team.")
+    return redirect("accounts:team_home", team_slug=team_slug)
+
+
+@require_perm(Perm.CHANGE_TEAM)
+def team_settings(request: HttpRequest, team_slug: str) -> HttpResponse:
+    access = request.access  # type: ignore[attr-defined]
+    form = RenameTeamForm(request.POST or None, initial={"name": access.team.name})
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.rename_team(access=access, name=form.cleaned_data["name"], ip=client_ip(request))
+        except ValidationError as error:
+            add_service_errors(form, error)
+        else:
+            messages.success(request, "Team renamed.")
+            return redirect("accounts:team_settings", team_slug=team_slug)
+    return render(request, "accounts/team_settings.html", {"form": form})
+
+
+@require_perm(Perm.VIEW_AUDIT)
+def audit_log(request: HttpRequest, team_slug: str) -> HttpResponse:
+    """The team's audit trail, newest first, filterable; htmx swaps only the table on filter changes."""
+    access = request.access  # type: ignore[attr-defined]
+    form = AuditFilterForm(request.GET or None)
+    events = AuditEvent.objects.for_team(access.team).select_related("actor")
+    if form.is_valid():
+        data = form.cleaned_data
+        if data["action"]:
+            events = events.filter(action__icontains=data["action"])
+        if data["actor"]:
+            events = events.filter(actor_label__icontains=data["actor"])
+        if data["since"]:
+            events = events.filter(created_at__date__gte=data["since"])
+        if data["until"]:
+            events = events.filter(created_at__date__lte=data["until"])
+    page = Paginator(events, 50).get_page(request.GET.get("page"))
+    actions = AuditEvent.objects.for_team(access.team).values_list("action", flat=True).distinct()
+    context = {"form": form, "page": page, "actions": sorted(set(actions))}
+    template = "accounts/_audit_table.html" if request.htmx else "accounts/audit_log.html"  # type: ignore[attr-defined]
+    return render(request, template, context)
+
+
+# --- team API keys (the first object shared through django-guardian) ---------------------------
+
+
+@require_perm(Perm.VIEW_TEAM)
+def api_keys(request: HttpRequest, team_slug: str) -> HttpResponse:
+    access = request.access  # type: ignore[attr-defined]
+    form = TeamAPIKeyForm(request.POST or None)
+    new_key = None
+    if request.method == "POST":
+        access.require(Perm.MANAGE_API_KEYS)
+        if form.is_valid():
+            try:
+                _, new_key = services.create_team_api_key(access=access, ip=client_ip(request), **form.cleaned_data)
+            except ValidationError as error:
+                add_service_errors(form, error)
+            else:
+                form = TeamAPIKeyForm()
+    keys = visible_objects(access, TeamAPIKey.objects.for_team(access.team), "view").select_related("created_by")
+    return render(request, "accounts/api_keys.html", {"form": form, "keys": keys, "new_key": new_key})
+
+
+@require_perm(Perm.VIEW_TEAM)
+def api_key_detail(request: HttpRequest, team_slug: str, key_id: int) -> HttpResponse:
+    access = request.access  # type: ignore[attr-defined]
+    key = get_object_or_404(TeamAPIKey.objects.for_team(access.team), pk=key_id)
+    require_object_action(access, key, "view")
+    members = Membership.objects.filter(team=access.team).select_related("user")
+    levels = services.share_levels_for(TeamAPIKey)
+    shares = services.shares_of(key)
+    context = {
+        "key": key,
+        "actions": object_actions(access, key),
+        "share_form": ShareForm(members=members.exclude(role__in=[Role.OWNER, Role.ADMIN]), levels=levels),
+        "shares": [(m, shares[m.user_id]) for m in members if m.user_id in shares],
+        "can_share": access.can(Perm.SHARE_OBJECTS),
+        "share_url": reverse("accounts:api_key_share", args=[team_slug, key.pk]),
+    }
+    return render(request, "accounts/api_key_detail.html", context)
+
+
+@require_POST
+@require_perm(Perm.VIEW_TEAM)
+def api_key_revoke(request: HttpRequest, team_slug: str, key_id: int) -> HttpResponse:
+    access = request.access  # type: ignore[attr-defined]
+    key = get_object_or_404(TeamAPIKey.objects.for_team(access.team), pk=key_id)
+    services.revoke_team_api_key(access=access, key=key, ip=client_ip(request))
+    messages.success(request, f"Key “{key.name}” revoked: it no longer works.")
+    return redirect("accounts:api_key_detail", team_slug=team_slug, key_id=key.pk)
+
+
+@require_POST
+@require_perm(Perm.SHARE_OBJECTS)
+def api_key_share(request: HttpRequest, team_slug: str, key_id: int) -> HttpResponse:
+    access = request.access  # type: ignore[attr-defined]
+    key = get_object_or_404(TeamAPIKey.objects.for_team(access.team), pk=key_id)
+    members = Membership.objects.filter(team=access.team).select_related("user")
+    form = ShareForm(request.POST, members=members, levels=services.share_levels_for(TeamAPIKey))
+    if not form.is_valid():
+        messages.error(request, "Choose a member of this team and a level.")
+    elif request.POST.get("remove"):
+        services.unshare_object(access=access, obj=key, member=form.cleaned_data["member"], ip=client_ip(request))
+        messages.success(request, "Access removed.")
+    else:
+        try:
+            services.share_object(access=access, obj=key, ip=client_ip(request), **form.cleaned_data)
+        except ValidationError as error:
+            messages.error(request, " ".join(error.messages))
+        else:
+            messages.success(request, "Shared.")
+    return redirect("accounts:api_key_detail", team_slug=team_slug, key_id=key.pk)

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class ServingAppConfig(AppConfig):
+    name = "serving_app"
+    verbose_name = "Serving"

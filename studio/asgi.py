@@ -1,0 +1,57 @@
+"""The one ASGI app: a FastAPI outer app, Gradio mounted at /play/, Django at /.
+
+Run with ``uvicorn studio.asgi:app``. Gradio authenticates through the Django session
+(``auth_dependency``), the parent app installs Starlette's CORS middleware with an explicit
+allow-list (otherwise Gradio reflects any origin), and state-changing requests to /play/ from a
+foreign origin are refused because Gradio has no CSRF token of its own.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "studio.settings")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from django.core.asgi import get_asgi_application
+
+django_app = get_asgi_application()  # sets Django up before anything imports models
+
+import gradio as gr  # noqa: E402
+from django.conf import settings  # noqa: E402
+from fastapi import FastAPI  # noqa: E402
+from starlette.middleware.cors import CORSMiddleware  # noqa: E402
+
+from serving_app.playground import THEME, build_playground, gradio_username  # noqa: E402
+from studio.origin import SameOriginMiddleware  # noqa: E402
+
+PLAYGROUND_PATH = "/play"
+
+
+def build_app() -> FastAPI:
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.CORS_ALLOWED_ORIGINS,
+        allow_credentials=True,
+        allow_methods=["GET", "POST"],
+        allow_headers=["Content-Type", "Authorization"],
+    )
+    app.add_middleware(
+        SameOriginMiddleware, protected_prefix=PLAYGROUND_PATH, trusted_origins=settings.CORS_ALLOWED_ORIGINS
+    )
+    app = gr.mount_gradio_app(
+        app,
+        build_playground(),
+        path=PLAYGROUND_PATH,
+        auth_dependency=gradio_username,
+        theme=THEME,
+        footer_links=[],
+        ssr_mode=False,
+        mcp_server=False,
+    )
+    app.mount("/", django_app)
+    return app
+
+
+app = build_app()

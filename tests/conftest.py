@@ -1,0 +1,189 @@
+"""Shared fixtures. The cast, as in healthchecks' tests: alice owns team "acme", bob is her teammate
+(a member), charlie is an outsider who owns his own team "globex".
+
+Integration fixtures (``studio_server``, ``celery_worker``) start the real processes against the test
+database, so the tests that use them must be ``transactional_db`` (data committed, visible to others).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from django.conf import settings
+from django.db import connection
+from django.test import Client
+
+from accounts import services
+from accounts.roles import Role
+from tests.factories import PASSWORD, TeamFactory, UserFactory, member
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_media(tmp_path: Path, settings: Any) -> None:
+    settings.MEDIA_ROOT = tmp_path / "media"
+
+
+@pytest.fixture
+def acme(db: None) -> Any:
+    return TeamFactory(name="Acme", slug="acme")
+
+
+@pytest.fixture
+def globex(db: None) -> Any:
+    return TeamFactory(name="Globex", slug="globex")
+
+
+@pytest.fixture
+def alice(acme: Any) -> Any:
+    return member(acme, Role.OWNER, "alice")
+
+
+@pytest.fixture
+def bob(acme: Any) -> Any:
+    return member(acme, Role.MEMBER, "bob")
+
+
+@pytest.fixture
+def charlie(globex: Any) -> Any:
+    return member(globex, Role.OWNER, "charlie")
+
+
+@pytest.fixture
+def user_in_role(acme: Any) -> Callable[[str], Any]:
+    """Make a member of acme with the given role."""
+    return lambda role: member(acme, role, f"acme-{role}-{UserFactory._meta.model.objects.count()}")
+
+
+@pytest.fixture
+def login() -> Callable[[Any], Client]:
+    """A browser-like client signed in as ``user`` (CSRF checks on, as in a real browser)."""
+
+    def make(user: Any) -> Client:
+        client = Client(enforce_csrf_checks=False)
+        client.force_login(user, backend=MODEL_BACKEND)
+        return client
+
+    return make
+
+
+@pytest.fixture
+def bearer() -> Callable[[Any], Client]:
+    """An API client authenticated with a fresh personal token of ``user``."""
+
+    def make(user: Any) -> Client:
+        _, token = services.create_personal_token(user=user, name="tests")
+        return Client(headers={"Authorization": f"Bearer {token}"})
+
+    return make
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _process_env() -> dict[str, str]:
+    """Environment for a studio process that must see the test database and broker."""
+    db = connection.settings_dict
+    if db["ENGINE"] != "django.db.backends.postgresql":
+        pytest.fail("Integration tests need PostgreSQL: run them with `make test` (DATABASE_URL=postgres://…).")
+    url = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    return {**os.environ, "DATABASE_URL": url, "CELERY_BROKER_URL": settings.CELERY_BROKER_URL, "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="session")
+def studio_server(django_db_setup: None, django_db_blocker: Any, tmp_path_factory: Any) -> Iterator[str]:
+    """The real ASGI app (FastAPI + Gradio + Django) under uvicorn, on the test database."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "uvicorn.log"
+    with django_db_blocker.unblock():
+        env = _process_env()
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "studio.asgi:app", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"uvicorn exited early:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail(f"uvicorn did not answer within 90 s:\n{log.read_text()[-3000:]}")
+    yield base
+    process.terminate()
+    process.wait(timeout=20)
+
+
+@pytest.fixture(scope="session")
+def celery_worker(django_db_setup: None, django_db_blocker: Any, tmp_path_factory: Any) -> Iterator[None]:
+    """A real Celery worker consuming both queues from the test broker, on the test database."""
+    log = tmp_path_factory.mktemp("worker") / "celery.log"
+    with django_db_blocker.unblock():
+        env = _process_env()
+    if not env["CELERY_BROKER_URL"].startswith("redis://"):
+        pytest.fail("Integration tests need Redis: run them with `make test` (CELERY_BROKER_URL=redis://…).")
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "studio",
+                "worker",
+                "-Q",
+                "default,gpu",
+                "--concurrency",
+                "1",
+                "--pool",
+                "solo",
+                "--loglevel",
+                "INFO",
+                "--hostname",
+                f"tests-{os.getpid()}@%h",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    from studio.celery import app
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"celery worker exited early:\n{log.read_text()[-3000:]}")
+        if app.control.ping(timeout=1):
+            break
+    else:
+        process.kill()
+        pytest.fail(f"celery worker did not answer within 60 s:\n{log.read_text()[-3000:]}")
+    yield
+    process.terminate()
+    process.wait(timeout=30)
+
+
+__all__ = ["PASSWORD"]

@@ -1,0 +1,319 @@
+"""Static checks of the production deployment in compose/compose.yaml.
+
+The file is parsed with PyYAML; no Docker engine and no network are used. Entry points named by the
+services' commands are resolved against the real project (Django is set up by pytest-django).
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = REPO_ROOT / "compose" / "compose.yaml"
+APP_DOCKERFILE = "compose/Dockerfile"
+
+BACKING_SERVICES = frozenset({"postgres", "redis"})
+APP_SERVICES = frozenset({"migrate", "web", "worker-cpu", "worker-gpu", "beat"})
+LONG_RUNNING_APP_SERVICES = ("web", "worker-cpu", "worker-gpu", "beat")
+GPU_SERVICE = "worker-gpu"
+
+Service = dict[str, Any]
+
+
+class EntryPointError(Exception):
+    """A service command names a program, module, app, queue or command that does not exist."""
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    """The parsed compose file, loaded once for the module (anchors and merge keys resolved)."""
+    with COMPOSE_FILE.open(encoding="utf-8") as handle:
+        document = yaml.safe_load(handle)
+    assert isinstance(document, dict), f"{COMPOSE_FILE} is not a mapping"
+    return document
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, Service]:
+    """The `services` mapping of the compose file."""
+    found = compose.get("services")
+    assert isinstance(found, dict), "compose.yaml has no services mapping"
+    return found
+
+
+def split_command(command: str | list[str]) -> list[str]:
+    """Return a compose `command` (string or list form) as an argv list."""
+    if isinstance(command, str):
+        return shlex.split(command)
+    return [str(part) for part in command]
+
+
+def option_value(argv: list[str], *names: str) -> str | None:
+    """Value of the first option among `names` in argv: `-Q gpu`, `--queues gpu`, `--queues=gpu`, `-Qgpu`."""
+    for index, arg in enumerate(argv):
+        for name in names:
+            if arg == name:
+                if index + 1 >= len(argv):
+                    raise EntryPointError(f"option {name} has no value")
+                return argv[index + 1]
+            if name.startswith("--") and arg.startswith(name + "="):
+                return arg.split("=", 1)[1]
+            if not name.startswith("--") and arg.startswith(name) and len(arg) > len(name):
+                return arg[len(name) :]
+    return None
+
+
+def import_module(name: str) -> Any:
+    """Import a module by dotted name, turning an ImportError into an EntryPointError."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise EntryPointError(f"cannot import module {name!r}: {exc}") from exc
+
+
+def app_spec_of_uvicorn(argv: list[str]) -> str:
+    """The `MODULE:ATTR` positional argument of a uvicorn command line."""
+    options_with_values = {
+        "--host", "--port", "--uds", "--fd", "--workers", "--loop", "--http", "--ws",
+        "--lifespan", "--env-file", "--log-config", "--log-level", "--root-path",
+        "--forwarded-allow-ips", "--app-dir", "--timeout-keep-alive", "--limit-concurrency",
+    }  # fmt: skip
+    args = iter(argv[1:])
+    for arg in args:
+        if arg in options_with_values:
+            next(args, None)
+        elif not arg.startswith("-"):
+            return arg
+    raise EntryPointError("uvicorn command has no MODULE:ATTR argument")
+
+
+def check_uvicorn(argv: list[str]) -> None:
+    """`uvicorn MODULE:ATTR ...`: MODULE imports and has attribute ATTR."""
+    spec = app_spec_of_uvicorn(argv)
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not attr:
+        raise EntryPointError(f"uvicorn app {spec!r} is not of the form MODULE:ATTR")
+    module = import_module(module_name)
+    if not hasattr(module, attr):
+        raise EntryPointError(f"module {module_name!r} has no attribute {attr!r}")
+
+
+def load_celery_app(app_option: str) -> Any:
+    """The Celery app that `celery -A APP` finds: `APP.celery.app`, or `MODULE:ATTR` when given so."""
+    from celery import Celery
+
+    if ":" in app_option:
+        module_name, _, attr = app_option.partition(":")
+    else:
+        module_name, attr = f"{app_option}.celery", "app"
+    app = getattr(import_module(module_name), attr, None)
+    if not isinstance(app, Celery):
+        raise EntryPointError(f"{module_name}.{attr} is not a celery.Celery app (got {type(app).__name__})")
+    return app
+
+
+def celery_queue_names(app: Any) -> set[str]:
+    """Names of the queues declared in the Celery app's `task_queues` setting."""
+    return {queue.name for queue in (app.conf.task_queues or ())}
+
+
+def check_celery(argv: list[str]) -> None:
+    """`celery -A APP worker -Q QUEUES` or `celery -A APP beat`: the app exists and declares each queue."""
+    app_option = option_value(argv, "-A", "--app")
+    if not app_option:
+        raise EntryPointError("celery command has no -A/--app option")
+    if "worker" in argv:
+        app = load_celery_app(app_option)
+        queues_option = option_value(argv, "-Q", "--queues")
+        if not queues_option:
+            raise EntryPointError("celery worker has no -Q/--queues option: it would consume the wrong queue")
+        declared = celery_queue_names(app)
+        missing = [q for q in queues_option.split(",") if q.strip() not in declared]
+        if missing:
+            raise EntryPointError(f"queues {missing} are not in app.conf.task_queues {sorted(declared)}")
+    elif "beat" in argv:
+        load_celery_app(app_option)
+    else:
+        raise EntryPointError(f"unknown celery subcommand in {argv}")
+
+
+def check_manage_py(argv: list[str]) -> None:
+    """`python manage.py CMD ...`: manage.py exists and CMD is a registered management command."""
+    from django.core.management import get_commands
+
+    if len(argv) < 3 or Path(argv[1]).name != "manage.py":
+        raise EntryPointError(f"python command is not `python manage.py COMMAND`: {argv}")
+    if not (REPO_ROOT / "manage.py").is_file():
+        raise EntryPointError("manage.py is missing at the repository root")
+    if argv[2] not in get_commands():
+        raise EntryPointError(f"{argv[2]!r} is not a Django management command")
+
+
+ENTRY_POINT_CHECKERS: dict[str, Callable[[list[str]], None]] = {
+    "uvicorn": check_uvicorn,
+    "celery": check_celery,
+    "python": check_manage_py,
+    "python3": check_manage_py,
+}
+
+
+def check_entry_point(command: str | list[str]) -> None:
+    """Raise EntryPointError unless the command's program and its target exist in the project."""
+    argv = split_command(command)
+    if not argv:
+        raise EntryPointError("empty command")
+    checker = ENTRY_POINT_CHECKERS.get(argv[0])
+    if checker is None:
+        raise EntryPointError(f"unknown program {argv[0]!r} (expected one of {sorted(ENTRY_POINT_CHECKERS)})")
+    checker(argv)
+
+
+def uses_app_image(service: Service) -> bool:
+    """Whether the service is built from the project's Dockerfile."""
+    build = service.get("build")
+    return isinstance(build, dict) and str(build.get("dockerfile", "")).endswith(APP_DOCKERFILE)
+
+
+def environment_of(service: Service) -> dict[str, str]:
+    """The service's environment as a mapping (compose allows a mapping or a list of KEY=VALUE)."""
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        return dict(str(item).partition("=")[::2] for item in env)
+    return {str(key): str(value) for key, value in env.items()}
+
+
+def gpu_reservations(service: Service) -> list[dict[str, Any]]:
+    """Device reservations of the service that ask for a GPU (NVIDIA driver or `gpu` capability)."""
+    devices = service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices") or []
+    return [
+        device for device in devices if device.get("driver") == "nvidia" or "gpu" in (device.get("capabilities") or [])
+    ]
+
+
+def depends_on_conditions(service: Service) -> dict[str, str]:
+    """Map each dependency of the service to its condition (`service_started` for the short form)."""
+    depends = service.get("depends_on") or {}
+    if isinstance(depends, list):
+        return dict.fromkeys(depends, "service_started")
+    return {name: spec.get("condition", "service_started") for name, spec in depends.items()}
+
+
+def test_compose_file_declares_every_expected_service(compose: dict[str, Any]) -> None:
+    assert "version" not in compose, "the Compose spec has no `version:` key"
+    missing = (BACKING_SERVICES | APP_SERVICES) - set(compose.get("services", {}))
+    assert not missing, f"compose.yaml lacks services {sorted(missing)}"
+
+
+def test_every_app_service_command_names_a_real_entry_point(services: dict[str, Service]) -> None:
+    problems = []
+    for name in sorted(APP_SERVICES):
+        command = services[name].get("command")
+        if not command:
+            problems.append(f"service {name!r}: has no command")
+            continue
+        try:
+            check_entry_point(command)
+        except EntryPointError as exc:
+            problems.append(f"service {name!r}: {exc}")
+    assert not problems, "unknown entry points:\n" + "\n".join(problems)
+
+
+def test_entry_point_check_rejects_unknown_programs_modules_and_commands() -> None:
+    bad_commands = [
+        ["gunicorn", "studio.wsgi"],
+        ["uvicorn", "studio.no_such_module:app"],
+        "python manage.py no_such_command",
+        "celery -A studio worker -Q no_such_queue",
+    ]
+    for command in bad_commands:
+        with pytest.raises(EntryPointError):
+            check_entry_point(command)
+
+
+def test_only_the_gpu_worker_reserves_nvidia_gpus(services: dict[str, Service]) -> None:
+    expected = {"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}
+    assert gpu_reservations(services[GPU_SERVICE]) == [expected]
+    others = sorted(
+        name
+        for name, service in services.items()
+        if name != GPU_SERVICE and (gpu_reservations(service) or "gpus" in service)
+    )
+    assert not others, f"services {others} reserve a GPU; only {GPU_SERVICE} may"
+
+
+def test_gpu_worker_image_installs_torch_from_a_cuda_index(services: dict[str, Service]) -> None:
+    gpu_args = services[GPU_SERVICE]["build"].get("args", {})
+    assert "/whl/cu" in gpu_args.get("TORCH_INDEX_URL", ""), "worker-gpu must build CUDA torch"
+    for name in sorted(APP_SERVICES - {GPU_SERVICE}):
+        args = services[name]["build"].get("args") or {}
+        assert "TORCH_INDEX_URL" not in args, f"service {name!r} should use the Dockerfile's CPU default"
+    dockerfile = (REPO_ROOT / APP_DOCKERFILE).read_text(encoding="utf-8")
+    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in dockerfile
+
+
+def test_every_app_service_gets_the_shared_production_environment(services: dict[str, Service]) -> None:
+    app_services = {name for name, service in services.items() if uses_app_image(service)}
+    assert app_services == APP_SERVICES, "exactly the app services are built from compose/Dockerfile"
+    for name in sorted(app_services):
+        env = environment_of(services[name])
+        assert env.get("ATELIER_PRODUCTION") == "1", f"service {name!r}: ATELIER_PRODUCTION is not 1"
+        assert env.get("DATABASE_URL", "").startswith("postgres://"), f"service {name!r}: DATABASE_URL"
+        assert env.get("CELERY_BROKER_URL", "").startswith("redis://"), f"service {name!r}: broker URL"
+        assert env.get("ATELIER_DATA_DIR") == "/var/lib/atelier", f"service {name!r}: ATELIER_DATA_DIR"
+        volumes = [str(volume) for volume in services[name].get("volumes", [])]
+        assert "atelier-data:/var/lib/atelier" in volumes, f"service {name!r}: shared data volume"
+
+
+def test_long_running_services_wait_for_migrations_and_healthy_backends(
+    services: dict[str, Service],
+) -> None:
+    expected = {
+        "migrate": "service_completed_successfully",
+        "postgres": "service_healthy",
+        "redis": "service_healthy",
+    }
+    for name in LONG_RUNNING_APP_SERVICES:
+        conditions = depends_on_conditions(services[name])
+        wrong = {dep: cond for dep, cond in expected.items() if conditions.get(dep) != cond}
+        assert not wrong, f"service {name!r} must depend on {wrong}; has {conditions}"
+    assert depends_on_conditions(services["migrate"]).get("postgres") == "service_healthy"
+    assert "pg_isready" in str(services["postgres"].get("healthcheck", {}).get("test"))
+    assert services["redis"].get("healthcheck", {}).get("test"), "redis needs a healthcheck"
+
+
+def healthcheck_url(service: Service) -> str:
+    """The first http:// URL that the service's healthcheck probes."""
+    test = service.get("healthcheck", {}).get("test") or []
+    match = re.search(r"http://[^\s'\"]+", " ".join(test) if isinstance(test, list) else str(test))
+    assert match, "the healthcheck probes no http:// URL"
+    return match.group(0)
+
+
+def test_web_healthcheck_probes_a_url_the_project_serves(services: dict[str, Service]) -> None:
+    from django.urls import Resolver404, resolve
+
+    url = healthcheck_url(services["web"])
+    assert url.startswith("http://127.0.0.1:8000/"), f"web healthcheck probes {url}, not its own port"
+    path = urlsplit(url).path
+    try:
+        resolve(path)
+        served = True
+    except Resolver404:
+        served = False
+    assert served, f"web healthcheck probes {path}, which no Django URL serves"
+
+
+def test_postgres_and_redis_are_not_published_to_the_host(services: dict[str, Service]) -> None:
+    for name in sorted(BACKING_SERVICES):
+        service = services[name]
+        assert not service.get("ports"), f"service {name!r} publishes ports to the host"
+        assert service.get("network_mode") != "host", f"service {name!r} uses the host network"
