@@ -12,7 +12,7 @@ from django.db.models import QuerySet
 from django.http import Http404, HttpRequest
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
-from ninja import Field, Query, Router, Schema
+from ninja import Field, Query, Router, Schema, Status
 from ninja.pagination import LimitOffsetPagination, paginate
 
 from accounts import services
@@ -208,13 +208,13 @@ def _invitation_out(invitation: Invitation) -> dict[str, Any]:
 
 
 @router.post("auth/token", auth=None, response={201: TokenCreated, 401: Error, 429: Error})
-def obtain_token(request: HttpRequest, body: TokenRequest) -> tuple[int, dict[str, Any]]:
+def obtain_token(request: HttpRequest, body: TokenRequest) -> Status:
     """Exchange a username and password for a new personal token (for the CLI and scripts)."""
     user = authenticate(request, username=body.username, password=body.password)
     if user is None:
-        return 401, {"detail": "Wrong username or password."}
+        return Status(401, {"detail": "Wrong username or password."})
     token, plaintext = services.create_personal_token(user=user, name=body.name, ip=client_ip(request))
-    return 201, {**_token_out(token), "token": plaintext}
+    return Status(201, {**_token_out(token), "token": plaintext})
 
 
 @router.get("me", response=dict[str, Any])
@@ -229,17 +229,17 @@ def list_tokens(request: HttpRequest) -> list[dict[str, Any]]:
 
 
 @router.post("tokens/", response={201: TokenCreated, 400: Error})
-def create_token(request: HttpRequest, body: TokenIn) -> tuple[int, dict[str, Any]]:
+def create_token(request: HttpRequest, body: TokenIn) -> Status:
     token, plaintext = services.create_personal_token(user=acting_user(request), name=body.name, ip=client_ip(request))
-    return 201, {**_token_out(token), "token": plaintext}
+    return Status(201, {**_token_out(token), "token": plaintext})
 
 
 @router.delete("tokens/{token_id}", response={204: None, 404: Error})
-def revoke_token(request: HttpRequest, token_id: int) -> tuple[int, None]:
+def revoke_token(request: HttpRequest, token_id: int) -> Status:
     user = acting_user(request)
     token = get_object_or_404(PersonalAccessToken, pk=token_id, user=user)
     services.revoke_personal_token(user=user, token=token, ip=client_ip(request))
-    return 204, None
+    return Status(204, None)
 
 
 # --- teams and members --------------------------------------------------------------------------
@@ -256,9 +256,9 @@ def list_teams(request: HttpRequest) -> list[dict[str, Any]]:
 
 
 @router.post("teams/", response={201: TeamOut, 400: Error})
-def create_team(request: HttpRequest, body: TeamIn) -> tuple[int, dict[str, Any]]:
+def create_team(request: HttpRequest, body: TeamIn) -> Status:
     team = services.create_team(actor=acting_user(request), name=body.name, slug=body.slug, ip=client_ip(request))
-    return 201, {**TeamOut.from_orm(team).dict(), "role": "owner"}
+    return Status(201, {**TeamOut.from_orm(team).dict(), "role": "owner"})
 
 
 @router.get("teams/{slug}/", response={200: TeamOut, 404: Error})
@@ -287,11 +287,11 @@ def change_member_role(request: HttpRequest, slug: str, username: str, body: Rol
 
 
 @router.delete("teams/{slug}/members/{username}", response={204: None, 400: Error, 403: Error, 404: Error})
-def remove_member(request: HttpRequest, slug: str, username: str) -> tuple[int, None]:
+def remove_member(request: HttpRequest, slug: str, username: str) -> Status:
     """Remove a member; a member may remove themselves (leave the team)."""
     access = team_access(request, slug)
     services.remove_member(access=access, membership=_member(access, username), ip=client_ip(request))
-    return 204, None
+    return Status(204, None)
 
 
 # --- invitations --------------------------------------------------------------------------------
@@ -305,30 +305,30 @@ def list_invitations(request: HttpRequest, slug: str) -> list[dict[str, Any]]:
 
 
 @router.post("teams/{slug}/invitations/", response={201: InvitationCreated, 400: Error, 403: Error, 404: Error})
-def create_invitation(request: HttpRequest, slug: str, body: InvitationIn) -> tuple[int, dict[str, Any]]:
+def create_invitation(request: HttpRequest, slug: str, body: InvitationIn) -> Status:
     access = team_access(request, slug)
     access.require(Perm.INVITE_MEMBERS)
     invitation, token = services.create_invitation(
         access=access, role=body.role, email=body.email, ip=client_ip(request)
     )
     link = request.build_absolute_uri(reverse("accounts:invitation_accept", args=[token]))
-    return 201, {**_invitation_out(invitation), "link": link}
+    return Status(201, {**_invitation_out(invitation), "link": link})
 
 
 @router.delete("teams/{slug}/invitations/{invitation_id}", response={204: None, 400: Error, 403: Error, 404: Error})
-def revoke_invitation(request: HttpRequest, slug: str, invitation_id: int) -> tuple[int, None]:
+def revoke_invitation(request: HttpRequest, slug: str, invitation_id: int) -> Status:
     access = team_access(request, slug)
     access.require(Perm.INVITE_MEMBERS)
     invitation = get_object_or_404(Invitation.objects.for_team(access.team), pk=invitation_id)
     services.revoke_invitation(access=access, invitation=invitation, ip=client_ip(request))
-    return 204, None
+    return Status(204, None)
 
 
 @router.post("invitations/accept", response={201: TeamOut, 400: Error})
-def accept_invitation(request: HttpRequest, body: AcceptIn) -> tuple[int, dict[str, Any]]:
+def accept_invitation(request: HttpRequest, body: AcceptIn) -> Status:
     """Accept an invitation with the token from its link (the part after /invite/)."""
     membership = services.accept_invitation(user=acting_user(request), token=body.token, ip=client_ip(request))
-    return 201, {**TeamOut.from_orm(membership.team).dict(), "role": membership.role}
+    return Status(201, {**TeamOut.from_orm(membership.team).dict(), "role": membership.role})
 
 
 # --- team API keys ------------------------------------------------------------------------------
@@ -341,10 +341,10 @@ def list_keys(request: HttpRequest, slug: str) -> list[dict[str, Any]]:
 
 
 @router.post("teams/{slug}/keys/", response={201: KeyCreated, 400: Error, 403: Error, 404: Error})
-def create_key(request: HttpRequest, slug: str, body: KeyIn) -> tuple[int, dict[str, Any]]:
+def create_key(request: HttpRequest, slug: str, body: KeyIn) -> Status:
     access = team_access(request, slug)
     key, plaintext = services.create_team_api_key(access=access, name=body.name, role=body.role, ip=client_ip(request))
-    return 201, {**_token_out(key), "key": plaintext}
+    return Status(201, {**_token_out(key), "key": plaintext})
 
 
 def _visible_key(access: TeamAccess, key_id: int) -> TeamAPIKey:
@@ -355,14 +355,14 @@ def _visible_key(access: TeamAccess, key_id: int) -> TeamAPIKey:
 
 
 @router.delete("teams/{slug}/keys/{key_id}", response={204: None, 403: Error, 404: Error})
-def revoke_key(request: HttpRequest, slug: str, key_id: int) -> tuple[int, None]:
+def revoke_key(request: HttpRequest, slug: str, key_id: int) -> Status:
     access = team_access(request, slug)
     services.revoke_team_api_key(access=access, key=_visible_key(access, key_id), ip=client_ip(request))
-    return 204, None
+    return Status(204, None)
 
 
 @router.post("teams/{slug}/keys/{key_id}/shares", response={204: None, 400: Error, 403: Error, 404: Error})
-def share_key(request: HttpRequest, slug: str, key_id: int, body: ShareIn) -> tuple[int, None]:
+def share_key(request: HttpRequest, slug: str, key_id: int, body: ShareIn) -> Status:
     """Give a member view or change access to one key (guardian object permission)."""
     access = team_access(request, slug)
     access.require(Perm.SHARE_OBJECTS)
@@ -370,16 +370,16 @@ def share_key(request: HttpRequest, slug: str, key_id: int, body: ShareIn) -> tu
     services.share_object(
         access=access, obj=key, member=_member(access, body.username), level=body.level, ip=client_ip(request)
     )
-    return 204, None
+    return Status(204, None)
 
 
 @router.delete("teams/{slug}/keys/{key_id}/shares/{username}", response={204: None, 403: Error, 404: Error})
-def unshare_key(request: HttpRequest, slug: str, key_id: int, username: str) -> tuple[int, None]:
+def unshare_key(request: HttpRequest, slug: str, key_id: int, username: str) -> Status:
     access = team_access(request, slug)
     access.require(Perm.SHARE_OBJECTS)
     key = _visible_key(access, key_id)
     services.unshare_object(access=access, obj=key, member=_member(access, username), ip=client_ip(request))
-    return 204, None
+    return Status(204, None)
 
 
 # --- audit trail --------------------------------------------------------------------------------

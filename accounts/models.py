@@ -83,7 +83,8 @@ class Invitation(TeamOwnedModel):
         ordering: ClassVar = ["-created_at"]
 
     def __str__(self) -> str:
-        return f"invitation to {self.team_id} as {self.role}"
+        addressee = f" for {self.email}" if self.email else ""
+        return f"{self.get_role_display()} invitation{addressee}"
 
     @staticmethod
     def generate_token() -> str:

@@ -228,7 +228,9 @@ def member_role(request: HttpRequest, team_slug: str, membership_id: int) -> Htt
         except ValidationError as error:
             messages.error(request, " ".join(error.messages))
         else:
-            messages.success(request, f"{membership.user.get_username()} is now {form.cleaned_data['role']}.")
+            messages.success(
+                request, f"{membership.user.get_username()} is now {Role(form.cleaned_data['role']).label}."
+            )
     return redirect("accounts:team_home", team_slug=team_slug)
 
 

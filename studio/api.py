@@ -19,6 +19,7 @@ from ninja.security import HttpBearer, SessionAuth
 from accounts import services
 from accounts.api import router as accounts_router
 from accounts.http import error_dict
+from accounts.lockout import LOCKED_MESSAGE
 
 
 class BearerAuth(HttpBearer):
@@ -66,8 +67,4 @@ def on_unauthenticated(request: HttpRequest, error: AuthenticationError) -> Http
 
 @api.exception_handler(AxesBackendPermissionDenied)
 def on_locked_out(request: HttpRequest, error: AxesBackendPermissionDenied) -> HttpResponse:
-    return api.create_response(
-        request,
-        {"detail": "Too many failed logins for this account from your address; try again later."},
-        status=429,
-    )
+    return api.create_response(request, {"detail": LOCKED_MESSAGE}, status=429)

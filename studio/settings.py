@@ -188,8 +188,7 @@ AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5, minimum=1)
 AXES_COOLOFF_TIME = env_int("AXES_COOLOFF_MINUTES", 15, minimum=1) / 60  # hours
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
-AXES_LOCKOUT_TEMPLATE = "accounts/locked_out.html"
-AXES_HTTP_RESPONSE_CODE = 429
+AXES_LOCKOUT_CALLABLE = "accounts.lockout.lockout_response"
 AXES_IPWARE_PROXY_COUNT = env_int("AXES_PROXY_COUNT", 0, minimum=0) or None
 AXES_VERBOSE = False
 
@@ -271,5 +270,6 @@ if PRODUCTION:
     SECURE_CONTENT_TYPE_NOSNIFF = True
     SECURE_REFERRER_POLICY = "same-origin"
 
-# The site frames its own Gradio playground; nobody else may frame the studio.
-X_FRAME_OPTIONS = "SAMEORIGIN"
+# Django's pages are never framed. (The Gradio playground, which the site does frame, is served by
+# Gradio with ``frame-ancestors 'self'``: see studio/origin.py.)
+X_FRAME_OPTIONS = "DENY"
