@@ -150,7 +150,7 @@ def create_invitation(
             created_by=access.user,
             expires_at=timezone.now() + timedelta(hours=settings.INVITATION_TTL_HOURS),
         )
-        details = {"role": role, **({"email": invitation.email} if invitation.email else {})}
+        details: dict[str, Any] = {"role": role, **({"email": invitation.email} if invitation.email else {})}
         audit.record("invitation.created", access=access, target=invitation, ip=ip, **details)
     return invitation, token
 
