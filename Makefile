@@ -33,7 +33,7 @@ run: $(STAMP)
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py seed_demo
 	@echo "Atelier: http://$(HOST):$(PORT)/  (Ctrl-C stops the web server, the worker and beat)"
-	@trap 'kill 0' EXIT; \
+	@trap 'trap - EXIT INT TERM; kill -TERM 0 2>/dev/null; wait' EXIT INT TERM; \
 	$(VENV)/bin/celery -A studio worker -Q default,gpu --concurrency 1 --loglevel INFO & \
 	$(VENV)/bin/celery -A studio beat --loglevel WARNING --schedule var/celerybeat-schedule & \
 	$(VENV)/bin/uvicorn studio.asgi:app --host $(HOST) --port $(PORT)

@@ -255,3 +255,15 @@ def test_readme_role_table_matches_the_code() -> None:
         expected = ["✓" if perm in ROLE_PERMISSIONS[role] else "—" for role in Role]
         assert cells == expected, f"README row for {perm} says {cells}, code says {expected}"
         assert PERM_DESCRIPTIONS[perm]
+
+
+def test_forbidden_page_says_which_role_is_missing(bob: Any, login: Any) -> None:
+    response = login(bob).get("/t/acme/audit/")
+    assert response.status_code == 403
+    assert "Your role (Member) does not allow this (audit.view)" in response.content.decode()
+
+
+def test_not_found_page_is_the_sites_own(charlie: Any, acme: Any, login: Any) -> None:
+    response = login(charlie).get("/t/acme/")
+    assert response.status_code == 404
+    assert "There is nothing here, or you do not have access to it." in response.content.decode()
