@@ -78,8 +78,13 @@ def rename_team(*, access: TeamAccess, name: str, ip: str | None = None) -> Team
 # --- members ------------------------------------------------------------------------------------
 
 
-def _owner_count(team: Team) -> int:
-    return Membership.objects.filter(team=team, role=Role.OWNER).count()
+def _locked_owner_count(team: Team) -> int:
+    """How many owners the team has, locking their rows until the transaction ends.
+
+    Locking every owner (not only the membership being changed) serializes two owners demoting
+    each other at the same moment, so a team can never end up without an owner.
+    """
+    return len(Membership.objects.select_for_update().filter(team=team, role=Role.OWNER).values_list("pk", flat=True))
 
 
 def change_role(*, access: TeamAccess, membership: Membership, role: str, ip: str | None = None) -> Membership:
@@ -96,7 +101,7 @@ def change_role(*, access: TeamAccess, membership: Membership, role: str, ip: st
         old = membership.role
         if old == role:
             return membership
-        if old == Role.OWNER and _owner_count(access.team) == 1:
+        if old == Role.OWNER and _locked_owner_count(access.team) == 1:
             raise ValidationError(
                 {"role": "This is the team's last owner: make someone else an owner first, then change this role."}
             )
@@ -117,7 +122,7 @@ def remove_member(*, access: TeamAccess, membership: Membership, ip: str | None 
         raise ValidationError({"member": "That person is not a member of this team."})
     with transaction.atomic():
         membership = Membership.objects.select_for_update().get(pk=membership.pk)
-        if membership.role == Role.OWNER and _owner_count(access.team) == 1:
+        if membership.role == Role.OWNER and _locked_owner_count(access.team) == 1:
             raise ValidationError(
                 {"member": "This is the team's last owner: make someone else an owner before leaving."}
             )

@@ -7,6 +7,7 @@ rather than a leak in production.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, Self
 
 from django.db import models
@@ -43,9 +44,41 @@ class TeamScopedQuerySet(models.QuerySet[Any]):
         if not self._team_scoped:
             raise TeamScopeError(f"{self.model.__name__} is team-owned: start the query with .for_team(team).")
 
+    def _require_scope_of(self, *others: Any) -> None:
+        """A combined query (``|``, ``&``, ``^``, ``union``…) is scoped only if every part is."""
+        self._require_scope()
+        for other in others:
+            if isinstance(other, TeamScopedQuerySet):
+                other._require_scope()
+
+    # Every way Django reads rows goes through one of these.
     def _fetch_all(self) -> None:
         self._require_scope()
         super()._fetch_all()
+
+    def iterator(self, chunk_size: int | None = None) -> Iterator[Any]:
+        self._require_scope()
+        return super().iterator(chunk_size=chunk_size)
+
+    def aiterator(self, chunk_size: int = 2000) -> AsyncIterator[Any]:
+        self._require_scope()
+        return super().aiterator(chunk_size=chunk_size)
+
+    def __or__(self, other: Any) -> Self:
+        self._require_scope_of(other)
+        return super().__or__(other)
+
+    def __and__(self, other: Any) -> Self:
+        self._require_scope_of(other)
+        return super().__and__(other)
+
+    def __xor__(self, other: Any) -> Self:
+        self._require_scope_of(other)
+        return super().__xor__(other)  # type: ignore[misc]  # QuerySet.__xor__ (Django 4.2+) is missing from the stubs
+
+    def _combinator_query(self, combinator: str, *other_qs: Any, all: bool = False) -> Self:
+        self._require_scope_of(*other_qs)
+        return super()._combinator_query(combinator, *other_qs, all=all)  # type: ignore[misc]
 
     def count(self) -> int:
         self._require_scope()

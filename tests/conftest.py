@@ -30,9 +30,16 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
 
 
+SERVER_FIXTURES = {"studio_server", "celery_worker"}
+
+
 @pytest.fixture(autouse=True)
-def _isolated_media(tmp_path: Path, settings: Any) -> None:
+def _test_settings(request: pytest.FixtureRequest, tmp_path: Path, settings: Any) -> None:
     settings.MEDIA_ROOT = tmp_path / "media"
+    # A deliberately slow password hash is the point in production and minutes of waiting here. Tests
+    # that log in to a separate server process keep the real hasher, which that process understands.
+    if not SERVER_FIXTURES & set(request.fixturenames):
+        settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture

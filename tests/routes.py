@@ -1,0 +1,75 @@
+"""What the tenant-isolation sweep and the role matrix share: finding team routes, snapshotting a team."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from django.urls import URLPattern, URLResolver, get_resolver
+from ninja.utils import normalize_path
+
+from accounts.models import AuditEvent, Invitation, Membership, Team, TeamAPIKey, TeamAPIKeyUserObjectPermission
+from studio.api import api
+
+API_ROOT = "/api/v1/"
+# The middleware scopes any view whose URL has a ``team_slug`` kwarg, whatever its converter.
+TEAM_KWARG = re.compile(r"<(?:\w+:)?team_slug>")
+TEAM_PARAM = re.compile(r"\{(?:\w+:)?slug\}")
+
+
+# --- what a team route is -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PageRoute:
+    """A Django view mounted under a team slug."""
+
+    route: str
+    view: Callable[..., Any]
+
+
+def _walk(patterns: list[Any], prefix: str, namespace: str) -> Iterator[tuple[str, PageRoute]]:
+    for entry in patterns:
+        route = prefix + str(entry.pattern)
+        if isinstance(entry, URLResolver):
+            inner = f"{namespace}{entry.namespace}:" if entry.namespace else namespace
+            yield from _walk(entry.url_patterns, route, inner)
+        elif isinstance(entry, URLPattern):
+            yield (f"{namespace}{entry.name}" if entry.name else route), PageRoute(route, entry.callback)
+
+
+def page_team_routes() -> dict[str, PageRoute]:
+    """URL name -> every Django view mounted under a team slug (the route itself when unnamed)."""
+    return {name: page for name, page in _walk(get_resolver().url_patterns, "", "") if TEAM_KWARG.search(page.route)}
+
+
+def api_team_operations() -> set[tuple[str, str]]:
+    """(method, path) of every API operation under ``/api/v1/`` whose path names a team ``{slug}``."""
+    get_resolver().url_patterns  # noqa: B018  # building the URLconf binds the ninja routers
+    operations = set()
+    for prefix, router in api._routers:
+        for path, path_view in router.path_operations.items():
+            full_path = API_ROOT + normalize_path(f"{prefix}/{path}").lstrip("/")
+            if TEAM_PARAM.search(full_path):
+                operations |= {(method, full_path) for op in path_view.operations for method in op.methods}
+    return operations
+
+
+def team_state(team: Team) -> dict[str, Any]:
+    """Everything a team route could change about ``team``, in a comparable form."""
+    return {
+        "team": Team.objects.filter(pk=team.pk).values_list("name", "slug").get(),
+        "memberships": sorted(Membership.objects.filter(team=team).values_list("user__username", "role")),
+        "invitations": sorted(
+            Invitation.objects.for_team(team).values_list("pk", "role", "email", "revoked_at", "accepted_at")
+        ),
+        "keys": sorted(TeamAPIKey.objects.for_team(team).values_list("pk", "name", "role", "revoked_at")),
+        "shares": sorted(
+            TeamAPIKeyUserObjectPermission.objects.filter(content_object__team=team).values_list(
+                "content_object_id", "user__username", "permission__codename"
+            )
+        ),
+        "audit_events": AuditEvent.objects.for_team(team).count(),
+    }

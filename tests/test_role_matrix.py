@@ -1,0 +1,472 @@
+"""Role matrix: owner, admin, member and viewer against every team action, in the pages and the API.
+
+The expected outcome of each cell comes from ``accounts.roles.ROLE_PERMISSIONS``: allowed means a 2xx
+or 3xx answer with the effect visible in the database, denied means 403 with nothing changed. A
+hand-written copy of the documented matrix (``DOCUMENTED_MATRIX``) is checked against
+``ROLE_PERMISSIONS`` too, so a wrong edit of the matrix fails even though the views follow it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from accounts import services
+from accounts.models import Invitation, Membership, Team, TeamAPIKey
+from accounts.permissions import resolve_access
+from accounts.roles import ROLE_PERMISSIONS, Perm, Role
+from tests.factories import member
+from tests.routes import page_team_routes, team_state
+
+if TYPE_CHECKING:
+    from django.test.client import _MonkeyPatchedWSGIResponse as Response
+
+API_ROOT = "/api/v1/teams/acme/"
+ROLES = (Role.OWNER, Role.ADMIN, Role.MEMBER, Role.VIEWER)
+
+
+@dataclass(frozen=True)
+class Scene:
+    """Team acme as one actor finds it: a viewer to act on, a pending invitation, a key."""
+
+    team: Team
+    actor: Any
+    target: Membership  # a viewer, the subject of member actions; the key is shared with them ("view")
+    invitation: Invitation
+    key: TeamAPIKey  # visible to the actor: members and viewers hold a "view" share
+
+
+@pytest.fixture
+def make_scene(acme: Team, alice: Any, user_in_role: Callable[[str], Any]) -> Callable[[str], Scene]:
+    """Build acme (alice owns it) with an actor of ``role``."""
+
+    def make(role: str) -> Scene:
+        owner = resolve_access(alice, acme.slug)
+        actor = user_in_role(role)
+        target_user = member(acme, Role.VIEWER, "target")
+        target = Membership.objects.select_related("user").get(team=acme, user=target_user)
+        invitation, _ = services.create_invitation(access=owner, role=Role.MEMBER)
+        key, _ = services.create_team_api_key(access=owner, name="nightly eval", role=Role.VIEWER)
+        services.share_object(access=owner, obj=key, member=target, level="view")
+        if role in (Role.MEMBER, Role.VIEWER):
+            actor_membership = Membership.objects.get(team=acme, user=actor)
+            services.share_object(access=owner, obj=key, member=actor_membership, level="view")
+        return Scene(team=acme, actor=actor, target=target, invitation=invitation, key=key)
+
+    return make
+
+
+# --- the actions ----------------------------------------------------------------------------------
+
+Request: TypeAlias = "Callable[[Client, Scene], Response]"
+
+
+def page_get(name: str, **kwargs: Callable[[Scene], Any]) -> Request:
+    def send(client: Client, scene: Scene) -> Response:
+        url_kwargs = {key: value(scene) for key, value in kwargs.items()}
+        return client.get(reverse(f"accounts:{name}", kwargs={"team_slug": "acme", **url_kwargs}))
+
+    return send
+
+
+def page_post(name: str, data: Callable[[Scene], dict[str, Any]], **kwargs: Callable[[Scene], Any]) -> Request:
+    def send(client: Client, scene: Scene) -> Response:
+        url_kwargs = {key: value(scene) for key, value in kwargs.items()}
+        return client.post(reverse(f"accounts:{name}", kwargs={"team_slug": "acme", **url_kwargs}), data(scene))
+
+    return send
+
+
+def api_call(method: str, path: str, body: Callable[[Scene], dict[str, Any]] | None = None) -> Request:
+    """``path`` is relative to the team and formatted with the scene (``{s.key.pk}``)."""
+
+    def send(client: Client, scene: Scene) -> Response:
+        data = json.dumps(body(scene)) if body else ""
+        return client.generic(method, API_ROOT + path.format(s=scene), data, content_type="application/json")
+
+    return send
+
+
+def no_data(scene: Scene) -> dict[str, Any]:
+    return {}
+
+
+def key_id(scene: Scene) -> int:
+    return scene.key.pk
+
+
+def target_id(scene: Scene) -> int:
+    return scene.target.pk
+
+
+def invitation_id(scene: Scene) -> int:
+    return scene.invitation.pk
+
+
+def shares_of_target(scene: Scene) -> str | None:
+    return services.shares_of(scene.key).get(scene.target.user_id)
+
+
+@dataclass(frozen=True)
+class Action:
+    """One thing a team member may try, through the page and/or the API."""
+
+    perm: Perm
+    page: Request | None
+    api: Request | None
+    done: Callable[[Scene], bool] | None = None  # the write's effect in the database; None for reads
+
+
+ACTIONS: dict[str, Action] = {
+    "view_team": Action(Perm.VIEW_TEAM, page_get("team_home"), api_call("GET", "")),
+    "list_members": Action(Perm.VIEW_TEAM, None, api_call("GET", "members/")),
+    "list_keys": Action(Perm.VIEW_TEAM, page_get("api_keys"), api_call("GET", "keys/")),
+    "view_key": Action(Perm.VIEW_TEAM, page_get("api_key_detail", key_id=key_id), None),
+    "open_settings": Action(Perm.CHANGE_TEAM, page_get("team_settings"), None),
+    "rename_team": Action(
+        Perm.CHANGE_TEAM,
+        page_post("team_settings", lambda s: {"name": "Acme Labs"}),
+        None,
+        done=lambda s: Team.objects.get(pk=s.team.pk).name == "Acme Labs",
+    ),
+    "list_invitations": Action(Perm.INVITE_MEMBERS, None, api_call("GET", "invitations/")),
+    "create_invitation": Action(
+        Perm.INVITE_MEMBERS,
+        page_post("invitation_create", lambda s: {"role": Role.MEMBER, "email": "erin@example.com"}),
+        api_call("POST", "invitations/", lambda s: {"role": "member", "email": "erin@example.com"}),
+        done=lambda s: Invitation.objects.for_team(s.team).filter(email="erin@example.com").exists(),
+    ),
+    "revoke_invitation": Action(
+        Perm.INVITE_MEMBERS,
+        page_post("invitation_revoke", no_data, invitation_id=invitation_id),
+        api_call("DELETE", "invitations/{s.invitation.pk}"),
+        done=lambda s: Invitation.objects.for_team(s.team).get(pk=s.invitation.pk).status == "revoked",
+    ),
+    "change_role": Action(
+        Perm.CHANGE_ROLES,
+        page_post("member_role", lambda s: {"role": Role.MEMBER}, membership_id=target_id),
+        api_call("PATCH", "members/target", lambda s: {"role": "member"}),
+        done=lambda s: Membership.objects.get(pk=s.target.pk).role == Role.MEMBER,
+    ),
+    "remove_member": Action(
+        Perm.REMOVE_MEMBERS,
+        page_post("member_remove", no_data, membership_id=target_id),
+        api_call("DELETE", "members/target"),
+        done=lambda s: not Membership.objects.filter(pk=s.target.pk).exists(),
+    ),
+    "view_audit": Action(Perm.VIEW_AUDIT, page_get("audit_log"), api_call("GET", "audit-events/")),
+    "create_key": Action(
+        Perm.MANAGE_API_KEYS,
+        page_post("api_keys", lambda s: {"name": "release bot", "role": Role.VIEWER}),
+        api_call("POST", "keys/", lambda s: {"name": "release bot", "role": "viewer"}),
+        done=lambda s: TeamAPIKey.objects.for_team(s.team).filter(name="release bot").exists(),
+    ),
+    "revoke_key": Action(
+        Perm.MANAGE_API_KEYS,
+        page_post("api_key_revoke", no_data, key_id=key_id),
+        api_call("DELETE", "keys/{s.key.pk}"),
+        done=lambda s: not TeamAPIKey.objects.for_team(s.team).get(pk=s.key.pk).is_active,
+    ),
+    "share_key": Action(
+        Perm.SHARE_OBJECTS,
+        page_post("api_key_share", lambda s: {"member": s.target.pk, "level": "change"}, key_id=key_id),
+        api_call("POST", "keys/{s.key.pk}/shares", lambda s: {"username": "target", "level": "change"}),
+        done=lambda s: shares_of_target(s) == "change",
+    ),
+    "unshare_key": Action(
+        Perm.SHARE_OBJECTS,
+        page_post("api_key_share", lambda s: {"member": s.target.pk, "level": "view", "remove": "1"}, key_id=key_id),
+        api_call("DELETE", "keys/{s.key.pk}/shares/target"),
+        done=lambda s: shares_of_target(s) is None,
+    ),
+}
+
+# The matrix as documented (README, "Roles"), written out by hand: True = allowed.
+#                                   owner  admin  member viewer
+DOCUMENTED_MATRIX: dict[str, tuple[bool, bool, bool, bool]] = {
+    "view_team": (True, True, True, True),
+    "list_members": (True, True, True, True),
+    "list_keys": (True, True, True, True),
+    "view_key": (True, True, True, True),
+    "open_settings": (True, True, False, False),
+    "rename_team": (True, True, False, False),
+    "list_invitations": (True, True, False, False),
+    "create_invitation": (True, True, False, False),
+    "revoke_invitation": (True, True, False, False),
+    "change_role": (True, True, False, False),
+    "remove_member": (True, True, False, False),
+    "view_audit": (True, True, False, False),
+    "create_key": (True, True, False, False),
+    "revoke_key": (True, True, False, False),
+    "share_key": (True, True, False, False),
+    "unshare_key": (True, True, False, False),
+}
+
+
+def _cases(allowed: bool) -> list[Any]:
+    return [
+        pytest.param(surface, name, role, id=f"{surface}-{name}-{role}")
+        for name, action in ACTIONS.items()
+        for surface in ("page", "api")
+        if getattr(action, surface) is not None
+        for role in ROLES
+        if (action.perm in ROLE_PERMISSIONS[role]) == allowed
+    ]
+
+
+def client_for(surface: str, user: Any, login: Callable[..., Client], bearer: Callable[..., Client]) -> Client:
+    return login(user) if surface == "page" else bearer(user)
+
+
+# --- the matrix -----------------------------------------------------------------------------------
+
+
+def test_documented_matrix_covers_every_action() -> None:
+    assert set(DOCUMENTED_MATRIX) == set(ACTIONS)
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("name", sorted(DOCUMENTED_MATRIX))
+def test_role_permissions_match_the_documented_matrix(name: str, role: Role) -> None:
+    documented = DOCUMENTED_MATRIX[name][ROLES.index(role)]
+    assert (ACTIONS[name].perm in ROLE_PERMISSIONS[role]) == documented
+
+
+@pytest.mark.parametrize(("surface", "name", "role"), _cases(allowed=True))
+def test_allowed_role_succeeds(
+    surface: str,
+    name: str,
+    role: Role,
+    make_scene: Callable[[str], Scene],
+    login: Callable[..., Client],
+    bearer: Callable[..., Client],
+) -> None:
+    scene, action = make_scene(role), ACTIONS[name]
+    send = getattr(action, surface)
+    response = send(client_for(surface, scene.actor, login, bearer), scene)
+    assert 200 <= response.status_code < 400, response.content[:500]
+    if action.done is None:
+        assert response.status_code == 200
+    else:
+        assert action.done(scene)
+
+
+@pytest.mark.parametrize(("surface", "name", "role"), _cases(allowed=False))
+def test_denied_role_gets_403_and_changes_nothing(
+    surface: str,
+    name: str,
+    role: Role,
+    make_scene: Callable[[str], Scene],
+    login: Callable[..., Client],
+    bearer: Callable[..., Client],
+) -> None:
+    scene, action = make_scene(role), ACTIONS[name]
+    send = getattr(action, surface)
+    client = client_for(surface, scene.actor, login, bearer)
+    before = team_state(scene.team)
+    response = send(client, scene)
+    assert response.status_code == 403, response.content[:500]
+    assert team_state(scene.team) == before
+    assert action.done is None or not action.done(scene)
+
+
+def test_every_team_view_checks_a_role_permission() -> None:
+    """Each view under /t/<team_slug>/ is wrapped by ``require_perm`` (it sets ``required_perm``)."""
+    unchecked = [
+        name
+        for name, page in page_team_routes().items()
+        if not isinstance(getattr(page.view, "required_perm", None), Perm)
+    ]
+    assert not unchecked, f"team views without @require_perm: {unchecked}"
+
+
+# --- owners and admins: who may hand out and take away "owner" ------------------------------------
+
+
+@pytest.fixture
+def admin(acme: Team) -> Any:
+    return member(acme, Role.ADMIN, "adele")
+
+
+@pytest.fixture
+def viewer_membership(acme: Team) -> Membership:
+    return Membership.objects.get(team=acme, user=member(acme, Role.VIEWER, "victor"))
+
+
+@pytest.fixture
+def second_owner(acme: Team) -> Membership:
+    return Membership.objects.get(team=acme, user=member(acme, Role.OWNER, "olga"))
+
+
+def change_role(client: Client, surface: str, membership: Membership, role: str) -> Response:
+    if surface == "page":
+        url = reverse("accounts:member_role", args=["acme", membership.pk])
+        return client.post(url, {"role": role})
+    url = f"{API_ROOT}members/{membership.user.get_username()}"
+    return client.patch(url, json.dumps({"role": role}), content_type="application/json")
+
+
+def remove(client: Client, surface: str, membership: Membership) -> Response:
+    if surface == "page":
+        return client.post(reverse("accounts:member_remove", args=["acme", membership.pk]))
+    return client.delete(f"{API_ROOT}members/{membership.user.get_username()}")
+
+
+def role_of(membership: Membership) -> str | None:
+    return Membership.objects.filter(pk=membership.pk).values_list("role", flat=True).first()
+
+
+SURFACES = pytest.mark.parametrize("surface", ["page", "api"])
+
+
+@SURFACES
+def test_admin_cannot_grant_owner(
+    surface: str,
+    admin: Any,
+    viewer_membership: Membership,
+    login: Callable[..., Client],
+    bearer: Callable[..., Client],
+) -> None:
+    response = change_role(client_for(surface, admin, login, bearer), surface, viewer_membership, Role.OWNER)
+    assert response.status_code == 403
+    assert role_of(viewer_membership) == Role.VIEWER
+
+
+@SURFACES
+def test_admin_cannot_change_an_owners_role(
+    surface: str,
+    admin: Any,
+    second_owner: Membership,
+    login: Callable[..., Client],
+    bearer: Callable[..., Client],
+) -> None:
+    response = change_role(client_for(surface, admin, login, bearer), surface, second_owner, Role.MEMBER)
+    assert response.status_code == 403
+    assert role_of(second_owner) == Role.OWNER
+
+
+@SURFACES
+def test_admin_cannot_remove_an_owner(
+    surface: str,
+    admin: Any,
+    second_owner: Membership,
+    login: Callable[..., Client],
+    bearer: Callable[..., Client],
+) -> None:
+    response = remove(client_for(surface, admin, login, bearer), surface, second_owner)
+    assert response.status_code == 403
+    assert role_of(second_owner) == Role.OWNER
+
+
+def test_admin_cannot_invite_an_owner(acme: Team, admin: Any, bearer: Callable[..., Client]) -> None:
+    response = bearer(admin).post(
+        f"{API_ROOT}invitations/", json.dumps({"role": "owner"}), content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert "role" in response.json()["errors"]
+    assert not Invitation.objects.for_team(acme).exists()
+
+
+@SURFACES
+def test_owner_can_grant_owner(
+    surface: str,
+    alice: Any,
+    viewer_membership: Membership,
+    login: Callable[..., Client],
+    bearer: Callable[..., Client],
+) -> None:
+    response = change_role(client_for(surface, alice, login, bearer), surface, viewer_membership, Role.OWNER)
+    assert response.status_code < 400
+    assert role_of(viewer_membership) == Role.OWNER
+
+
+@SURFACES
+def test_owner_can_change_another_owners_role(
+    surface: str,
+    alice: Any,
+    second_owner: Membership,
+    login: Callable[..., Client],
+    bearer: Callable[..., Client],
+) -> None:
+    response = change_role(client_for(surface, alice, login, bearer), surface, second_owner, Role.ADMIN)
+    assert response.status_code < 400
+    assert role_of(second_owner) == Role.ADMIN
+
+
+@SURFACES
+def test_owner_can_remove_another_owner(
+    surface: str,
+    alice: Any,
+    second_owner: Membership,
+    login: Callable[..., Client],
+    bearer: Callable[..., Client],
+) -> None:
+    response = remove(client_for(surface, alice, login, bearer), surface, second_owner)
+    assert response.status_code < 400
+    assert role_of(second_owner) is None
+
+
+# --- the last owner, and leaving --------------------------------------------------------------------
+
+
+@pytest.fixture
+def alice_membership(acme: Team, alice: Any) -> Membership:
+    return Membership.objects.select_related("user").get(team=acme, user=alice)
+
+
+def test_last_owner_demoting_themselves_gets_400_naming_the_role_field(
+    alice_membership: Membership, bearer: Callable[..., Client]
+) -> None:
+    response = change_role(bearer(alice_membership.user), "api", alice_membership, Role.ADMIN)
+    assert response.status_code == 400
+    errors = response.json()["errors"]
+    assert "make someone else an owner" in " ".join(errors["role"])
+    assert role_of(alice_membership) == Role.OWNER
+
+
+def test_last_owner_demoting_themselves_sees_how_to_fix_it_in_the_page(
+    alice_membership: Membership, login: Callable[..., Client]
+) -> None:
+    client = login(alice_membership.user)
+    url = reverse("accounts:member_role", args=["acme", alice_membership.pk])
+    response = client.post(url, {"role": Role.ADMIN}, follow=True)
+    assert response.status_code == 200
+    assert "make someone else an owner first" in response.content.decode()
+    assert role_of(alice_membership) == Role.OWNER
+
+
+def test_last_owner_leaving_gets_400_naming_the_member_field(
+    alice_membership: Membership, bearer: Callable[..., Client]
+) -> None:
+    response = remove(bearer(alice_membership.user), "api", alice_membership)
+    assert response.status_code == 400
+    errors = response.json()["errors"]
+    assert "make someone else an owner before leaving" in " ".join(errors["member"])
+    assert role_of(alice_membership) == Role.OWNER
+
+
+def test_last_owner_leaving_sees_how_to_fix_it_in_the_page(
+    alice_membership: Membership, login: Callable[..., Client]
+) -> None:
+    client = login(alice_membership.user)
+    url = reverse("accounts:member_remove", args=["acme", alice_membership.pk])
+    response = client.post(url, follow=True)
+    assert response.status_code == 200
+    assert "make someone else an owner before leaving" in response.content.decode()
+    assert role_of(alice_membership) == Role.OWNER
+
+
+@SURFACES
+def test_member_can_leave_the_team(
+    surface: str, acme: Team, bob: Any, login: Callable[..., Client], bearer: Callable[..., Client]
+) -> None:
+    membership = Membership.objects.select_related("user").get(team=acme, user=bob)
+    response = remove(client_for(surface, bob, login, bearer), surface, membership)
+    assert response.status_code < 400
+    assert role_of(membership) is None
