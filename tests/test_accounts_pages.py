@@ -267,3 +267,26 @@ def test_not_found_page_is_the_sites_own(charlie: Any, acme: Any, login: Any) ->
     response = login(charlie).get("/t/acme/")
     assert response.status_code == 404
     assert "There is nothing here, or you do not have access to it." in response.content.decode()
+
+
+def test_api_accepts_the_browser_session_but_requires_csrf_for_writes(alice: Any) -> None:
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(alice, backend="django.contrib.auth.backends.ModelBackend")
+    assert client.get("/api/v1/teams/").json()[0]["slug"] == "acme"
+    body = json.dumps({"name": "Labs", "slug": "labs"})
+    assert client.post("/api/v1/teams/", data=body, content_type="application/json").status_code == 403
+    client.get("/accounts/tokens/")  # any page sets the CSRF cookie
+    csrf = client.cookies["csrftoken"].value
+    created = client.post("/api/v1/teams/", data=body, content_type="application/json", headers={"X-CSRFToken": csrf})
+    assert created.status_code == 201
+    assert Team.objects.filter(slug="labs").exists()
+
+
+def test_seed_demo_is_idempotent(db: None) -> None:
+    from django.core.management import call_command
+
+    call_command("seed_demo")
+    call_command("seed_demo")
+    team = Team.objects.get(slug="demo")
+    assert list(Membership.objects.filter(team=team).values_list("user__username", "role")) == [("demo", "owner")]
+    assert Client().post("/accounts/login/", {"username": "demo", "password": "atelier-demo-2026"}).status_code == 302

@@ -27,14 +27,14 @@ class Command(BaseCommand):
         User = get_user_model()
         with transaction.atomic():
             user = User.objects.filter(username=DEMO_USERNAME).first()
+            created = user is None
             if user is None:
                 user = services.register_user(username=DEMO_USERNAME, email="demo@localhost", password=password)
             team = Team.objects.filter(slug=DEMO_TEAM_SLUG).first()
             if team is None:
                 team = services.create_team(actor=user, name="Demo team", slug=DEMO_TEAM_SLUG)
             Membership.objects.get_or_create(team=team, user=user, defaults={"role": Role.OWNER})
+        credentials = f"password “{password}”" if created or password == DEMO_PASSWORD else "its existing password"
         self.stdout.write(
-            self.style.SUCCESS(
-                f"Demo ready: log in as “{DEMO_USERNAME}” with password “{password}” (team /t/{team.slug}/)."
-            )
+            self.style.SUCCESS(f"Demo ready: log in as “{DEMO_USERNAME}” with {credentials} (team /t/{team.slug}/).")
         )
