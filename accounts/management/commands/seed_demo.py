@@ -34,7 +34,7 @@ class Command(BaseCommand):
             if team is None:
                 team = services.create_team(actor=user, name="Demo team", slug=DEMO_TEAM_SLUG)
             Membership.objects.get_or_create(team=team, user=user, defaults={"role": Role.OWNER})
-        credentials = f"password “{password}”" if created or password == DEMO_PASSWORD else "its existing password"
+        credentials = f"password “{password}”" if created or user.check_password(password) else "its existing password"
         self.stdout.write(
             self.style.SUCCESS(f"Demo ready: log in as “{DEMO_USERNAME}” with {credentials} (team /t/{team.slug}/).")
         )
