@@ -136,10 +136,14 @@ def object_actions(access: TeamAccess, obj: Model) -> set[str]:
     return {codename.removesuffix(f"_{model_name}") for codename in get_perms(access.user, obj)}
 
 
-def require_object_action(access: TeamAccess, obj: Model, action: str) -> None:
-    """404 when the actor may not even see ``obj``; 403 when they see it but may not ``action`` it."""
+def require_object_action(access: TeamAccess, obj: Model, action: str) -> set[str]:
+    """404 when the actor may not even see ``obj``; 403 when they see it but may not ``action`` it.
+
+    Returns every action the actor holds on ``obj``, so a page can show what else is allowed.
+    """
     actions = object_actions(access, obj)
     if "view" not in actions:
         raise Http404("No such object.")
     if action not in actions:
         raise PermissionDenied(f"You may not {action} this {obj._meta.verbose_name}.")
+    return actions

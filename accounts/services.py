@@ -16,7 +16,8 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Model
 from django.utils import timezone
-from guardian.shortcuts import assign_perm, get_users_with_perms, remove_perm
+from guardian.shortcuts import assign_perm, remove_perm
+from guardian.utils import get_user_obj_perms_model
 
 from accounts import audit
 from accounts.models import (
@@ -365,13 +366,20 @@ def _clear_shares(obj: Model, user: Any) -> None:
 def shares_of(obj: Model) -> dict[int, str]:
     """Membership user id -> the share level each member holds on ``obj`` (highest level wins)."""
     available = _actions_of(type(obj))
+    permission_model: Any = get_user_obj_perms_model(obj)
+    target: dict[str, Any] = (
+        {"content_type__model": obj._meta.model_name, "object_pk": str(obj.pk)}
+        if permission_model.objects.is_generic()
+        else {"content_object": obj}
+    )
+    held: dict[int, set[str]] = {}
+    for user_id, codename in permission_model.objects.filter(**target).values_list("user_id", "permission__codename"):
+        held.setdefault(user_id, set()).add(codename.split("_", 1)[0])
     levels: dict[int, str] = {}
-    holders: dict[Any, list[str]] = get_users_with_perms(obj, attach_perms=True, with_superusers=False)  # type: ignore[assignment]
-    for user, codenames in holders.items():
-        held = {codename.split("_", 1)[0] for codename in codenames}
-        granted = [level for level in share_levels_for(type(obj)) if set(SHARE_LEVELS[level]) & available <= held]
+    for user_id, actions in held.items():
+        granted = [level for level in share_levels_for(type(obj)) if set(SHARE_LEVELS[level]) & available <= actions]
         if granted:
-            levels[user.pk] = granted[-1]
+            levels[user_id] = granted[-1]
     return levels
 
 

@@ -28,7 +28,6 @@ from accounts.forms import (
 from accounts.http import add_service_errors, client_ip
 from accounts.models import AuditEvent, Invitation, Membership, PersonalAccessToken, TeamAPIKey
 from accounts.permissions import (
-    object_actions,
     require_object_action,
     require_perm,
     teams_of,
@@ -149,6 +148,8 @@ def team_home(request: HttpRequest, team_slug: str) -> HttpResponse:
     rows = [
         {
             "membership": m,
+            "role_url": reverse("accounts:member_role", args=[team_slug, m.pk]),
+            "remove_url": reverse("accounts:member_remove", args=[team_slug, m.pk]),
             "is_me": m.user_id == request.user.pk,
             "can_change_role": access.can(Perm.CHANGE_ROLES)
             and m.user_id != request.user.pk
@@ -284,8 +285,8 @@ def audit_log(request: HttpRequest, team_slug: str) -> HttpResponse:
         if data["until"]:
             events = events.filter(created_at__date__lte=data["until"])
     page = Paginator(events, 50).get_page(request.GET.get("page"))
-    actions = AuditEvent.objects.for_team(access.team).values_list("action", flat=True).distinct()
-    context = {"form": form, "page": page, "actions": sorted(set(actions))}
+    actions = AuditEvent.objects.for_team(access.team).order_by("action").values_list("action", flat=True).distinct()
+    context = {"form": form, "page": page, "actions": list(actions)}
     template = "accounts/_audit_table.html" if request.htmx else "accounts/audit_log.html"  # type: ignore[attr-defined]
     return render(request, template, context)
 
@@ -314,15 +315,15 @@ def api_keys(request: HttpRequest, team_slug: str) -> HttpResponse:
 @require_perm(Perm.VIEW_TEAM)
 def api_key_detail(request: HttpRequest, team_slug: str, key_id: int) -> HttpResponse:
     access = request.access  # type: ignore[attr-defined]
-    key = get_object_or_404(TeamAPIKey.objects.for_team(access.team), pk=key_id)
-    require_object_action(access, key, "view")
-    members = Membership.objects.filter(team=access.team).select_related("user")
-    levels = services.share_levels_for(TeamAPIKey)
+    key = get_object_or_404(TeamAPIKey.objects.for_team(access.team).select_related("created_by"), pk=key_id)
+    actions = require_object_action(access, key, "view")
+    members = list(Membership.objects.filter(team=access.team).select_related("user"))
     shares = services.shares_of(key)
+    shareable = Membership.objects.filter(team=access.team).exclude(role__in=[Role.OWNER, Role.ADMIN])
     context = {
         "key": key,
-        "actions": object_actions(access, key),
-        "share_form": ShareForm(members=members.exclude(role__in=[Role.OWNER, Role.ADMIN]), levels=levels),
+        "actions": actions,
+        "share_form": ShareForm(members=shareable.select_related("user"), levels=services.share_levels_for(TeamAPIKey)),
         "shares": [(m, shares[m.user_id]) for m in members if m.user_id in shares],
         "can_share": access.can(Perm.SHARE_OBJECTS),
         "share_url": reverse("accounts:api_key_share", args=[team_slug, key.pk]),
