@@ -8,7 +8,7 @@ Two layers:
   tenant user's view across teams).
 
 Views reach this through ``TeamScopeMiddleware`` (``request.access``) and ``@require_perm``; the API
-and Gradio handlers call ``resolve_access`` / ``aresolve_access`` directly.
+and Gradio handlers call ``resolve_access`` directly (Gradio's through ``sync_to_async``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from functools import wraps
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from asgiref.sync import sync_to_async
 from django.core.exceptions import PermissionDenied
 from django.db.models import Model, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
@@ -76,9 +75,6 @@ def resolve_key_access(api_key: TeamAPIKey, team_slug: str) -> TeamAccess:
     if api_key.team.slug != team_slug or not api_key.is_active:
         raise Http404("No such team.")
     return TeamAccess(team=api_key.team, role=Role(api_key.role), api_key=api_key)
-
-
-aresolve_access = sync_to_async(resolve_access)
 
 
 def teams_of(user: AbstractBaseUser | AnonymousUser) -> QuerySet[Team]:
