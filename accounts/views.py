@@ -320,12 +320,14 @@ def api_key_detail(request: HttpRequest, team_slug: str, key_id: int) -> HttpRes
     members = list(Membership.objects.filter(team=access.team).select_related("user"))
     shares = services.shares_of(key)
     shareable = Membership.objects.filter(team=access.team).exclude(role__in=[Role.OWNER, Role.ADMIN])
+    has_shareable = any(m.role not in (Role.OWNER, Role.ADMIN) for m in members)
     context = {
         "key": key,
         "actions": actions,
         "share_form": ShareForm(members=shareable.select_related("user"), levels=services.share_levels_for(TeamAPIKey)),
         "shares": [(m, shares[m.user_id]) for m in members if m.user_id in shares],
         "can_share": access.can(Perm.SHARE_OBJECTS),
+        "has_shareable_members": has_shareable,
         "share_url": reverse("accounts:api_key_share", args=[team_slug, key.pk]),
     }
     return render(request, "accounts/api_key_detail.html", context)

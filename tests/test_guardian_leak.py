@@ -291,3 +291,10 @@ def test_combining_a_scoped_query_with_an_unscoped_one_raises(name: str, acme: T
     """A scoped query must not carry an unscoped one (every team's rows) past the check."""
     with pytest.raises(TeamScopeError):
         COMBINED_WITH_UNSCOPED[name](acme)
+
+
+def test_sharing_panel_explains_when_there_is_nobody_to_share_with(alice: Any, acme: Team, login: Any) -> None:
+    key, _ = services.create_team_api_key(access=resolve_access(alice, "acme"), name="solo")
+    page = login(alice).get(f"/t/acme/keys/{key.pk}/").content.decode()
+    assert "everyone already has access" in page
+    assert 'name="member"' not in page
