@@ -30,12 +30,21 @@ class Team(models.Model):
     name = models.CharField(max_length=80)
     slug = models.SlugField(max_length=40, unique=True, validators=[SLUG_VALIDATOR])
     created_at = models.DateTimeField(default=timezone.now)
+    storage_quota_bytes = models.BigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Storage for datasets; empty means the studio's default (TEAM_STORAGE_QUOTA_GB).",
+    )
 
     class Meta:
         ordering: ClassVar = ["name"]
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def storage_quota(self) -> int:
+        return self.storage_quota_bytes or settings.TEAM_STORAGE_QUOTA_BYTES
 
 
 class Membership(models.Model):

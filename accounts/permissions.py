@@ -19,12 +19,12 @@ from functools import wraps
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.core.exceptions import PermissionDenied
-from django.db.models import Model, QuerySet
-from django.http import Http404, HttpRequest, HttpResponse
+from django.db.models import Model, Q, QuerySet
+from django.http import Http404, HttpRequest, HttpResponseBase
 from guardian.shortcuts import get_objects_for_user, get_perms
 
 from accounts.models import Membership, Team, TeamAPIKey
-from accounts.roles import ROLE_PERMISSIONS, Perm, Role
+from accounts.roles import ROLE_OBJECT_ACTIONS, ROLE_PERMISSIONS, Perm, Role
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
@@ -84,12 +84,12 @@ def teams_of(user: AbstractBaseUser | AnonymousUser) -> QuerySet[Team]:
     return Team.objects.filter(memberships__user_id=user.pk).order_by("name")
 
 
-def require_perm(perm: Perm) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
+def require_perm(perm: Perm) -> Callable[[Callable[..., HttpResponseBase]], Callable[..., HttpResponseBase]]:
     """View decorator: 403 unless the member's role grants ``perm`` (membership is checked earlier)."""
 
-    def decorator(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    def decorator(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
         @wraps(view)
-        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
             access: TeamAccess | None = getattr(request, "access", None)
             if access is None:  # a team view mounted outside /t/<slug>/ is a programming error
                 raise RuntimeError(f"{view.__name__} needs TeamScopeMiddleware and a team_slug in its URL.")
@@ -105,18 +105,32 @@ def require_perm(perm: Perm) -> Callable[[Callable[..., HttpResponse]], Callable
 # --- object permissions (django-guardian) ---------------------------------------------------------
 
 
+def _is_restrictable(model: type[Model]) -> bool:
+    """Models with a ``restricted`` flag are open to the team by role unless restricted."""
+    return any(field.name == "restricted" for field in model._meta.get_fields())
+
+
 def visible_objects(access: TeamAccess, queryset: QuerySet[M], action: str) -> QuerySet[M]:
     """The rows of ``queryset`` (already filtered to ``access.team``) the actor may ``action``.
 
-    Owners and admins see every row of their team; members see rows shared with them through a
-    guardian object permission ``<action>_<model>``. Model-level permissions are ignored.
+    Owners and admins get every row of their team. Others get the rows shared with them through a
+    guardian object permission ``<action>_<model>`` and, for models with a ``restricted`` flag, the
+    unrestricted rows their role allows. Model-level permissions are ignored.
     """
     if access.is_admin:
         return queryset
+    by_role = (
+        queryset.filter(restricted=False)
+        if _is_restrictable(queryset.model) and action in ROLE_OBJECT_ACTIONS[access.role]
+        else queryset.none()
+    )
     if access.user is None:
-        return queryset.none()
+        return by_role
     codename = f"{action}_{queryset.model._meta.model_name}"
-    return get_objects_for_user(access.user, codename, klass=queryset, accept_global_perms=False, with_superuser=False)
+    shared = get_objects_for_user(
+        access.user, codename, klass=queryset, accept_global_perms=False, with_superuser=False
+    )
+    return queryset.filter(Q(pk__in=by_role.values("pk")) | Q(pk__in=shared.values("pk")))
 
 
 def object_actions(access: TeamAccess, obj: Model) -> set[str]:
@@ -127,9 +141,10 @@ def object_actions(access: TeamAccess, obj: Model) -> set[str]:
     if access.is_admin:
         custom = {codename.removesuffix(f"_{model_name}") for codename, _ in obj._meta.permissions}
         return set(obj._meta.default_permissions) | custom
+    by_role = set(ROLE_OBJECT_ACTIONS[access.role]) if getattr(obj, "restricted", True) is False else set()
     if access.user is None:
-        return set()
-    return {codename.removesuffix(f"_{model_name}") for codename in get_perms(access.user, obj)}
+        return by_role
+    return by_role | {codename.removesuffix(f"_{model_name}") for codename in get_perms(access.user, obj)}
 
 
 def require_object_action(access: TeamAccess, obj: Model, action: str) -> set[str]:

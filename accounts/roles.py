@@ -27,9 +27,12 @@ class Perm(StrEnum):
     VIEW_AUDIT = "audit.view"
     MANAGE_API_KEYS = "apikeys.manage"
     SHARE_OBJECTS = "objects.share"
+    UPLOAD_DATASETS = "datasets.upload"
+    EXPORT_DATASETS = "datasets.export"
 
 
 _EVERYONE = frozenset({Perm.VIEW_TEAM})
+_CONTRIBUTORS = _EVERYONE | {Perm.UPLOAD_DATASETS, Perm.EXPORT_DATASETS}
 _ADMINS = _EVERYONE | {
     Perm.CHANGE_TEAM,
     Perm.INVITE_MEMBERS,
@@ -38,13 +41,24 @@ _ADMINS = _EVERYONE | {
     Perm.VIEW_AUDIT,
     Perm.MANAGE_API_KEYS,
     Perm.SHARE_OBJECTS,
+    Perm.UPLOAD_DATASETS,
+    Perm.EXPORT_DATASETS,
 }
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Perm]] = {
     Role.OWNER: frozenset(_ADMINS),
     Role.ADMIN: frozenset(_ADMINS),
-    Role.MEMBER: _EVERYONE,
+    Role.MEMBER: frozenset(_CONTRIBUTORS),
     Role.VIEWER: _EVERYONE,
+}
+
+# What each role may do to a team object that is NOT restricted to named members (datasets, models…).
+# A restricted object needs a django-guardian share instead (owners and admins keep every action).
+ROLE_OBJECT_ACTIONS: dict[Role, frozenset[str]] = {
+    Role.OWNER: frozenset({"view", "use", "change", "delete"}),
+    Role.ADMIN: frozenset({"view", "use", "change", "delete"}),
+    Role.MEMBER: frozenset({"view", "use", "change"}),
+    Role.VIEWER: frozenset({"view"}),
 }
 
 PERM_DESCRIPTIONS: dict[Perm, str] = {
@@ -56,6 +70,8 @@ PERM_DESCRIPTIONS: dict[Perm, str] = {
     Perm.VIEW_AUDIT: "Read the team's audit trail",
     Perm.MANAGE_API_KEYS: "Create and revoke team API keys",
     Perm.SHARE_OBJECTS: "Share a team object with named members (view / use / change)",
+    Perm.UPLOAD_DATASETS: "Upload datasets and curate them into new versions",
+    Perm.EXPORT_DATASETS: "Download dataset versions (JSON Lines or CSV)",
 }
 
 

@@ -20,6 +20,7 @@ from accounts import services
 from accounts.api import router as accounts_router
 from accounts.http import error_dict
 from accounts.lockout import LOCKED_MESSAGE
+from datasets_app.api import router as datasets_router
 
 
 class BearerAuth(HttpBearer):
@@ -37,6 +38,7 @@ api = NinjaAPI(
     urls_namespace="api",
 )
 api.add_router("/", accounts_router)
+api.add_router("/", datasets_router)
 
 
 @api.exception_handler(ValidationError)

@@ -231,6 +231,14 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "atelier@localhost")
 EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
 EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
 
+# Datasets: the largest single upload, and each team's storage quota (uploads + normalized rows).
+DATASET_UPLOAD_MAX_BYTES = env_int("DATASET_UPLOAD_MAX_MB", 2048, minimum=1) * 1024 * 1024
+TEAM_STORAGE_QUOTA_BYTES = env_int("TEAM_STORAGE_QUOTA_GB", 50, minimum=1) * 1024**3
+# Uploads stream to temporary files on disk above this size (never held whole in memory).
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+FILE_UPLOAD_TEMP_DIR = str(DATA_DIR / "uploads")
+Path(FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
+
 # Invitations expire after this many hours.
 INVITATION_TTL_HOURS = env_int("INVITATION_TTL_HOURS", 72, minimum=1)
 

@@ -33,12 +33,19 @@ MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
 SERVER_FIXTURES = {"studio_server", "celery_worker"}
 
 
+@pytest.fixture(scope="session")
+def shared_media_root(tmp_path_factory: Any) -> Path:
+    """The media folder of the studio processes the integration fixtures start (and of their tests)."""
+    return Path(tmp_path_factory.mktemp("shared-media"))
+
+
 @pytest.fixture(autouse=True)
 def _test_settings(request: pytest.FixtureRequest, tmp_path: Path, settings: Any) -> None:
-    settings.MEDIA_ROOT = tmp_path / "media"
+    uses_processes = bool(SERVER_FIXTURES & set(request.fixturenames))
+    settings.MEDIA_ROOT = request.getfixturevalue("shared_media_root") if uses_processes else tmp_path / "media"
     # A deliberately slow password hash is the point in production and minutes of waiting here. Tests
     # that log in to a separate server process keep the real hasher, which that process understands.
-    if not SERVER_FIXTURES & set(request.fixturenames):
+    if not uses_processes:
         settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
@@ -102,22 +109,30 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _process_env() -> dict[str, str]:
-    """Environment for a studio process that must see the test database and broker."""
+def _process_env(media_root: Path) -> dict[str, str]:
+    """Environment for a studio process that must see the test database, broker and media folder."""
     db = connection.settings_dict
     if db["ENGINE"] != "django.db.backends.postgresql":
         pytest.fail("Integration tests need PostgreSQL: run them with `make test` (DATABASE_URL=postgres://…).")
     url = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-    return {**os.environ, "DATABASE_URL": url, "CELERY_BROKER_URL": settings.CELERY_BROKER_URL, "PYTHONUNBUFFERED": "1"}
+    return {
+        **os.environ,
+        "MEDIA_ROOT": str(media_root),
+        "DATABASE_URL": url,
+        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 @pytest.fixture(scope="session")
-def studio_server(django_db_setup: None, django_db_blocker: Any, tmp_path_factory: Any) -> Iterator[str]:
+def studio_server(
+    django_db_setup: None, django_db_blocker: Any, tmp_path_factory: Any, shared_media_root: Path
+) -> Iterator[str]:
     """The real ASGI app (FastAPI + Gradio + Django) under uvicorn, on the test database."""
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "uvicorn.log"
     with django_db_blocker.unblock():
-        env = _process_env()
+        env = _process_env(shared_media_root)
     with log.open("w") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "studio.asgi:app", "--host", "127.0.0.1", "--port", str(port)],
@@ -145,11 +160,13 @@ def studio_server(django_db_setup: None, django_db_blocker: Any, tmp_path_factor
 
 
 @pytest.fixture(scope="session")
-def celery_worker(django_db_setup: None, django_db_blocker: Any, tmp_path_factory: Any) -> Iterator[None]:
+def celery_worker(
+    django_db_setup: None, django_db_blocker: Any, tmp_path_factory: Any, shared_media_root: Path
+) -> Iterator[None]:
     """A real Celery worker consuming both queues from the test broker, on the test database."""
     log = tmp_path_factory.mktemp("worker") / "celery.log"
     with django_db_blocker.unblock():
-        env = _process_env()
+        env = _process_env(shared_media_root)
     if not env["CELERY_BROKER_URL"].startswith("redis://"):
         pytest.fail("Integration tests need Redis: run them with `make test` (CELERY_BROKER_URL=redis://…).")
     with log.open("w") as out:

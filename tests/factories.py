@@ -52,3 +52,36 @@ def member(team: Team, role: str, username: str | None = None) -> Any:
     user = UserFactory(username=username) if username else UserFactory()
     MembershipFactory(team=team, user=user, role=role)
     return user
+
+
+def ready_version(
+    team: Team, owner: Any, rows: list[dict[str, Any]], *, kind: str = "text", name: str = "Notes"
+) -> Any:
+    """A dataset whose first version is validated and ready, its rows written under MEDIA_ROOT."""
+    import hashlib
+    import json
+
+    from datasets_app.models import Dataset, DatasetVersion, VersionStatus
+
+    dataset = Dataset.objects.create(team=team, name=name, created_by=owner)
+    body = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode()
+    version = DatasetVersion.objects.create(
+        team=team,
+        dataset=dataset,
+        number=1,
+        created_by=owner,
+        status=VersionStatus.READY,
+        kind=kind,
+        row_count=len(rows),
+        content_hash=hashlib.sha256(body).hexdigest(),
+        rows_size=len(body),
+        progress=1.0,
+        recipe={"step": "upload", "filename": "notes.jsonl"},
+        source_name="notes.jsonl",
+        source_size=len(body),
+        report={"total_rows": len(rows), "valid_rows": len(rows), "problems": {}},
+    )
+    version.folder().mkdir(parents=True, exist_ok=True)
+    version.rows_path.write_bytes(body)
+    version.source_path.write_bytes(body)
+    return version

@@ -11,6 +11,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from ninja.utils import normalize_path
 
 from accounts.models import AuditEvent, Invitation, Membership, Team, TeamAPIKey, TeamAPIKeyUserObjectPermission
+from datasets_app.models import Dataset, DatasetUserObjectPermission, DatasetVersion
 from studio.api import api
 
 API_ROOT = "/api/v1/"
@@ -68,6 +69,15 @@ def team_state(team: Team) -> dict[str, Any]:
         "keys": sorted(TeamAPIKey.objects.for_team(team).values_list("pk", "name", "role", "revoked_at")),
         "shares": sorted(
             TeamAPIKeyUserObjectPermission.objects.filter(content_object__team=team).values_list(
+                "content_object_id", "user__username", "permission__codename"
+            )
+        ),
+        "datasets": sorted(Dataset.objects.for_team(team).values_list("pk", "name", "restricted")),
+        "versions": sorted(
+            DatasetVersion.objects.for_team(team).values_list("pk", "number", "status", "kind", "content_hash")
+        ),
+        "dataset_shares": sorted(
+            DatasetUserObjectPermission.objects.filter(content_object__team=team).values_list(
                 "content_object_id", "user__username", "permission__codename"
             )
         ),

@@ -30,7 +30,8 @@ from accounts.models import (
 )
 from accounts.permissions import resolve_access
 from accounts.roles import Role
-from tests.factories import member
+from datasets_app.models import DatasetVersion
+from tests.factories import member, ready_version
 from tests.routes import API_ROOT, api_team_operations, page_team_routes, team_state
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ class TeamObjects:
     member: Membership  # a plain member (bob in acme)
     invitation: Invitation  # pending
     key: TeamAPIKey  # shared with that member at the "view" level
+    version: DatasetVersion  # version 1 of a ready, unrestricted dataset
 
 
 def _nothing(objects: TeamObjects) -> dict[str, Any]:
@@ -86,6 +88,18 @@ def _key_and_username(o: TeamObjects) -> dict[str, Any]:
     return {**_key_id(o), **_username(o)}
 
 
+def _dataset_id(o: TeamObjects) -> dict[str, Any]:
+    return {"dataset_id": o.version.dataset_id}
+
+
+def _version(o: TeamObjects) -> dict[str, Any]:
+    return {"dataset_id": o.version.dataset_id, "number": o.version.number}
+
+
+def _download(o: TeamObjects) -> dict[str, Any]:
+    return {**_version(o), "fmt": "jsonl"}
+
+
 Route = str | tuple[str, str]
 
 # Django routes by URL name; API operations by (method, path). The bodies ask for the most damaging
@@ -117,6 +131,29 @@ SWEEP: dict[Route, Probe] = {
     ),
     ("DELETE", "/api/v1/teams/{slug}/keys/{key_id}/shares/{username}"): Probe(params=_key_and_username),
     ("GET", "/api/v1/teams/{slug}/audit-events/"): Probe(),
+    "datasets:list": Probe(body=lambda o: {"name": "planted"}),
+    "datasets:detail": Probe(params=_dataset_id),
+    "datasets:upload_version": Probe(params=_dataset_id),
+    "datasets:delete": Probe(params=_dataset_id),
+    "datasets:share": Probe(params=_dataset_id, body=lambda o: {"member": o.member.pk, "level": "change"}),
+    "datasets:version": Probe(params=_version),
+    "datasets:rows": Probe(params=_version),
+    "datasets:mapping": Probe(params=_version, body=lambda o: {"kind": "text", "column_text": "text"}),
+    "datasets:keep_valid": Probe(params=_version),
+    "datasets:source": Probe(params=_version),
+    "datasets:download": Probe(params=_download),
+    ("GET", "/api/v1/teams/{slug}/datasets/"): Probe(),
+    ("POST", "/api/v1/teams/{slug}/datasets/"): Probe(body=lambda o: {"name": "planted"}),
+    ("GET", "/api/v1/teams/{slug}/datasets/{dataset_id}"): Probe(params=_dataset_id),
+    ("DELETE", "/api/v1/teams/{slug}/datasets/{dataset_id}"): Probe(params=_dataset_id),
+    ("POST", "/api/v1/teams/{slug}/datasets/{dataset_id}/versions/"): Probe(params=_dataset_id),
+    ("GET", "/api/v1/teams/{slug}/datasets/{dataset_id}/versions/{number}"): Probe(params=_version),
+    ("GET", "/api/v1/teams/{slug}/datasets/{dataset_id}/versions/{number}/rows"): Probe(params=_version),
+    ("POST", "/api/v1/teams/{slug}/datasets/{dataset_id}/versions/{number}/mapping"): Probe(
+        params=_version, body=lambda o: {"kind": "text", "mapping": {"text": "text"}}
+    ),
+    ("POST", "/api/v1/teams/{slug}/datasets/{dataset_id}/versions/{number}/keep-valid"): Probe(params=_version),
+    ("GET", "/api/v1/teams/{slug}/datasets/{dataset_id}/versions/{number}/download"): Probe(params=_version),
 }
 
 PAGE_ROUTES = sorted(name for name in SWEEP if isinstance(name, str))
@@ -165,7 +202,8 @@ def make_team_objects(team: Team, owner: Any, member_user: Any) -> TeamObjects:
     key, _ = services.create_team_api_key(access=access, name=f"{team.slug} deploy", role=Role.MEMBER)
     membership = Membership.objects.select_related("user").get(team=team, user=member_user)
     services.share_object(access=access, obj=key, member=membership, level="view")
-    return TeamObjects(team=team, member=membership, invitation=invitation, key=key)
+    version = ready_version(team, owner, [{"text": f"{team.slug} private note"}])
+    return TeamObjects(team=team, member=membership, invitation=invitation, key=key, version=version)
 
 
 @pytest.fixture

@@ -1,0 +1,246 @@
+"""REST endpoints for datasets, versions and rows under /api/v1/teams/<slug>/datasets/.
+
+No ``from __future__ import annotations`` here: django-ninja reads the annotations at runtime.
+"""
+
+from datetime import datetime
+from typing import Any, Literal
+
+from django.core.exceptions import ValidationError
+from django.db.models import Prefetch
+from django.http import HttpRequest, StreamingHttpResponse
+from django.shortcuts import get_object_or_404
+from ninja import Field, File, Form, Query, Router, Schema, Status
+from ninja.files import UploadedFile
+
+from accounts.api import Error, team_access
+from accounts.http import client_ip
+from accounts.permissions import TeamAccess, require_object_action
+from datasets_app import services
+from datasets_app.models import Dataset, DatasetVersion
+
+router = Router(tags=["datasets"])
+
+
+class VersionOut(Schema):
+    number: int
+    status: str
+    kind: str
+    row_count: int | None
+    content_hash: str
+    parent: int | None = Field(None, description="Number of the version this one was made from.")
+    recipe: dict[str, Any]
+    source_name: str
+    source_size: int
+    progress: float
+    created_at: datetime
+    created_by: str | None
+
+
+class VersionDetail(VersionOut):
+    report: dict[str, Any]
+    stats: dict[str, Any]
+
+
+class DatasetOut(Schema):
+    id: int
+    name: str
+    description: str
+    restricted: bool
+    created_at: datetime
+    created_by: str | None
+    latest: VersionOut | None
+
+
+class DatasetDetail(DatasetOut):
+    versions: list[VersionOut]
+
+
+class UploadFields(Schema):
+    name: str = Field("", max_length=120, description="Defaults to the file's name.")
+    description: str = Field("", max_length=2000)
+    restricted: bool = False
+
+
+class RowsQuery(Schema):
+    offset: int = Field(0, ge=0)
+    limit: int = Field(20, ge=1, le=200)
+    q: str = Field("", max_length=200, description="Only rows containing this text.")
+
+
+class RowsOut(Schema):
+    rows: list[dict[str, Any]]
+    has_more: bool
+
+
+class MappingIn(Schema):
+    kind: Literal["chat", "instruction", "preference", "text"]
+    mapping: dict[str, str] = Field(description="Normalized field → column of the file, e.g. {'prompt': 'question'}.")
+
+
+def _version_out(version: DatasetVersion) -> dict[str, Any]:
+    return {
+        "number": version.number,
+        "status": version.status,
+        "kind": version.kind,
+        "row_count": version.row_count,
+        "content_hash": version.content_hash,
+        "parent": version.parent.number if version.parent_id and version.parent else None,
+        "recipe": version.recipe,
+        "source_name": version.source_name,
+        "source_size": version.source_size,
+        "progress": version.progress,
+        "created_at": version.created_at,
+        "created_by": version.created_by.get_username() if version.created_by else None,
+    }
+
+
+def _dataset_out(dataset: Dataset, versions: list[DatasetVersion]) -> dict[str, Any]:
+    return {
+        "id": dataset.pk,
+        "name": dataset.name,
+        "description": dataset.description,
+        "restricted": dataset.restricted,
+        "created_at": dataset.created_at,
+        "created_by": dataset.created_by.get_username() if dataset.created_by else None,
+        "latest": _version_out(versions[0]) if versions else None,
+        "versions": [_version_out(v) for v in versions],
+    }
+
+
+def _required(file: UploadedFile | None) -> UploadedFile:
+    """The uploaded file; checked after authorization, so outsiders learn nothing from a missing one."""
+    if file is None:
+        raise ValidationError({"file": "Attach the file as the multipart field “file”."})
+    return file
+
+
+def _dataset(access: TeamAccess, dataset_id: int, action: str = "view") -> Dataset:
+    dataset = get_object_or_404(Dataset.objects.for_team(access.team).select_related("created_by"), pk=dataset_id)
+    require_object_action(access, dataset, action)
+    return dataset
+
+
+def _versions(access: TeamAccess, dataset: Dataset) -> list[DatasetVersion]:
+    return list(
+        DatasetVersion.objects.for_team(access.team).filter(dataset=dataset).select_related("parent", "created_by")
+    )
+
+
+def _version(access: TeamAccess, dataset_id: int, number: int, action: str = "view") -> DatasetVersion:
+    dataset = _dataset(access, dataset_id, action)
+    return get_object_or_404(
+        DatasetVersion.objects.for_team(access.team).select_related("dataset", "parent", "created_by"),
+        dataset=dataset,
+        number=number,
+    )
+
+
+@router.get("teams/{slug}/datasets/", response={200: list[DatasetOut], 404: Error})
+def list_datasets(request: HttpRequest, slug: str) -> list[dict[str, Any]]:
+    access = team_access(request, slug)
+    scoped = DatasetVersion.objects.for_team(access.team).select_related("parent", "created_by")
+    datasets = (
+        services.visible_datasets(access)
+        .select_related("created_by")
+        .prefetch_related(Prefetch("versions", queryset=scoped, to_attr="version_list"))
+    )
+    return [_dataset_out(d, d.version_list) for d in datasets]
+
+
+@router.post("teams/{slug}/datasets/", response={201: DatasetDetail, 400: Error, 403: Error, 404: Error})
+def upload_dataset(
+    request: HttpRequest, slug: str, fields: Form[UploadFields], file: UploadedFile | None = File(None)
+) -> Status:
+    """Upload a file (multipart) as a new dataset; validation runs in the background (poll the version)."""
+    access = team_access(request, slug)
+    version = services.upload_dataset(access=access, upload=_required(file), ip=client_ip(request), **fields.dict())
+    return Status(201, _dataset_out(version.dataset, [version]))
+
+
+@router.get("teams/{slug}/datasets/{dataset_id}", response={200: DatasetDetail, 404: Error})
+def dataset_detail(request: HttpRequest, slug: str, dataset_id: int) -> dict[str, Any]:
+    access = team_access(request, slug)
+    dataset = _dataset(access, dataset_id)
+    return _dataset_out(dataset, _versions(access, dataset))
+
+
+@router.delete("teams/{slug}/datasets/{dataset_id}", response={204: None, 403: Error, 404: Error})
+def delete_dataset(request: HttpRequest, slug: str, dataset_id: int) -> Status:
+    """Delete the dataset with every version and file (an audit tombstone remains)."""
+    access = team_access(request, slug)
+    services.delete_dataset(access=access, dataset=_dataset(access, dataset_id, "delete"), ip=client_ip(request))
+    return Status(204, None)
+
+
+@router.post(
+    "teams/{slug}/datasets/{dataset_id}/versions/", response={201: VersionOut, 400: Error, 403: Error, 404: Error}
+)
+def upload_version(request: HttpRequest, slug: str, dataset_id: int, file: UploadedFile | None = File(None)) -> Status:
+    """Upload a corrected file as the dataset's next version."""
+    access = team_access(request, slug)
+    dataset = _dataset(access, dataset_id, "change")
+    version = services.upload_new_version(access=access, dataset=dataset, upload=_required(file), ip=client_ip(request))
+    return Status(201, _version_out(version))
+
+
+@router.get("teams/{slug}/datasets/{dataset_id}/versions/{number}", response={200: VersionDetail, 404: Error})
+def version_detail(request: HttpRequest, slug: str, dataset_id: int, number: int) -> dict[str, Any]:
+    """A version with its validation report and statistics."""
+    version = _version(team_access(request, slug), dataset_id, number)
+    return {**_version_out(version), "report": version.report, "stats": version.stats}
+
+
+@router.get("teams/{slug}/datasets/{dataset_id}/versions/{number}/rows", response={200: RowsOut, 404: Error})
+def version_rows(
+    request: HttpRequest, slug: str, dataset_id: int, number: int, query: Query[RowsQuery]
+) -> dict[str, Any]:
+    """Normalized rows, paginated, optionally filtered by a search text; ``_n`` is the row number."""
+    version = _version(team_access(request, slug), dataset_id, number)
+    rows, has_more = services.read_rows(version, offset=query.offset, limit=query.limit, search=query.q)
+    return {"rows": [{**row, "_n": number} for number, row in rows], "has_more": has_more}
+
+
+@router.post(
+    "teams/{slug}/datasets/{dataset_id}/versions/{number}/mapping",
+    response={200: VersionOut, 400: Error, 403: Error, 404: Error},
+)
+def set_mapping(request: HttpRequest, slug: str, dataset_id: int, number: int, body: MappingIn) -> dict[str, Any]:
+    """Say which columns hold what for a file whose layout was ambiguous; validation runs again."""
+    access = team_access(request, slug)
+    version = _version(access, dataset_id, number, "change")
+    version = services.set_mapping(
+        access=access, version=version, kind=body.kind, mapping=body.mapping, ip=client_ip(request)
+    )
+    return _version_out(version)
+
+
+@router.post(
+    "teams/{slug}/datasets/{dataset_id}/versions/{number}/keep-valid",
+    response={201: VersionOut, 400: Error, 403: Error, 404: Error},
+)
+def keep_valid(request: HttpRequest, slug: str, dataset_id: int, number: int) -> Status:
+    """A new version with only the rows that passed validation."""
+    access = team_access(request, slug)
+    version = _version(access, dataset_id, number, "change")
+    return Status(201, _version_out(services.keep_valid_rows(access=access, version=version, ip=client_ip(request))))
+
+
+@router.get(
+    "teams/{slug}/datasets/{dataset_id}/versions/{number}/download",
+    response={200: None, 400: Error, 403: Error, 404: Error},
+)
+def download(
+    request: HttpRequest,
+    slug: str,
+    dataset_id: int,
+    number: int,
+    format: Literal["jsonl", "csv"] = "jsonl",
+) -> StreamingHttpResponse:
+    """The version's rows as JSON Lines or CSV (spreadsheet formulas neutralised)."""
+    access = team_access(request, slug)
+    version = _version(access, dataset_id, number)
+    chunks = services.export_version(access=access, version=version, fmt=format, ip=client_ip(request))
+    response = StreamingHttpResponse(chunks, content_type="application/jsonl" if format == "jsonl" else "text/csv")
+    response["Content-Disposition"] = f'attachment; filename="dataset-{dataset_id}-v{number}.{format}"'
+    return response

@@ -1,0 +1,428 @@
+"""What the datasets app can do: upload, validate, keep valid rows, export, share and delete.
+
+Files live under MEDIA_ROOT/teams/<team>/datasets/<dataset>/v<n>/: ``source`` (the upload as sent) and
+``rows.jsonl`` (the normalized rows, written once by validation). A version's files and hash never
+change after it is ready; every transformation makes a new version that names its parent.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.files.uploadedfile import UploadedFile
+from django.db import transaction
+from django.db.models import Max, QuerySet, Sum
+
+from accounts import audit
+from accounts.models import Team
+from accounts.permissions import TeamAccess, require_object_action, visible_objects
+from accounts.roles import Perm
+from datasets_app.engine.rows import Kind, Row
+from datasets_app.engine.validate import validate_file
+from datasets_app.models import Dataset, DatasetVersion, VersionStatus
+
+log = logging.getLogger(__name__)
+
+# Characters a spreadsheet treats as the start of a formula (CSV injection).
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+MAX_ROW_CHARS = 200_000
+KIND_VALUES = [kind.value for kind in Kind]
+
+
+# --- storage ------------------------------------------------------------------------------------
+
+
+def storage_used(team: Team) -> int:
+    """Bytes the team's dataset files take (uploads plus normalized rows)."""
+    totals = DatasetVersion.objects.for_team(team).aggregate(source=Sum("source_size"), rows=Sum("rows_size"))
+    return int(totals["source"] or 0) + int(totals["rows"] or 0)
+
+
+def _check_room(team: Team, size: int) -> None:
+    limit = settings.DATASET_UPLOAD_MAX_BYTES
+    if size > limit:
+        raise ValidationError(
+            {"file": f"The file is {_mb(size)}; uploads are limited to {_mb(limit)}. Split it or filter it first."}
+        )
+    used, quota = storage_used(team), team.storage_quota
+    if used + size > quota:
+        raise ValidationError(
+            {
+                "file": f"This upload ({_mb(size)}) would exceed the team's storage quota: {_mb(used)} of "
+                f"{_mb(quota)} used. Delete datasets you no longer need, or ask an operator for more room."
+            }
+        )
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1024 / 1024:,.1f} MB"
+
+
+def _store_upload(upload: UploadedFile, destination: Path) -> int:
+    """Copy an upload to ``destination`` chunk by chunk (never whole in memory); returns its size."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial = destination.with_suffix(".partial")
+    size = 0
+    with partial.open("wb") as out:
+        for chunk in upload.chunks():
+            size += len(chunk)
+            out.write(chunk)
+    partial.replace(destination)
+    return size
+
+
+@contextmanager
+def _atomic_with_files() -> Iterator[list[Path]]:
+    """A transaction whose new folders are deleted again if it fails: an upload is all or nothing."""
+    folders: list[Path] = []
+    try:
+        with transaction.atomic():
+            yield folders
+    except BaseException:
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def versions_of(dataset: Dataset) -> QuerySet[DatasetVersion]:
+    """A dataset's versions, newest first (read through the team scope, like every tenant read)."""
+    return DatasetVersion.objects.for_team(dataset.team).filter(dataset=dataset)
+
+
+# --- upload -------------------------------------------------------------------------------------
+
+
+def upload_dataset(
+    *,
+    access: TeamAccess,
+    name: str,
+    upload: UploadedFile,
+    description: str = "",
+    restricted: bool = False,
+    ip: str | None = None,
+) -> DatasetVersion:
+    """Create a dataset from an uploaded file; validation runs in the background (queue ``default``)."""
+    access.require(Perm.UPLOAD_DATASETS)
+    name = name.strip() or Path(upload.name or "dataset").stem[:120]
+    _check_room(access.team, upload.size or 0)
+    with _atomic_with_files() as folders:
+        dataset = Dataset.objects.create(
+            team=access.team,
+            name=name,
+            description=description.strip(),
+            restricted=restricted,
+            created_by=access.user,
+        )
+        version = _new_upload_version(access, dataset, upload, folders)
+        audit.record(
+            "dataset.uploaded",
+            access=access,
+            target=dataset,
+            ip=ip,
+            version=1,
+            filename=upload.name,
+            bytes=version.source_size,
+        )
+    return version
+
+
+def upload_new_version(
+    *, access: TeamAccess, dataset: Dataset, upload: UploadedFile, ip: str | None = None
+) -> DatasetVersion:
+    """Add a version to a dataset from a corrected file (the "fix and re-upload" path)."""
+    access.require(Perm.UPLOAD_DATASETS)
+    require_object_action(access, dataset, "change")
+    _check_room(access.team, upload.size or 0)
+    with _atomic_with_files() as folders:
+        version = _new_upload_version(access, dataset, upload, folders)
+        audit.record(
+            "dataset.uploaded",
+            access=access,
+            target=dataset,
+            ip=ip,
+            version=version.number,
+            filename=upload.name,
+            bytes=version.source_size,
+        )
+    return version
+
+
+def _next_number(dataset: Dataset) -> int:
+    """The next version number; locks the dataset row so two new versions never get the same number."""
+    list(Dataset.objects.for_team(dataset.team).select_for_update().filter(pk=dataset.pk).values_list("pk"))
+    latest = versions_of(dataset).aggregate(n=Max("number"))["n"]
+    return int(latest or 0) + 1
+
+
+def _new_upload_version(
+    access: TeamAccess, dataset: Dataset, upload: UploadedFile, folders: list[Path]
+) -> DatasetVersion:
+    version = DatasetVersion.objects.create(
+        team=access.team,
+        dataset=dataset,
+        number=_next_number(dataset),
+        created_by=access.user,
+        recipe={"step": "upload", "filename": upload.name},
+        source_name=(upload.name or "upload")[:255],
+    )
+    folders.append(version.folder())
+    version.source_size = _store_upload(upload, version.source_path)
+    version.save(update_fields=["source_size"])
+    _enqueue_validation(version)
+    return version
+
+
+def _enqueue_validation(version: DatasetVersion) -> None:
+    from datasets_app.tasks import validate_version
+
+    transaction.on_commit(lambda: validate_version.delay(version.pk))
+
+
+# --- validation (runs in the Celery task) -------------------------------------------------------
+
+
+def run_validation(version_id: int) -> None:
+    """Validate and normalize a version's source file, then record report, hash and statistics.
+
+    Idempotent: a version that is no longer ``validating`` (done, or deleted) is left alone.
+    """
+    version = DatasetVersion.objects.unscoped().select_related("dataset").filter(pk=version_id).first()
+    if version is None or version.status != VersionStatus.VALIDATING:
+        return
+    last_write = 0.0
+
+    def progress(done: int, total: int) -> None:
+        nonlocal last_write
+        now = time.monotonic()
+        if now - last_write >= 1.0:
+            last_write = now
+            DatasetVersion.objects.unscoped().filter(pk=version_id).update(progress=done / total if total else 0)
+
+    try:
+        report = validate_file(
+            version.source_path,
+            filename=version.source_name,
+            kind=Kind(version.kind) if version.kind else None,
+            mapping=version.mapping or None,
+            max_row_chars=MAX_ROW_CHARS,
+            out_path=version.rows_path,
+            progress=progress,
+        )
+    except OSError as error:
+        log.exception("validation of dataset version %s failed", version_id)
+        _finish(version_id, status=VersionStatus.FAILED, error=f"The file could not be read: {error.strerror}.")
+        return
+    data = report.to_dict()
+    if report.needs_mapping:
+        _finish(version_id, status=VersionStatus.NEEDS_MAPPING, report=data)
+        return
+    status = (
+        VersionStatus.READY if report.valid_rows == report.total_rows and report.total_rows else VersionStatus.INVALID
+    )
+    rows_size = version.rows_path.stat().st_size if version.rows_path.exists() else 0
+    _finish(
+        version_id,
+        status=status,
+        report=data,
+        kind=str(report.kind),
+        mapping=report.mapping or {},
+        row_count=report.valid_rows,
+        content_hash=report.content_hash,
+        rows_size=rows_size,
+        progress=1.0,
+    )
+
+
+def _finish(version_id: int, **fields: Any) -> None:
+    DatasetVersion.objects.unscoped().filter(pk=version_id, status=VersionStatus.VALIDATING).update(**fields)
+
+
+def set_mapping(
+    *, access: TeamAccess, version: DatasetVersion, kind: str, mapping: dict[str, str], ip: str | None = None
+) -> DatasetVersion:
+    """Tell validation which columns hold what, for a file whose layout was ambiguous; validates again."""
+    access.require(Perm.UPLOAD_DATASETS)
+    require_object_action(access, version.dataset, "change")
+    if version.status != VersionStatus.NEEDS_MAPPING:
+        raise ValidationError({"kind": "This version's columns are already understood."})
+    if kind not in KIND_VALUES:
+        raise ValidationError({"kind": f"Choose one of: {', '.join(KIND_VALUES)}."})
+    columns = set(version.report.get("columns", []))
+    unknown = sorted(set(mapping.values()) - columns) if columns else []
+    if unknown:
+        raise ValidationError({"mapping": f"No column named {', '.join(unknown)} in the file."})
+    with transaction.atomic():
+        DatasetVersion.objects.for_team(access.team).filter(pk=version.pk).update(
+            kind=kind, mapping=mapping, status=VersionStatus.VALIDATING, progress=0.0
+        )
+        audit.record(
+            "dataset.mapped",
+            access=access,
+            target=version.dataset,
+            ip=ip,
+            version=version.number,
+            kind=kind,
+            mapping=mapping,
+        )
+        _enqueue_validation(version)
+    version.refresh_from_db()
+    return version
+
+
+def keep_valid_rows(*, access: TeamAccess, version: DatasetVersion, ip: str | None = None) -> DatasetVersion:
+    """A new version holding only the rows that passed validation, recording what was dropped and why."""
+    access.require(Perm.UPLOAD_DATASETS)
+    require_object_action(access, version.dataset, "change")
+    if version.status != VersionStatus.INVALID or not version.row_count:
+        raise ValidationError({"version": "Only a version with problems and some valid rows can be trimmed."})
+    dropped = {code: problem["count"] for code, problem in version.report.get("problems", {}).items()}
+    with _atomic_with_files() as folders:
+        child = DatasetVersion.objects.create(
+            team=access.team,
+            dataset=version.dataset,
+            number=_next_number(version.dataset),
+            parent=version,
+            created_by=access.user,
+            recipe={"step": "keep_valid_rows", "dropped": dropped},
+            status=VersionStatus.READY,
+            kind=version.kind,
+            mapping=version.mapping,
+            row_count=version.row_count,
+            content_hash=version.content_hash,
+            rows_size=version.rows_size,
+            progress=1.0,
+            report={**version.report, "problems": {}, "total_rows": version.row_count},
+            stats=version.stats,
+            source_name=version.source_name,
+        )
+        folders.append(child.folder())
+        child.folder().mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(version.rows_path, child.rows_path)
+        audit.record(
+            "dataset.curated",
+            access=access,
+            target=version.dataset,
+            ip=ip,
+            step="keep_valid_rows",
+            parent=version.number,
+            version=child.number,
+            dropped=dropped,
+        )
+    return child
+
+
+# --- reading and exporting ----------------------------------------------------------------------
+
+
+def read_rows(
+    version: DatasetVersion, *, offset: int = 0, limit: int = 20, search: str = ""
+) -> tuple[list[tuple[int, Row]], bool]:
+    """A page of ``(row number, normalized row)`` pairs (numbers from 1) and whether more follow.
+
+    ``search`` keeps rows whose JSON contains the text (case-insensitive). Reads the rows file from the
+    start: fine for browsing, and the file is the one the trainer reads, so what you see is what trains.
+    """
+    if not version.rows_path.exists():
+        return [], False
+    needle = search.casefold()
+    page: list[tuple[int, Row]] = []
+    matched = 0
+    with version.rows_path.open(encoding="utf-8") as rows:
+        for number, line in enumerate(rows, start=1):
+            if needle and needle not in line.casefold():
+                continue
+            matched += 1
+            if matched <= offset:
+                continue
+            if len(page) == limit:
+                return page, True
+            page.append((number, json.loads(line)))
+    return page, False
+
+
+def export_version(*, access: TeamAccess, version: DatasetVersion, fmt: str, ip: str | None = None) -> Iterator[bytes]:
+    """The version's rows as JSON Lines or CSV (formula cells neutralised), streamed; audited."""
+    access.require(Perm.EXPORT_DATASETS)
+    require_object_action(access, version.dataset, "view")
+    if fmt not in ("jsonl", "csv"):
+        raise ValidationError({"format": "Choose jsonl or csv."})
+    if not version.rows_path.exists():
+        raise ValidationError({"version": "This version has no rows to download yet."})
+    audit.record("dataset.exported", access=access, target=version.dataset, ip=ip, version=version.number, format=fmt)
+    return _jsonl_bytes(version.rows_path) if fmt == "jsonl" else _csv_bytes(version.rows_path)
+
+
+def open_source(*, access: TeamAccess, version: DatasetVersion, ip: str | None = None) -> BinaryIO:
+    """The file exactly as it was uploaded (to fix it and upload again); audited like an export."""
+    access.require(Perm.EXPORT_DATASETS)
+    require_object_action(access, version.dataset, "view")
+    if not version.source_path.exists():
+        raise ValidationError({"version": "This version was made by curation, not uploaded: download its rows."})
+    audit.record(
+        "dataset.exported", access=access, target=version.dataset, ip=ip, version=version.number, format="source"
+    )
+    return version.source_path.open("rb")
+
+
+def _jsonl_bytes(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as rows:
+        yield from iter(lambda: rows.read(64 * 1024), b"")
+
+
+def neutralise_cell(value: str) -> str:
+    """Prefix a cell a spreadsheet would run as a formula with an apostrophe (OWASP CSV injection)."""
+    return "'" + value if value.startswith(FORMULA_PREFIXES) else value
+
+
+def _csv_bytes(path: Path) -> Iterator[bytes]:
+    columns: list[str] | None = None
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    with path.open(encoding="utf-8") as rows:
+        for line in rows:
+            row = json.loads(line)
+            if columns is None:
+                columns = list(row)
+                writer.writerow(columns)
+            writer.writerow([neutralise_cell(_cell(row.get(column))) for column in columns])
+            if buffer.tell() > 64 * 1024:
+                yield buffer.getvalue().encode()
+                buffer.seek(0)
+                buffer.truncate()
+    yield buffer.getvalue().encode()
+
+
+def _cell(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+# --- deletion -----------------------------------------------------------------------------------
+
+
+def delete_dataset(*, access: TeamAccess, dataset: Dataset, ip: str | None = None) -> None:
+    """Delete a dataset, every version, statistic and file; only an audit tombstone remains."""
+    require_object_action(access, dataset, "delete")
+    folder = dataset.storage_dir()
+    with transaction.atomic():
+        versions = list(
+            DatasetVersion.objects.for_team(access.team).filter(dataset=dataset).values("number", "content_hash")
+        )
+        audit.record("dataset.deleted", access=access, target=dataset, ip=ip, name=dataset.name, versions=versions)
+        Dataset.objects.for_team(access.team).filter(pk=dataset.pk).delete()
+        transaction.on_commit(lambda: shutil.rmtree(folder, ignore_errors=True))
+
+
+def visible_datasets(access: TeamAccess) -> QuerySet[Dataset]:
+    """The team's datasets the actor may see (restricted ones only when shared with them)."""
+    return visible_objects(access, Dataset.objects.for_team(access.team), "view")

@@ -1,0 +1,13 @@
+"""Celery tasks of the datasets app (queue ``default``): thin wrappers around services."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from datasets_app import services
+
+
+@shared_task
+def validate_version(version_id: int) -> None:
+    """Validate, normalize and describe one uploaded dataset version (idempotent)."""
+    services.run_validation(version_id)

@@ -1,0 +1,287 @@
+"""Dataset pages under /t/<team>/datasets/. Each view: parse input, authorize, call one service, respond."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.db.models import Prefetch
+from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from accounts import services as account_services
+from accounts.forms import ShareForm
+from accounts.http import add_service_errors, client_ip, error_dict
+from accounts.models import Membership
+from accounts.permissions import TeamAccess, require_object_action, require_perm
+from accounts.roles import Perm, Role
+from datasets_app import services
+from datasets_app.forms import MappingForm, UploadForm, VersionUploadForm
+from datasets_app.models import Dataset, DatasetVersion, VersionStatus
+
+ROWS_PER_PAGE = 20
+
+
+def _access(request: HttpRequest) -> TeamAccess:
+    return request.access  # type: ignore[attr-defined]
+
+
+def _dataset(access: TeamAccess, dataset_id: int, action: str = "view") -> tuple[Dataset, set[str]]:
+    dataset = get_object_or_404(Dataset.objects.for_team(access.team), pk=dataset_id)
+    return dataset, require_object_action(access, dataset, action)
+
+
+def _version(access: TeamAccess, dataset_id: int, number: int, action: str = "view") -> tuple[DatasetVersion, set[str]]:
+    dataset, actions = _dataset(access, dataset_id, action)
+    version = get_object_or_404(
+        DatasetVersion.objects.for_team(access.team).select_related("dataset", "parent"), dataset=dataset, number=number
+    )
+    return version, actions
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    return request.headers.get("X-Requested-With") == "XMLHttpRequest"
+
+
+def _upload_too_large(request: HttpRequest) -> str | None:
+    """Refuse an oversized upload from its Content-Length, before reading the body."""
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return None
+    limit = settings.DATASET_UPLOAD_MAX_BYTES
+    if length > limit + 1024 * 1024:  # a little room for the multipart envelope
+        return f"The file is {length / 1024 / 1024:,.1f} MB; uploads are limited to {limit / 1024 / 1024:,.0f} MB."
+    return None
+
+
+@require_perm(Perm.VIEW_TEAM)
+def dataset_list(request: HttpRequest, team_slug: str) -> HttpResponse:
+    """The team's datasets, and the drag-and-drop upload."""
+    access = _access(request)
+    form = UploadForm()
+    if request.method == "POST":
+        access.require(Perm.UPLOAD_DATASETS)
+        too_large = _upload_too_large(request)
+        form = UploadForm(request.POST, request.FILES) if too_large is None else UploadForm()
+        if too_large:
+            form.add_error("file", too_large)
+        elif form.is_valid():
+            try:
+                data = form.cleaned_data
+                version = services.upload_dataset(
+                    access=access,
+                    upload=data["file"],
+                    name=data["name"],
+                    description=data["description"],
+                    restricted=data["restricted"],
+                    ip=client_ip(request),
+                )
+            except ValidationError as error:
+                add_service_errors(form, error)
+            else:
+                url = reverse("datasets:version", args=[team_slug, version.dataset_id, version.number])
+                return JsonResponse({"redirect": url}) if _wants_json(request) else redirect(url)
+        if _wants_json(request):
+            return JsonResponse({"errors": {f: [str(e) for e in errs] for f, errs in form.errors.items()}}, status=400)
+    latest_first = DatasetVersion.objects.for_team(access.team)
+    datasets = (
+        services.visible_datasets(access)
+        .select_related("created_by")
+        .prefetch_related(Prefetch("versions", queryset=latest_first, to_attr="version_list"))
+    )
+    used, quota = services.storage_used(access.team), access.team.storage_quota
+    context = {
+        "form": form,
+        "datasets": datasets,
+        "can_upload": access.can(Perm.UPLOAD_DATASETS),
+        "storage_used": used,
+        "storage_quota": quota,
+        "storage_percent": min(100, round(100 * used / quota, 1)) if quota else 0,
+        "max_upload_bytes": settings.DATASET_UPLOAD_MAX_BYTES,
+    }
+    return render(request, "datasets/list.html", context)
+
+
+@require_perm(Perm.VIEW_TEAM)
+def dataset_detail(request: HttpRequest, team_slug: str, dataset_id: int) -> HttpResponse:
+    """A dataset's address opens its latest version."""
+    dataset, _ = _dataset(_access(request), dataset_id)
+    latest = services.versions_of(dataset).first()
+    if latest is None:
+        return redirect("datasets:list", team_slug)
+    return redirect("datasets:version", team_slug, dataset.pk, latest.number)
+
+
+@require_perm(Perm.VIEW_TEAM)
+def version_detail(request: HttpRequest, team_slug: str, dataset_id: int, number: int) -> HttpResponse:
+    """One version: validation progress or report, preview of the rows, lineage, sharing."""
+    access = _access(request)
+    version, actions = _version(access, dataset_id, number)
+    if request.htmx and request.GET.get("part") == "status":  # type: ignore[attr-defined]
+        response = render(request, "datasets/_status.html", {"version": version})
+        if version.status != VersionStatus.VALIDATING:
+            response["HX-Refresh"] = "true"  # validation finished: show the whole page
+        return response
+    dataset = version.dataset
+    members = list(Membership.objects.filter(team=access.team).select_related("user"))
+    shares = account_services.shares_of(dataset)
+    context = {
+        "dataset": dataset,
+        "version": version,
+        "versions": services.versions_of(dataset),
+        "actions": actions,
+        "can_change": "change" in actions and access.can(Perm.UPLOAD_DATASETS),
+        "can_export": access.can(Perm.EXPORT_DATASETS),
+        "mapping_form": MappingForm(report=version.report) if version.status == VersionStatus.NEEDS_MAPPING else None,
+        "upload_form": VersionUploadForm(),
+        "children": services.versions_of(dataset).filter(parent=version),
+        # the sharing panel (accounts/_sharing.html)
+        "shares": [(m, shares[m.user_id]) for m in members if m.user_id in shares],
+        "can_share": access.can(Perm.SHARE_OBJECTS),
+        "has_shareable_members": any(m.role not in (Role.OWNER, Role.ADMIN) for m in members),
+        "share_form": ShareForm(
+            members=Membership.objects.filter(team=access.team).exclude(role__in=[Role.OWNER, Role.ADMIN]),
+            levels=account_services.share_levels_for(Dataset),
+        ),
+        "share_url": reverse("datasets:share", args=[team_slug, dataset.pk]),
+    }
+    return render(request, "datasets/version.html", context)
+
+
+@require_perm(Perm.VIEW_TEAM)
+def version_rows(request: HttpRequest, team_slug: str, dataset_id: int, number: int) -> HttpResponse:
+    """A page of rows rendered the way they will be trained (htmx fragment)."""
+    access = _access(request)
+    version, _ = _version(access, dataset_id, number)
+    try:
+        page = max(1, int(request.GET.get("page", "1")))
+    except ValueError:
+        page = 1
+    search = request.GET.get("q", "")[:200]
+    rows, has_more = services.read_rows(version, offset=(page - 1) * ROWS_PER_PAGE, limit=ROWS_PER_PAGE, search=search)
+    context = {"version": version, "rows": rows, "page": page, "has_more": has_more, "q": search}
+    return render(request, "datasets/_rows.html", context)
+
+
+@require_perm(Perm.EXPORT_DATASETS)
+def version_download(request: HttpRequest, team_slug: str, dataset_id: int, number: int, fmt: str) -> HttpResponseBase:
+    access = _access(request)
+    version, _ = _version(access, dataset_id, number)
+    try:
+        chunks = services.export_version(access=access, version=version, fmt=fmt, ip=client_ip(request))
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages))
+        return redirect("datasets:version", team_slug, dataset_id, number)
+    filename = f"{version.dataset.name}-v{version.number}.{fmt}".replace('"', "")
+    response = StreamingHttpResponse(chunks, content_type="application/jsonl" if fmt == "jsonl" else "text/csv")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+@require_perm(Perm.EXPORT_DATASETS)
+def version_source(request: HttpRequest, team_slug: str, dataset_id: int, number: int) -> HttpResponseBase:
+    """The file exactly as it was uploaded (to fix it and upload again)."""
+    access = _access(request)
+    version, _ = _version(access, dataset_id, number)
+    try:
+        source = services.open_source(access=access, version=version, ip=client_ip(request))
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages))
+        return redirect("datasets:version", team_slug, dataset_id, number)
+    return FileResponse(source, as_attachment=True, filename=version.source_name)
+
+
+@require_POST
+@require_perm(Perm.UPLOAD_DATASETS)
+def version_upload(request: HttpRequest, team_slug: str, dataset_id: int) -> HttpResponse:
+    """A corrected file becomes the dataset's next version."""
+    access = _access(request)
+    dataset, _ = _dataset(access, dataset_id, "change")
+    too_large = _upload_too_large(request)
+    form = VersionUploadForm(request.POST, request.FILES)
+    if too_large:
+        messages.error(request, too_large)
+    elif form.is_valid():
+        try:
+            version = services.upload_new_version(
+                access=access, dataset=dataset, upload=form.cleaned_data["file"], ip=client_ip(request)
+            )
+        except ValidationError as error:
+            messages.error(request, " ".join(error.messages))
+        else:
+            return redirect("datasets:version", team_slug, dataset.pk, version.number)
+    else:
+        messages.error(request, "Choose a file to upload.")
+    latest = services.versions_of(dataset).first()
+    return redirect("datasets:version", team_slug, dataset.pk, latest.number if latest else 1)
+
+
+@require_POST
+@require_perm(Perm.UPLOAD_DATASETS)
+def version_mapping(request: HttpRequest, team_slug: str, dataset_id: int, number: int) -> HttpResponse:
+    access = _access(request)
+    version, _ = _version(access, dataset_id, number, "change")
+    form = MappingForm(request.POST, report=version.report)
+    if form.is_valid():
+        try:
+            services.set_mapping(access=access, version=version, ip=client_ip(request), **form.mapping())
+        except ValidationError as error:
+            messages.error(request, " ".join(error.messages))
+    else:
+        messages.error(request, "; ".join(f"{f}: {' '.join(map(str, e))}" for f, e in form.errors.items()))
+    return redirect("datasets:version", team_slug, dataset_id, number)
+
+
+@require_POST
+@require_perm(Perm.UPLOAD_DATASETS)
+def version_keep_valid(request: HttpRequest, team_slug: str, dataset_id: int, number: int) -> HttpResponse:
+    access = _access(request)
+    version, _ = _version(access, dataset_id, number, "change")
+    try:
+        child = services.keep_valid_rows(access=access, version=version, ip=client_ip(request))
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages))
+        return redirect("datasets:version", team_slug, dataset_id, number)
+    messages.success(request, f"Version {child.number} keeps the {child.row_count:,} valid rows.")
+    return redirect("datasets:version", team_slug, dataset_id, child.number)
+
+
+@require_perm(Perm.VIEW_TEAM)
+def dataset_delete(request: HttpRequest, team_slug: str, dataset_id: int) -> HttpResponse:
+    """Ask, then delete the dataset with every version and file."""
+    access = _access(request)
+    dataset, _ = _dataset(access, dataset_id, "delete")
+    if request.method == "POST":
+        services.delete_dataset(access=access, dataset=dataset, ip=client_ip(request))
+        messages.success(request, f"Dataset “{dataset.name}” and all its versions were deleted.")
+        return redirect("datasets:list", team_slug)
+    versions = services.versions_of(dataset)
+    return render(request, "datasets/confirm_delete.html", {"dataset": dataset, "versions": versions})
+
+
+@require_POST
+@require_perm(Perm.SHARE_OBJECTS)
+def dataset_share(request: HttpRequest, team_slug: str, dataset_id: int) -> HttpResponse:
+    access = _access(request)
+    dataset, _ = _dataset(access, dataset_id)
+    members = Membership.objects.filter(team=access.team).select_related("user")
+    form = ShareForm(request.POST, members=members, levels=account_services.share_levels_for(Dataset))
+    if not form.is_valid():
+        messages.error(request, "Choose a member of this team and a level.")
+    elif request.POST.get("remove"):
+        account_services.unshare_object(
+            access=access, obj=dataset, member=form.cleaned_data["member"], ip=client_ip(request)
+        )
+        messages.success(request, "Access removed.")
+    else:
+        try:
+            account_services.share_object(access=access, obj=dataset, ip=client_ip(request), **form.cleaned_data)
+        except ValidationError as error:
+            messages.error(request, " ".join(error_dict(error).get("level", error.messages)))
+        else:
+            messages.success(request, "Shared.")
+    latest = services.versions_of(dataset).first()
+    return redirect("datasets:version", team_slug, dataset.pk, latest.number if latest else 1)

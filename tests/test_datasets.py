@@ -1,0 +1,247 @@
+"""Datasets through the site and the API: upload, validation, versions, sharing, export and deletion."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
+
+from accounts.models import AuditEvent, Membership
+from accounts.permissions import resolve_access
+from accounts.roles import Role
+from accounts.services import share_object
+from datasets_app import services
+from datasets_app.models import Dataset, DatasetVersion, VersionStatus
+from tests.factories import member, ready_version
+
+CHAT_ROWS = [
+    {"messages": [{"role": "user", "content": f"Question {n}?"}, {"role": "assistant", "content": f"Answer {n}."}]}
+    for n in range(5)
+]
+
+
+def jsonl(rows: list[Any]) -> bytes:
+    return "".join(json.dumps(row) + "\n" for row in rows).encode()
+
+
+def upload_file(name: str, content: bytes) -> SimpleUploadedFile:
+    return SimpleUploadedFile(name, content, content_type="application/octet-stream")
+
+
+def upload(access: Any, content: bytes, name: str = "chat.jsonl", **fields: Any) -> DatasetVersion:
+    """Upload through the service and run the validation the task would run."""
+    version = services.upload_dataset(
+        access=access, name=fields.pop("title", "Support chats"), upload=upload_file(name, content), **fields
+    )
+    services.run_validation(version.pk)
+    version.refresh_from_db()
+    return version
+
+
+# --- upload and validation ----------------------------------------------------------------------
+
+
+def test_upload_page_stores_the_file_and_queues_validation(
+    alice: Any, login: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = login(alice).post(
+            "/t/acme/datasets/",
+            {"name": "Chats", "file": upload_file("chat.jsonl", jsonl(CHAT_ROWS))},
+            headers={"X-Requested-With": "XMLHttpRequest"},
+        )
+    version = DatasetVersion.objects.unscoped().get()
+    assert response.json() == {"redirect": f"/t/acme/datasets/{version.dataset_id}/v1/"}
+    assert version.status == VersionStatus.VALIDATING
+    assert version.source_path.read_bytes() == jsonl(CHAT_ROWS)
+    assert len(callbacks) == 1  # the validation task, enqueued only once the upload committed
+    assert AuditEvent.objects.filter(action="dataset.uploaded").count() == 1
+
+
+def test_valid_upload_becomes_a_ready_hashed_version(alice: Any) -> None:
+    version = upload(resolve_access(alice, "acme"), jsonl(CHAT_ROWS))
+    assert (version.status, version.kind, version.row_count) == (VersionStatus.READY, "chat", 5)
+    assert len(version.content_hash) == 64
+    rows, more = services.read_rows(version, limit=2)
+    assert [number for number, _ in rows] == [1, 2] and more
+    assert rows[0][1]["messages"][1] == {"role": "assistant", "content": "Answer 0."}
+
+
+def test_version_page_renders_chat_bubbles_and_search(alice: Any, login: Any) -> None:
+    version = upload(resolve_access(alice, "acme"), jsonl(CHAT_ROWS))
+    client = login(alice)
+    page = client.get(f"/t/acme/datasets/{version.dataset_id}/v1/").content.decode()
+    assert "Ready" in page and version.content_hash in page
+    rows = client.get(f"/t/acme/datasets/{version.dataset_id}/v1/rows/", {"q": "Answer 3"}).content.decode()
+    assert 'class="bubble assistant"' in rows and "Answer 3." in rows and "Answer 2." not in rows
+
+
+def test_problems_are_reported_by_line_and_valid_rows_can_be_kept(alice: Any, login: Any) -> None:
+    content = jsonl(CHAT_ROWS[:2]) + b'{"messages": [{"role": "user", "content": "  "}]}\n{"messages": [NaN]}\n'
+    version = upload(resolve_access(alice, "acme"), content)
+    assert version.status == VersionStatus.INVALID
+    assert version.row_count == 2 and version.report["total_rows"] == 4
+    lines = sorted(e["line"] for p in version.report["problems"].values() for e in p["examples"])
+    assert lines == [3, 4]
+    page = login(alice).get(f"/t/acme/datasets/{version.dataset_id}/v1/").content.decode()
+    assert "Keep only the 2 valid rows" in page
+    response = login(alice).post(f"/t/acme/datasets/{version.dataset_id}/v1/keep-valid/")
+    child = DatasetVersion.objects.for_team(version.team).get(number=2)
+    assert response["Location"] == f"/t/acme/datasets/{version.dataset_id}/v2/"
+    assert (child.status, child.row_count, child.parent_id) == (VersionStatus.READY, 2, version.pk)
+    assert child.recipe["step"] == "keep_valid_rows" and sum(child.recipe["dropped"].values()) == 2
+
+
+def test_upload_over_the_size_limit_is_refused_and_nothing_is_stored(alice: Any, login: Any, settings: Any) -> None:
+    settings.DATASET_UPLOAD_MAX_BYTES = 100
+    response = login(alice).post(
+        "/t/acme/datasets/",
+        {"name": "Big", "file": upload_file("big.jsonl", jsonl(CHAT_ROWS))},
+        headers={"X-Requested-With": "XMLHttpRequest"},
+    )
+    assert response.status_code == 400
+    assert "uploads are limited to" in response.json()["errors"]["file"][0]
+    assert not Dataset.objects.unscoped().exists()
+    assert not list(Path(settings.MEDIA_ROOT).rglob("*.jsonl"))
+
+
+def test_team_storage_quota_is_enforced(alice: Any, acme: Any, bearer: Any) -> None:
+    acme.storage_quota_bytes = 600
+    acme.save()
+    upload(resolve_access(alice, "acme"), jsonl(CHAT_ROWS))  # ~500 bytes stored twice (file + rows)
+    response = bearer(alice).post(
+        "/api/v1/teams/acme/datasets/", {"name": "More", "file": upload_file("more.jsonl", jsonl(CHAT_ROWS))}
+    )
+    assert response.status_code == 400
+    assert "storage quota" in response.json()["errors"]["file"][0]
+    assert Dataset.objects.for_team(acme).count() == 1
+
+
+def test_viewer_cannot_upload(acme: Any, login: Any) -> None:
+    viewer = member(acme, Role.VIEWER, "vera")
+    response = login(viewer).post("/t/acme/datasets/", {"name": "x", "file": upload_file("a.jsonl", b"{}\n")})
+    assert response.status_code == 403
+    assert not Dataset.objects.for_team(acme).exists()
+
+
+# --- sharing and restriction --------------------------------------------------------------------
+
+
+def test_restricted_dataset_is_invisible_to_other_members_until_shared(
+    alice: Any, bob: Any, acme: Any, login: Any, bearer: Any
+) -> None:
+    version = ready_version(acme, alice, [{"text": "salary table"}], name="HR notes")
+    Dataset.objects.for_team(acme).filter(pk=version.dataset_id).update(restricted=True)
+    url = f"/t/acme/datasets/{version.dataset_id}/v1/"
+    assert login(bob).get(url).status_code == 404
+    assert "HR notes" not in login(bob).get("/t/acme/datasets/").content.decode()
+    assert bearer(bob).get("/api/v1/teams/acme/datasets/").json() == []
+    share_object(
+        access=resolve_access(alice, "acme"), obj=version.dataset, member=Membership.objects.get(user=bob), level="view"
+    )
+    assert login(bob).get(url).status_code == 200
+    assert [d["name"] for d in bearer(bob).get("/api/v1/teams/acme/datasets/").json()] == ["HR notes"]
+    assert login(bob).post(f"/t/acme/datasets/{version.dataset_id}/delete/").status_code == 403
+
+
+# --- export and deletion ------------------------------------------------------------------------
+
+
+def test_csv_export_neutralises_formula_cells(alice: Any, acme: Any, login: Any) -> None:
+    dangerous = ['=HYPERLINK("http://x")', "+1+1", "-2", "@SUM(A1)", "\tTab", "\rReturn", "plain"]
+    version = ready_version(acme, alice, [{"text": text} for text in dangerous])
+    response = login(alice).get(f"/t/acme/datasets/{version.dataset_id}/v1/download.csv")
+    cells = [row[0] for row in csv.reader(io.StringIO(b"".join(response.streaming_content).decode()))]
+    assert cells[0] == "text"
+    assert cells[1:] == ["'" + text for text in dangerous[:-1]] + ["plain"]
+    assert AuditEvent.objects.filter(action="dataset.exported").count() == 1
+
+
+def test_jsonl_download_is_the_normalized_rows(alice: Any, acme: Any, bearer: Any) -> None:
+    version = ready_version(acme, alice, [{"text": "one"}, {"text": "two"}])
+    response = bearer(alice).get(f"/api/v1/teams/acme/datasets/{version.dataset_id}/versions/1/download")
+    assert b"".join(response.streaming_content) == version.rows_path.read_bytes()
+
+
+def test_deleting_a_dataset_leaves_no_rows_or_files_only_a_tombstone(
+    alice: Any, acme: Any, login: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    version = upload(resolve_access(alice, "acme"), jsonl(CHAT_ROWS))
+    folder = version.dataset.storage_dir()
+    assert folder.exists()
+    with django_capture_on_commit_callbacks(execute=True):
+        login(alice).post(f"/t/acme/datasets/{version.dataset_id}/delete/")
+    assert not Dataset.objects.unscoped().exists() and not DatasetVersion.objects.unscoped().exists()
+    assert not folder.exists()
+    tombstone = AuditEvent.objects.get(action="dataset.deleted")
+    assert tombstone.details["versions"] == [{"number": 1, "content_hash": version.content_hash}]
+
+
+# --- the API ------------------------------------------------------------------------------------
+
+
+def test_api_upload_then_rows(alice: Any, bearer: Any) -> None:
+    client: Client = bearer(alice)
+    created = client.post(
+        "/api/v1/teams/acme/datasets/", {"name": "Chats", "file": upload_file("chat.jsonl", jsonl(CHAT_ROWS))}
+    )
+    assert created.status_code == 201
+    dataset_id = created.json()["id"]
+    services.run_validation(DatasetVersion.objects.unscoped().get().pk)
+    detail = client.get(f"/api/v1/teams/acme/datasets/{dataset_id}/versions/1").json()
+    assert (detail["status"], detail["row_count"]) == ("ready", 5)
+    rows = client.get(f"/api/v1/teams/acme/datasets/{dataset_id}/versions/1/rows", {"limit": 2, "offset": 3}).json()
+    assert [row["_n"] for row in rows["rows"]] == [4, 5] and rows["has_more"] is False
+
+
+def test_api_ambiguous_columns_need_a_mapping(alice: Any, bearer: Any) -> None:
+    rows = [{"question": f"Q{n}?", "answer": f"A{n}."} for n in range(3)]
+    version = upload(resolve_access(alice, "acme"), jsonl(rows), name="qa.jsonl")
+    assert version.status == VersionStatus.NEEDS_MAPPING
+    response = bearer(alice).post(
+        f"/api/v1/teams/acme/datasets/{version.dataset_id}/versions/1/mapping",
+        data=json.dumps({"kind": "instruction", "mapping": {"prompt": "question", "completion": "answer"}}),
+        content_type="application/json",
+    )
+    assert response.status_code == 200
+    services.run_validation(version.pk)
+    version.refresh_from_db()
+    assert (version.status, version.kind, version.row_count) == (VersionStatus.READY, "instruction", 3)
+    assert services.read_rows(version)[0][0][1]["prompt"] == "Q0?"
+
+
+def test_api_mapping_to_a_missing_column_names_it(alice: Any, bearer: Any) -> None:
+    rows = [{"question": "Q?", "answer": "A."}]
+    version = upload(resolve_access(alice, "acme"), jsonl(rows), name="qa.jsonl")
+    response = bearer(alice).post(
+        f"/api/v1/teams/acme/datasets/{version.dataset_id}/versions/1/mapping",
+        data=json.dumps({"kind": "instruction", "mapping": {"prompt": "question", "completion": "reply"}}),
+        content_type="application/json",
+    )
+    assert response.status_code == 400
+    assert "reply" in response.json()["errors"]["mapping"][0]
+
+
+# --- a real worker ------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_worker_validates_an_upload(celery_worker: None, alice: Any, acme: Any, settings: Any) -> None:
+    version = services.upload_dataset(
+        access=resolve_access(alice, "acme"), name="Chats", upload=upload_file("chat.jsonl", jsonl(CHAT_ROWS))
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        version.refresh_from_db()
+        if version.status != VersionStatus.VALIDATING:
+            break
+        time.sleep(0.2)
+    assert (version.status, version.row_count) == (VersionStatus.READY, 5)
