@@ -73,6 +73,15 @@ class RowsOut(Schema):
     has_more: bool
 
 
+class CurateIn(Schema):
+    step: Literal["dedupe", "redact_pii", "filter_length", "split"]
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="dedupe: mode (exact|near), threshold; filter_length: min_tokens, max_tokens; "
+        "split: validation_fraction, seed; redact_pii: none.",
+    )
+
+
 class MappingIn(Schema):
     kind: Literal["chat", "instruction", "preference", "text"]
     mapping: dict[str, str] = Field(description="Normalized field → column of the file, e.g. {'prompt': 'question'}.")
@@ -244,3 +253,15 @@ def download(
     response = StreamingHttpResponse(chunks, content_type="application/jsonl" if format == "jsonl" else "text/csv")
     response["Content-Disposition"] = f'attachment; filename="dataset-{dataset_id}-v{number}.{format}"'
     return response
+
+
+@router.post(
+    "teams/{slug}/datasets/{dataset_id}/versions/{number}/curate",
+    response={201: VersionOut, 400: Error, 403: Error, 404: Error},
+)
+def curate(request: HttpRequest, slug: str, dataset_id: int, number: int, body: CurateIn) -> Status:
+    """Start a curation step; the new version is made in the background (poll it until ``ready``)."""
+    access = team_access(request, slug)
+    version = _version(access, dataset_id, number, "change")
+    child = services.curate(access=access, version=version, step=body.step, params=body.params, ip=client_ip(request))
+    return Status(201, _version_out(child))

@@ -44,6 +44,7 @@ class DatasetUserObjectPermission(UserObjectPermissionBase):
 
 class VersionStatus(models.TextChoices):
     VALIDATING = "validating", "Validating"
+    PROCESSING = "processing", "Curating"
     NEEDS_MAPPING = "needs_mapping", "Needs column mapping"
     READY = "ready", "Ready"
     INVALID = "invalid", "Has problems"
@@ -94,6 +95,11 @@ class DatasetVersion(TeamOwnedModel):
     @property
     def rows_path(self) -> Path:
         return self.folder() / "rows.jsonl"
+
+    @property
+    def validation_path(self) -> Path:
+        """Held-out rows of a version made by a train/validation split (absent otherwise)."""
+        return self.folder() / "validation.jsonl"
 
     @property
     def is_ready(self) -> bool:

@@ -8,6 +8,7 @@ change after it is ready; every transformation makes a new version that names it
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -28,7 +29,9 @@ from accounts import audit
 from accounts.models import Team
 from accounts.permissions import TeamAccess, require_object_action, visible_objects
 from accounts.roles import Perm
-from datasets_app.engine.rows import Kind, Row
+from datasets_app.engine import curation
+from datasets_app.engine.rows import Kind, Row, read_rows_file, write_rows_file
+from datasets_app.engine.stats import compute_stats
 from datasets_app.engine.validate import validate_file
 from datasets_app.models import Dataset, DatasetVersion, VersionStatus
 
@@ -192,6 +195,21 @@ def _enqueue_validation(version: DatasetVersion) -> None:
 # --- validation (runs in the Celery task) -------------------------------------------------------
 
 
+class _Progress:
+    """Writes a version's progress (0–1) to the database at most once a second, mapped into [start, end]."""
+
+    def __init__(self, version_id: int, start: float = 0.0, end: float = 1.0) -> None:
+        self.version_id, self.start, self.end = version_id, start, end
+        self.last_write = 0.0
+
+    def __call__(self, done: float, total: float) -> None:
+        now = time.monotonic()
+        if now - self.last_write >= 1.0 and total:
+            self.last_write = now
+            value = self.start + (self.end - self.start) * min(done / total, 1.0)
+            DatasetVersion.objects.unscoped().filter(pk=self.version_id).update(progress=value)
+
+
 def run_validation(version_id: int) -> None:
     """Validate and normalize a version's source file, then record report, hash and statistics.
 
@@ -200,15 +218,6 @@ def run_validation(version_id: int) -> None:
     version = DatasetVersion.objects.unscoped().select_related("dataset").filter(pk=version_id).first()
     if version is None or version.status != VersionStatus.VALIDATING:
         return
-    last_write = 0.0
-
-    def progress(done: int, total: int) -> None:
-        nonlocal last_write
-        now = time.monotonic()
-        if now - last_write >= 1.0:
-            last_write = now
-            DatasetVersion.objects.unscoped().filter(pk=version_id).update(progress=done / total if total else 0)
-
     try:
         report = validate_file(
             version.source_path,
@@ -217,7 +226,7 @@ def run_validation(version_id: int) -> None:
             mapping=version.mapping or None,
             max_row_chars=MAX_ROW_CHARS,
             out_path=version.rows_path,
-            progress=progress,
+            progress=_Progress(version_id, 0.0, 0.7),
         )
     except OSError as error:
         log.exception("validation of dataset version %s failed", version_id)
@@ -227,21 +236,26 @@ def run_validation(version_id: int) -> None:
     if report.needs_mapping:
         _finish(version_id, status=VersionStatus.NEEDS_MAPPING, report=data)
         return
-    status = (
-        VersionStatus.READY if report.valid_rows == report.total_rows and report.total_rows else VersionStatus.INVALID
-    )
-    rows_size = version.rows_path.stat().st_size if version.rows_path.exists() else 0
+    complete = report.valid_rows == report.total_rows and report.total_rows
+    has_rows = report.valid_rows > 0 and version.rows_path.exists()
     _finish(
         version_id,
-        status=status,
+        status=VersionStatus.READY if complete else VersionStatus.INVALID,
         report=data,
-        kind=str(report.kind),
+        kind=str(report.kind) if report.kind else "",
         mapping=report.mapping or {},
         row_count=report.valid_rows,
-        content_hash=report.content_hash,
-        rows_size=rows_size,
+        content_hash=report.content_hash or "",
+        rows_size=version.rows_path.stat().st_size if has_rows else 0,
+        stats=_describe(version_id, version.rows_path, str(report.kind), report.valid_rows) if has_rows else {},
         progress=1.0,
     )
+
+
+def _describe(version_id: int, rows_path: Path, kind: str, row_count: int) -> dict[str, Any]:
+    """Statistics of a version's rows (token lengths, turns, roles, duplicates, PII)."""
+    progress = _Progress(version_id, 0.7, 1.0)
+    return compute_stats(read_rows_file(rows_path), kind=kind, progress=lambda done: progress(done, row_count))
 
 
 def _finish(version_id: int, **fields: Any) -> None:
@@ -286,7 +300,11 @@ def keep_valid_rows(*, access: TeamAccess, version: DatasetVersion, ip: str | No
     require_object_action(access, version.dataset, "change")
     if version.status != VersionStatus.INVALID or not version.row_count:
         raise ValidationError({"version": "Only a version with problems and some valid rows can be trimmed."})
-    dropped = {code: problem["count"] for code, problem in version.report.get("problems", {}).items()}
+    dropped = {
+        code: problem["rows_dropped"]
+        for code, problem in version.report.get("problems", {}).items()
+        if problem.get("rows_dropped")
+    }
     with _atomic_with_files() as folders:
         child = DatasetVersion.objects.create(
             team=access.team,
@@ -320,6 +338,145 @@ def keep_valid_rows(*, access: TeamAccess, version: DatasetVersion, ip: str | No
             dropped=dropped,
         )
     return child
+
+
+# --- curation (each step makes a new version, in the background) --------------------------------
+
+CURATION_STEPS = ("dedupe", "redact_pii", "filter_length", "split")
+
+
+def _curation_params(step: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The step's parameters, checked, with field-level messages for anything out of range."""
+    if step == "dedupe":
+        mode = params.get("mode", "exact")
+        if mode not in ("exact", "near"):
+            raise ValidationError({"mode": "Choose exact or near duplicates."})
+        threshold = float(params.get("threshold") or 0.85)
+        if not 0.5 <= threshold <= 1.0:
+            raise ValidationError({"threshold": "The similarity threshold must be between 0.5 and 1.0."})
+        return {"mode": mode, "threshold": threshold}
+    if step == "redact_pii":
+        return {}
+    if step == "filter_length":
+        low, high = _optional_int(params.get("min_tokens")), _optional_int(params.get("max_tokens"))
+        if low is None and high is None:
+            raise ValidationError({"min_tokens": "Give a minimum, a maximum, or both."})
+        if (low is not None and low < 0) or (high is not None and high < 1):
+            raise ValidationError({"max_tokens": "Token limits must be positive."})
+        if low is not None and high is not None and low > high:
+            raise ValidationError({"max_tokens": f"The maximum ({high}) is below the minimum ({low})."})
+        return {"min_tokens": low, "max_tokens": high}
+    if step == "split":
+        fraction = float(params.get("validation_fraction") or 0.1)
+        if not 0.0 < fraction < 0.9:
+            raise ValidationError({"validation_fraction": "Hold out between 1% and 90% of the rows, e.g. 0.1."})
+        return {"validation_fraction": fraction, "seed": int(params.get("seed") or 42)}
+    raise ValidationError({"step": f"Unknown step “{step}”: choose one of {', '.join(CURATION_STEPS)}."})
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value in (None, "") else int(value)
+
+
+def curate(
+    *, access: TeamAccess, version: DatasetVersion, step: str, params: dict[str, Any], ip: str | None = None
+) -> DatasetVersion:
+    """Start a curation step on a ready version; the result is a new version (status "processing")."""
+    access.require(Perm.UPLOAD_DATASETS)
+    require_object_action(access, version.dataset, "change")
+    if not version.is_ready:
+        raise ValidationError({"version": "Curate a ready version (fix or trim this one first)."})
+    try:
+        checked = _curation_params(step, params)
+    except (TypeError, ValueError) as error:
+        raise ValidationError({"step": f"The parameters are not numbers where numbers are needed: {error}."}) from error
+    if step == "split" and version.row_count is not None and version.row_count < 2:
+        raise ValidationError({"validation_fraction": "A split needs at least two rows."})
+    with _atomic_with_files() as folders:
+        child = DatasetVersion.objects.create(
+            team=access.team,
+            dataset=version.dataset,
+            number=_next_number(version.dataset),
+            parent=version,
+            created_by=access.user,
+            recipe={"step": step, **checked},
+            status=VersionStatus.PROCESSING,
+            kind=version.kind,
+            mapping=version.mapping,
+            source_name=version.source_name,
+        )
+        folders.append(child.folder())
+        audit.record(
+            "dataset.curated",
+            access=access,
+            target=version.dataset,
+            ip=ip,
+            step=step,
+            parent=version.number,
+            version=child.number,
+            **checked,
+        )
+        from datasets_app.tasks import curate_version
+
+        transaction.on_commit(lambda: curate_version.delay(child.pk))
+    return child
+
+
+def run_curation(version_id: int) -> None:
+    """Apply a version's curation recipe to its parent's rows (task body; idempotent)."""
+    child = DatasetVersion.objects.unscoped().select_related("parent").filter(pk=version_id).first()
+    if child is None or child.status != VersionStatus.PROCESSING or child.parent is None:
+        return
+    parent, recipe = child.parent, dict(child.recipe)
+    step = recipe.pop("step")
+    rows = read_rows_file(parent.rows_path)
+    try:
+        if step == "split":
+            count, content_hash, size, summary = _write_split(child, rows, parent.row_count or 0, **recipe)
+        else:
+            run = {
+                "dedupe": lambda: curation.dedupe(rows, **recipe),
+                "redact_pii": lambda: curation.redact_pii(rows),
+                "filter_length": lambda: curation.filter_length(rows, **recipe),
+            }[step]()
+            count, content_hash, size = write_rows_file(child.rows_path, run)
+            summary = run.summary
+    except (OSError, ValueError) as error:
+        log.exception("curation of dataset version %s failed", version_id)
+        DatasetVersion.objects.unscoped().filter(pk=version_id).update(
+            status=VersionStatus.FAILED, error=f"The step could not run: {error}."
+        )
+        return
+    DatasetVersion.objects.unscoped().filter(pk=version_id, status=VersionStatus.PROCESSING).update(
+        recipe={**child.recipe, "summary": summary},
+        row_count=count,
+        content_hash=content_hash,
+        rows_size=size,
+        report={"total_rows": count, "valid_rows": count, "problems": {}},
+        stats=_describe(version_id, child.rows_path, child.kind, count) if count else {},
+        status=VersionStatus.READY,
+        progress=1.0,
+    )
+
+
+def _write_split(
+    child: DatasetVersion, rows: Iterator[Row], row_count: int, *, validation_fraction: float, seed: int
+) -> tuple[int, str, int, dict[str, Any]]:
+    """Write the train rows to rows.jsonl and the held-out rows to validation.jsonl; hash covers both."""
+    run = curation.split(rows, validation_fraction, seed, row_count=row_count)
+    held_out: list[Row] = []
+
+    def train() -> Iterator[Row]:
+        for part, row in run:
+            if part == "validation":
+                held_out.append(row)
+            else:
+                yield row
+
+    count, train_hash, size = write_rows_file(child.rows_path, train())
+    _, validation_hash, validation_size = write_rows_file(child.validation_path, held_out)
+    combined = hashlib.sha256(f"{train_hash}:{validation_hash}".encode()).hexdigest()
+    return count, combined, size + validation_size, run.summary
 
 
 # --- reading and exporting ----------------------------------------------------------------------

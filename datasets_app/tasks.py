@@ -11,3 +11,9 @@ from datasets_app import services
 def validate_version(version_id: int) -> None:
     """Validate, normalize and describe one uploaded dataset version (idempotent)."""
     services.run_validation(version_id)
+
+
+@shared_task
+def curate_version(version_id: int) -> None:
+    """Apply one curation step, making the rows, hash and statistics of a new version (idempotent)."""
+    services.run_curation(version_id)

@@ -16,6 +16,7 @@ urlpatterns = [
     path("<int:dataset_id>/v<int:number>/rows/", views.version_rows, name="rows"),
     path("<int:dataset_id>/v<int:number>/mapping/", views.version_mapping, name="mapping"),
     path("<int:dataset_id>/v<int:number>/keep-valid/", views.version_keep_valid, name="keep_valid"),
+    path("<int:dataset_id>/v<int:number>/curate/", views.version_curate, name="curate"),
     path("<int:dataset_id>/v<int:number>/source/", views.version_source, name="source"),
     path("<int:dataset_id>/v<int:number>/download.<str:fmt>", views.version_download, name="download"),
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
@@ -122,7 +124,7 @@ def version_detail(request: HttpRequest, team_slug: str, dataset_id: int, number
     version, actions = _version(access, dataset_id, number)
     if request.htmx and request.GET.get("part") == "status":  # type: ignore[attr-defined]
         response = render(request, "datasets/_status.html", {"version": version})
-        if version.status != VersionStatus.VALIDATING:
+        if version.status not in (VersionStatus.VALIDATING, VersionStatus.PROCESSING):
             response["HX-Refresh"] = "true"  # validation finished: show the whole page
         return response
     dataset = version.dataset
@@ -147,8 +149,45 @@ def version_detail(request: HttpRequest, team_slug: str, dataset_id: int, number
             levels=account_services.share_levels_for(Dataset),
         ),
         "share_url": reverse("datasets:share", args=[team_slug, dataset.pk]),
+        "charts": _charts(version.stats),
     }
     return render(request, "datasets/version.html", context)
+
+
+def _charts(stats: dict[str, Any]) -> dict[str, Any]:
+    """The statistics in the shapes the bar charts draw: ``[(label, count), ...]``."""
+    if not stats:
+        return {}
+
+    def bins(distribution: dict[str, Any] | None) -> list[tuple[str, int]]:
+        histogram = (distribution or {}).get("histogram") or []
+        return [
+            (str(b["start"]) if b["start"] == b["end"] else f"{b['start']}–{b['end']}", b["count"]) for b in histogram
+        ]
+
+    return {
+        "tokens": bins(stats.get("tokens")),
+        "turns": bins(stats.get("turns")),
+        "roles": [(role, count) for role, count in (stats.get("roles") or {}).items() if count],
+        "pii": sorted((kind, found) for kind, found in (stats.get("pii") or {}).items() if found["count"]),
+    }
+
+
+@require_POST
+@require_perm(Perm.UPLOAD_DATASETS)
+def version_curate(request: HttpRequest, team_slug: str, dataset_id: int, number: int) -> HttpResponse:
+    """Start a curation step (dedupe, redact PII, filter by length, split); the result is a new version."""
+    access = _access(request)
+    version, _ = _version(access, dataset_id, number, "change")
+    params = {key: value for key, value in request.POST.items() if key not in ("csrfmiddlewaretoken", "step")}
+    try:
+        child = services.curate(
+            access=access, version=version, step=request.POST.get("step", ""), params=params, ip=client_ip(request)
+        )
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages))
+        return redirect("datasets:version", team_slug, dataset_id, number)
+    return redirect("datasets:version", team_slug, dataset_id, child.number)
 
 
 @require_perm(Perm.VIEW_TEAM)

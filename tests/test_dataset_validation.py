@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -508,3 +510,36 @@ def test_json_arrays_read_the_same_whatever_the_chunk_size(content: bytes, chunk
             pieces = list(formats.iter_records(path, formats.Format.JSON))
 
     assert pieces == whole
+
+
+@pytest.mark.parametrize(
+    ("content", "detail"),
+    [
+        ("\nprompt,completion\na,b\n", "The first line is empty"),
+        ("prompt,prompt\na,b\n", "'prompt' more than once"),
+    ],
+)
+def test_a_csv_header_that_names_no_usable_columns_is_a_file_problem(tmp_path: Path, content: str, detail: str) -> None:
+    path = tmp_path / "data.csv"
+    path.write_text(content, encoding="utf-8")
+
+    example = only_problem(validate(path), "csv_header")
+    assert example["scope"] == "file" and detail in example["detail"]
+
+
+def test_an_empty_instruction_answer_names_the_turn_and_column(tmp_path: Path) -> None:
+    path = jsonl(
+        tmp_path, '{"instruction": "Say hi", "input": "", "output": "Hi"}', '{"instruction": "Say bye", "output": " "}'
+    )
+
+    example = only_problem(validate(path), "empty_turn")
+    assert (example["line"], example["field"]) == (2, "output")
+    assert example["detail"] == "Turn 2 (assistant): the field 'completion' (column 'output') is empty."
+
+
+def test_nan_in_a_parquet_row_is_rejected_like_in_json(tmp_path: Path) -> None:
+    path = tmp_path / "data.parquet"
+    pq.write_table(pa.Table.from_pylist([{"text": "a", "score": 0.5}, {"text": "b", "score": float("nan")}]), path)
+
+    example = only_problem(validate(path), "non_finite_number")
+    assert (example["line"], example["field"]) == (2, "score")

@@ -245,3 +245,93 @@ def test_worker_validates_an_upload(celery_worker: None, alice: Any, acme: Any, 
             break
         time.sleep(0.2)
     assert (version.status, version.row_count) == (VersionStatus.READY, 5)
+
+
+# --- statistics and curation --------------------------------------------------------------------
+
+PII_ROWS = [
+    {
+        "messages": [
+            {"role": "user", "content": "Mail me at jane.doe@example.com please."},
+            {"role": "assistant", "content": "Noted."},
+        ]
+    },
+    *CHAT_ROWS,
+    CHAT_ROWS[0],  # an exact duplicate
+]
+
+
+def test_statistics_are_computed_and_drawn(alice: Any, login: Any) -> None:
+    version = upload(resolve_access(alice, "acme"), jsonl(PII_ROWS))
+    stats = version.stats
+    assert stats["rows"] == 7
+    assert stats["exact_duplicates"]["count"] == 1
+    assert stats["roles"]["user"] == 7 and stats["roles"]["assistant"] == 7
+    assert stats["pii"]["email"]["count"] == 1
+    page = login(alice).get(f"/t/acme/datasets/{version.dataset_id}/v1/").content.decode()
+    assert 'aria-label="Tokens per row:' in page
+    assert "jane.doe@example.com" not in page  # examples are masked
+
+
+def curated(access: Any, version: DatasetVersion, step: str, **params: Any) -> DatasetVersion:
+    child = services.curate(access=access, version=version, step=step, params=params)
+    services.run_curation(child.pk)
+    child.refresh_from_db()
+    return child
+
+
+def test_dedupe_makes_a_new_version_without_the_duplicate(alice: Any) -> None:
+    access = resolve_access(alice, "acme")
+    version = upload(access, jsonl(PII_ROWS))
+    child = curated(access, version, "dedupe", mode="exact")
+    assert (child.number, child.status, child.row_count, child.parent_id) == (2, "ready", 6, version.pk)
+    assert child.recipe["summary"]["removed"] == 1
+    assert child.stats["exact_duplicates"]["count"] == 0
+    version.refresh_from_db()
+    assert version.row_count == 7  # the parent is untouched
+
+
+def test_redaction_replaces_personal_data_with_placeholders(alice: Any) -> None:
+    access = resolve_access(alice, "acme")
+    child = curated(access, upload(access, jsonl(PII_ROWS)), "redact_pii")
+    text = child.rows_path.read_text()
+    assert "jane.doe@example.com" not in text and "[EMAIL]" in text
+    assert {kind: found["count"] for kind, found in child.stats["pii"].items() if found["count"]} == {}
+
+
+def test_split_holds_out_the_documented_share(alice: Any) -> None:
+    access = resolve_access(alice, "acme")
+    rows = [{"text": f"paragraph {n}"} for n in range(50)]
+    child = curated(access, upload(access, jsonl(rows), name="corpus.jsonl"), "split", validation_fraction=0.2, seed=7)
+    assert child.row_count == 40
+    assert len(child.validation_path.read_text().splitlines()) == 10
+    again = curated(access, upload(access, jsonl(rows), name="corpus.jsonl"), "split", validation_fraction=0.2, seed=7)
+    assert again.validation_path.read_text() == child.validation_path.read_text()
+
+
+def test_bad_curation_parameters_name_the_field(alice: Any, bearer: Any) -> None:
+    version = upload(resolve_access(alice, "acme"), jsonl(CHAT_ROWS))
+    url = f"/api/v1/teams/acme/datasets/{version.dataset_id}/versions/1/curate"
+    response = bearer(alice).post(
+        url,
+        data=json.dumps({"step": "filter_length", "params": {"min_tokens": 50, "max_tokens": 10}}),
+        content_type="application/json",
+    )
+    assert response.status_code == 400
+    assert "below the minimum" in response.json()["errors"]["max_tokens"][0]
+    split = bearer(alice).post(
+        url, data=json.dumps({"step": "split", "params": {"validation_fraction": 1.5}}), content_type="application/json"
+    )
+    assert split.status_code == 400 and "validation_fraction" in split.json()["errors"]
+    assert DatasetVersion.objects.for_team(version.team).count() == 1
+
+
+def test_curation_through_the_page(alice: Any, login: Any) -> None:
+    version = upload(resolve_access(alice, "acme"), jsonl(PII_ROWS))
+    response = login(alice).post(
+        f"/t/acme/datasets/{version.dataset_id}/v1/curate/", {"step": "dedupe", "mode": "exact"}
+    )
+    assert response["Location"] == f"/t/acme/datasets/{version.dataset_id}/v2/"
+    child = DatasetVersion.objects.for_team(version.team).get(number=2)
+    assert child.status == VersionStatus.PROCESSING
+    assert AuditEvent.objects.filter(action="dataset.curated").count() == 1

@@ -140,6 +140,7 @@ SWEEP: dict[Route, Probe] = {
     "datasets:rows": Probe(params=_version),
     "datasets:mapping": Probe(params=_version, body=lambda o: {"kind": "text", "column_text": "text"}),
     "datasets:keep_valid": Probe(params=_version),
+    "datasets:curate": Probe(params=_version, body=lambda o: {"step": "redact_pii"}),
     "datasets:source": Probe(params=_version),
     "datasets:download": Probe(params=_download),
     ("GET", "/api/v1/teams/{slug}/datasets/"): Probe(),
@@ -153,6 +154,9 @@ SWEEP: dict[Route, Probe] = {
         params=_version, body=lambda o: {"kind": "text", "mapping": {"text": "text"}}
     ),
     ("POST", "/api/v1/teams/{slug}/datasets/{dataset_id}/versions/{number}/keep-valid"): Probe(params=_version),
+    ("POST", "/api/v1/teams/{slug}/datasets/{dataset_id}/versions/{number}/curate"): Probe(
+        params=_version, body=lambda o: {"step": "redact_pii"}
+    ),
     ("GET", "/api/v1/teams/{slug}/datasets/{dataset_id}/versions/{number}/download"): Probe(params=_version),
 }
 

@@ -447,7 +447,7 @@ def _mib(size: int) -> str:
     return f"{size / (1024 * 1024):,.1f} MiB" if size >= 1024 * 1024 else f"{size:,} bytes"
 
 
-def _encoding_problem(line: int, error: UnicodeDecodeError, line_offset: int, *, scope: str = "row") -> Problem:
+def _encoding_problem(line: int, error: UnicodeDecodeError, line_offset: int) -> Problem:
     bad = error.object[error.start : error.start + 1]
     return Problem(
         line=line,
@@ -456,8 +456,6 @@ def _encoding_problem(line: int, error: UnicodeDecodeError, line_offset: int, *,
         code="encoding",
         message=f"Byte {error.start + 1} of the line (file offset {line_offset + error.start:,}) is not valid "
         f"UTF-8 (0x{bad.hex()}).",
-        scope="file" if scope == "file" else "row",
-        stops_reading=scope == "file",
     )
 
 
@@ -525,7 +523,8 @@ def _capitalize(text: str) -> str:
 
 def _iter_csv(stream: IO[bytes], max_row_bytes: int, tracker: ReadProgress) -> Iterator[Record | Problem]:
     # The csv module gets decoded physical lines; a line that cannot be decoded (or is too long) is
-    # replaced, remembered here, and turns the row that contains it into a problem.
+    # replaced, remembered here, and turns the row that contains it into a problem. The csv module's
+    # cell size limit is process-wide: it is raised (never lowered) to the row limit.
     csv.field_size_limit(max(csv.field_size_limit(), max_row_bytes))
     bad_lines: dict[int, Problem] = {}
 
@@ -571,6 +570,9 @@ def _iter_csv(stream: IO[bytes], max_row_bytes: int, tracker: ReadProgress) -> I
             scope="file",
             stops_reading=True,
         )
+        return
+    if not any(cell.strip() for cell in header_cells):
+        yield _csv_header_problem("The first line is empty; it must name the columns.")
         return
     header = [cell.strip() or f"column_{index}" for index, cell in enumerate(header_cells, 1)]
     duplicates = sorted({name for name in header if header.count(name) > 1})

@@ -302,7 +302,7 @@ class _Row:
             return None
         if not value.strip():
             self.problem(
-                "empty_turn", self.column(name), f"Turn {turn} ({role}, the field {self.describe(name)}) is empty."
+                "empty_turn", self.column(name), f"Turn {turn} ({role}): the field {self.describe(name)} is empty."
             )
             return None
         return value
@@ -462,7 +462,7 @@ def _normalize_preference(row: _Row) -> Row | None:
                 prompt = [{"role": "user", "content": value}]
             else:
                 row.problem(
-                    "empty_turn", row.column("prompt"), f"Turn 1 (user, the field {row.describe('prompt')}) is empty."
+                    "empty_turn", row.column("prompt"), f"Turn 1 (user): the field {row.describe('prompt')} is empty."
                 )
         else:
             prompt = row.turns("prompt", value)

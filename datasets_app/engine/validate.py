@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
-import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -33,7 +31,7 @@ from datasets_app.engine.formats import (
     detect_format,
     iter_records,
 )
-from datasets_app.engine.rows import Kind
+from datasets_app.engine.rows import Kind, encode_row
 from datasets_app.engine.schemas import (
     SchemaGuess,
     check_mapping,
@@ -53,13 +51,6 @@ _SAMPLE_BYTES = 16 * 1024 * 1024  # ...or fewer, so that a sample of huge rows s
 _EXAMPLES_PER_CODE = 20
 _PROGRESS_INTERVAL_S = 0.1
 _WRITE_BUFFER_BYTES = 1024 * 1024
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-# JSON allows these raw inside strings, but str.splitlines() and some JSON Lines readers split rows on them.
-_UNUSUAL_LINE_BREAKS = re.compile("[\u0085\u2028\u2029]")
-
-
-def _escape_line_break(match: re.Match[str]) -> str:
-    return f"\\u{ord(match.group()):04x}"
 
 
 ProgressCallback = Callable[[int, int], None]
@@ -369,9 +360,7 @@ def _write_rows(
                     for position, problem in enumerate(result):
                         report.add(problem, drops_row=position == 0)
                     continue
-                text = _ENCODER.encode(result)
-                if _UNUSUAL_LINE_BREAKS.search(text):
-                    text = _UNUSUAL_LINE_BREAKS.sub(_escape_line_break, text)
+                text = encode_row(result)
                 try:
                     line = (text + "\n").encode("utf-8")
                 except UnicodeEncodeError as error:  # a lone surrogate from a JSON escape such as "\ud800"
