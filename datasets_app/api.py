@@ -82,6 +82,23 @@ class CurateIn(Schema):
     )
 
 
+class SampleIn(Schema):
+    sample: Literal["chat", "instruction", "preference", "text"]
+
+
+class MixSource(Schema):
+    dataset_id: int
+    version: int | None = Field(None, description="Defaults to the dataset's latest ready version.")
+    weight: float = Field(gt=0, description="Proportion of the mix, e.g. 0.25.")
+
+
+class MixIn(Schema):
+    name: str = Field("", max_length=120)
+    sources: list[MixSource] = Field(min_length=2, max_length=8)
+    seed: int = 42
+    total: int | None = Field(None, ge=1, description="Rows in the mix; defaults to the most without repeats.")
+
+
 class MappingIn(Schema):
     kind: Literal["chat", "instruction", "preference", "text"]
     mapping: dict[str, str] = Field(description="Normalized field → column of the file, e.g. {'prompt': 'question'}.")
@@ -165,6 +182,36 @@ def upload_dataset(
     access = team_access(request, slug)
     version = services.upload_dataset(access=access, upload=_required(file), ip=client_ip(request), **fields.dict())
     return Status(201, _dataset_out(version.dataset, [version]))
+
+
+# Fixed paths first: Django tries URL patterns in order, and {dataset_id} would match “samples”.
+@router.post("teams/{slug}/datasets/samples", response={201: DatasetDetail, 400: Error, 403: Error, 404: Error})
+def add_sample(request: HttpRequest, slug: str, body: SampleIn) -> Status:
+    """Add one of the studio's bundled sample datasets (validated like any upload)."""
+    version = services.add_sample(access=team_access(request, slug), sample=body.sample, ip=client_ip(request))
+    return Status(201, _dataset_out(version.dataset, [version]))
+
+
+@router.post("teams/{slug}/datasets/mix", response={201: DatasetDetail, 400: Error, 403: Error, 404: Error})
+def mix(request: HttpRequest, slug: str, body: MixIn) -> Status:
+    """A new dataset mixing several ready versions with weights; made in the background."""
+    access = team_access(request, slug)
+    sources = []
+    for source in body.sources:
+        dataset = _dataset(access, source.dataset_id, "use")
+        versions = services.versions_of(dataset)
+        version = (
+            versions.filter(number=source.version).first()
+            if source.version is not None
+            else versions.filter(status="ready").first()
+        )
+        if version is None:
+            raise ValidationError({"sources": f"“{dataset.name}” has no such ready version."})
+        sources.append((version, source.weight))
+    child = services.mix_datasets(
+        access=access, name=body.name, sources=sources, seed=body.seed, total=body.total, ip=client_ip(request)
+    )
+    return Status(201, _dataset_out(child.dataset, [child]))
 
 
 @router.get("teams/{slug}/datasets/{dataset_id}", response={200: DatasetDetail, 404: Error})

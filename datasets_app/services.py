@@ -340,6 +340,107 @@ def keep_valid_rows(*, access: TeamAccess, version: DatasetVersion, ip: str | No
     return child
 
 
+# --- samples and mixing ------------------------------------------------------------------------
+
+SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
+SAMPLES: dict[str, tuple[str, str]] = {
+    "chat": ("Sample: support chats", "chat.jsonl"),
+    "instruction": ("Sample: instructions", "instruction.jsonl"),
+    "preference": ("Sample: preferences", "preference.jsonl"),
+    "text": ("Sample: raw text", "raw_text.jsonl"),
+}
+
+
+def add_sample(*, access: TeamAccess, sample: str, ip: str | None = None) -> DatasetVersion:
+    """Upload one of the studio's bundled sample datasets, through the same path as any upload."""
+    if sample not in SAMPLES:
+        raise ValidationError({"sample": f"Choose one of: {', '.join(SAMPLES)}."})
+    name, filename = SAMPLES[sample]
+    with (SAMPLES_DIR / filename).open("rb") as handle:
+        upload = UploadedFile(handle, name=filename, size=(SAMPLES_DIR / filename).stat().st_size)
+        return upload_dataset(access=access, name=name, upload=upload, ip=ip)
+
+
+def mix_datasets(
+    *,
+    access: TeamAccess,
+    name: str,
+    sources: list[tuple[DatasetVersion, float]],
+    seed: int = 42,
+    total: int | None = None,
+    ip: str | None = None,
+) -> DatasetVersion:
+    """A new dataset mixing ready versions with weights (e.g. open and private data); made in the background."""
+    access.require(Perm.UPLOAD_DATASETS)
+    if len(sources) < 2:
+        raise ValidationError({"sources": "Choose at least two datasets to mix."})
+    for version, weight in sources:
+        require_object_action(access, version.dataset, "use")
+        if not version.is_ready:
+            raise ValidationError({"sources": f"{version} is not ready; mix ready versions."})
+        if weight <= 0:
+            raise ValidationError({"sources": f"The weight of {version} must be above zero."})
+    kinds = {version.kind for version, _ in sources}
+    if len(kinds) > 1:
+        raise ValidationError({"sources": f"Mix datasets of one kind; these are {', '.join(sorted(kinds))}."})
+    counts = [version.row_count or 0 for version, _ in sources]
+    try:
+        planned = curation.mix_counts([weight for _, weight in sources], counts, total)
+    except ValueError as error:
+        raise ValidationError({"total": str(error)}) from error
+    recipe = {
+        "step": "mix",
+        "seed": seed,
+        "total": total,
+        "sources": [
+            {"dataset_id": v.dataset_id, "version": v.number, "content_hash": v.content_hash, "weight": w}
+            for v, w in sources
+        ],
+        "planned": planned,
+    }
+    with _atomic_with_files() as folders:
+        dataset = Dataset.objects.create(
+            team=access.team,
+            name=name.strip() or "Mix",
+            created_by=access.user,
+            description="Mix of " + ", ".join(f"{v} × {w}" for v, w in sources),
+        )
+        child = DatasetVersion.objects.create(
+            team=access.team,
+            dataset=dataset,
+            number=1,
+            parent=sources[0][0],
+            created_by=access.user,
+            recipe=recipe,
+            status=VersionStatus.PROCESSING,
+            kind=sources[0][0].kind,
+        )
+        folders.append(child.folder())
+        audit.record("dataset.mixed", access=access, target=dataset, ip=ip, sources=recipe["sources"], seed=seed)
+        from datasets_app.tasks import curate_version
+
+        transaction.on_commit(lambda: curate_version.delay(child.pk))
+    return child
+
+
+def _run_mix(child: DatasetVersion, recipe: dict[str, Any]) -> tuple[int, str, int, dict[str, Any]]:
+    versions = [
+        DatasetVersion.objects.for_team(child.team).get(dataset_id=source["dataset_id"], number=source["version"])
+        for source in recipe["sources"]
+    ]
+    run = curation.mix(
+        [
+            (read_rows_file(v.rows_path), source["weight"])
+            for v, source in zip(versions, recipe["sources"], strict=True)
+        ],
+        seed=recipe["seed"],
+        total=recipe["total"],
+        row_counts=[v.row_count or 0 for v in versions],
+    )
+    count, content_hash, size = write_rows_file(child.rows_path, run)
+    return count, content_hash, size, run.summary
+
+
 # --- curation (each step makes a new version, in the background) --------------------------------
 
 CURATION_STEPS = ("dedupe", "redact_pii", "filter_length", "split")
@@ -431,7 +532,9 @@ def run_curation(version_id: int) -> None:
     step = recipe.pop("step")
     rows = read_rows_file(parent.rows_path)
     try:
-        if step == "split":
+        if step == "mix":
+            count, content_hash, size, summary = _run_mix(child, child.recipe)
+        elif step == "split":
             count, content_hash, size, summary = _write_split(child, rows, parent.row_count or 0, **recipe)
         else:
             run = {

@@ -8,6 +8,8 @@ app_name = "datasets"
 
 urlpatterns = [
     path("", views.dataset_list, name="list"),
+    path("samples/", views.add_sample, name="sample"),
+    path("mix/", views.mix, name="mix"),
     path("<int:dataset_id>/", views.dataset_detail, name="detail"),
     path("<int:dataset_id>/upload/", views.version_upload, name="upload_version"),
     path("<int:dataset_id>/delete/", views.dataset_delete, name="delete"),

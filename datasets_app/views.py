@@ -103,6 +103,7 @@ def dataset_list(request: HttpRequest, team_slug: str) -> HttpResponse:
         "storage_quota": quota,
         "storage_percent": min(100, round(100 * used / quota, 1)) if quota else 0,
         "max_upload_bytes": settings.DATASET_UPLOAD_MAX_BYTES,
+        "samples": [(key, label) for key, (label, _) in services.SAMPLES.items()],
     }
     return render(request, "datasets/list.html", context)
 
@@ -324,3 +325,45 @@ def dataset_share(request: HttpRequest, team_slug: str, dataset_id: int) -> Http
             messages.success(request, "Shared.")
     latest = services.versions_of(dataset).first()
     return redirect("datasets:version", team_slug, dataset.pk, latest.number if latest else 1)
+
+
+@require_POST
+@require_perm(Perm.UPLOAD_DATASETS)
+def add_sample(request: HttpRequest, team_slug: str) -> HttpResponse:
+    """Try the studio with one of its bundled sample datasets."""
+    try:
+        version = services.add_sample(
+            access=_access(request), sample=request.POST.get("sample", ""), ip=client_ip(request)
+        )
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages))
+        return redirect("datasets:list", team_slug)
+    return redirect("datasets:version", team_slug, version.dataset_id, version.number)
+
+
+@require_POST
+@require_perm(Perm.UPLOAD_DATASETS)
+def mix(request: HttpRequest, team_slug: str) -> HttpResponse:
+    """Mix the latest ready versions of several datasets with weights, into a new dataset."""
+    access = _access(request)
+    sources = []
+    try:
+        for key in request.POST:
+            value = request.POST.get(key, "").strip()
+            if key.startswith("weight_") and value and float(value) > 0:
+                dataset, _ = _dataset(access, int(key.removeprefix("weight_")), "use")
+                latest = services.versions_of(dataset).filter(status=VersionStatus.READY).first()
+                if latest is None:
+                    raise ValidationError({"sources": f"“{dataset.name}” has no ready version to mix."})
+                sources.append((latest, float(value)))
+        seed = int(request.POST.get("seed") or 42)
+        version = services.mix_datasets(
+            access=access, name=request.POST.get("name", ""), sources=sources, seed=seed, ip=client_ip(request)
+        )
+    except ValueError:
+        messages.error(request, "Weights and the seed must be numbers, e.g. weight 0.25 and seed 42.")
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages))
+    else:
+        return redirect("datasets:version", team_slug, version.dataset_id, version.number)
+    return redirect("datasets:list", team_slug)

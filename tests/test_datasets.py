@@ -18,6 +18,7 @@ from accounts.permissions import resolve_access
 from accounts.roles import Role
 from accounts.services import share_object
 from datasets_app import services
+from datasets_app.engine.rows import read_rows_file
 from datasets_app.models import Dataset, DatasetVersion, VersionStatus
 from tests.factories import member, ready_version
 
@@ -335,3 +336,66 @@ def test_curation_through_the_page(alice: Any, login: Any) -> None:
     child = DatasetVersion.objects.for_team(version.team).get(number=2)
     assert child.status == VersionStatus.PROCESSING
     assert AuditEvent.objects.filter(action="dataset.curated").count() == 1
+
+
+# --- samples and mixing -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sample", "kind", "rows"),
+    [("chat", "chat", 60), ("instruction", "instruction", 60), ("preference", "preference", 40), ("text", "text", 60)],
+)
+def test_each_sample_validates_cleanly(alice: Any, login: Any, sample: str, kind: str, rows: int) -> None:
+    response = login(alice).post("/t/acme/datasets/samples/", {"sample": sample})
+    version = DatasetVersion.objects.unscoped().get()
+    assert response["Location"] == f"/t/acme/datasets/{version.dataset_id}/v1/"
+    services.run_validation(version.pk)
+    version.refresh_from_db()
+    assert (version.status, version.kind, version.row_count) == (VersionStatus.READY, kind, rows)
+
+
+def test_empty_datasets_page_offers_the_samples(alice: Any, login: Any) -> None:
+    page = login(alice).get("/t/acme/datasets/").content.decode()
+    assert "Try a sample" in page and 'value="preference"' in page
+
+
+def test_mixing_two_datasets_with_weights(alice: Any, acme: Any, bearer: Any) -> None:
+    open_data = ready_version(acme, alice, [{"text": f"open {n}"} for n in range(300)], name="Open")
+    private = ready_version(acme, alice, [{"text": f"private {n}"} for n in range(1000)], name="Private")
+    response = bearer(alice).post(
+        "/api/v1/teams/acme/datasets/mix",
+        data=json.dumps(
+            {
+                "name": "Blend",
+                "seed": 1,
+                "sources": [
+                    {"dataset_id": open_data.dataset_id, "weight": 0.25},
+                    {"dataset_id": private.dataset_id, "weight": 0.75},
+                ],
+            }
+        ),
+        content_type="application/json",
+    )
+    assert response.status_code == 201
+    mixed = DatasetVersion.objects.for_team(acme).get(dataset__name="Blend")
+    services.run_curation(mixed.pk)
+    mixed.refresh_from_db()
+    texts = [row["text"] for row in read_rows_file(mixed.rows_path)]
+    assert (mixed.status, mixed.row_count) == (VersionStatus.READY, 1200)
+    assert sum(text.startswith("open") for text in texts) == 300
+    assert sum(text.startswith("private") for text in texts) == 900
+    assert mixed.recipe["sources"][0]["content_hash"] == open_data.content_hash
+
+
+def test_mixing_different_kinds_is_refused(alice: Any, acme: Any, bearer: Any) -> None:
+    text = ready_version(acme, alice, [{"text": "a"}, {"text": "b"}], name="Text")
+    chat = ready_version(acme, alice, CHAT_ROWS, kind="chat", name="Chat")
+    response = bearer(alice).post(
+        "/api/v1/teams/acme/datasets/mix",
+        data=json.dumps(
+            {"sources": [{"dataset_id": text.dataset_id, "weight": 1}, {"dataset_id": chat.dataset_id, "weight": 1}]}
+        ),
+        content_type="application/json",
+    )
+    assert response.status_code == 400
+    assert "one kind" in response.json()["errors"]["sources"][0]

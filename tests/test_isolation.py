@@ -132,6 +132,8 @@ SWEEP: dict[Route, Probe] = {
     ("DELETE", "/api/v1/teams/{slug}/keys/{key_id}/shares/{username}"): Probe(params=_key_and_username),
     ("GET", "/api/v1/teams/{slug}/audit-events/"): Probe(),
     "datasets:list": Probe(body=lambda o: {"name": "planted"}),
+    "datasets:sample": Probe(body=lambda o: {"sample": "chat"}),
+    "datasets:mix": Probe(body=lambda o: {f"weight_{o.version.dataset_id}": "1", "name": "planted"}),
     "datasets:detail": Probe(params=_dataset_id),
     "datasets:upload_version": Probe(params=_dataset_id),
     "datasets:delete": Probe(params=_dataset_id),
@@ -145,6 +147,10 @@ SWEEP: dict[Route, Probe] = {
     "datasets:download": Probe(params=_download),
     ("GET", "/api/v1/teams/{slug}/datasets/"): Probe(),
     ("POST", "/api/v1/teams/{slug}/datasets/"): Probe(body=lambda o: {"name": "planted"}),
+    ("POST", "/api/v1/teams/{slug}/datasets/samples"): Probe(body=lambda o: {"sample": "chat"}),
+    ("POST", "/api/v1/teams/{slug}/datasets/mix"): Probe(
+        body=lambda o: {"sources": [{"dataset_id": o.version.dataset_id, "weight": 1}] * 2}
+    ),
     ("GET", "/api/v1/teams/{slug}/datasets/{dataset_id}"): Probe(params=_dataset_id),
     ("DELETE", "/api/v1/teams/{slug}/datasets/{dataset_id}"): Probe(params=_dataset_id),
     ("POST", "/api/v1/teams/{slug}/datasets/{dataset_id}/versions/"): Probe(params=_dataset_id),
