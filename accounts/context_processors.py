@@ -23,13 +23,16 @@ def studio_shell(request: HttpRequest) -> dict[str, Any]:
     if not getattr(request, "user", None) or not request.user.is_authenticated:
         return {}
     access = getattr(request, "access", None)
-    items = []
+    items: list[dict[str, Any]] = []
     if access is not None:
-        current = request.path
         for label, name in NAVIGATION:
             try:
                 url = reverse(name, kwargs={"team_slug": access.team.slug})
             except NoReverseMatch:
                 continue
-            items.append({"label": label, "url": url, "active": current.startswith(url)})
+            items.append({"label": label, "url": url, "active": False})
+        # The section is the longest address the page lives under (the team's own is a prefix of all).
+        matching = [item for item in items if request.path.startswith(item["url"])]
+        if matching:
+            max(matching, key=lambda item: len(item["url"]))["active"] = True
     return {"user_teams": list(teams_of(request.user)), "access": access, "nav_items": items}

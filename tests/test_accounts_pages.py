@@ -290,3 +290,10 @@ def test_seed_demo_is_idempotent(db: None) -> None:
     team = Team.objects.get(slug="demo")
     assert list(Membership.objects.filter(team=team).values_list("user__username", "role")) == [("demo", "owner")]
     assert Client().post("/accounts/login/", {"username": "demo", "password": "atelier-demo-2026"}).status_code == 302
+
+
+def test_navigation_marks_only_the_current_section(alice: Any, login: Any) -> None:
+    page = login(alice).get("/t/acme/datasets/").content.decode()
+    nav = page.split('<nav class="mainnav"')[1].split("</nav>")[0]
+    assert '<a href="/t/acme/datasets/" aria-current="page">Datasets</a>' in nav
+    assert nav.count('aria-current="page"') == 1
