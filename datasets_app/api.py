@@ -62,6 +62,12 @@ class UploadFields(Schema):
     restricted: bool = False
 
 
+class DatasetPatch(Schema):
+    name: str | None = Field(None, max_length=120)
+    description: str | None = Field(None, max_length=2000)
+    restricted: bool | None = Field(None, description="Only owners and admins can change it.")
+
+
 class RowsQuery(Schema):
     offset: int = Field(0, ge=0)
     limit: int = Field(20, ge=1, le=200)
@@ -218,6 +224,16 @@ def mix(request: HttpRequest, slug: str, body: MixIn) -> Status:
 def dataset_detail(request: HttpRequest, slug: str, dataset_id: int) -> dict[str, Any]:
     access = team_access(request, slug)
     dataset = _dataset(access, dataset_id)
+    return _dataset_out(dataset, _versions(access, dataset))
+
+
+@router.patch("teams/{slug}/datasets/{dataset_id}", response={200: DatasetDetail, 400: Error, 403: Error, 404: Error})
+def update_dataset(request: HttpRequest, slug: str, dataset_id: int, body: DatasetPatch) -> dict[str, Any]:
+    """Rename, describe, or restrict a dataset to named members."""
+    access = team_access(request, slug)
+    dataset = services.update_dataset(
+        access=access, dataset=_dataset(access, dataset_id, "change"), ip=client_ip(request), **body.dict()
+    )
     return _dataset_out(dataset, _versions(access, dataset))
 
 

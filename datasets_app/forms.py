@@ -34,6 +34,14 @@ class UploadForm(forms.Form):
     )
 
 
+class DatasetEditForm(forms.Form):
+    name = forms.CharField(max_length=120)
+    description = forms.CharField(max_length=2000, required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    restricted = forms.BooleanField(
+        required=False, label="Restrict to named members", help_text="Owners and admins only can change this."
+    )
+
+
 class VersionUploadForm(forms.Form):
     file = forms.FileField(help_text="The corrected file becomes the next version.")
 

@@ -667,6 +667,40 @@ def _cell(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
+# --- editing ------------------------------------------------------------------------------------
+
+
+def update_dataset(
+    *,
+    access: TeamAccess,
+    dataset: Dataset,
+    name: str | None = None,
+    description: str | None = None,
+    restricted: bool | None = None,
+    ip: str | None = None,
+) -> Dataset:
+    """Rename or describe a dataset ("change"), or restrict it to named members (owners and admins)."""
+    require_object_action(access, dataset, "change")
+    changes: dict[str, Any] = {}
+    if name is not None:
+        if not name.strip():
+            raise ValidationError({"name": "Give the dataset a name."})
+        changes["name"] = name.strip()[:120]
+    if description is not None:
+        changes["description"] = description.strip()[:2000]
+    if restricted is not None and restricted != dataset.restricted:
+        access.require(Perm.SHARE_OBJECTS)
+        changes["restricted"] = restricted
+    changes = {field: value for field, value in changes.items() if getattr(dataset, field) != value}
+    if not changes:
+        return dataset
+    with transaction.atomic():
+        Dataset.objects.for_team(access.team).filter(pk=dataset.pk).update(**changes)
+        audit.record("dataset.updated", access=access, target=dataset, ip=ip, **changes)
+    dataset.refresh_from_db()
+    return dataset
+
+
 # --- deletion -----------------------------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ urlpatterns = [
     path("<int:dataset_id>/", views.dataset_detail, name="detail"),
     path("<int:dataset_id>/upload/", views.version_upload, name="upload_version"),
     path("<int:dataset_id>/delete/", views.dataset_delete, name="delete"),
+    path("<int:dataset_id>/edit/", views.dataset_edit, name="edit"),
     path("<int:dataset_id>/share/", views.dataset_share, name="share"),
     path("<int:dataset_id>/v<int:number>/", views.version_detail, name="version"),
     path("<int:dataset_id>/v<int:number>/rows/", views.version_rows, name="rows"),

@@ -20,7 +20,7 @@ from accounts.models import Membership
 from accounts.permissions import TeamAccess, require_object_action, require_perm
 from accounts.roles import Perm, Role
 from datasets_app import services
-from datasets_app.forms import MappingForm, UploadForm, VersionUploadForm
+from datasets_app.forms import DatasetEditForm, MappingForm, UploadForm, VersionUploadForm
 from datasets_app.models import Dataset, DatasetVersion, VersionStatus
 
 ROWS_PER_PAGE = 20
@@ -140,6 +140,9 @@ def version_detail(request: HttpRequest, team_slug: str, dataset_id: int, number
         "can_export": access.can(Perm.EXPORT_DATASETS),
         "mapping_form": MappingForm(report=version.report) if version.status == VersionStatus.NEEDS_MAPPING else None,
         "upload_form": VersionUploadForm(),
+        "edit_form": DatasetEditForm(
+            initial={"name": dataset.name, "description": dataset.description, "restricted": dataset.restricted}
+        ),
         "children": services.versions_of(dataset).filter(parent=version),
         # the sharing panel (accounts/_sharing.html)
         "shares": [(m, shares[m.user_id]) for m in members if m.user_id in shares],
@@ -367,3 +370,22 @@ def mix(request: HttpRequest, team_slug: str) -> HttpResponse:
     else:
         return redirect("datasets:version", team_slug, version.dataset_id, version.number)
     return redirect("datasets:list", team_slug)
+
+
+@require_POST
+@require_perm(Perm.VIEW_TEAM)
+def dataset_edit(request: HttpRequest, team_slug: str, dataset_id: int) -> HttpResponse:
+    """Rename, describe or (owners and admins) restrict a dataset."""
+    access = _access(request)
+    dataset, _ = _dataset(access, dataset_id, "change")
+    form = DatasetEditForm(request.POST)
+    if form.is_valid():
+        try:
+            services.update_dataset(access=access, dataset=dataset, ip=client_ip(request), **form.cleaned_data)
+        except ValidationError as error:
+            messages.error(request, " ".join(error.messages))
+        else:
+            messages.success(request, "Dataset updated.")
+    else:
+        messages.error(request, "; ".join(f"{f}: {' '.join(map(str, e))}" for f, e in form.errors.items()))
+    return redirect("datasets:detail", team_slug, dataset.pk)

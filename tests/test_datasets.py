@@ -399,3 +399,27 @@ def test_mixing_different_kinds_is_refused(alice: Any, acme: Any, bearer: Any) -
     )
     assert response.status_code == 400
     assert "one kind" in response.json()["errors"]["sources"][0]
+
+
+def test_owner_restricts_a_dataset_later_and_members_lose_sight_of_it(
+    alice: Any, bob: Any, acme: Any, login: Any, bearer: Any
+) -> None:
+    version = ready_version(acme, alice, [{"text": "draft"}], name="Drafts")
+    assert bearer(bob).get("/api/v1/teams/acme/datasets/").json()[0]["name"] == "Drafts"
+    response = login(alice).post(
+        f"/t/acme/datasets/{version.dataset_id}/edit/", {"name": "Board drafts", "restricted": "on"}
+    )
+    assert response.status_code == 302
+    assert bearer(bob).get("/api/v1/teams/acme/datasets/").json() == []
+    event = AuditEvent.objects.get(action="dataset.updated")
+    assert event.details == {"name": "Board drafts", "restricted": True}
+
+
+def test_member_may_rename_but_not_restrict(alice: Any, bob: Any, acme: Any, bearer: Any) -> None:
+    version = ready_version(acme, alice, [{"text": "draft"}], name="Drafts")
+    url = f"/api/v1/teams/acme/datasets/{version.dataset_id}"
+    renamed = bearer(bob).patch(url, data=json.dumps({"name": "Notes"}), content_type="application/json")
+    assert renamed.status_code == 200 and renamed.json()["name"] == "Notes"
+    restricted = bearer(bob).patch(url, data=json.dumps({"restricted": True}), content_type="application/json")
+    assert restricted.status_code == 403
+    assert not Dataset.objects.for_team(acme).get().restricted

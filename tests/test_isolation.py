@@ -137,6 +137,7 @@ SWEEP: dict[Route, Probe] = {
     "datasets:detail": Probe(params=_dataset_id),
     "datasets:upload_version": Probe(params=_dataset_id),
     "datasets:delete": Probe(params=_dataset_id),
+    "datasets:edit": Probe(params=_dataset_id, body=lambda o: {"name": "Taken over", "restricted": "on"}),
     "datasets:share": Probe(params=_dataset_id, body=lambda o: {"member": o.member.pk, "level": "change"}),
     "datasets:version": Probe(params=_version),
     "datasets:rows": Probe(params=_version),
@@ -153,6 +154,9 @@ SWEEP: dict[Route, Probe] = {
     ),
     ("GET", "/api/v1/teams/{slug}/datasets/{dataset_id}"): Probe(params=_dataset_id),
     ("DELETE", "/api/v1/teams/{slug}/datasets/{dataset_id}"): Probe(params=_dataset_id),
+    ("PATCH", "/api/v1/teams/{slug}/datasets/{dataset_id}"): Probe(
+        params=_dataset_id, body=lambda o: {"name": "Taken over", "restricted": True}
+    ),
     ("POST", "/api/v1/teams/{slug}/datasets/{dataset_id}/versions/"): Probe(params=_dataset_id),
     ("GET", "/api/v1/teams/{slug}/datasets/{dataset_id}/versions/{number}"): Probe(params=_version),
     ("GET", "/api/v1/teams/{slug}/datasets/{dataset_id}/versions/{number}/rows"): Probe(params=_version),
