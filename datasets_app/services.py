@@ -455,7 +455,7 @@ def _curation_params(step: str, params: dict[str, Any]) -> dict[str, Any]:
         threshold = float(params.get("threshold") or 0.85)
         if not 0.5 <= threshold <= 1.0:
             raise ValidationError({"threshold": "The similarity threshold must be between 0.5 and 1.0."})
-        return {"mode": mode, "threshold": threshold}
+        return {"mode": mode, "threshold": threshold} if mode == "near" else {"mode": mode}
     if step == "redact_pii":
         return {}
     if step == "filter_length":

@@ -1,0 +1,280 @@
+"""End to end in headless Chromium against the real ASGI app and a real Celery worker: drop a chat file on
+the datasets page, watch it validate, keep the valid rows, deduplicate, browse, download; and a member who
+is not named on a restricted dataset neither sees it listed nor opens it.
+
+Everything is checked the way a user would notice it: the address bar, the visible text, the downloaded
+file. As in ``test_browser_e2e.py``, the ``browser`` fixture is requested after the data fixtures, so the
+ORM never runs while Playwright's event loop is live in this thread.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+
+from tests.factories import PASSWORD, ready_version
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+# Where the screenshots are copied so a person can look at them after the run.
+SHARED_SCREENS = Path("/tmp/atelier-screens")
+# Validation and curation run in the worker and the page polls every second: allow for a busy machine.
+BACKGROUND_WORK_MS = 30_000
+
+EMAIL = "jane.doe@example.com"
+EMPTY_TURN_LINE = 11  # the line of support.jsonl whose assistant turn is empty
+EMAIL_ROW = 6  # the row holding the e-mail (numbered from 1, the same in every version)
+CONVERSATIONS = 5_000  # distinct conversations; the file adds one with an empty turn and one duplicate
+VALID_ROWS = CONVERSATIONS + 1  # the duplicate is valid: validation keeps it, deduplication removes it
+TOPICS = ("account", "address", "billing", "card", "delivery", "invoice", "login", "order", "parcel", "password")
+TOPICS += ("refund", "reset", "return", "shipping", "size", "subscription", "tracking", "upgrade", "warranty")
+
+# A MutationObserver that notes, in sessionStorage (it survives the redirect), every text the upload
+# progress shows and whether the progress element was ever visible.
+WATCH_UPLOAD_PROGRESS = """() => {
+    const progress = document.getElementById("upload-progress");
+    const label = progress.querySelector("p");
+    sessionStorage.setItem("progress-texts", "[]");
+    sessionStorage.setItem("progress-shown", "no");
+    new MutationObserver(() => {
+        if (!progress.hidden) sessionStorage.setItem("progress-shown", "yes");
+        const texts = JSON.parse(sessionStorage.getItem("progress-texts"));
+        if (label.textContent && texts[texts.length - 1] !== label.textContent) {
+            texts.push(label.textContent);
+            sessionStorage.setItem("progress-texts", JSON.stringify(texts));
+        }
+    }).observe(progress, { attributes: true, childList: true, subtree: true, characterData: true });
+}"""
+
+# A DataTransfer carrying a File built in the page, as the operating system hands one to a real drop.
+DATA_TRANSFER_WITH_FILE = """([name, body]) => {
+    const transfer = new DataTransfer();
+    transfer.items.add(new File([body], name, { type: "application/jsonl" }));
+    return transfer;
+}"""
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    """Debian's headless Chromium driven by Playwright (never ``playwright install``)."""
+    if not CHROMIUM.exists():
+        pytest.skip("Chromium is not installed: apt-get install -y chromium")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def new_page(browser: Browser, base_url: str) -> tuple[BrowserContext, Page]:
+    """A fresh context (its own cookies, downloads allowed) and a page in it; relative URLs use the server."""
+    context = browser.new_context(base_url=base_url, accept_downloads=True)
+    return context, context.new_page()
+
+
+def screenshot(page: Page, tmp_path: Path, name: str) -> Path:
+    """A full-page screenshot in ``tmp_path``, copied to SHARED_SCREENS."""
+    path = tmp_path / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    SHARED_SCREENS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(path, SHARED_SCREENS / path.name)
+    return path
+
+
+def log_in(page: Page, username: str) -> None:
+    page.goto("/accounts/login/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.locator("#user-menu summary")).to_contain_text(username)
+
+
+def conversation(question: str, answer: str) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+
+
+def support_jsonl() -> str:
+    """About 3 MB of varied support chats, then an empty answer on line 11 and a duplicate at the end."""
+    words = random.Random(7)
+    rows = [
+        conversation(
+            f"Ticket {n}: a question about my {words.choice(TOPICS)}.",
+            f"Answer {n}: " + " ".join(words.choices(TOPICS, k=words.randint(30, 90))) + ".",
+        )
+        for n in range(1, CONVERSATIONS + 1)
+    ]
+    rows[EMAIL_ROW - 1]["messages"][0]["content"] = f"Please write to {EMAIL} about my order."
+    rows.insert(EMPTY_TURN_LINE - 1, conversation("What are your opening hours?", ""))
+    rows.append(rows[2])  # an exact duplicate of line 3
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+def number(n: int) -> str:
+    """``n`` as a pattern that accepts it with or without thousands separators ("5001" or "5,001")."""
+    return f"{n:,}".replace(",", ",?")
+
+
+def version_status(page: Page) -> Any:
+    return page.locator("#version-status")
+
+
+def fact(page: Page, term: str) -> Any:
+    """The value next to ``term`` in a version's facts (``<dt>term</dt><dd>value</dd>``)."""
+    return page.locator(f"dl.facts dt:text-is('{term}') + dd")
+
+
+def test_owner_drops_a_chat_file_keeps_valid_rows_deduplicates_browses_and_downloads(
+    alice: Any, celery_worker: None, studio_server: str, browser: Browser, tmp_path: Path
+) -> None:
+    context, page = new_page(browser, studio_server)
+    script_errors: list[str] = []
+    page.on("pageerror", lambda error: script_errors.append(str(error)))
+    body = support_jsonl()
+    assert 2_500_000 < len(body) < 3_500_000
+
+    # 1. Alice logs in and opens the datasets page from the main navigation.
+    log_in(page, "alice")
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Datasets").click()
+    expect(page).to_have_url(f"{studio_server}/t/acme/datasets/")
+    expect(page.get_by_role("heading", name="Datasets", level=1)).to_be_visible()
+    expect(page.locator("#datasets")).to_contain_text("No datasets yet.")
+
+    # 2. She drops support.jsonl on the drop zone: its name and size show, the name field fills itself.
+    page.evaluate(WATCH_UPLOAD_PROGRESS)
+    transfer = page.evaluate_handle(DATA_TRANSFER_WITH_FILE, ["support.jsonl", body])
+    dropzone = page.locator("#dropzone")
+    for event in ("dragenter", "dragover"):
+        dropzone.dispatch_event(event, {"dataTransfer": transfer})
+    expect(dropzone).to_have_class(re.compile(r"\bdragging\b"))
+    dropzone.dispatch_event("drop", {"dataTransfer": transfer})
+    expect(dropzone).not_to_have_class(re.compile(r"\bdragging\b"))
+    expect(page.locator("#chosen-file")).to_have_text(f"support.jsonl · {len(body.encode()) / 1048576:.1f} MB")
+    expect(page.get_by_label("Name", exact=True)).to_have_value("support")
+    expect(page.locator("#upload-progress")).to_be_hidden()
+    page.get_by_role("button", name="Upload and validate").click()
+
+    # 3. The version page says "Validating…", then refreshes itself to show what is wrong and what is in it.
+    expect(page).to_have_url(re.compile(rf"^{re.escape(studio_server)}/t/acme/datasets/\d+/v1/$"))
+    version_1_url = page.url
+    shown = page.evaluate("() => sessionStorage.getItem('progress-shown')")
+    texts = page.evaluate("() => JSON.parse(sessionStorage.getItem('progress-texts'))")
+    assert shown == "yes", "the upload progress bar never became visible"
+    assert any(re.fullmatch(r"Uploading… \d{1,3}% \(\d+\.\d of \d+\.\d MB\)", text) for text in texts), texts
+    assert texts[-1] == "Uploaded. Validating…", texts
+    expect(page.get_by_role("heading", level=1)).to_contain_text("support v1")
+    # "Validating…" shows only while the worker runs (it may already be done): wait for the outcome.
+    expect(version_status(page).locator(".pill")).to_have_text("Has problems", timeout=BACKGROUND_WORK_MS)
+    expect(page).to_have_url(version_1_url)
+    report = page.locator("#report")
+    valid, total = number(VALID_ROWS), number(VALID_ROWS + 1)
+    expect(report).to_contain_text(re.compile(rf"Kept {valid} of {total} rows; dropped 1: 1 row with an empty turn\."))
+    expect(fact(page, "Rows")).to_have_text(re.compile(rf"^{valid} valid of {total}$"))
+    empty_turn = report.locator("tbody tr").filter(has_text="empty_turn")
+    expect(empty_turn).to_have_count(1)
+    expect(empty_turn).to_contain_text("A turn is empty or only whitespace.")
+    expect(empty_turn.locator(".examples li")).to_have_text(
+        f"line {EMPTY_TURN_LINE}, messages[1]: Turn 2 (assistant) is empty."
+    )
+    stats = page.locator("#stats")
+    expect(stats.get_by_role("heading", name="What is in it")).to_be_visible()
+    expect(stats.locator("svg[role=img][aria-label^='Tokens per row']")).to_be_visible()
+    email_row = stats.locator("#pii tbody tr").filter(has=page.locator("td", has_text=re.compile("^email$")))
+    expect(email_row).to_contain_text(f"row {EMAIL_ROW}: j***@example.com")
+    expect(stats).not_to_contain_text(EMAIL)
+    expect(page.locator("#rows .row-card")).to_have_count(20)
+    screenshot(page, tmp_path, "datasets-03-has-problems")
+
+    # 4. She keeps only the valid rows: version 2, ready.
+    page.get_by_role("button", name=re.compile(rf"^Keep only the {valid} valid rows")).click()
+    expect(page).to_have_url(re.compile(r"/v2/$"))
+    expect(page.locator(".messages")).to_contain_text(re.compile(rf"Version 2 keeps the {valid} valid rows\."))
+    expect(version_status(page).locator(".pill")).to_have_text("Ready")
+    expect(fact(page, "Rows")).to_have_text(re.compile(rf"^{valid}$"))
+
+    # 5. She removes the exact duplicates: version 3 curates in the background, then refreshes itself.
+    curate = page.locator("#curate")
+    expect(curate.get_by_label("Which")).to_have_value("exact")
+    curate.get_by_role("button", name="Deduplicate").click()
+    expect(page).to_have_url(re.compile(r"/v3/$"))
+    version_3_url = page.url
+    expect(version_status(page).locator(".pill")).to_have_text("Ready", timeout=BACKGROUND_WORK_MS)
+    expect(page).to_have_url(version_3_url)
+    expect(fact(page, "Rows")).to_have_text(re.compile(rf"^{number(CONVERSATIONS)}$"))
+    step_card = page.locator(".card").filter(has=page.get_by_role("heading", name="What the step did"))
+    expect(step_card.locator("dt:text-is('removed') + dd")).to_have_text("1")
+    expect(page.get_by_role("navigation", name="Versions").get_by_role("link")).to_have_count(3)
+    rows = page.locator("#rows")
+    expect(rows.locator(".row-card")).to_have_count(20)
+    screenshot(page, tmp_path, "datasets-05-deduplicated")
+
+    # 6. The rows read as chat bubbles; typing in the search box narrows them down.
+    expect(rows.locator(".bubble.user").first).to_be_visible()
+    expect(rows.locator(".bubble.assistant").first).to_be_visible()
+    rows.get_by_label("Search rows").press_sequentially("jane.doe")
+    expect(rows.locator(".row-card")).to_have_count(1)
+    expect(rows.locator(f"#row-{EMAIL_ROW} .bubble.user")).to_contain_text("Please write to")
+    screenshot(page, tmp_path, "datasets-06-rows-search")
+
+    # 7. "Download JSONL" gives one line per row of version 3.
+    with page.expect_download() as download_info:
+        page.get_by_role("link", name="Download JSONL").click()
+    download = download_info.value
+    assert download.suggested_filename == "support-v3.jsonl"
+    lines = Path(download.path()).read_text(encoding="utf-8").splitlines()
+    assert len(lines) == CONVERSATIONS
+    assert len(set(lines)) == CONVERSATIONS
+    assert script_errors == []
+
+    context.close()
+
+
+@pytest.fixture
+def restricted_dataset(acme: Any, alice: Any) -> Any:
+    """A ready dataset of alice's that only owners, admins and named members may see."""
+    version = ready_version(acme, alice, [{"text": "Quarterly salaries."}], name="Payroll")
+    version.dataset.restricted = True
+    version.dataset.save(update_fields=["restricted"])
+    return version.dataset
+
+
+def test_member_neither_sees_nor_opens_a_restricted_dataset_not_shared_with_him(
+    restricted_dataset: Any, bob: Any, studio_server: str, browser: Browser
+) -> None:
+    context, page = new_page(browser, studio_server)
+    log_in(page, "bob")
+
+    response = page.goto("/t/acme/datasets/")
+    assert response is not None and response.status == 200
+    expect(page.get_by_role("heading", name="Datasets", level=1)).to_be_visible()
+    expect(page.locator("#datasets")).not_to_contain_text("Payroll")
+    expect(page.locator("#datasets")).to_contain_text("No datasets yet.")
+
+    dataset_url = f"/t/acme/datasets/{restricted_dataset.pk}/"
+    for address in (dataset_url, f"{dataset_url}v1/"):
+        response = page.goto(address)
+        assert response is not None and response.status == 404
+        expect(page.get_by_role("heading", name="Not found")).to_be_visible()
+        expect(page.locator("main")).not_to_contain_text("Payroll")
+    # Nor do the addresses behind the page's buttons give the rows away (same cookies as the page).
+    for address in (f"{dataset_url}v1/rows/", f"{dataset_url}v1/download.jsonl", f"{dataset_url}v1/source/"):
+        response = context.request.get(address)
+        assert response.status == 404, address
+        assert "Quarterly salaries" not in response.text()
+
+    context.close()
