@@ -423,3 +423,32 @@ def test_member_may_rename_but_not_restrict(alice: Any, bob: Any, acme: Any, bea
     restricted = bearer(bob).patch(url, data=json.dumps({"restricted": True}), content_type="application/json")
     assert restricted.status_code == 403
     assert not Dataset.objects.for_team(acme).get().restricted
+
+
+def test_mapping_form_on_the_page_resolves_an_ambiguous_file(alice: Any, login: Any) -> None:
+    rows = [{"question": f"Q{n}?", "answer": f"A{n}."} for n in range(3)]
+    version = upload(resolve_access(alice, "acme"), jsonl(rows), name="qa.jsonl")
+    client = login(alice)
+    url = f"/t/acme/datasets/{version.dataset_id}/v1/"
+    page = client.get(url).content.decode()
+    assert "Which column holds what?" in page and "<code>question</code>" in page
+    incomplete = client.post(url + "mapping/", {"kind": "instruction", "column_prompt": "question"}, follow=True)
+    assert any("needs a column for: completion" in str(m) for m in incomplete.context["messages"])
+    client.post(url + "mapping/", {"kind": "instruction", "column_prompt": "question", "column_completion": "answer"})
+    services.run_validation(version.pk)
+    version.refresh_from_db()
+    assert (version.status, version.kind, version.row_count) == (VersionStatus.READY, "instruction", 3)
+
+
+def test_mixing_from_the_list_page_weights(alice: Any, acme: Any, login: Any) -> None:
+    first = ready_version(acme, alice, [{"text": f"a {n}"} for n in range(10)], name="A")
+    second = ready_version(acme, alice, [{"text": f"b {n}"} for n in range(10)], name="B")
+    response = login(alice).post(
+        "/t/acme/datasets/mix/",
+        {f"weight_{first.dataset_id}": "0.5", f"weight_{second.dataset_id}": "0.5", "name": "AB", "seed": "3"},
+    )
+    mixed = DatasetVersion.objects.for_team(acme).get(dataset__name="AB")
+    assert response["Location"] == f"/t/acme/datasets/{mixed.dataset_id}/v1/"
+    services.run_curation(mixed.pk)
+    mixed.refresh_from_db()
+    assert (mixed.status, mixed.row_count) == (VersionStatus.READY, 20)
