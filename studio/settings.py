@@ -240,6 +240,9 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 FILE_UPLOAD_TEMP_DIR = str(DATA_DIR / "uploads")
 Path(FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
 
+# Model folders the studio creates (the starter model) or registers.
+MODELS_DIR = Path(env_str("ATELIER_MODELS_DIR", str(DATA_DIR / "models")))
+
 # Invitations expire after this many hours.
 INVITATION_TTL_HOURS = env_int("INVITATION_TTL_HOURS", 72, minimum=1)
 

@@ -9,7 +9,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
     path("t/<slug:team_slug>/datasets/", include("datasets_app.urls")),
-    path("t/<slug:team_slug>/training/", include("training_app.urls")),
+    path("t/<slug:team_slug>/", include("training_app.urls")),
     path("t/<slug:team_slug>/playground/", include("serving_app.urls")),
     path("", include("accounts.urls")),
 ]

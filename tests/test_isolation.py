@@ -33,6 +33,7 @@ from accounts.roles import Role
 from datasets_app.models import DatasetVersion
 from tests.factories import member, ready_version
 from tests.routes import API_ROOT, api_team_operations, page_team_routes, team_state
+from training_app.models import BaseModel
 
 if TYPE_CHECKING:
     from django.test.client import _MonkeyPatchedWSGIResponse as Response
@@ -54,6 +55,7 @@ class TeamObjects:
     invitation: Invitation  # pending
     key: TeamAPIKey  # shared with that member at the "view" level
     version: DatasetVersion  # version 1 of a ready, unrestricted dataset
+    model: BaseModel  # a base model of the team's own
 
 
 def _nothing(objects: TeamObjects) -> dict[str, Any]:
@@ -96,6 +98,10 @@ def _version(o: TeamObjects) -> dict[str, Any]:
     return {"dataset_id": o.version.dataset_id, "number": o.version.number}
 
 
+def _model_id(o: TeamObjects) -> dict[str, Any]:
+    return {"model_id": o.model.pk}
+
+
 def _download(o: TeamObjects) -> dict[str, Any]:
     return {**_version(o), "fmt": "jsonl"}
 
@@ -131,6 +137,8 @@ SWEEP: dict[Route, Probe] = {
     ),
     ("DELETE", "/api/v1/teams/{slug}/keys/{key_id}/shares/{username}"): Probe(params=_key_and_username),
     ("GET", "/api/v1/teams/{slug}/audit-events/"): Probe(),
+    "training:models": Probe(),
+    "training:model_detail": Probe(params=_model_id),
     "datasets:list": Probe(body=lambda o: {"name": "planted"}),
     "datasets:sample": Probe(body=lambda o: {"sample": "chat"}),
     "datasets:mix": Probe(body=lambda o: {f"weight_{o.version.dataset_id}": "1", "name": "planted"}),
@@ -217,7 +225,8 @@ def make_team_objects(team: Team, owner: Any, member_user: Any) -> TeamObjects:
     membership = Membership.objects.select_related("user").get(team=team, user=member_user)
     services.share_object(access=access, obj=key, member=membership, level="view")
     version = ready_version(team, owner, [{"text": f"{team.slug} private note"}])
-    return TeamObjects(team=team, member=membership, invitation=invitation, key=key, version=version)
+    model = BaseModel.objects.create(team=team, name=f"{team.slug}-private-model", source="server_path", path="/x")
+    return TeamObjects(team=team, member=membership, invitation=invitation, key=key, version=version, model=model)
 
 
 @pytest.fixture

@@ -1,0 +1,59 @@
+"""What the training app can do (so far: the base-model registry)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import QuerySet
+
+from accounts import audit
+from accounts.models import Team
+from accounts.permissions import TeamAccess
+from training_app.engine.inspection import UnsafeModel, inspect_model
+from training_app.models import BaseModel
+
+STARTER_MODEL_NAME = "atelier-starter"
+
+
+def models_dir() -> Path:
+    """Where the studio keeps model folders it creates or downloads."""
+    return Path(settings.MODELS_DIR)
+
+
+def register_model_folder(
+    *, path: Path, name: str, source: str, team: Team | None = None, actor: Any = None
+) -> BaseModel:
+    """Register (or refresh) a safetensors model folder as a base model; refuses pickles and custom code."""
+    try:
+        facts = inspect_model(path)
+    except UnsafeModel as error:
+        raise ValidationError({"path": str(error)}) from error
+    except (OSError, ValueError) as error:
+        raise ValidationError({"path": f"{path} could not be read as a model folder: {error}"}) from error
+    fields = {
+        "source": source,
+        "path": str(path),
+        "architecture": facts.architecture,
+        "parameter_count": facts.parameter_count,
+        "context_length": facts.context_length,
+        "vocab_size": facts.vocab_size,
+        "chat_template": facts.chat_template,
+        "license": facts.license,
+        "description": facts.description,
+        "details": facts.details,
+    }
+    with transaction.atomic():
+        model, created = BaseModel.objects.update_or_create(team=team, name=name, defaults=fields)
+        audit.record(
+            "model.registered" if created else "model.refreshed", actor=actor, team=team, target=model, path=str(path)
+        )
+    return model
+
+
+def available_models(access: TeamAccess) -> QuerySet[BaseModel]:
+    """Base models the team can fine-tune: its own and the operator's (starter model included)."""
+    return BaseModel.objects.available_to(access.team)
