@@ -294,6 +294,21 @@ def set_mapping(
     return version
 
 
+def _child_version(access: TeamAccess, version: DatasetVersion, **fields: Any) -> DatasetVersion:
+    """A new version made from ``version`` (same kind and mapping), numbered next; call inside a transaction."""
+    return DatasetVersion.objects.create(
+        team=access.team,
+        dataset=version.dataset,
+        number=_next_number(version.dataset),
+        parent=version,
+        created_by=access.user,
+        kind=version.kind,
+        mapping=version.mapping,
+        source_name=version.source_name,
+        **fields,
+    )
+
+
 def keep_valid_rows(*, access: TeamAccess, version: DatasetVersion, ip: str | None = None) -> DatasetVersion:
     """A new version holding only the rows that passed validation, recording what was dropped and why."""
     access.require(Perm.UPLOAD_DATASETS)
@@ -306,23 +321,17 @@ def keep_valid_rows(*, access: TeamAccess, version: DatasetVersion, ip: str | No
         if problem.get("rows_dropped")
     }
     with _atomic_with_files() as folders:
-        child = DatasetVersion.objects.create(
-            team=access.team,
-            dataset=version.dataset,
-            number=_next_number(version.dataset),
-            parent=version,
-            created_by=access.user,
+        child = _child_version(
+            access,
+            version,
             recipe={"step": "keep_valid_rows", "dropped": dropped},
             status=VersionStatus.READY,
-            kind=version.kind,
-            mapping=version.mapping,
             row_count=version.row_count,
             content_hash=version.content_hash,
             rows_size=version.rows_size,
             progress=1.0,
             report={**version.report, "problems": {}, "total_rows": version.row_count},
             stats=version.stats,
-            source_name=version.source_name,
         )
         folders.append(child.folder())
         child.folder().mkdir(parents=True, exist_ok=True)
@@ -494,18 +503,7 @@ def curate(
     if step == "split" and version.row_count is not None and version.row_count < 2:
         raise ValidationError({"validation_fraction": "A split needs at least two rows."})
     with _atomic_with_files() as folders:
-        child = DatasetVersion.objects.create(
-            team=access.team,
-            dataset=version.dataset,
-            number=_next_number(version.dataset),
-            parent=version,
-            created_by=access.user,
-            recipe={"step": step, **checked},
-            status=VersionStatus.PROCESSING,
-            kind=version.kind,
-            mapping=version.mapping,
-            source_name=version.source_name,
-        )
+        child = _child_version(access, version, recipe={"step": step, **checked}, status=VersionStatus.PROCESSING)
         folders.append(child.folder())
         audit.record(
             "dataset.curated",
