@@ -1,0 +1,306 @@
+"""How a trainer process reports to the studio: files in its run folder, written atomically.
+
+``run_dir`` holds, for the Celery task that supervises the run (and for nobody else to write):
+
+- ``metrics.jsonl``: one JSON object per logging step (``step``, ``epoch``, ``loss``, ``eval_loss``,
+  ``learning_rate``, ``grad_norm``, ``tokens_per_second``, ``memory_bytes`` + ``memory_kind``, ``timestamp``);
+  each line is one ``write`` on a file opened for appending, so a reader never sees half a line.
+- ``status.json``: the latest ``phase`` (starting, loading, evaluating, training, saving, succeeded,
+  failed, cancelled), ``step``, ``max_steps``, ``eta_seconds``, ``message``; replaced atomically.
+- ``failure.json``: ``code``, ``message``, ``suggestion`` (plain language, from ``classify_failure``) and
+  the technical ``detail``.
+- ``result.json``: written by the trainer at the end of a successful run.
+- ``cancel``: created by the studio to ask the run to stop; ``CancelWatcher`` looks for it.
+
+Only the main process (global rank 0) writes reports; every rank watches for the cancel flag.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+METRICS_FILE = "metrics.jsonl"
+STATUS_FILE = "status.json"
+FAILURE_FILE = "failure.json"
+RESULT_FILE = "result.json"
+CANCEL_FLAG = "cancel"
+
+PHASES = ("starting", "loading", "evaluating", "training", "saving", "succeeded", "failed", "cancelled")
+
+# Process exit codes of ``python -m training_app.engine`` (the studio reads status.json as well, since a
+# launcher such as ``accelerate launch`` may report any non-zero exit of a worker as 1).
+EXIT_SUCCEEDED = 0
+EXIT_CANCELLED = 3
+EXIT_FAILED = 4
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON so that a reader sees the old file or the new one, never a partial one."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    with partial.open("w", encoding="utf-8") as out:
+        json.dump(data, out, indent=2, sort_keys=True, default=str, allow_nan=False)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(partial, path)
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON report (None when it is missing or being replaced)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def finite(value: Any) -> float | None:
+    """A metric as a float, or None when missing or not finite (JSON has no NaN)."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def memory_in_use() -> tuple[int, str]:
+    """Peak memory of this process: (bytes, kind) — the GPU's max allocated if CUDA is in use, else peak RSS."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        return int(torch.cuda.max_memory_allocated()), "gpu_max_allocated"
+    # ru_maxrss is in kilobytes on Linux.
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "cpu_peak_rss"
+
+
+class Reporter:
+    """Writes a run's metrics, status, failure and result files into ``run_dir``.
+
+    ``enabled=False`` (ranks other than 0) makes every method a no-op, so callers need no rank checks.
+    """
+
+    def __init__(self, run_dir: str | Path, *, enabled: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.enabled = enabled
+        self.last_status: dict[str, Any] = {}
+        if enabled:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def metric(self, **fields: Any) -> dict[str, Any]:
+        """Append one metrics line (non-finite numbers become null); returns the line written."""
+        line = {key: finite(value) if isinstance(value, float) else value for key, value in fields.items()}
+        line.setdefault("timestamp", time.time())
+        if self.enabled:
+            encoded = (json.dumps(line, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
+            descriptor = os.open(self.run_dir / METRICS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(descriptor, encoded)
+            finally:
+                os.close(descriptor)
+        return line
+
+    def status(
+        self,
+        phase: str,
+        *,
+        step: int | None = None,
+        max_steps: int | None = None,
+        eta_seconds: float | None = None,
+        message: str = "",
+    ) -> None:
+        """Replace status.json with the run's current phase and progress."""
+        if phase not in PHASES:
+            raise ValueError(f"unknown phase {phase!r}")
+        self.last_status = {
+            "phase": phase,
+            "step": step if step is not None else self.last_status.get("step"),
+            "max_steps": max_steps if max_steps is not None else self.last_status.get("max_steps"),
+            "eta_seconds": None if eta_seconds is None else round(eta_seconds, 1),
+            "message": message,
+            "pid": os.getpid(),
+            "updated_at": time.time(),
+        }
+        if self.enabled:
+            write_json_atomic(self.run_dir / STATUS_FILE, self.last_status)
+
+    def failure(self, failure: Failure, *, detail: str = "", step: int | None = None) -> None:
+        """Write failure.json and a "failed" status carrying the plain-language message."""
+        record = {**failure._asdict(), "detail": detail[-4000:], "step": step, "timestamp": time.time()}
+        if self.enabled:
+            write_json_atomic(self.run_dir / FAILURE_FILE, record)
+        self.status("failed", step=step, message=failure.message)
+
+    def result(self, result: dict[str, Any]) -> None:
+        """Write result.json (the end-of-run summary)."""
+        if self.enabled:
+            write_json_atomic(self.run_dir / RESULT_FILE, result)
+
+
+class CancelWatcher:
+    """Tells whether the run was asked to stop: the studio's ``run_dir/cancel`` flag, or SIGTERM."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.flag = Path(run_dir) / CANCEL_FLAG
+        self.signalled = False
+
+    def requested(self) -> bool:
+        """True once a stop was asked for (one ``stat`` call: cheap enough for every step)."""
+        return self.signalled or self.flag.exists()
+
+    def request(self) -> None:
+        """Record a stop request that did not come through the flag file (a signal)."""
+        self.signalled = True
+
+
+class ProgressClock:
+    """Estimates the time left from the pace of the steps done since training (re)started."""
+
+    def __init__(self) -> None:
+        self.started_at: float | None = None
+        self.first_step = 0
+
+    def start(self, step: int) -> None:
+        """Start timing at ``step`` (non-zero when resuming)."""
+        self.started_at = time.monotonic()
+        self.first_step = step
+
+    def eta(self, step: int, max_steps: int) -> float | None:
+        """Seconds left, or None before the first step finished."""
+        if self.started_at is None or step <= self.first_step or max_steps <= 0:
+            return None
+        per_step = (time.monotonic() - self.started_at) / (step - self.first_step)
+        return max(0.0, per_step * (max_steps - step))
+
+
+class Failure(NamedTuple):
+    """A failure as a person reads it: a stable ``code``, what happened, and what to do about it."""
+
+    code: str
+    message: str
+    suggestion: str
+
+
+def classify_failure(exc: BaseException, config: Any = None) -> Failure:
+    """Turn an exception from a run into a plain-language failure with a concrete suggestion.
+
+    ``config`` (a ``RunConfig``, optional) makes suggestions specific, e.g. the micro-batch to try.
+    Codes: ``out_of_memory``, ``disk_full``, ``missing_file``, ``bad_hyperparameters``, ``bad_data``,
+    ``error`` (anything else).
+    """
+    chain = _exception_chain(exc)
+    for error in chain:
+        if _is_out_of_memory(error):
+            return _out_of_memory(
+                config, on_gpu=not isinstance(error, MemoryError) and "allocate memory" not in str(error)
+            )
+    for error in chain:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return Failure(
+                "disk_full",
+                "The disk holding this run's checkpoints and model files is full.",
+                "Free space on the worker (or raise the storage quota), keep fewer checkpoints or save them less "
+                "often, then launch again: the run resumes from its last complete checkpoint.",
+            )
+    for error in chain:
+        if isinstance(error, FileNotFoundError) or (isinstance(error, OSError) and error.errno == errno.ENOENT):
+            missing = getattr(error, "filename", None) or str(error)
+            return Failure(
+                "missing_file",
+                f"A file the run needs is gone: {missing}.",
+                "The base model or the dataset version may have been deleted after the job was queued. Restore "
+                "it, or start a new job from a model and a dataset version that exist.",
+            )
+    for error in chain:
+        errors = getattr(error, "errors", None)
+        if isinstance(errors, dict):  # config.ConfigError (not imported: this module stays standalone)
+            fields = "; ".join(f"{name}: {message}" for name, message in errors.items())
+            return Failure(
+                "bad_hyperparameters",
+                f"The run's settings cannot work: {fields}.",
+                "Clone the job, fix the highlighted settings, and launch it again.",
+            )
+        if isinstance(error, DivergedError):
+            return Failure(
+                "bad_hyperparameters",
+                f"Training diverged: {error}.",
+                "Lower the learning rate (try a tenth of it), add warmup (warmup ratio 0.03), or use bf16 "
+                "instead of fp16.",
+            )
+        if isinstance(error, DataError):
+            return Failure(
+                "bad_data",
+                f"The training data cannot be used: {error}.",
+                "Check the dataset version's validation report, fix or remove the rows, and launch again.",
+            )
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    return Failure(
+        "error",
+        f"The trainer stopped with an unexpected error ({text}).",
+        "Look at the end of the run's log. If it happens again, send the log to your operator.",
+    )
+
+
+class DivergedError(RuntimeError):
+    """The loss became NaN or infinite: the optimizer is diverging."""
+
+
+class DataError(ValueError):
+    """The training data cannot be turned into examples (empty, missing fields, too long)."""
+
+
+def _exception_chain(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain and len(chain) < 10:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, MemoryError):
+        return True
+    if any(cls.__name__ == "OutOfMemoryError" for cls in type(error).__mro__):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def _out_of_memory(config: Any, *, on_gpu: bool) -> Failure:
+    message = f"The {'GPU' if on_gpu else 'machine'} ran out of memory during training."
+    if config is None:
+        return Failure(
+            "out_of_memory",
+            message,
+            "Use QLoRA, or micro-batch 2 with more gradient accumulation, a shorter sequence length, or DeepSpeed "
+            "ZeRO-3 with CPU offload.",
+        )
+    options: list[str] = []
+    if config.method == "full":
+        options.append("use LoRA or QLoRA instead of a full fine-tune")
+    elif config.method == "lora":
+        options.append("use QLoRA (4-bit base weights)")
+    batch, accumulation = config.per_device_batch_size, config.gradient_accumulation
+    if batch > 1:
+        smaller = max(1, batch // 2) if batch > 2 else 1
+        options.append(
+            f"use micro-batch {smaller} with gradient accumulation {accumulation * batch // smaller} "
+            "(same effective batch)"
+        )
+    if not config.gradient_checkpointing:
+        options.append("turn on gradient checkpointing")
+    if config.max_seq_length > 512:
+        options.append(f"shorten the sequence length (now {config.max_seq_length})")
+    if config.deepspeed in ("none", "zero2"):
+        options.append("use DeepSpeed ZeRO-3 with CPU offload")
+    if not options:
+        options.append("pick a worker pool with more GPU memory")
+    suggestion = "; or ".join(options)
+    return Failure("out_of_memory", message, suggestion[0].upper() + suggestion[1:] + ".")
