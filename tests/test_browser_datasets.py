@@ -13,26 +13,16 @@ import json
 import random
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from tests.factories import PASSWORD, ready_version
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 # Where the screenshots are copied so a person can look at them after the run.
 SHARED_SCREENS = Path("/tmp/atelier-screens")
 # Validation and curation run in the worker and the page polls every second: allow for a busy machine.
@@ -69,17 +59,6 @@ DATA_TRANSFER_WITH_FILE = """([name, body]) => {
     transfer.items.add(new File([body], name, { type: "application/jsonl" }));
     return transfer;
 }"""
-
-
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    """Debian's headless Chromium driven by Playwright (never ``playwright install``)."""
-    if not CHROMIUM.exists():
-        pytest.skip("Chromium is not installed: apt-get install -y chromium")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def new_page(browser: Browser, base_url: str) -> tuple[BrowserContext, Page]:
