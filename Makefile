@@ -32,9 +32,11 @@ browser:
 run: $(STAMP)
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py seed_demo
-	@echo "Atelier: http://$(HOST):$(PORT)/  (Ctrl-C stops the web server, the worker and beat)"
+	$(PY) manage.py create_starter_model
+	@echo "Atelier: http://$(HOST):$(PORT)/  (Ctrl-C stops the web server, the workers and beat)"
 	@trap 'trap - EXIT INT TERM; kill -TERM 0 2>/dev/null; wait' EXIT INT TERM; \
-	$(VENV)/bin/celery -A studio worker -Q default,gpu --concurrency 1 --loglevel INFO & \
+	$(VENV)/bin/celery -A studio worker -Q default --concurrency 1 --hostname cpu@%h --loglevel INFO & \
+	$(VENV)/bin/celery -A studio worker -Q gpu --concurrency 1 --hostname gpu@%h --loglevel INFO & \
 	$(VENV)/bin/celery -A studio beat --loglevel WARNING --schedule var/celerybeat-schedule & \
 	$(VENV)/bin/uvicorn studio.asgi:app --host $(HOST) --port $(PORT)
 

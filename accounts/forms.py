@@ -40,6 +40,21 @@ class TeamForm(forms.Form):
 
 class RenameTeamForm(forms.Form):
     name = forms.CharField(max_length=80)
+    gpu_hour_price = forms.DecimalField(
+        label="Price per GPU-hour",
+        required=False,
+        min_value=0,
+        max_digits=8,
+        decimal_places=2,
+        help_text="Used for the cost estimate before a fine-tune is launched; leave empty to show no cost.",
+    )
+    currency = forms.RegexField(
+        regex=r"^[A-Z]{3}$",
+        max_length=3,
+        initial="USD",
+        help_text="Three capital letters (ISO 4217), e.g. USD or EUR.",
+        error_messages={"invalid": "Use a three-letter currency code such as USD or EUR."},
+    )
 
 
 class InvitationForm(forms.Form):

@@ -35,6 +35,14 @@ class Team(models.Model):
         blank=True,
         help_text="Storage for datasets; empty means the studio's default (TEAM_STORAGE_QUOTA_GB).",
     )
+    gpu_hour_price = models.DecimalField(
+        max_digits=8,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        help_text="What one GPU-hour costs the team (in its currency), for the cost estimate before a launch.",
+    )
+    currency = models.CharField(max_length=3, default="USD", help_text="ISO code shown next to prices, e.g. EUR.")
 
     class Meta:
         ordering: ClassVar = ["name"]

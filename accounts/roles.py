@@ -29,10 +29,12 @@ class Perm(StrEnum):
     SHARE_OBJECTS = "objects.share"
     UPLOAD_DATASETS = "datasets.upload"
     EXPORT_DATASETS = "datasets.export"
+    LAUNCH_TRAINING = "training.launch"
+    EXPORT_MODELS = "models.export"
 
 
 _EVERYONE = frozenset({Perm.VIEW_TEAM})
-_CONTRIBUTORS = _EVERYONE | {Perm.UPLOAD_DATASETS, Perm.EXPORT_DATASETS}
+_CONTRIBUTORS = _EVERYONE | {Perm.UPLOAD_DATASETS, Perm.EXPORT_DATASETS, Perm.LAUNCH_TRAINING, Perm.EXPORT_MODELS}
 _ADMINS = _EVERYONE | {
     Perm.CHANGE_TEAM,
     Perm.INVITE_MEMBERS,
@@ -43,6 +45,8 @@ _ADMINS = _EVERYONE | {
     Perm.SHARE_OBJECTS,
     Perm.UPLOAD_DATASETS,
     Perm.EXPORT_DATASETS,
+    Perm.LAUNCH_TRAINING,
+    Perm.EXPORT_MODELS,
 }
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Perm]] = {
@@ -72,6 +76,8 @@ PERM_DESCRIPTIONS: dict[Perm, str] = {
     Perm.SHARE_OBJECTS: "Share a team object with named members (view / use / change)",
     Perm.UPLOAD_DATASETS: "Upload datasets and curate them into new versions",
     Perm.EXPORT_DATASETS: "Download dataset versions (JSON Lines or CSV)",
+    Perm.LAUNCH_TRAINING: "Launch, cancel and clone fine-tuning jobs (cancel: their own jobs; admins: any)",
+    Perm.EXPORT_MODELS: "Download trained model versions (adapter, merged model, tokenizer)",
 }
 
 

@@ -8,6 +8,7 @@ field to fix; views and the API turn that into an inline form error or a JSON 40
 from __future__ import annotations
 
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -73,6 +74,24 @@ def rename_team(*, access: TeamAccess, name: str, ip: str | None = None) -> Team
         team.name = name
         team.save(update_fields=["name"])
         audit.record("team.renamed", access=access, target=team, ip=ip, old=old, new=name)
+    return team
+
+
+def set_training_price(
+    *, access: TeamAccess, gpu_hour_price: Decimal | None, currency: str, ip: str | None = None
+) -> Team:
+    """Set the price per GPU-hour the cost estimate uses (empty: no cost shown)."""
+    access.require(Perm.CHANGE_TEAM)
+    with transaction.atomic():
+        team = Team.objects.select_for_update().get(pk=access.team.pk)
+        if team.gpu_hour_price == gpu_hour_price and team.currency == currency:
+            return team
+        old = f"{team.gpu_hour_price} {team.currency}"
+        team.gpu_hour_price, team.currency = gpu_hour_price, currency
+        team.save(update_fields=["gpu_hour_price", "currency"])
+        audit.record(
+            "team.price_changed", access=access, target=team, ip=ip, old=old, new=f"{gpu_hour_price} {currency}"
+        )
     return team
 
 

@@ -256,14 +256,21 @@ def member_remove(request: HttpRequest, team_slug: str, membership_id: int) -> H
 @require_perm(Perm.CHANGE_TEAM)
 def team_settings(request: HttpRequest, team_slug: str) -> HttpResponse:
     access = request.access  # type: ignore[attr-defined]
-    form = RenameTeamForm(request.POST or None, initial={"name": access.team.name})
+    team = access.team
+    initial = {"name": team.name, "gpu_hour_price": team.gpu_hour_price, "currency": team.currency}
+    form = RenameTeamForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
         try:
-            services.rename_team(access=access, name=form.cleaned_data["name"], ip=client_ip(request))
+            if data["name"] != team.name:
+                services.rename_team(access=access, name=data["name"], ip=client_ip(request))
+            services.set_training_price(
+                access=access, gpu_hour_price=data["gpu_hour_price"], currency=data["currency"], ip=client_ip(request)
+            )
         except ValidationError as error:
             add_service_errors(form, error)
         else:
-            messages.success(request, "Team renamed.")
+            messages.success(request, "Team settings saved.")
             return redirect("accounts:team_settings", team_slug=team_slug)
     return render(request, "accounts/team_settings.html", {"form": form})
 

@@ -21,6 +21,7 @@ from accounts.api import router as accounts_router
 from accounts.http import error_dict
 from accounts.lockout import LOCKED_MESSAGE
 from datasets_app.api import router as datasets_router
+from training_app.api import router as training_router
 
 
 class BearerAuth(HttpBearer):
@@ -33,12 +34,14 @@ class BearerAuth(HttpBearer):
 api = NinjaAPI(
     title="Atelier API",
     version="1",
-    description="Teams, members, invitations, tokens and the audit trail; later: datasets, training, serving.",
+    description="Teams, members, invitations, tokens and the audit trail; datasets; base models, training jobs "
+    "(settings, estimates, launch, cancel, clone, metrics) and the model registry; later: serving.",
     auth=[BearerAuth(), SessionAuth()],
     urls_namespace="api",
 )
 api.add_router("/", accounts_router)
 api.add_router("/", datasets_router)
+api.add_router("/", training_router)
 
 
 @api.exception_handler(ValidationError)

@@ -10,6 +10,7 @@ process at start-up with a message naming the variable, instead of silently fall
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from pathlib import Path
@@ -54,6 +55,17 @@ def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
     if minimum is not None and value < minimum:
         raise ImproperlyConfigured(f"{name}={value} is below the minimum of {minimum}.")
     return value
+
+
+def env_json(name: str, default: Any) -> Any:
+    """A JSON value from the environment (e.g. the worker pools), or ``default``."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return json.loads(raw)
+    except ValueError as error:
+        raise ImproperlyConfigured(f"{name} must be JSON: {error}") from error
 
 
 def env_list(name: str, default: list[str]) -> list[str]:
@@ -242,6 +254,34 @@ Path(FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
 
 # Model folders the studio creates (the starter model) or registers.
 MODELS_DIR = Path(env_str("ATELIER_MODELS_DIR", str(DATA_DIR / "models")))
+
+# Worker pools a training job can run on. Each pool is a Celery queue served by GPU workers with the same
+# hardware; ``devices`` is how many processes (GPUs) one job uses there. The embedded default is this
+# machine's CPU. Production adds pools with ATELIER_TRAINING_POOLS (JSON), e.g.
+#   {"h100": {"label": "1 x H100 80GB", "queue": "gpu", "accelerator": "cuda", "devices": 1,
+#             "memory_gib": 80, "peak_tflops": 989, "efficiency": 0.2}}
+TRAINING_POOLS: dict[str, dict[str, Any]] = env_json(
+    "ATELIER_TRAINING_POOLS",
+    {
+        "cpu": {
+            "label": "CPU (this machine)",
+            "queue": "gpu",
+            "accelerator": "cpu",
+            "devices": 1,
+            "memory_gib": env_int("ATELIER_CPU_POOL_MEMORY_GIB", 8, minimum=1),
+            "peak_tflops": 0.1,
+            "efficiency": 0.2,
+        }
+    },
+)
+# A worker renews a running job's lease every heartbeat; the beat reaper requeues a job whose lease
+# expired (its worker died), and it resumes from the latest complete checkpoint.
+TRAINING_LEASE_SECONDS = env_int("TRAINING_LEASE_SECONDS", 60, minimum=10)
+TRAINING_HEARTBEAT_SECONDS = env_int("TRAINING_HEARTBEAT_SECONDS", 10, minimum=1)
+# A cancelled trainer gets this long to stop at a step boundary before its process group gets SIGTERM.
+TRAINING_CANCEL_GRACE_SECONDS = env_int("TRAINING_CANCEL_GRACE_SECONDS", 5, minimum=1)
+# How many times a job is restarted after its worker died before it is failed.
+TRAINING_MAX_ATTEMPTS = env_int("TRAINING_MAX_ATTEMPTS", 3, minimum=1)
 
 # Invitations expire after this many hours.
 INVITATION_TTL_HOURS = env_int("INVITATION_TTL_HOURS", 72, minimum=1)

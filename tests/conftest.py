@@ -7,6 +7,7 @@ database, so the tests that use them must be ``transactional_db`` (data committe
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -33,6 +34,22 @@ MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
 
 SERVER_FIXTURES = {"studio_server", "celery_worker"}
 
+# Worker pools of the test studio: the embedded CPU pool, a two-process one, and pools on queues that only
+# a test's own worker consumes (or nobody: "idle" keeps a job queued).
+TEST_POOLS: dict[str, dict[str, Any]] = {
+    name: {"label": label, "queue": queue, "accelerator": "cpu", "devices": devices, "memory_gib": 8,
+           "peak_tflops": 0.1, "efficiency": 0.2}
+    for name, label, queue, devices in [
+        ("cpu", "CPU (this machine)", "gpu", 1),
+        ("cpu-2", "CPU, 2 processes", "gpu", 2),
+        ("cpu-kill", "CPU (a test's own worker)", "gpu-kill", 1),
+        ("idle", "CPU (no worker)", "gpu-idle", 1),
+    ]
+}  # fmt: skip
+TEST_LEASE_SECONDS = 10
+# Failure injection for real training runs (see tests/inject/sitecustomize.py); absent file: no injection.
+INJECT_DIR = ROOT / "tests" / "inject"
+
 
 @pytest.fixture(scope="session")
 def shared_media_root(tmp_path_factory: Any) -> Path:
@@ -48,6 +65,34 @@ def _test_settings(request: pytest.FixtureRequest, tmp_path: Path, settings: Any
     # that log in to a separate server process keep the real hasher, which that process understands.
     if not uses_processes:
         settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.TRAINING_POOLS = TEST_POOLS
+    settings.TRAINING_LEASE_SECONDS = TEST_LEASE_SECONDS
+
+
+@pytest.fixture(scope="session")
+def starter_model_path() -> Path:
+    """The studio's starter model, created once (about a minute) and cached in var/test-models.
+
+    ``ATELIER_TEST_MODELS_DIR`` moves the cache; a fresh clone creates it on its first test run.
+    """
+    import torch
+
+    from training_app.engine.starter import ensure_starter_model
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    cache = Path(os.environ.get("ATELIER_TEST_MODELS_DIR", ROOT / "var" / "test-models"))
+    return ensure_starter_model(cache)
+
+
+@pytest.fixture
+def starter_model(db: None, starter_model_path: Path) -> Any:
+    """The starter model registered as an operator-provided base model, as ``manage.py create_starter_model`` does."""
+    from training_app import services as training_services
+    from training_app.models import BaseModel
+
+    return training_services.register_model_folder(
+        path=starter_model_path, name=training_services.STARTER_MODEL_NAME, source=BaseModel.Source.STARTER
+    )
 
 
 @pytest.fixture
@@ -122,6 +167,11 @@ def _process_env(media_root: Path) -> dict[str, str]:
         "DATABASE_URL": url,
         "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
         "PYTHONUNBUFFERED": "1",
+        "ATELIER_TRAINING_POOLS": json.dumps(TEST_POOLS),
+        "TRAINING_LEASE_SECONDS": str(TEST_LEASE_SECONDS),
+        "TRAINING_HEARTBEAT_SECONDS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(INJECT_DIR), os.environ.get("PYTHONPATH")])),
+        "ATELIER_INJECT_FAILURE_FILE": str(media_root / "inject-failure.json"),
     }
 
 
@@ -182,6 +232,40 @@ def studio_server(
     process.wait(timeout=20)
 
 
+def start_worker(env: dict[str, str], *, queues: str, log: Path, name: str) -> subprocess.Popen[bytes]:
+    """Start a real Celery worker (solo pool) on ``queues`` and wait until it answers a ping."""
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable, "-m", "celery", "-A", "studio", "worker", "-Q", queues, "--concurrency", "1",
+                "--pool", "solo", "--loglevel", "INFO", "--hostname", f"{name}-{os.getpid()}@%h",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    from studio.celery import app
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"celery worker exited early:\n{log.read_text()[-3000:]}")
+        replies = app.control.ping(timeout=1) or []
+        if any(name in next(iter(reply)) and str(os.getpid()) in next(iter(reply)) for reply in replies):
+            return process
+    process.kill()
+    pytest.fail(f"celery worker did not answer within 60 s:\n{log.read_text()[-3000:]}")
+
+
+def worker_env() -> dict[str, str]:
+    """Environment of a worker started by a test (call with database access unblocked)."""
+    env = _process_env(Path(settings.MEDIA_ROOT))
+    if not env["CELERY_BROKER_URL"].startswith("redis://"):
+        pytest.fail("Integration tests need Redis: run them with `make test` (CELERY_BROKER_URL=redis://…).")
+    return env
+
+
 @pytest.fixture(scope="session")
 def celery_worker(
     django_db_setup: None, django_db_blocker: Any, tmp_path_factory: Any, shared_media_root: Path
@@ -192,42 +276,7 @@ def celery_worker(
         env = _process_env(shared_media_root)
     if not env["CELERY_BROKER_URL"].startswith("redis://"):
         pytest.fail("Integration tests need Redis: run them with `make test` (CELERY_BROKER_URL=redis://…).")
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "studio",
-                "worker",
-                "-Q",
-                "default,gpu",
-                "--concurrency",
-                "1",
-                "--pool",
-                "solo",
-                "--loglevel",
-                "INFO",
-                "--hostname",
-                f"tests-{os.getpid()}@%h",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    from studio.celery import app
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"celery worker exited early:\n{log.read_text()[-3000:]}")
-        if app.control.ping(timeout=1):
-            break
-    else:
-        process.kill()
-        pytest.fail(f"celery worker did not answer within 60 s:\n{log.read_text()[-3000:]}")
+    process = start_worker(env, queues="default,gpu", log=log, name="tests")
     yield
     process.terminate()
     process.wait(timeout=30)

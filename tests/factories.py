@@ -84,4 +84,26 @@ def ready_version(
     version.folder().mkdir(parents=True, exist_ok=True)
     version.rows_path.write_bytes(body)
     version.source_path.write_bytes(body)
+    from datasets_app.engine.stats import compute_stats
+
+    version.stats = compute_stats(rows, kind=kind)
+    version.save(update_fields=["stats"])
     return version
+
+
+def sample_version(team: Team, owner: Any, sample: str = "chat", *, name: str | None = None) -> Any:
+    """A ready dataset version of one of the studio's sample files, normalized by the real validator."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import datasets_app
+    from datasets_app.engine.validate import validate_file
+
+    path = Path(datasets_app.__file__).parent / "samples" / f"{sample}.jsonl"
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "rows.jsonl"
+        report = validate_file(path, filename=path.name, out_path=out)
+        assert report.kind is not None and report.valid_rows == report.total_rows, report
+        rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    return ready_version(team, owner, rows, kind=str(report.kind), name=name or f"Sample {sample}")

@@ -112,7 +112,7 @@ Route = str | tuple[str, str]
 # change each route can make, so a missing check would show up as a changed database.
 SWEEP: dict[Route, Probe] = {
     "accounts:team_home": Probe(),
-    "accounts:team_settings": Probe(body=lambda o: {"name": "Taken over"}),
+    "accounts:team_settings": Probe(body=lambda o: {"name": "Taken over", "currency": "USD"}),
     "accounts:audit_log": Probe(),
     "accounts:invitation_create": Probe(body=lambda o: {"role": Role.OWNER, "email": "mallory@example.com"}),
     "accounts:invitation_revoke": Probe(params=_invitation_id),

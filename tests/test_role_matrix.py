@@ -131,7 +131,7 @@ ACTIONS: dict[str, Action] = {
     "open_settings": Action(Perm.CHANGE_TEAM, page_get("team_settings"), None),
     "rename_team": Action(
         Perm.CHANGE_TEAM,
-        page_post("team_settings", lambda s: {"name": "Acme Labs"}),
+        page_post("team_settings", lambda s: {"name": "Acme Labs", "currency": "USD"}),
         None,
         done=lambda s: Team.objects.get(pk=s.team.pk).name == "Acme Labs",
     ),

@@ -238,9 +238,11 @@ class RunConfig:
             ("generation_max_new_tokens", 1 <= self.generation_max_new_tokens <= 1024, "must be between 1 and 1024"),
         ]
         if self.max_steps is None:
-            checks.append(("epochs", self.epochs > 0, "must be positive, or set max_steps"))
+            checks.append(("epochs", 0 < self.epochs <= 1000, "must be between 0 and 1000, or set max_steps"))
         else:
-            checks.append(("max_steps", self.max_steps >= 1, "must be at least 1 (or empty to train by epochs)"))
+            checks.append(
+                ("max_steps", 1 <= self.max_steps <= 10_000_000, "must be between 1 and 10,000,000 (or empty)")
+            )
         if self.eval_steps is not None:
             checks.append(("eval_steps", self.eval_steps >= 1, "must be at least 1 step (or empty)"))
         for name, ok, message in checks:

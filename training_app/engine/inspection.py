@@ -93,6 +93,8 @@ def inspect_model(folder: Path) -> ModelFacts:
             "layers": config.get("num_hidden_layers"),
             "attention_heads": config.get("num_attention_heads"),
             "key_value_heads": config.get("num_key_value_heads"),
+            "intermediate_size": config.get("intermediate_size"),
+            "tie_word_embeddings": bool(config.get("tie_word_embeddings", False)),
             "torch_dtype": config.get("torch_dtype") or config.get("dtype"),
             **{k: v for k, v in metadata.items() if k not in ("license", "description")},
         },

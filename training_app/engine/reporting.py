@@ -143,16 +143,41 @@ class Reporter:
             write_json_atomic(self.run_dir / RESULT_FILE, result)
 
 
-class CancelWatcher:
-    """Tells whether the run was asked to stop: the studio's ``run_dir/cancel`` flag, or SIGTERM."""
+SUPERVISOR_PID_ENV = "ATELIER_SUPERVISOR_PID"
 
-    def __init__(self, run_dir: str | Path) -> None:
+
+class CancelWatcher:
+    """Tells whether the run was asked to stop: the studio's ``run_dir/cancel`` flag, SIGTERM, or the death
+    of the Celery worker that supervises the run.
+
+    The last one matters because launchers put their workers in sessions of their own (torchrun does), so
+    killing a dead supervisor's process group does not reach them: a run whose supervisor was SIGKILLed
+    stops by itself at the next step, and the job's next attempt resumes from the last complete checkpoint
+    instead of racing an orphan. The supervisor's pid comes from ``ATELIER_SUPERVISOR_PID``.
+    """
+
+    def __init__(self, run_dir: str | Path, *, supervisor_pid: int | None = None) -> None:
         self.flag = Path(run_dir) / CANCEL_FLAG
         self.signalled = False
+        if supervisor_pid is None and os.environ.get(SUPERVISOR_PID_ENV, "").isdigit():
+            supervisor_pid = int(os.environ[SUPERVISOR_PID_ENV])
+        self.supervisor_pid = supervisor_pid
 
     def requested(self) -> bool:
-        """True once a stop was asked for (one ``stat`` call: cheap enough for every step)."""
-        return self.signalled or self.flag.exists()
+        """True once a stop was asked for (a ``stat`` and a ``kill(pid, 0)``: cheap enough for every step)."""
+        return self.signalled or self.flag.exists() or self.supervisor_gone()
+
+    def supervisor_gone(self) -> bool:
+        """Whether the supervising worker process no longer exists."""
+        if self.supervisor_pid is None:
+            return False
+        try:
+            os.kill(self.supervisor_pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # exists, owned by someone else
+            return False
+        return False
 
     def request(self) -> None:
         """Record a stop request that did not come through the flag file (a signal)."""

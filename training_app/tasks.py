@@ -1,0 +1,21 @@
+"""Celery tasks of the training app: thin wrappers around ``runner`` and ``jobs``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+
+from training_app import jobs, runner
+
+
+@shared_task(acks_late=True)
+def run_training_job(job_id: int) -> str:
+    """On a pool's queue (``gpu`` by default): claim the job and supervise its trainer to the end."""
+    return runner.run_job(job_id)
+
+
+@shared_task
+def reap_training_jobs() -> dict[str, Any]:
+    """Beat job: requeue jobs whose worker died (lease expired) and send jobs that were never sent."""
+    return jobs.reap()
