@@ -8,6 +8,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db import connection
+from django.db.models import Model
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -25,9 +26,10 @@ from accounts.forms import (
     TeamForm,
     TokenForm,
 )
-from accounts.http import add_service_errors, client_ip
+from accounts.http import add_service_errors, client_ip, error_dict
 from accounts.models import AuditEvent, Invitation, Membership, PersonalAccessToken, TeamAPIKey
 from accounts.permissions import (
+    TeamAccess,
     require_object_action,
     require_perm,
     teams_of,
@@ -355,18 +357,26 @@ def api_key_revoke(request: HttpRequest, team_slug: str, key_id: int) -> HttpRes
 def api_key_share(request: HttpRequest, team_slug: str, key_id: int) -> HttpResponse:
     access = request.access  # type: ignore[attr-defined]
     key = get_object_or_404(TeamAPIKey.objects.for_team(access.team), pk=key_id)
+    apply_share_form(request, access, key)
+    return redirect("accounts:api_key_detail", team_slug=team_slug, key_id=key.pk)
+
+
+def apply_share_form(request: HttpRequest, access: TeamAccess, obj: Model) -> None:
+    """Handle a sharing panel's POST for ``obj``: share at a level, or remove a member's access.
+
+    The outcome is a flash message; the caller redirects back to the object's page.
+    """
     members = Membership.objects.filter(team=access.team).select_related("user")
-    form = ShareForm(request.POST, members=members, levels=services.share_levels_for(TeamAPIKey))
+    form = ShareForm(request.POST, members=members, levels=services.share_levels_for(type(obj)))
     if not form.is_valid():
         messages.error(request, "Choose a member of this team and a level.")
     elif request.POST.get("remove"):
-        services.unshare_object(access=access, obj=key, member=form.cleaned_data["member"], ip=client_ip(request))
+        services.unshare_object(access=access, obj=obj, member=form.cleaned_data["member"], ip=client_ip(request))
         messages.success(request, "Access removed.")
     else:
         try:
-            services.share_object(access=access, obj=key, ip=client_ip(request), **form.cleaned_data)
+            services.share_object(access=access, obj=obj, ip=client_ip(request), **form.cleaned_data)
         except ValidationError as error:
-            messages.error(request, " ".join(error.messages))
+            messages.error(request, " ".join(error_dict(error).get("level", error.messages)))
         else:
             messages.success(request, "Shared.")
-    return redirect("accounts:api_key_detail", team_slug=team_slug, key_id=key.pk)

@@ -15,13 +15,17 @@ from django.views.decorators.http import require_POST
 
 from accounts import services as account_services
 from accounts.forms import ShareForm
-from accounts.http import add_service_errors, client_ip, error_dict
+from accounts.http import add_service_errors, client_ip
 from accounts.models import Membership
 from accounts.permissions import TeamAccess, require_object_action, require_perm
 from accounts.roles import Perm, Role
+from accounts.views import apply_share_form
 from datasets_app import services
 from datasets_app.forms import DatasetEditForm, MappingForm, UploadForm, VersionUploadForm
 from datasets_app.models import Dataset, DatasetVersion, VersionStatus
+from training_app import jobs as training_jobs
+from training_app import registry as model_registry
+from training_app.models import ACTIVE_STATUSES
 
 ROWS_PER_PAGE = 20
 
@@ -154,6 +158,11 @@ def version_detail(request: HttpRequest, team_slug: str, dataset_id: int, number
         ),
         "share_url": reverse("datasets:share", args=[team_slug, dataset.pk]),
         "charts": _charts(version.stats),
+        # the jobs that trained on this version (training_app)
+        "training_jobs": training_jobs.visible_jobs(access)
+        .filter(dataset_version=version)
+        .select_related("created_by"),
+        "can_launch": access.can(Perm.LAUNCH_TRAINING) and version.is_ready,
     }
     return render(request, "datasets/version.html", context)
 
@@ -301,8 +310,15 @@ def dataset_delete(request: HttpRequest, team_slug: str, dataset_id: int) -> Htt
         services.delete_dataset(access=access, dataset=dataset, ip=client_ip(request))
         messages.success(request, f"Dataset “{dataset.name}” and all its versions were deleted.")
         return redirect("datasets:list", team_slug)
-    versions = services.versions_of(dataset)
-    return render(request, "datasets/confirm_delete.html", {"dataset": dataset, "versions": versions})
+    context = {
+        "dataset": dataset,
+        "versions": services.versions_of(dataset),
+        "trained_models": model_registry.versions_trained_on(access, dataset),
+        "active_jobs": training_jobs.visible_jobs(access).filter(
+            dataset_version__dataset=dataset, status__in=ACTIVE_STATUSES
+        ),
+    }
+    return render(request, "datasets/confirm_delete.html", context)
 
 
 @require_POST
@@ -310,22 +326,7 @@ def dataset_delete(request: HttpRequest, team_slug: str, dataset_id: int) -> Htt
 def dataset_share(request: HttpRequest, team_slug: str, dataset_id: int) -> HttpResponse:
     access = _access(request)
     dataset, _ = _dataset(access, dataset_id)
-    members = Membership.objects.filter(team=access.team).select_related("user")
-    form = ShareForm(request.POST, members=members, levels=account_services.share_levels_for(Dataset))
-    if not form.is_valid():
-        messages.error(request, "Choose a member of this team and a level.")
-    elif request.POST.get("remove"):
-        account_services.unshare_object(
-            access=access, obj=dataset, member=form.cleaned_data["member"], ip=client_ip(request)
-        )
-        messages.success(request, "Access removed.")
-    else:
-        try:
-            account_services.share_object(access=access, obj=dataset, ip=client_ip(request), **form.cleaned_data)
-        except ValidationError as error:
-            messages.error(request, " ".join(error_dict(error).get("level", error.messages)))
-        else:
-            messages.success(request, "Shared.")
+    apply_share_form(request, access, dataset)
     latest = services.versions_of(dataset).first()
     return redirect("datasets:version", team_slug, dataset.pk, latest.number if latest else 1)
 

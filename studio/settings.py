@@ -274,10 +274,9 @@ TRAINING_POOLS: dict[str, dict[str, Any]] = env_json(
         }
     },
 )
-# A worker renews a running job's lease every heartbeat; the beat reaper requeues a job whose lease
+# A worker renews a running job's lease every second; the beat reaper requeues a job whose lease
 # expired (its worker died), and it resumes from the latest complete checkpoint.
 TRAINING_LEASE_SECONDS = env_int("TRAINING_LEASE_SECONDS", 60, minimum=10)
-TRAINING_HEARTBEAT_SECONDS = env_int("TRAINING_HEARTBEAT_SECONDS", 10, minimum=1)
 # A cancelled trainer gets this long to stop at a step boundary before its process group gets SIGTERM.
 TRAINING_CANCEL_GRACE_SECONDS = env_int("TRAINING_CANCEL_GRACE_SECONDS", 5, minimum=1)
 # How many times a job is restarted after its worker died before it is failed.

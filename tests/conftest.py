@@ -169,7 +169,6 @@ def _process_env(media_root: Path) -> dict[str, str]:
         "PYTHONUNBUFFERED": "1",
         "ATELIER_TRAINING_POOLS": json.dumps(TEST_POOLS),
         "TRAINING_LEASE_SECONDS": str(TEST_LEASE_SECONDS),
-        "TRAINING_HEARTBEAT_SECONDS": "1",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(INJECT_DIR), os.environ.get("PYTHONPATH")])),
         "ATELIER_INJECT_FAILURE_FILE": str(media_root / "inject-failure.json"),
     }

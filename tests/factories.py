@@ -107,3 +107,40 @@ def sample_version(team: Team, owner: Any, sample: str = "chat", *, name: str | 
         assert report.kind is not None and report.valid_rows == report.total_rows, report
         rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     return ready_version(team, owner, rows, kind=str(report.kind), name=name or f"Sample {sample}")
+
+
+def finished_job(team: Team, owner: Any, base_model: Any, version: Any, *, name: str = "support bot") -> Any:
+    """A succeeded training job on ``version`` with a few metrics and its registered model version.
+
+    The model version's folder holds a small adapter config only: enough for pages, cards and downloads.
+    Returns (job, model_version).
+    """
+    from django.utils import timezone
+
+    from training_app import presets
+    from training_app.jobs import _lineage
+    from training_app.models import JobMetric, JobStatus, ModelVersion, TrainingJob
+
+    now = timezone.now()
+    config = presets.nest(presets.defaults())
+    job = TrainingJob.objects.create(
+        team=team, name=name, base_model=base_model, dataset_version=version, pool="cpu", config=config,
+        lineage=_lineage(base_model, version), status=JobStatus.SUCCEEDED, phase="succeeded", step=4, max_steps=4,
+        created_by=owner, started_at=now, finished_at=now,
+        result={"eval_loss_before": 3.2, "eval_loss_after": 2.1, "perplexity_before": 24.5, "perplexity_after": 8.2,
+                "tokens_per_second": 900.0, "steps": 4,
+                "generations": [{"prompt": "Hi", "base": "hello hello", "tuned": "Hello! How can I help?"}]},
+    )  # fmt: skip
+    JobMetric.objects.bulk_create(
+        JobMetric(job=job, seq=step, step=step, values={"step": step, "loss": 4.0 - step / 2, "learning_rate": 1e-4})
+        for step in range(1, 5)
+    )
+    folder = job.folder() / "output" / "adapter"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "adapter_config.json").write_text('{"r": 16}', encoding="utf-8")
+    model_version = ModelVersion.objects.create(
+        team=team, name=name, number=1, job=job, base_model=base_model, kind=ModelVersion.Kind.ADAPTER,
+        path=str(folder), metrics={"eval_loss_before": 3.2, "eval_loss_after": 2.1}, created_by=owner,
+        lineage={**job.lineage, "config": config, "job": {"id": job.pk, "name": name, "pool": "cpu"}},
+    )  # fmt: skip
+    return job, model_version

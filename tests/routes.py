@@ -13,6 +13,7 @@ from ninja.utils import normalize_path
 from accounts.models import AuditEvent, Invitation, Membership, Team, TeamAPIKey, TeamAPIKeyUserObjectPermission
 from datasets_app.models import Dataset, DatasetUserObjectPermission, DatasetVersion
 from studio.api import api
+from training_app.models import ModelVersion, ModelVersionUserObjectPermission, TrainingJob
 
 API_ROOT = "/api/v1/"
 # The middleware scopes any view whose URL has a ``team_slug`` kwarg, whatever its converter.
@@ -80,6 +81,15 @@ def team_state(team: Team) -> dict[str, Any]:
             DatasetUserObjectPermission.objects.filter(content_object__team=team).values_list(
                 "content_object_id", "user__username", "permission__codename"
             )
+        ),
+        "jobs": sorted(TrainingJob.objects.for_team(team).values_list("pk", "name", "status")),
+        "model_version_shares": sorted(
+            ModelVersionUserObjectPermission.objects.filter(content_object__team=team).values_list(
+                "content_object_id", "user__username", "permission__codename"
+            )
+        ),
+        "model_versions": sorted(
+            ModelVersion.objects.for_team(team).values_list("pk", "name", "intended_use", "restricted")
         ),
         "audit_events": AuditEvent.objects.for_team(team).count(),
     }

@@ -31,9 +31,10 @@ from accounts.models import (
 from accounts.permissions import resolve_access
 from accounts.roles import Role
 from datasets_app.models import DatasetVersion
-from tests.factories import member, ready_version
+from tests.factories import finished_job, member, ready_version
 from tests.routes import API_ROOT, api_team_operations, page_team_routes, team_state
-from training_app.models import BaseModel
+from training_app import presets
+from training_app.models import BaseModel, ModelVersion, TrainingJob
 
 if TYPE_CHECKING:
     from django.test.client import _MonkeyPatchedWSGIResponse as Response
@@ -56,6 +57,8 @@ class TeamObjects:
     key: TeamAPIKey  # shared with that member at the "view" level
     version: DatasetVersion  # version 1 of a ready, unrestricted dataset
     model: BaseModel  # a base model of the team's own
+    job: TrainingJob  # a finished job on ``version``
+    model_version: ModelVersion  # the job's model version (unrestricted)
 
 
 def _nothing(objects: TeamObjects) -> dict[str, Any]:
@@ -102,6 +105,24 @@ def _model_id(o: TeamObjects) -> dict[str, Any]:
     return {"model_id": o.model.pk}
 
 
+def _job_id(o: TeamObjects) -> dict[str, Any]:
+    return {"job_id": o.job.pk}
+
+
+def _model_version_id(o: TeamObjects) -> dict[str, Any]:
+    return {"version_id": o.model_version.pk}
+
+
+def _launch(o: TeamObjects) -> dict[str, Any]:
+    return {"name": "planted", "base_model": o.model.pk, "dataset_version": o.version.pk, "pool": "idle",
+            "settings": {"max_steps": 1}}  # fmt: skip
+
+
+def _launch_form(o: TeamObjects) -> dict[str, Any]:
+    settings = {key.replace(".", "__"): value for key, value in presets.defaults().items() if value is not None}
+    return {"name": "planted", "base_model": o.model.pk, "dataset_version": o.version.pk, "pool": "idle", **settings}
+
+
 def _download(o: TeamObjects) -> dict[str, Any]:
     return {**_version(o), "fmt": "jsonl"}
 
@@ -139,6 +160,20 @@ SWEEP: dict[Route, Probe] = {
     ("GET", "/api/v1/teams/{slug}/audit-events/"): Probe(),
     "training:models": Probe(),
     "training:model_detail": Probe(params=_model_id),
+    "training:list": Probe(),
+    "training:compare": Probe(),
+    "training:new": Probe(body=_launch_form),
+    "training:estimate": Probe(body=_launch_form),
+    "training:job": Probe(params=_job_id),
+    "training:cancel": Probe(params=_job_id),
+    "training:config": Probe(params=_job_id),
+    "training:version": Probe(params=_model_version_id),
+    "training:version_card": Probe(params=_model_version_id, body=lambda o: {"intended_use": "Taken over"}),
+    "training:version_download": Probe(params=_model_version_id),
+    "training:version_delete": Probe(params=_model_version_id),
+    "training:version_share": Probe(
+        params=_model_version_id, body=lambda o: {"member": o.member.pk, "level": "change"}
+    ),
     "datasets:list": Probe(body=lambda o: {"name": "planted"}),
     "datasets:sample": Probe(body=lambda o: {"sample": "chat"}),
     "datasets:mix": Probe(body=lambda o: {f"weight_{o.version.dataset_id}": "1", "name": "planted"}),
@@ -176,6 +211,26 @@ SWEEP: dict[Route, Probe] = {
         params=_version, body=lambda o: {"step": "redact_pii"}
     ),
     ("GET", "/api/v1/teams/{slug}/datasets/{dataset_id}/versions/{number}/download"): Probe(params=_version),
+    ("GET", "/api/v1/teams/{slug}/base-models"): Probe(),
+    ("GET", "/api/v1/teams/{slug}/base-models/{model_id}"): Probe(params=_model_id),
+    ("GET", "/api/v1/teams/{slug}/training/settings"): Probe(),
+    ("POST", "/api/v1/teams/{slug}/training/estimate"): Probe(body=_launch),
+    ("GET", "/api/v1/teams/{slug}/jobs"): Probe(),
+    ("POST", "/api/v1/teams/{slug}/jobs"): Probe(body=_launch),
+    ("GET", "/api/v1/teams/{slug}/jobs/{job_id}"): Probe(params=_job_id),
+    ("GET", "/api/v1/teams/{slug}/jobs/{job_id}/config.yaml"): Probe(params=_job_id),
+    ("GET", "/api/v1/teams/{slug}/jobs/{job_id}/logs"): Probe(params=_job_id),
+    ("GET", "/api/v1/teams/{slug}/jobs/{job_id}/metrics"): Probe(params=_job_id),
+    ("POST", "/api/v1/teams/{slug}/jobs/{job_id}/cancel"): Probe(params=_job_id),
+    ("POST", "/api/v1/teams/{slug}/jobs/{job_id}/clone"): Probe(params=_job_id, body=lambda o: {"name": "planted"}),
+    ("GET", "/api/v1/teams/{slug}/model-versions"): Probe(),
+    ("GET", "/api/v1/teams/{slug}/model-versions/{version_id}"): Probe(params=_model_version_id),
+    ("PATCH", "/api/v1/teams/{slug}/model-versions/{version_id}"): Probe(
+        params=_model_version_id, body=lambda o: {"intended_use": "Taken over"}
+    ),
+    ("GET", "/api/v1/teams/{slug}/model-versions/{version_id}/card"): Probe(params=_model_version_id),
+    ("GET", "/api/v1/teams/{slug}/model-versions/{version_id}/download"): Probe(params=_model_version_id),
+    ("DELETE", "/api/v1/teams/{slug}/model-versions/{version_id}"): Probe(params=_model_version_id),
 }
 
 PAGE_ROUTES = sorted(name for name in SWEEP if isinstance(name, str))
@@ -226,7 +281,11 @@ def make_team_objects(team: Team, owner: Any, member_user: Any) -> TeamObjects:
     services.share_object(access=access, obj=key, member=membership, level="view")
     version = ready_version(team, owner, [{"text": f"{team.slug} private note"}])
     model = BaseModel.objects.create(team=team, name=f"{team.slug}-private-model", source="server_path", path="/x")
-    return TeamObjects(team=team, member=membership, invitation=invitation, key=key, version=version, model=model)
+    job, model_version = finished_job(team, owner, model, version)
+    return TeamObjects(
+        team=team, member=membership, invitation=invitation, key=key, version=version, model=model, job=job,
+        model_version=model_version,
+    )  # fmt: skip
 
 
 @pytest.fixture

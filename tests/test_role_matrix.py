@@ -21,8 +21,11 @@ from accounts import services
 from accounts.models import Invitation, Membership, Team, TeamAPIKey
 from accounts.permissions import resolve_access
 from accounts.roles import ROLE_PERMISSIONS, Perm, Role
-from tests.factories import member
+from datasets_app.models import DatasetVersion
+from tests.factories import finished_job, member, sample_version
 from tests.routes import page_team_routes, team_state
+from training_app import presets
+from training_app.models import BaseModel, ModelVersion, TrainingJob
 
 if TYPE_CHECKING:
     from django.test.client import _MonkeyPatchedWSGIResponse as Response
@@ -40,10 +43,15 @@ class Scene:
     target: Membership  # a viewer, the subject of member actions; the key is shared with them ("view")
     invitation: Invitation
     key: TeamAPIKey  # visible to the actor: members and viewers hold a "view" share
+    base_model: BaseModel  # the starter model
+    version: DatasetVersion  # a ready chat dataset version
+    model_version: ModelVersion  # a model version trained on it (unrestricted)
 
 
 @pytest.fixture
-def make_scene(acme: Team, alice: Any, user_in_role: Callable[[str], Any]) -> Callable[[str], Scene]:
+def make_scene(
+    acme: Team, alice: Any, user_in_role: Callable[[str], Any], starter_model: BaseModel
+) -> Callable[[str], Scene]:
     """Build acme (alice owns it) with an actor of ``role``."""
 
     def make(role: str) -> Scene:
@@ -57,7 +65,12 @@ def make_scene(acme: Team, alice: Any, user_in_role: Callable[[str], Any]) -> Ca
         if role in (Role.MEMBER, Role.VIEWER):
             actor_membership = Membership.objects.get(team=acme, user=actor)
             services.share_object(access=owner, obj=key, member=actor_membership, level="view")
-        return Scene(team=acme, actor=actor, target=target, invitation=invitation, key=key)
+        version = sample_version(acme, alice, "chat")
+        _, model_version = finished_job(acme, alice, starter_model, version)
+        return Scene(
+            team=acme, actor=actor, target=target, invitation=invitation, key=key, base_model=starter_model,
+            version=version, model_version=model_version,
+        )  # fmt: skip
 
     return make
 
@@ -67,10 +80,15 @@ def make_scene(acme: Team, alice: Any, user_in_role: Callable[[str], Any]) -> Ca
 Request: TypeAlias = "Callable[[Client, Scene], Response]"
 
 
+def _route(name: str) -> str:
+    """A URL name, in the accounts namespace unless it names its own."""
+    return name if ":" in name else f"accounts:{name}"
+
+
 def page_get(name: str, **kwargs: Callable[[Scene], Any]) -> Request:
     def send(client: Client, scene: Scene) -> Response:
         url_kwargs = {key: value(scene) for key, value in kwargs.items()}
-        return client.get(reverse(f"accounts:{name}", kwargs={"team_slug": "acme", **url_kwargs}))
+        return client.get(reverse(_route(name), kwargs={"team_slug": "acme", **url_kwargs}))
 
     return send
 
@@ -78,7 +96,7 @@ def page_get(name: str, **kwargs: Callable[[Scene], Any]) -> Request:
 def page_post(name: str, data: Callable[[Scene], dict[str, Any]], **kwargs: Callable[[Scene], Any]) -> Request:
     def send(client: Client, scene: Scene) -> Response:
         url_kwargs = {key: value(scene) for key, value in kwargs.items()}
-        return client.post(reverse(f"accounts:{name}", kwargs={"team_slug": "acme", **url_kwargs}), data(scene))
+        return client.post(reverse(_route(name), kwargs={"team_slug": "acme", **url_kwargs}), data(scene))
 
     return send
 
@@ -107,6 +125,22 @@ def target_id(scene: Scene) -> int:
 
 def invitation_id(scene: Scene) -> int:
     return scene.invitation.pk
+
+
+def launch_body(scene: Scene) -> dict[str, Any]:
+    return {"name": "release candidate", "base_model": scene.base_model.pk, "dataset_version": scene.version.pk,
+            "pool": "idle", "settings": {"max_steps": 2}}  # fmt: skip
+
+
+def launch_form(scene: Scene) -> dict[str, Any]:
+    settings = {key.replace(".", "__"): value for key, value in presets.defaults().items() if value is not None}
+    body = launch_body(scene)
+    return {**settings, **{key: body[key] for key in ("name", "base_model", "dataset_version", "pool")},
+            "max_steps": 2}  # fmt: skip
+
+
+def launched(scene: Scene) -> bool:
+    return TrainingJob.objects.for_team(scene.team).filter(name="release candidate").exists()
 
 
 def shares_of_target(scene: Scene) -> str | None:
@@ -185,6 +219,19 @@ ACTIONS: dict[str, Action] = {
         api_call("DELETE", "keys/{s.key.pk}/shares/target"),
         done=lambda s: shares_of_target(s) is None,
     ),
+    "list_jobs": Action(Perm.VIEW_TEAM, page_get("training:list"), api_call("GET", "jobs")),
+    "open_job_form": Action(Perm.LAUNCH_TRAINING, page_get("training:new"), None),
+    "launch_job": Action(
+        Perm.LAUNCH_TRAINING,
+        page_post("training:new", launch_form),
+        api_call("POST", "jobs", launch_body),
+        done=launched,
+    ),
+    "download_model": Action(
+        Perm.EXPORT_MODELS,
+        page_get("training:version_download", version_id=lambda s: s.model_version.pk),
+        api_call("GET", "model-versions/{s.model_version.pk}/download"),
+    ),
 }
 
 # The matrix as documented (README, "Roles"), written out by hand: True = allowed.
@@ -206,6 +253,10 @@ DOCUMENTED_MATRIX: dict[str, tuple[bool, bool, bool, bool]] = {
     "revoke_key": (True, True, False, False),
     "share_key": (True, True, False, False),
     "unshare_key": (True, True, False, False),
+    "list_jobs": (True, True, True, True),
+    "open_job_form": (True, True, True, False),
+    "launch_job": (True, True, True, False),
+    "download_model": (True, True, True, False),
 }
 
 

@@ -184,6 +184,7 @@ def _observed_flops(team: Any, pool: str, shape: estimator.ModelShape, pool_spec
                 shape=job_shape,
                 method=str(job.config.get("method", "lora")),
                 devices=pool_spec.devices,
+                seq=int(job.config.get("max_seq_length", 512)),
             )
         )
     return observed
@@ -251,6 +252,7 @@ def create_job(
             lineage=_lineage(base_model, dataset_version),
             estimate=estimate.to_dict(),
             cloned_from=cloned_from,
+            restricted=dataset_version.dataset.restricted,
             created_by=access.user,
             created_by_key=access.api_key,
             message="waiting for a worker",
@@ -359,17 +361,20 @@ def clone_values(job: TrainingJob) -> dict[str, Any]:
 def visible_jobs(access: TeamAccess) -> QuerySet[TrainingJob]:
     """The team's jobs, except those trained on a restricted dataset this person may not see.
 
-    A job's config, metrics, log and lineage describe its data, so they are as private as the data.
+    A job's config, metrics, log, generations and lineage describe its data, so they are as private as the
+    data; ``restricted`` is recorded at launch, so this holds after the dataset is deleted too.
     """
     from accounts.permissions import visible_objects
     from datasets_app.models import Dataset
 
+    jobs = TrainingJob.objects.for_team(access.team).select_related("base_model", "dataset_version__dataset")
+    if access.is_admin:
+        return jobs
     datasets = visible_objects(access, Dataset.objects.for_team(access.team), "view")
-    return (
-        TrainingJob.objects.for_team(access.team)
-        .filter(Q(dataset_version__isnull=True) | Q(dataset_version__dataset__in=datasets))
-        .select_related("base_model", "dataset_version__dataset")
-    )
+    allowed = Q(restricted=False) | Q(dataset_version__dataset__in=datasets)
+    if access.user is not None:
+        allowed |= Q(created_by=access.user)
+    return jobs.filter(allowed)
 
 
 # ---- metrics --------------------------------------------------------------------------------------------

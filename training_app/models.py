@@ -105,6 +105,10 @@ class TrainingJob(TeamOwnedModel):
     lineage = models.JSONField(default=dict, help_text="Base model and dataset version facts at launch.")
     estimate = models.JSONField(default=dict, blank=True)
     cloned_from = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    restricted = models.BooleanField(
+        default=False,
+        help_text="Trained on a restricted dataset: only admins, its launcher and those who may see the data see it.",
+    )
 
     status = models.CharField(max_length=12, choices=JobStatus.choices, default=JobStatus.QUEUED)
     phase = models.CharField(max_length=20, blank=True, help_text="The trainer's own phase (loading, training…).")

@@ -16,7 +16,7 @@ from typing import IO, Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Max, QuerySet
+from django.db.models import Max, Q, QuerySet
 from django.template.loader import render_to_string
 from guardian.shortcuts import assign_perm
 
@@ -163,7 +163,10 @@ def _remove(folders: list[Path]) -> None:
 
 def versions_trained_on(access: TeamAccess, dataset: Any) -> QuerySet[ModelVersion]:
     """Model versions whose job trained on a version of ``dataset`` (for its page and delete confirmation)."""
-    return visible_versions(access).filter(job__dataset_version__dataset=dataset)
+    # The lineage keeps the dataset's id even when the job row is gone.
+    return visible_versions(access).filter(
+        Q(job__dataset_version__dataset=dataset) | Q(lineage__dataset_versions__0__dataset_id=dataset.pk)
+    )
 
 
 def iter_file(handle: IO[bytes], chunk: int = 1 << 20) -> Iterator[bytes]:

@@ -1,0 +1,576 @@
+"""The training pages: the launch form and its live estimate, the job page with its charts, compare, and the
+model registry's pages (card, download, delete, sharing), plus what the dataset pages show of training.
+
+Jobs are created through ``jobs.create_job`` (or the form) inside the test transaction, so the dispatch
+that runs on commit never happens: nothing is sent to a broker and no training runs.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from accounts.models import Membership, Team
+from accounts.permissions import resolve_access
+from accounts.roles import Role
+from tests.factories import sample_version
+from training_app import jobs, presets
+from training_app.forms import field_name, initial_values
+from training_app.models import JobMetric, JobStatus, ModelVersion, TrainingJob
+from training_app.templatetags.training_charts import format_number, line_chart
+
+Login = Callable[[Any], Client]
+
+
+def url(name: str, *args: Any, team: str = "acme") -> str:
+    return reverse(f"training:{name}", args=[team, *args])
+
+
+def acme_jobs() -> Any:
+    return TrainingJob.objects.for_team(Team.objects.get(slug="acme"))
+
+
+def acme_models() -> Any:
+    return ModelVersion.objects.for_team(Team.objects.get(slug="acme"))
+
+
+def form_data(base_model: Any, version: Any, **overrides: Any) -> dict[str, Any]:
+    """The job form as a browser submits it with the Quick LoRA preset, with ``overrides`` on top."""
+    data: dict[str, Any] = {
+        "name": "support-assistant",
+        "base_model": base_model.pk,
+        "dataset_version": version.pk,
+        "pool": jobs.default_pool(),
+        "preset": "quick-lora",
+    }
+    for name, value in initial_values(presets.apply_preset("quick-lora")).items():
+        if value is True:
+            data[name] = "on"
+        elif value is not None and value is not False:
+            data[name] = value
+    data.update(overrides)
+    return {key: value for key, value in data.items() if value is not None}
+
+
+def field_html(content: bytes, name: str) -> str:
+    """The rendered block of one form field: its label, input, help and errors (up to the next field)."""
+    html = content.decode()
+    start = html.index(f'id="field-{name}"')
+    end = html.find('id="field-', start + 1)
+    return html[start : end if end > 0 else len(html)]
+
+
+@pytest.fixture
+def chat_version(acme: Any, alice: Any) -> Any:
+    return sample_version(acme, alice, "chat")
+
+
+def launch(user: Any, base_model: Any, version: Any, **values: Any) -> TrainingJob:
+    """A queued job made by the service, as the form would make it."""
+    return jobs.create_job(
+        access=resolve_access(user, "acme"),
+        name=values.pop("name", "run"),
+        base_model=base_model,
+        dataset_version=version,
+        pool=jobs.default_pool(),
+        values=presets.apply_preset("quick-lora", values),
+    )
+
+
+def add_metrics(job: TrainingJob, steps: int = 5) -> None:
+    for step in range(1, steps + 1):
+        values = {
+            "loss": 3.0 - 0.3 * step,
+            "learning_rate": 2e-4 * step / steps,
+            "grad_norm": 1.5 / step,
+            "tokens_per_second": 900.0 + step,
+            "memory_bytes": 2 * 1024**3,
+        }
+        if step in (1, steps):
+            values["eval_loss"] = 3.1 - 0.25 * step
+        JobMetric.objects.create(job=job, seq=step, step=step, values=values)
+
+
+@pytest.fixture
+def model_version(tmp_path: Path, acme: Any, alice: Any, starter_model: Any, chat_version: Any) -> ModelVersion:
+    """A registered adapter whose folder holds one small file."""
+    job = launch(alice, starter_model, chat_version, name="support")
+    job.status = JobStatus.SUCCEEDED
+    job.save(update_fields=["status"])
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_model.safetensors").write_bytes(b"weights")
+    return ModelVersion.objects.create(
+        team=acme,
+        name="support",
+        number=1,
+        job=job,
+        base_model=starter_model,
+        kind=ModelVersion.Kind.ADAPTER,
+        path=str(folder),
+        metrics={"eval_loss_before": 3.2, "eval_loss_after": 2.1, "perplexity_before": 24.5, "perplexity_after": 8.2},
+        lineage={**job.lineage, "config": job.config, "job": {"id": job.pk, "name": job.name, "pool": job.pool}},
+        created_by=alice,
+    )
+
+
+# ---- the launch form -----------------------------------------------------------------------------------
+
+
+def test_form_offers_the_presets_and_says_why_qlora_is_off(
+    alice: Any, login: Login, starter_model: Any, chat_version: Any
+) -> None:
+    response = login(alice).get(url("new"))
+    assert response.status_code == 200
+    html = response.content.decode()
+    for preset in presets.PRESETS:
+        assert preset.name in html
+    assert "needs an NVIDIA GPU with CUDA; this studio&#x27;s workers are CPU-only" in html
+    assert re.search(r'<input[^>]*id="preset-qlora"[^>]*disabled', html)
+    assert 'id="advanced"' in html and "LoRA rank" in html and "Default: 16." in html
+    assert "Sample chat v1 (chat, " in html
+
+
+def test_unavailable_preset_in_the_address_falls_back_with_a_notice(
+    alice: Any, login: Login, starter_model: Any, chat_version: Any
+) -> None:
+    response = login(alice).get(url("new") + "?preset=qlora")
+    assert response.context["form"].initial["preset"] == "quick-lora"
+    assert "Low-memory QLoRA” needs an NVIDIA GPU" in response.content.decode()
+
+
+def test_dataset_version_in_the_address_is_preselected(
+    alice: Any, acme: Any, login: Login, starter_model: Any, chat_version: Any
+) -> None:
+    other = sample_version(acme, alice, "instruction")
+    form = login(alice).get(url("new") + f"?dataset_version={other.pk}").context["form"]
+    assert form.initial["dataset_version"] == other.pk
+
+
+def test_form_starts_with_an_estimate(alice: Any, login: Login, starter_model: Any, chat_version: Any) -> None:
+    html = login(alice).get(url("new")).content.decode()
+    assert "Memory per device" in html and "Fits: about" in html
+
+
+def test_estimate_shows_parameters_memory_and_verdict(
+    alice: Any, login: Login, starter_model: Any, chat_version: Any
+) -> None:
+    response = login(alice).post(url("estimate"), form_data(starter_model, chat_version))
+    assert response.status_code == 200
+    html = response.content.decode()
+    estimate = response.context["estimate"]
+    assert estimate.total_parameters == starter_model.parameter_count
+    assert 0 < estimate.trainable_parameters < estimate.total_parameters
+    assert "Trainable" in html and "Memory per device" in html and "optimizer steps" in html
+    assert "Fits: about" in html
+    assert "set a price in team settings" in html  # alice is the owner and no price is set
+
+
+def test_estimate_shows_the_cost_in_the_teams_currency(
+    alice: Any, acme: Any, login: Login, starter_model: Any, chat_version: Any
+) -> None:
+    acme.gpu_hour_price, acme.currency = 2.5, "EUR"
+    acme.save()
+    html = login(alice).post(url("estimate"), form_data(starter_model, chat_version)).content.decode()
+    assert " EUR</b>" in html and "set a price" not in html
+
+
+INVALID_SETTINGS = [
+    pytest.param({"lora__rank": "0"}, "lora__rank", "between 1 and 1024", id="lora-rank-0"),
+    pytest.param({"learning_rate": "-0.001"}, "learning_rate", "positive number", id="negative-learning-rate"),
+    pytest.param({"max_seq_length": "4096"}, "max_seq_length", "context of 1024", id="longer-than-context"),
+    pytest.param({"stage": "dpo"}, "stage", "DPO learns from preference pairs", id="dpo-on-chat"),
+    pytest.param(
+        {"deepspeed": "custom", "deepspeed_custom": '{"no_such_key": 1}'},
+        "deepspeed_custom",
+        "unknown DeepSpeed setting",
+        id="deepspeed-unknown-key",
+    ),
+    pytest.param(
+        {"deepspeed": "custom", "deepspeed_custom": '{"zero_optimization": '},
+        "deepspeed_custom",
+        "not valid JSON",
+        id="deepspeed-not-json",
+    ),
+]
+
+
+@pytest.mark.parametrize(("overrides", "field", "message"), INVALID_SETTINGS)
+def test_invalid_setting_is_shown_next_to_its_field_and_launches_nothing(
+    bob: Any, login: Login, starter_model: Any, chat_version: Any, overrides: dict[str, Any], field: str, message: str
+) -> None:
+    response = login(bob).post(url("new"), form_data(starter_model, chat_version, **overrides))
+    assert response.status_code == 400
+    assert message in " ".join(response.context["form"].errors[field])
+    assert message in field_html(response.content, field)
+    assert not acme_jobs().exists()
+
+
+@pytest.mark.parametrize(("overrides", "field", "message"), INVALID_SETTINGS)
+def test_estimate_lists_what_to_fix_instead_of_numbers(
+    bob: Any, login: Login, starter_model: Any, chat_version: Any, overrides: dict[str, Any], field: str, message: str
+) -> None:
+    html = login(bob).post(url("estimate"), form_data(starter_model, chat_version, **overrides)).content.decode()
+    assert "to see the estimate" in html and message in html and f'href="#field-{field}"' in html
+    assert "Memory per device" not in html
+
+
+def test_valid_launch_queues_a_job_and_opens_its_page(
+    bob: Any, login: Login, starter_model: Any, chat_version: Any, settings: Any
+) -> None:
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    response = login(bob).post(url("new"), form_data(starter_model, chat_version, lora__rank="8"))
+    job = acme_jobs().get()
+    assert response.status_code == 302 and response["Location"] == url("job", job.pk)
+    assert (job.status, job.name, job.created_by) == (JobStatus.QUEUED, "support-assistant", bob)
+    assert job.config["lora"]["rank"] == 8 and job.config["max_steps"] is None
+    assert job.estimate["total_parameters"] == starter_model.parameter_count
+
+
+def test_clone_prefills_the_settings_and_remembers_the_source(
+    bob: Any, login: Login, starter_model: Any, chat_version: Any
+) -> None:
+    source = launch(bob, starter_model, chat_version, name="first", **{"lora.rank": 32, "learning_rate": 1e-4})
+    client = login(bob)
+    form = client.get(url("new") + f"?clone={source.pk}").context["form"]
+    assert form.initial["name"] == "first (copy)"
+    assert form.initial[field_name("lora.rank")] == 32 and form.initial["cloned_from"] == source.pk
+    data = form_data(
+        starter_model, chat_version, name="first (copy)", lora__rank="32", learning_rate="1e-4", cloned_from=source.pk
+    )
+    client.post(url("new"), data)
+    clone = acme_jobs().exclude(pk=source.pk).get()
+    assert clone.cloned_from == source and not jobs.presets.diff([source.config, clone.config])
+
+
+def test_clone_of_an_unknown_job_is_404(alice: Any, login: Login, starter_model: Any) -> None:
+    assert login(alice).get(url("new") + "?clone=999999").status_code == 404
+    assert login(alice).get(url("new") + "?clone=abc").status_code == 404
+
+
+def test_viewer_may_not_open_the_form_estimate_or_launch(
+    user_in_role: Callable[[str], Any], login: Login, starter_model: Any, chat_version: Any
+) -> None:
+    client = login(user_in_role(Role.VIEWER))
+    assert client.get(url("new")).status_code == 403
+    assert client.post(url("new"), form_data(starter_model, chat_version)).status_code == 403
+    assert client.post(url("estimate"), form_data(starter_model, chat_version)).status_code == 403
+    assert not acme_jobs().exists()
+
+
+# ---- the job list and the job page ----------------------------------------------------------------------
+
+
+def test_job_list_shows_progress_and_polls_active_rows(
+    alice: Any, login: Login, starter_model: Any, chat_version: Any
+) -> None:
+    job = launch(alice, starter_model, chat_version, name="polled")
+    acme_jobs().filter(pk=job.pk).update(status=JobStatus.RUNNING, step=5, max_steps=20, eta_seconds=180)
+    html = login(alice).get(url("list")).content.decode()
+    assert "polled" in html and "step 5 / 20" in html and "about 3 min left" in html
+    assert f"?part=row&amp;job={job.pk}" in html and "New fine-tune" in html
+    row = login(alice).get(url("list") + f"?part=row&job={job.pk}").content.decode()
+    assert row.lstrip().startswith(f'<tr id="job-{job.pk}"') and 'hx-trigger="every 3s"' in row
+
+
+def test_viewer_sees_the_list_without_the_launch_button(
+    user_in_role: Callable[[str], Any], login: Login, db: None
+) -> None:
+    html = login(user_in_role(Role.VIEWER)).get(url("list")).content.decode()
+    assert "No fine-tuning jobs yet" in html and "New fine-tune" not in html
+
+
+def test_live_part_draws_the_charts_from_the_metrics(
+    alice: Any, login: Login, starter_model: Any, chat_version: Any
+) -> None:
+    job = launch(alice, starter_model, chat_version)
+    acme_jobs().filter(pk=job.pk).update(status=JobStatus.RUNNING, step=5, max_steps=10, log_tail="step 5")
+    add_metrics(job)
+    html = login(alice).get(url("job", job.pk) + "?part=live").content.decode()
+    assert html.count("<svg") == 5
+    assert "training loss" in html and "validation loss" in html and 'aria-label="Loss' in html
+    assert 'hx-trigger="every 2s"' in html and "Step 5 of 10" in html and "step 5</pre>" in html
+    assert "Cancel job" in html
+
+
+def test_job_page_shows_the_config_as_yaml_and_the_launch_estimate(
+    alice: Any, login: Login, starter_model: Any, chat_version: Any
+) -> None:
+    job = launch(alice, starter_model, chat_version)
+    client = login(alice)
+    html = client.get(url("job", job.pk)).content.decode()
+    assert "stage: sft" in html and "Estimate at launch" in html and "Clone settings" in html
+    download = client.get(url("config", job.pk))
+    assert download["Content-Disposition"].startswith("attachment;")
+    assert b"method: lora" in download.content
+
+
+def test_finished_job_stops_polling_and_the_page_reloads(
+    alice: Any, login: Login, starter_model: Any, chat_version: Any
+) -> None:
+    job = launch(alice, starter_model, chat_version)
+    acme_jobs().filter(pk=job.pk).update(status=JobStatus.CANCELLED)
+    response = login(alice).get(url("job", job.pk) + "?part=live", HTTP_HX_REQUEST="true")
+    assert "hx-trigger" not in response.content.decode() and response["HX-Refresh"] == "true"
+
+
+def test_failed_job_shows_the_failure_and_what_to_do(
+    alice: Any, login: Login, starter_model: Any, chat_version: Any
+) -> None:
+    job = launch(alice, starter_model, chat_version)
+    failure = {"code": "out_of_memory", "message": "Ran out of memory at step 3.", "suggestion": "Lower the batch."}
+    acme_jobs().filter(pk=job.pk).update(status=JobStatus.FAILED, failure=failure)
+    html = login(alice).get(url("job", job.pk)).content.decode()
+    assert "Why it failed" in html and "Ran out of memory at step 3." in html and "Lower the batch." in html
+
+
+def test_succeeded_job_shows_evaluation_generations_and_the_model(
+    alice: Any, login: Login, model_version: ModelVersion
+) -> None:
+    assert model_version.job is not None
+    result = {
+        "eval_loss_before": 3.2,
+        "eval_loss_after": 2.4,
+        "perplexity_before": 24.53,
+        "perplexity_after": 11.02,
+        "generations": [{"prompt": "<|user|>hello", "base": "words words", "tuned": "Hello! How can I help?"}],
+    }
+    acme_jobs().filter(pk=model_version.job.pk).update(result=result)
+    html = login(alice).get(url("job", model_version.job.pk)).content.decode()
+    assert "End-of-run evaluation" in html and "24.53" in html and "11.02" in html and "-25.0%" in html
+    assert "Hello! How can I help?" in html and "words words" in html
+    assert url("version", model_version.pk) in html
+
+
+def test_prompts_of_a_deleted_restricted_dataset_stay_hidden_from_members_without_a_share(
+    alice: Any, bob: Any, login: Login, model_version: ModelVersion
+) -> None:
+    """The dataset is gone, but its model version is restricted: its rows in the generations stay private."""
+    job = model_version.job
+    assert job is not None
+    generations = [{"prompt": "private ticket text", "base": "a", "tuned": "b"}]
+    acme_jobs().filter(pk=job.pk).update(dataset_version=None, result={"generations": generations})
+    acme_models().filter(pk=model_version.pk).update(restricted=True)
+    assert "private ticket text" in login(alice).get(url("job", job.pk)).content.decode()
+    html = login(bob).get(url("job", job.pk)).content.decode()
+    assert "private ticket text" not in html and "not shared with you" in html
+
+
+def test_owner_cancels_a_queued_job(alice: Any, login: Login, starter_model: Any, chat_version: Any) -> None:
+    job = launch(alice, starter_model, chat_version)
+    response = login(alice).post(url("cancel", job.pk))
+    assert response.status_code == 302
+    job.refresh_from_db()
+    assert job.status == JobStatus.CANCELLED
+
+
+def test_member_may_not_cancel_someone_elses_job(
+    alice: Any, bob: Any, login: Login, starter_model: Any, chat_version: Any
+) -> None:
+    job = launch(alice, starter_model, chat_version)
+    assert "Cancel job" not in login(bob).get(url("job", job.pk)).content.decode()
+    assert login(bob).post(url("cancel", job.pk)).status_code == 403
+    job.refresh_from_db()
+    assert job.status == JobStatus.QUEUED
+
+
+# ---- compare ---------------------------------------------------------------------------------------------
+
+
+def test_compare_overlays_the_loss_curves_and_lists_the_differences(
+    alice: Any, login: Login, starter_model: Any, chat_version: Any
+) -> None:
+    first = launch(alice, starter_model, chat_version, name="rank 16")
+    second = launch(alice, starter_model, chat_version, name="rank 64", **{"lora.rank": 64, "lora.alpha": 128})
+    add_metrics(first)
+    add_metrics(second, steps=3)
+    response = login(alice).get(url("compare") + f"?jobs={first.pk}&jobs={second.pk}")
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert f"#{first.pk} rank 16" in html and f"#{second.pk} rank 64" in html and "<svg" in html
+    assert [row["label"] for row in response.context["diff"]] == ["LoRA rank", "LoRA alpha"]
+    assert response.context["diff"][0]["values"] == ["16", "64"]
+
+
+def test_compare_needs_two_jobs(alice: Any, login: Login, starter_model: Any, chat_version: Any) -> None:
+    job = launch(alice, starter_model, chat_version)
+    client = login(alice)
+    assert client.get(url("compare") + f"?jobs={job.pk}").status_code == 302
+    assert client.get(url("compare") + "?jobs=x&jobs=y").status_code == 302
+
+
+# ---- the model registry ----------------------------------------------------------------------------------
+
+
+def test_models_page_lists_the_trained_versions(alice: Any, login: Login, model_version: ModelVersion) -> None:
+    html = login(alice).get(url("models")).content.decode()
+    assert "Trained model versions" in html and url("version", model_version.pk) in html
+
+
+def test_version_page_shows_card_metrics_and_lineage(
+    alice: Any, login: Login, model_version: ModelVersion, chat_version: Any
+) -> None:
+    html = login(alice).get(url("version", model_version.pk)).content.decode()
+    assert "# support v1" in html and "## Training data" in html  # the Markdown card
+    assert chat_version.content_hash in html
+    assert reverse("datasets:version", args=["acme", chat_version.dataset_id, chat_version.number]) in html
+    assert "Download adapter (.zip)" in html and "Delete…" in html and "Save the card" in html
+
+
+def test_download_is_a_zip_with_the_files_and_the_card(alice: Any, login: Login, model_version: ModelVersion) -> None:
+    response = login(alice).get(url("version_download", model_version.pk))
+    assert response.status_code == 200
+    assert response["Content-Disposition"] == 'attachment; filename="support-v1-adapter.zip"'
+    archive = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content)))  # type: ignore[attr-defined]
+    assert set(archive.namelist()) == {"adapter_model.safetensors", "README.md"}
+    assert "Intended use" in archive.read("README.md").decode()
+
+
+def test_download_of_a_missing_merged_model_explains_itself(
+    alice: Any, login: Login, model_version: ModelVersion
+) -> None:
+    response = login(alice).get(url("version_download", model_version.pk) + "?merged=1", follow=True)
+    assert "has no merged model" in response.content.decode()
+
+
+def test_viewer_may_not_download(user_in_role: Callable[[str], Any], login: Login, model_version: ModelVersion) -> None:
+    client = login(user_in_role(Role.VIEWER))
+    assert "Download adapter" not in client.get(url("version", model_version.pk)).content.decode()
+    assert client.get(url("version_download", model_version.pk)).status_code == 403
+
+
+def test_member_edits_the_card(bob: Any, login: Login, model_version: ModelVersion) -> None:
+    data = {"intended_use": "Answering support tickets.", "limitations": "English only."}
+    assert login(bob).post(url("version_card", model_version.pk), data).status_code == 302
+    model_version.refresh_from_db()
+    assert (model_version.intended_use, model_version.limitations) == ("Answering support tickets.", "English only.")
+
+
+def test_overlong_card_text_is_refused_next_to_its_field(bob: Any, login: Login, model_version: ModelVersion) -> None:
+    response = login(bob).post(url("version_card", model_version.pk), {"intended_use": "x" * 4001})
+    assert response.status_code == 400 and "at most 4000 characters" in response.content.decode()
+    model_version.refresh_from_db()
+    assert model_version.intended_use == ""
+
+
+def test_member_may_not_delete_a_version(bob: Any, login: Login, model_version: ModelVersion) -> None:
+    client = login(bob)
+    assert client.get(url("version_delete", model_version.pk)).status_code == 403
+    assert client.post(url("version_delete", model_version.pk)).status_code == 403
+    assert acme_models().filter(pk=model_version.pk).exists()
+
+
+def test_owner_deletes_a_version_after_confirming(alice: Any, login: Login, model_version: ModelVersion) -> None:
+    client = login(alice)
+    assert "cannot be undone" in client.get(url("version_delete", model_version.pk)).content.decode()
+    assert client.post(url("version_delete", model_version.pk)).status_code == 302
+    assert not acme_models().filter(pk=model_version.pk).exists()
+
+
+def test_restricted_version_is_hidden_until_shared(
+    alice: Any, bob: Any, login: Login, model_version: ModelVersion
+) -> None:
+    acme_models().filter(pk=model_version.pk).update(restricted=True)
+    assert login(bob).get(url("version", model_version.pk)).status_code == 404
+    owner = login(alice)
+    assert "Shared with" in owner.get(url("version", model_version.pk)).content.decode()
+    member_id = Membership.objects.get(user=bob).pk
+    owner.post(url("version_share", model_version.pk), {"member": member_id, "level": "view"})
+    assert login(bob).get(url("version", model_version.pk)).status_code == 200
+
+
+# ---- the dataset pages -----------------------------------------------------------------------------------
+
+
+def test_dataset_version_page_lists_the_jobs_that_trained_on_it(
+    alice: Any, login: Login, starter_model: Any, chat_version: Any
+) -> None:
+    job = launch(alice, starter_model, chat_version, name="trained on v1")
+    page = reverse("datasets:version", args=["acme", chat_version.dataset_id, chat_version.number])
+    html = login(alice).get(page).content.decode()
+    assert "Jobs that trained on this version" in html and "trained on v1" in html and url("job", job.pk) in html
+
+
+def test_dataset_delete_confirmation_names_the_models_trained_on_it(
+    alice: Any, login: Login, model_version: ModelVersion, chat_version: Any
+) -> None:
+    html = login(alice).get(reverse("datasets:delete", args=["acme", chat_version.dataset_id])).content.decode()
+    assert "Models trained on this dataset" in html and "support v1" in html and "name and content hash" in html
+
+
+# ---- isolation -------------------------------------------------------------------------------------------
+
+
+def test_outsider_gets_404_on_every_training_page(
+    charlie: Any, login: Login, model_version: ModelVersion, starter_model: Any, chat_version: Any
+) -> None:
+    job = model_version.job
+    assert job is not None
+    client = login(charlie)
+    pages = [
+        url("list"),
+        url("new"),
+        url("new") + f"?clone={job.pk}",
+        url("compare") + f"?jobs={job.pk}&jobs={job.pk}",
+        url("job", job.pk),
+        url("job", job.pk) + "?part=live",
+        url("config", job.pk),
+        url("models"),
+        url("version", model_version.pk),
+        url("version_download", model_version.pk),
+        url("version_delete", model_version.pk),
+    ]
+    for page in pages:
+        assert client.get(page).status_code == 404, page
+    posts = [url("new"), url("estimate"), url("cancel", job.pk), url("version_card", model_version.pk)]
+    posts += [url("version_delete", model_version.pk), url("version_share", model_version.pk)]
+    for page in posts:
+        assert client.post(page, form_data(starter_model, chat_version)).status_code == 404, page
+    assert acme_jobs().count() == 1 and acme_models().filter(pk=model_version.pk).exists()
+
+
+def test_acme_ids_under_charlies_own_team_are_404(
+    charlie: Any, login: Login, model_version: ModelVersion, starter_model: Any, chat_version: Any
+) -> None:
+    job = model_version.job
+    assert job is not None
+    client = login(charlie)
+    for page in (url("job", job.pk, team="globex"), url("version", model_version.pk, team="globex")):
+        assert client.get(page).status_code == 404
+    assert client.get(url("new", team="globex") + f"?clone={job.pk}").status_code == 404
+    assert client.get(url("compare", team="globex") + f"?jobs={job.pk}&jobs={job.pk + 1}").status_code == 404
+    assert client.post(url("cancel", job.pk, team="globex")).status_code == 404
+    launched = client.post(url("new", team="globex"), form_data(starter_model, chat_version))
+    assert launched.status_code == 400 and "dataset_version" in launched.context["form"].errors
+
+
+# ---- the chart tag ---------------------------------------------------------------------------------------
+
+
+def test_line_chart_draws_each_series_with_its_range() -> None:
+    chart = line_chart({"loss": [(1, 2.0), (2, 1.5), (3, float("nan"))], "eval": []}, "Loss")
+    assert [line["name"] for line in chart["lines"]] == ["loss"]
+    assert [tick["label"] for tick in chart["y_ticks"]] == ["2", "1.75", "1.5"]
+    assert chart["legend"][1]["last"] is None and "eval: no data yet" in chart["summary"]
+
+
+def test_line_chart_without_points_says_so() -> None:
+    assert line_chart({"loss": []}, "Loss")["lines"] == []
+
+
+def test_numbers_read_as_an_engineer_expects() -> None:
+    assert [format_number(v) for v in (2e-4, 0.12345, 1.23456, 12345, None)] == [
+        "2e-4",
+        "0.1235",
+        "1.235",
+        "12.3k",
+        "–",
+    ]
