@@ -282,6 +282,10 @@ TRAINING_CANCEL_GRACE_SECONDS = env_int("TRAINING_CANCEL_GRACE_SECONDS", 5, mini
 # How many times a job is restarted after its worker died before it is failed.
 TRAINING_MAX_ATTEMPTS = env_int("TRAINING_MAX_ATTEMPTS", 3, minimum=1)
 
+# Base models from the Hugging Face Hub (or a mirror): HF_ENDPOINT, and a token for gated/private repositories.
+HF_ENDPOINT = env_str("HF_ENDPOINT", "")
+HF_TOKEN = env_str("HF_TOKEN", "")
+
 # Invitations expire after this many hours.
 INVITATION_TTL_HOURS = env_int("INVITATION_TTL_HOURS", 72, minimum=1)
 

@@ -13,7 +13,7 @@ from ninja.utils import normalize_path
 from accounts.models import AuditEvent, Invitation, Membership, Team, TeamAPIKey, TeamAPIKeyUserObjectPermission
 from datasets_app.models import Dataset, DatasetUserObjectPermission, DatasetVersion
 from studio.api import api
-from training_app.models import ModelVersion, ModelVersionUserObjectPermission, TrainingJob
+from training_app.models import BaseModel, ModelVersion, ModelVersionUserObjectPermission, TrainingJob
 
 API_ROOT = "/api/v1/"
 # The middleware scopes any view whose URL has a ``team_slug`` kwarg, whatever its converter.
@@ -82,6 +82,7 @@ def team_state(team: Team) -> dict[str, Any]:
                 "content_object_id", "user__username", "permission__codename"
             )
         ),
+        "base_models": sorted(BaseModel.objects.filter(team=team).values_list("pk", "name", "status")),
         "jobs": sorted(TrainingJob.objects.for_team(team).values_list("pk", "name", "status")),
         "model_version_shares": sorted(
             ModelVersionUserObjectPermission.objects.filter(content_object__team=team).values_list(

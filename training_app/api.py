@@ -24,7 +24,7 @@ from accounts.http import client_ip
 from accounts.permissions import TeamAccess
 from datasets_app import services as datasets_services
 from datasets_app.models import DatasetVersion
-from training_app import jobs, presets, registry, services
+from training_app import hub, jobs, presets, registry, services
 from training_app.models import BaseModel, ModelVersion, TrainingJob
 
 router = Router(tags=["training"])
@@ -47,6 +47,10 @@ class BaseModelOut(Schema):
     license: str
     description: str
     has_chat_template: bool = Field(description="Needed to train on chat and preference data.")
+    status: Literal["ready", "downloading", "failed"] = Field(description="downloading: a Hub download is running.")
+    progress: float = Field(description="Share of a Hub download done (0-1).")
+    error: str = Field(description="Why a Hub download was refused or failed, and what to do.")
+    repo_id: str
     created_at: datetime
 
     @staticmethod
@@ -60,6 +64,11 @@ class BaseModelOut(Schema):
     @staticmethod
     def resolve_has_chat_template(model: BaseModel) -> bool:
         return bool(model.chat_template)
+
+
+class HubModelIn(Schema):
+    repo_id: str = Field(description="The Hub repository, owner/name.", max_length=200)
+    revision: str = Field("", description="Branch, tag or commit; empty: main.", max_length=100)
 
 
 class BaseModelDetail(BaseModelOut):
@@ -333,6 +342,19 @@ def _unavailable_reason(preset: presets.Preset, pools: list[PoolOut]) -> str | N
 def list_base_models(request: HttpRequest, slug: str) -> QuerySet[BaseModel]:
     """The models the team can fine-tune: its own and those an operator provides to every team."""
     return services.available_models(team_access(request, slug))
+
+
+@router.post(
+    "teams/{slug}/base-models",
+    response={202: BaseModelOut, 400: Error, 403: Error, 404: Error},
+    summary="Add a base model from the Hugging Face Hub",
+)
+def add_hub_model(request: HttpRequest, slug: str, body: HubModelIn) -> tuple[int, BaseModel]:
+    """Start downloading a Hub repository as a team base model: poll ``GET base-models/{id}`` for
+    ``status``/``progress``. Only safetensors weights are fetched; a repository with its own Python code
+    (``trust_remote_code``), only pickled weights, or that is missing/gated ends ``failed`` with the reason."""
+    access = team_access(request, slug)
+    return 202, hub.request_download(access=access, repo_id=body.repo_id, revision=body.revision, ip=client_ip(request))
 
 
 @router.get(

@@ -230,3 +230,17 @@ class ModelCardForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 4}),
         help_text="Where it should not be trusted: topics, languages, known failure modes.",
     )
+
+
+class HubModelForm(forms.Form):
+    """Add a base model from the Hugging Face Hub (downloaded by a worker; safetensors only)."""
+
+    repo_id = forms.CharField(
+        label="Hub repository",
+        max_length=200,
+        help_text="owner/name, e.g. HuggingFaceTB/SmolLM2-135M-Instruct. Models with their own code are refused.",
+        widget=forms.TextInput(attrs={"placeholder": "owner/name"}),
+    )
+    revision = forms.CharField(
+        required=False, max_length=100, help_text="Branch, tag or commit; empty: main.", label="Revision"
+    )

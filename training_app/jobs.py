@@ -194,7 +194,7 @@ def _observed_flops(team: Any, pool: str, shape: estimator.ModelShape, pool_spec
 
 
 def usable_base_models(access: TeamAccess) -> QuerySet[BaseModel]:
-    return BaseModel.objects.available_to(access.team)
+    return BaseModel.objects.available_to(access.team).ready()
 
 
 def usable_dataset_versions(access: TeamAccess) -> QuerySet[DatasetVersion]:

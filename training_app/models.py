@@ -20,6 +20,10 @@ class BaseModelQuerySet(models.QuerySet["BaseModel"]):
         """The team's own base models plus the ones an operator made available to every team."""
         return self.filter(Q(team=team) | Q(team__isnull=True))
 
+    def ready(self) -> BaseModelQuerySet:
+        """Models whose files are all there (not downloading, not failed)."""
+        return self.filter(status=BaseModel.Status.READY)
+
 
 class BaseModel(models.Model):
     """A model to fine-tune from: the studio's starter model, an operator's server path, or a team's own.
@@ -31,6 +35,12 @@ class BaseModel(models.Model):
     class Source(models.TextChoices):
         STARTER = "starter", "Created by the studio"
         SERVER_PATH = "server_path", "Server path (registered by an operator)"
+        HUB = "hub", "Hugging Face Hub"
+
+    class Status(models.TextChoices):
+        READY = "ready", "Ready"
+        DOWNLOADING = "downloading", "Downloading"
+        FAILED = "failed", "Failed"
 
     team = models.ForeignKey(Team, on_delete=models.CASCADE, null=True, blank=True, related_name="+")
     name = models.CharField(max_length=120)
@@ -44,6 +54,11 @@ class BaseModel(models.Model):
     license = models.CharField(max_length=200, blank=True)
     description = models.TextField(blank=True)
     details = models.JSONField(default=dict, blank=True)
+    repo_id = models.CharField(max_length=200, blank=True, help_text="Hub repository, for downloaded models.")
+    revision = models.CharField(max_length=100, blank=True, help_text="Hub branch, tag or commit.")
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.READY)
+    progress = models.FloatField(default=1.0, help_text="Share of the download done (0–1).")
+    error = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     objects = BaseModelQuerySet.as_manager()

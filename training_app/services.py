@@ -45,6 +45,9 @@ def register_model_folder(
         "license": facts.license,
         "description": facts.description,
         "details": facts.details,
+        "status": BaseModel.Status.READY,
+        "progress": 1.0,
+        "error": "",
     }
     with transaction.atomic():
         model, created = BaseModel.objects.update_or_create(team=team, name=name, defaults=fields)

@@ -16,6 +16,7 @@ urlpatterns = [
     path("training/<int:job_id>/config.yaml", views.job_config, name="config"),
     path("models/", views.model_list, name="models"),
     path("models/<int:model_id>/", views.model_detail, name="model_detail"),
+    path("models/hub/", views.model_add_hub, name="model_add_hub"),
     path("models/versions/<int:version_id>/", views.version_detail, name="version"),
     path("models/versions/<int:version_id>/card", views.version_card, name="version_card"),
     path("models/versions/<int:version_id>/download", views.version_download, name="version_download"),

@@ -22,17 +22,18 @@ from django.views.decorators.http import require_POST
 
 from accounts import services as account_services
 from accounts.forms import ShareForm
-from accounts.http import client_ip
+from accounts.http import add_service_errors, client_ip
 from accounts.models import Membership
 from accounts.permissions import TeamAccess, require_object_action, require_perm
 from accounts.roles import Perm, Role
 from accounts.views import apply_share_form
 from datasets_app import services as dataset_services
 from datasets_app.models import DatasetVersion
-from training_app import jobs, presets, registry, services
+from training_app import hub, jobs, presets, registry, services
 from training_app.estimator import GIB
 from training_app.forms import (
     MAIN_SETTINGS,
+    HubModelForm,
     JobForm,
     ModelCardForm,
     add_setting_errors,
@@ -467,14 +468,43 @@ def model_list(request: HttpRequest, team_slug: str) -> HttpResponse:
         "models": services.available_models(access),
         "versions": registry.visible_versions(access),
         "can_launch": access.can(Perm.LAUNCH_TRAINING),
+        "hub_form": _hub_form(request),
     }
     return render(request, "training/models.html", context)
+
+
+def _hub_form(request: HttpRequest) -> HubModelForm:
+    return HubModelForm(request.POST if request.method == "POST" else None)
+
+
+@require_POST
+@require_perm(Perm.LAUNCH_TRAINING)
+def model_add_hub(request: HttpRequest, team_slug: str) -> HttpResponse:
+    """Start downloading a Hub model into the team's base models (a task with progress)."""
+    access = _access(request)
+    form = _hub_form(request)
+    if form.is_valid():
+        try:
+            model = hub.request_download(access=access, ip=client_ip(request), **form.cleaned_data)
+        except ValidationError as error:
+            add_service_errors(form, error)
+        else:
+            messages.success(request, f"Downloading {model.name}: safetensors files only, checked before use.")
+            return redirect("training:model_detail", team_slug, model.pk)
+    context = {
+        "models": services.available_models(access),
+        "versions": registry.visible_versions(access),
+        "can_launch": True,
+        "hub_form": form,
+    }
+    return render(request, "training/models.html", context, status=400)
 
 
 @require_perm(Perm.VIEW_TEAM)
 def model_detail(request: HttpRequest, team_slug: str, model_id: int) -> HttpResponse:
     model = get_object_or_404(services.available_models(_access(request)), pk=model_id)
-    return render(request, "training/model_detail.html", {"model": model})
+    template = "training/_model_status.html" if request.GET.get("part") == "status" else "training/model_detail.html"
+    return render(request, template, {"model": model})
 
 
 @require_perm(Perm.VIEW_TEAM)

@@ -176,6 +176,8 @@ class RunConfig:
                 errors["method"] = reason
         if self.precision == "fp16" and (self.use_cpu or cuda_available is False):
             errors["precision"] = "fp16 mixed precision needs a CUDA GPU; on CPU use bf16 or fp32"
+        elif self.precision != "fp32" and self.deepspeed != "none" and (self.use_cpu or cuda_available is False):
+            errors["precision"] = "DeepSpeed on CPU trains in fp32 only (transformers refuses bf16 there); use fp32"
         if self.deepspeed == "custom":
             if not isinstance(self.deepspeed_custom, dict) or not self.deepspeed_custom:
                 errors["deepspeed_custom"] = "paste the DeepSpeed configuration as a JSON object"
