@@ -184,10 +184,24 @@ def _observed_flops(team: Any, pool: str, shape: estimator.ModelShape, pool_spec
                 shape=job_shape,
                 method=str(job.config.get("method", "lora")),
                 devices=pool_spec.devices,
-                seq=int(job.config.get("max_seq_length", 512)),
+                sequence_length=_mean_sequence_length(job, pool_spec.devices),
+                stage=str(job.config.get("stage", "sft")),
             )
         )
     return observed
+
+
+def _mean_sequence_length(job: TrainingJob, devices: int) -> float | None:
+    """Tokens per sequence a finished run saw (for the attention FLOPs), from its tokens and steps."""
+    result, config = job.result or {}, job.config
+    sequences = (
+        int(result.get("steps") or 0)
+        * int(config.get("per_device_batch_size", 1))
+        * int(config.get("gradient_accumulation", 1))
+        * max(devices, 1)
+    )
+    tokens = result.get("tokens_seen")
+    return float(tokens) / sequences if sequences and isinstance(tokens, int | float) and tokens > 0 else None
 
 
 # ---- launching, cancelling, cloning ---------------------------------------------------------------------
