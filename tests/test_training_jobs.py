@@ -391,3 +391,23 @@ def test_killed_worker_resumes_from_its_checkpoint_and_finishes_once(
             if process is not None and process.poll() is None:
                 process.terminate()
                 process.wait(timeout=30)
+
+
+def test_a_rolled_back_launch_enqueues_nothing_and_a_committed_one_is_sent(alice: Any, starter_model: Any) -> None:
+    import redis
+    from django.db import transaction
+
+    version = sample_version(alice.memberships.first().team, alice, "chat")
+    queue = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    queue.delete("gpu-idle")
+
+    with pytest.raises(RuntimeError), transaction.atomic():
+        launch(alice, version, starter_model, pool="idle", name="rolled back")
+        raise RuntimeError("the request failed after the job was created")
+    assert not TrainingJob.objects.for_team(version.team).exists()
+    assert queue.llen("gpu-idle") == 0
+
+    job = launch(alice, version, starter_model, pool="idle", name="committed")
+    assert queue.llen("gpu-idle") == 1
+    job.refresh_from_db()
+    assert job.dispatched_at is not None
