@@ -298,12 +298,14 @@ CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
     "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 12 * 3600, minimum=60),
 }
 if CELERY_BROKER_URL.startswith("filesystem://"):
-    for folder in ("in", "processed"):
+    for folder in ("in", "processed", "control"):
         (BROKER_DIR / folder).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS.update(
         data_folder_in=str(BROKER_DIR / "in"),
         data_folder_out=str(BROKER_DIR / "in"),
         processed_folder=str(BROKER_DIR / "processed"),
+        # Broadcast (worker control) messages: without this kombu writes them to ./control in the checkout.
+        control_folder=str(BROKER_DIR / "control"),
         store_processed=False,
     )
 # Results are only kept where a Redis is at hand; tasks report their outcome through the database.
