@@ -21,6 +21,7 @@ from django.template.loader import render_to_string
 from guardian.shortcuts import assign_perm
 
 from accounts import audit
+from accounts.models import Team
 from accounts.permissions import TeamAccess, require_object_action, visible_objects
 from accounts.roles import Perm
 from training_app.models import ModelVersion, TrainingJob
@@ -53,6 +54,8 @@ def register_from_job(job: TrainingJob, result: dict[str, Any]) -> ModelVersion:
     path = artifacts.get("adapter") or artifacts.get("model") or ""
     dataset = job.dataset_version.dataset if job.dataset_version else None
     restricted = bool(dataset and dataset.restricted)
+    # Two jobs of the same name finishing at once on two workers must not both take number N + 1.
+    Team.objects.select_for_update().filter(pk=job.team_id).first()
     number = (
         ModelVersion.objects.for_team(job.team).filter(name=job.name).aggregate(top=Max("number"))["top"] or 0
     ) + 1
