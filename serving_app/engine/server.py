@@ -1,0 +1,280 @@
+"""The OpenAI-compatible HTTP API: ``/v1/models``, ``/v1/chat/completions``, ``/v1/completions`` (+ SSE streams).
+
+Errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 400 for a request the client
+can fix, 404 for an unknown model, 429 when too many requests already wait for the same base model, 500
+when a registered model cannot be loaded. ``/admin/reload`` re-reads the registry and ``/admin/status``
+shows what is loaded; the server listens on loopback only and the studio fronts it for users.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from serving_app.engine.generation import GenerationResult, SamplingParams
+from serving_app.engine.pool import Event, LoadedBase, ModelPool, ModelUnavailable, QueueFull
+from serving_app.engine.registry import Registry, ServedModel
+
+# The most new tokens one request may ask for, whatever the model's context allows.
+MAX_TOKENS_CEILING = 4096
+MAX_STOP_STRINGS = 4
+
+
+class ApiError(Exception):
+    """An error answered in OpenAI's format."""
+
+    def __init__(
+        self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
+        code: str | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return JSONResponse(body, status_code=self.status)
+
+
+class ChatMessage(BaseModel):
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class CompletionParams(BaseModel):
+    model: str
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0, le=2)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+
+class ChatRequest(CompletionParams):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+class CompletionRequest(CompletionParams):
+    prompt: str | list[str]
+
+
+def create_app(registry: Registry, pool: ModelPool, *, max_tokens_ceiling: int = MAX_TOKENS_CEILING) -> FastAPI:
+    """The FastAPI application serving ``registry``'s models from ``pool``."""
+    app = FastAPI(title="Atelier inference server", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        location = [str(part) for part in first.get("loc", ()) if part != "body"]
+        param = ".".join(location) or None
+        message = f"{param}: {first.get('msg', 'invalid value')}" if param else str(first.get("msg", "invalid request"))
+        return ApiError(400, message, param=param).response()
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        models = registry.models()
+        created = int(time.time())
+        data = [{"id": name, "object": "model", "created": created, "owned_by": "atelier"} for name in models]
+        return {"object": "list", "data": data}
+
+    @app.post("/admin/reload")
+    async def reload_registry() -> dict[str, Any]:
+        registry.reload()
+        return {"models": sorted(registry.models()), "problem": registry.problem}
+
+    @app.get("/admin/status")
+    async def status() -> dict[str, Any]:
+        stats = pool.stats
+        return {
+            "loaded": pool.loaded(),
+            "registry_problem": registry.problem,
+            "generations": stats.generations,
+            "cancelled": stats.cancelled,
+            "evictions": stats.evictions,
+        }
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(body: ChatRequest) -> JSONResponse | StreamingResponse:
+        served, base = await _resolve(body.model)
+        if base.tokenizer.chat_template is None:
+            raise ApiError(400, f"{body.model} has no chat template; use /v1/completions", param="messages")
+        messages = [{"role": m.role, "content": _message_text(m)} for m in body.messages]
+        try:
+            text = base.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as exc:  # a template may reject a conversation (e.g. roles out of order)
+            raise ApiError(400, f"the chat template rejected these messages: {exc}", param="messages") from exc
+        prompt_ids = base.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return await _respond(body, served, base, prompt_ids, chat=True)
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(body: CompletionRequest) -> JSONResponse | StreamingResponse:
+        prompt = body.prompt
+        if isinstance(prompt, list):
+            if len(prompt) != 1:
+                raise ApiError(400, "send one prompt per request", param="prompt")
+            prompt = prompt[0]
+        served, base = await _resolve(body.model)
+        prompt_ids = base.tokenizer(prompt)["input_ids"]
+        return await _respond(body, served, base, prompt_ids, chat=False)
+
+    async def _resolve(name: str) -> tuple[ServedModel, LoadedBase]:
+        served = registry.get(name)
+        if served is None:
+            raise ApiError(404, f"The model '{name}' does not exist", param="model", code="model_not_found")
+        try:
+            return served, await pool.base(served.base)
+        except ModelUnavailable as exc:
+            raise ApiError(
+                500, f"{name} cannot be served: {exc}", type="server_error", code="model_unavailable"
+            ) from exc
+
+    async def _respond(
+        body: CompletionParams, served: ServedModel, base: LoadedBase, prompt_ids: list[int], *, chat: bool
+    ) -> JSONResponse | StreamingResponse:
+        params = _sampling_params(body, len(prompt_ids), base.context_length, max_tokens_ceiling)
+        try:
+            events = pool.generate(base, served.adapter, prompt_ids, params)
+            first = await anext(events)  # errors before the first token still get a proper status code
+        except QueueFull as exc:
+            raise ApiError(429, f"{served.name} is busy: {exc}; retry shortly", type="rate_limit_error",
+                           code="rate_limit_exceeded") from exc  # fmt: skip
+        except ModelUnavailable as exc:
+            raise ApiError(500, f"{served.name} cannot be served: {exc}", type="server_error",
+                           code="model_unavailable") from exc  # fmt: skip
+        shape = _Shape(served.name, chat=chat)
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(
+                _sse(shape, first, events, include_usage),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        text, result = [first.delta], first.result
+        async for event in events:
+            text.append(event.delta)
+            result = event.result or result
+        assert result is not None
+        return JSONResponse(shape.whole("".join(text), result))
+
+    return app
+
+
+def _message_text(message: ChatMessage) -> str:
+    if isinstance(message.content, list):  # OpenAI content parts: keep the text ones
+        return "".join(str(part.get("text", "")) for part in message.content if part.get("type") == "text")
+    return message.content or ""
+
+
+def _sampling_params(body: CompletionParams, prompt_tokens: int, context: int, ceiling: int) -> SamplingParams:
+    if body.n != 1:
+        raise ApiError(400, "only n=1 is supported", param="n")
+    room = context - prompt_tokens
+    if room < 1:
+        raise ApiError(400, f"the prompt has {prompt_tokens} tokens, the model's context is {context}",
+                       param="messages", code="context_length_exceeded")  # fmt: skip
+    requested = body.max_completion_tokens or body.max_tokens
+    if requested is not None and requested > ceiling:
+        raise ApiError(400, f"max_tokens is {requested}; this server allows at most {ceiling}", param="max_tokens")
+    if requested is not None and requested > room:
+        raise ApiError(400, f"max_tokens {requested} + the prompt's {prompt_tokens} tokens exceed the model's "
+                       f"context of {context} tokens", param="max_tokens", code="context_length_exceeded")  # fmt: skip
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if len(stop) > MAX_STOP_STRINGS:
+        raise ApiError(400, f"at most {MAX_STOP_STRINGS} stop strings", param="stop")
+    return SamplingParams(
+        max_tokens=requested or min(room, ceiling),
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=tuple(stop),
+        seed=body.seed,
+    )
+
+
+class _Shape:
+    """OpenAI's response and chunk shapes for chat (``chat.completion``) or text (``text_completion``)."""
+
+    def __init__(self, model: str, *, chat: bool) -> None:
+        self.model, self.chat = model, chat
+        self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+
+    def _envelope(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": choices}
+
+    def whole(self, text: str, result: GenerationResult) -> dict[str, Any]:
+        if self.chat:
+            choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text}}
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None}
+        choice["finish_reason"] = result.finish_reason
+        body = self._envelope("chat.completion" if self.chat else "text_completion", [choice])
+        body["usage"] = _usage(result)
+        return body
+
+    def chunk(self, delta: str | None, finish_reason: str | None = None, *, role: bool = False) -> dict[str, Any]:
+        if self.chat:
+            content: dict[str, Any] = {} if delta is None else {"content": delta}
+            if role:
+                content = {"role": "assistant", "content": ""}
+            choice: dict[str, Any] = {"index": 0, "delta": content}
+        else:
+            choice = {"index": 0, "text": delta or "", "logprobs": None}
+        choice["finish_reason"] = finish_reason
+        return self._envelope("chat.completion.chunk" if self.chat else "text_completion", [choice])
+
+
+def _usage(result: GenerationResult) -> dict[str, int]:
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+    }
+
+
+async def _sse(shape: _Shape, first: Event, events: AsyncIterator[Event], include_usage: bool) -> AsyncIterator[str]:
+    """The event stream: a role chunk (chat), one chunk per text delta, the finish chunk, usage, ``[DONE]``."""
+
+    def data(payload: dict[str, Any]) -> str:
+        if include_usage:
+            payload.setdefault("usage", None)
+        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+    try:
+        if shape.chat:
+            yield data(shape.chunk(None, role=True))
+        event: Event | None = first
+        while event is not None:
+            if event.delta:
+                yield data(shape.chunk(event.delta))
+            if event.result is not None:
+                yield data(shape.chunk(None, event.result.finish_reason))
+                if include_usage:
+                    usage = shape._envelope(shape.chunk(None)["object"], [])
+                    usage["usage"] = _usage(event.result)
+                    yield data(usage)
+                break
+            event = await anext(events, None)
+        yield "data: [DONE]\n\n"
+    except Exception as exc:  # headers are sent: report the failure in the stream, as OpenAI does
+        yield data({"error": {"message": str(exc), "type": "server_error", "param": None, "code": None}})
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
