@@ -91,8 +91,7 @@ def download(model_id: int) -> None:
     try:
         files = _check_repository(model.repo_id, model.revision or None)
         shutil.rmtree(staging, ignore_errors=True)
-        _fetch(model, files, staging)
-        _check_config(staging)
+        _fetch(model, files, staging)  # checks config.json for auto_map before any weights arrive
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
         services.register_model_folder(path=target, name=model.name, source=BaseModel.Source.HUB, team=model.team)
