@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
+INFERENCE_PORT ?= 8701
 
 # Tests run against the real services: PostgreSQL and Redis on this machine (see .ci/run).
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/atelier
@@ -38,7 +39,8 @@ run: $(STAMP)
 	$(VENV)/bin/celery -A studio worker -Q default --concurrency 1 --hostname cpu@%h --loglevel INFO & \
 	$(VENV)/bin/celery -A studio worker -Q gpu --concurrency 1 --hostname gpu@%h --loglevel INFO & \
 	$(VENV)/bin/celery -A studio beat --loglevel WARNING --schedule var/celerybeat-schedule & \
-	$(VENV)/bin/uvicorn studio.asgi:app --host $(HOST) --port $(PORT)
+	$(PY) -m serving_app.engine --registry var/serving/models.json --port $(INFERENCE_PORT) & \
+	ATELIER_INFERENCE_URL=http://127.0.0.1:$(INFERENCE_PORT) $(VENV)/bin/uvicorn studio.asgi:app --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

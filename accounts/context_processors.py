@@ -15,6 +15,8 @@ NAVIGATION = [
     ("Training", "training:list"),
     ("Models", "training:models"),
     ("Playground", "serving:playground"),
+    ("Arena", "serving:arena"),
+    ("Deployments", "serving:deployments"),
     ("Team", "accounts:team_home"),
 ]
 

@@ -43,6 +43,11 @@ class Team(models.Model):
         help_text="What one GPU-hour costs the team (in its currency), for the cost estimate before a launch.",
     )
     currency = models.CharField(max_length=3, default="USD", help_text="ISO code shown next to prices, e.g. EUR.")
+    prompt_retention_days = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Keep playground prompts and answers this many days; empty means they are never stored.",
+    )
 
     class Meta:
         ordering: ClassVar = ["name"]
@@ -184,6 +189,13 @@ class TeamAPIKey(TokenBase, TeamOwnedModel):
         default=Role.VIEWER,
     )
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    # Limits on the OpenAI-compatible API (/v1); the deployments a key may call are on ``Deployment``.
+    requests_per_minute = models.PositiveIntegerField(
+        default=60, help_text="Requests this key may make to /v1 per minute (more get 429)."
+    )
+    max_tokens = models.PositiveIntegerField(
+        default=1024, help_text="The most new tokens one /v1 request may ask for (more get 400)."
+    )
 
     class Meta(TokenBase.Meta):
         pass

@@ -31,10 +31,18 @@ class Perm(StrEnum):
     EXPORT_DATASETS = "datasets.export"
     LAUNCH_TRAINING = "training.launch"
     EXPORT_MODELS = "models.export"
+    USE_PLAYGROUND = "playground.use"
+    MANAGE_DEPLOYMENTS = "deployments.manage"
 
 
 _EVERYONE = frozenset({Perm.VIEW_TEAM})
-_CONTRIBUTORS = _EVERYONE | {Perm.UPLOAD_DATASETS, Perm.EXPORT_DATASETS, Perm.LAUNCH_TRAINING, Perm.EXPORT_MODELS}
+_CONTRIBUTORS = _EVERYONE | {
+    Perm.UPLOAD_DATASETS,
+    Perm.EXPORT_DATASETS,
+    Perm.LAUNCH_TRAINING,
+    Perm.EXPORT_MODELS,
+    Perm.USE_PLAYGROUND,
+}
 _ADMINS = _EVERYONE | {
     Perm.CHANGE_TEAM,
     Perm.INVITE_MEMBERS,
@@ -47,6 +55,8 @@ _ADMINS = _EVERYONE | {
     Perm.EXPORT_DATASETS,
     Perm.LAUNCH_TRAINING,
     Perm.EXPORT_MODELS,
+    Perm.USE_PLAYGROUND,
+    Perm.MANAGE_DEPLOYMENTS,
 }
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Perm]] = {
@@ -78,6 +88,8 @@ PERM_DESCRIPTIONS: dict[Perm, str] = {
     Perm.EXPORT_DATASETS: "Download dataset versions (JSON Lines or CSV)",
     Perm.LAUNCH_TRAINING: "Launch, cancel and clone fine-tuning jobs (cancel: their own jobs; admins: any)",
     Perm.EXPORT_MODELS: "Download trained model versions (adapter, merged model, tokenizer)",
+    Perm.USE_PLAYGROUND: "Chat with models in the playground, vote in the arena, save comparisons",
+    Perm.MANAGE_DEPLOYMENTS: "Publish model versions as deployments behind /v1 and remove them",
 }
 
 

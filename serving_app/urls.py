@@ -1,7 +1,9 @@
-"""URL namespace of serving_app; its pages arrive with the issue that builds them."""
+"""URL namespace of serving_app, mounted at /t/<team_slug>/: each page module lists its own routes."""
 
 from django.urls import URLPattern
 
+from serving_app.pages import arena, deployments, playground
+
 app_name = "serving"
 
-urlpatterns: list[URLPattern] = []
+urlpatterns: list[URLPattern] = [*playground.urlpatterns, *arena.urlpatterns, *deployments.urlpatterns]

@@ -286,6 +286,18 @@ TRAINING_MAX_ATTEMPTS = env_int("TRAINING_MAX_ATTEMPTS", 3, minimum=1)
 HF_ENDPOINT = env_str("HF_ENDPOINT", "")
 HF_TOKEN = env_str("HF_TOKEN", "")
 
+# --- Serving (playground, arena, deployments) -------------------------------------------------------
+# The inference server (``python -m serving_app.engine``, or a vLLM OpenAI server: same protocol) that
+# the playground, the arena and the /v1 API stream from. It listens on loopback; the studio writes the
+# registry file it serves from (served name -> base folder + adapter folder).
+INFERENCE_URL = env_str("ATELIER_INFERENCE_URL", "http://127.0.0.1:8701")
+INFERENCE_REGISTRY = Path(env_str("ATELIER_INFERENCE_REGISTRY", str(DATA_DIR / "serving" / "models.json")))
+# Defaults for a new team API key's limits on /v1 (each key can be given its own).
+API_KEY_REQUESTS_PER_MINUTE = env_int("API_KEY_REQUESTS_PER_MINUTE", 60, minimum=1)
+API_KEY_MAX_TOKENS = env_int("API_KEY_MAX_TOKENS", 1024, minimum=1)
+# The most new tokens the playground asks for in one answer.
+PLAYGROUND_MAX_TOKENS = env_int("PLAYGROUND_MAX_TOKENS", 512, minimum=1)
+
 # Invitations expire after this many hours.
 INVITATION_TTL_HOURS = env_int("INVITATION_TTL_HOURS", 72, minimum=1)
 

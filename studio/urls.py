@@ -10,6 +10,7 @@ urlpatterns = [
     path("api/v1/", api.urls),
     path("t/<slug:team_slug>/datasets/", include("datasets_app.urls")),
     path("t/<slug:team_slug>/", include("training_app.urls")),
-    path("t/<slug:team_slug>/playground/", include("serving_app.urls")),
+    path("t/<slug:team_slug>/", include("serving_app.urls")),
+    path("v1/", include("serving_app.openai_urls")),
     path("", include("accounts.urls")),
 ]

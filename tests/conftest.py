@@ -67,6 +67,13 @@ def _test_settings(request: pytest.FixtureRequest, tmp_path: Path, settings: Any
         settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.TRAINING_POOLS = TEST_POOLS
     settings.TRAINING_LEASE_SECONDS = TEST_LEASE_SECONDS
+    # Nothing listens on the discard port: a test that generates must ask for ``inference_server``.
+    settings.INFERENCE_REGISTRY = request.getfixturevalue("inference_registry")
+    settings.INFERENCE_URL = (
+        request.getfixturevalue("inference_server")
+        if "inference_server" in request.fixturenames
+        else "http://127.0.0.1:9"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -198,13 +205,19 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture(scope="session")
 def studio_server(
-    django_db_setup: None, django_db_blocker: Any, tmp_path_factory: Any, shared_media_root: Path
+    django_db_setup: None,
+    django_db_blocker: Any,
+    tmp_path_factory: Any,
+    shared_media_root: Path,
+    inference_server: str,
+    inference_registry: Path,
 ) -> Iterator[str]:
-    """The real ASGI app (FastAPI + Gradio + Django) under uvicorn, on the test database."""
+    """The real ASGI app (FastAPI + Gradio + Django) under uvicorn, on the test database and inference server."""
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "uvicorn.log"
     with django_db_blocker.unblock():
         env = _process_env(shared_media_root)
+    env.update(ATELIER_INFERENCE_URL=inference_server, ATELIER_INFERENCE_REGISTRY=str(inference_registry))
     with log.open("w") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "studio.asgi:app", "--host", "127.0.0.1", "--port", str(port)],
@@ -229,6 +242,45 @@ def studio_server(
     yield base
     process.terminate()
     process.wait(timeout=20)
+
+
+@pytest.fixture(scope="session")
+def inference_registry(tmp_path_factory: Any) -> Path:
+    """The registry file the studio writes for the inference server (shared by the session's processes)."""
+    return Path(tmp_path_factory.mktemp("serving")) / "models.json"
+
+
+@pytest.fixture(scope="session")
+def inference_server(inference_registry: Path, tmp_path_factory: Any) -> Iterator[str]:
+    """The real inference server (``python -m serving_app.engine``) on loopback; its URL.
+
+    Models load lazily on their first request, so starting it costs a couple of seconds.
+    """
+    port = free_port()
+    log = Path(tmp_path_factory.mktemp("inference")) / "server.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, "-m", "serving_app.engine", "--registry", str(inference_registry)]
+    command += ["--port", str(port), "--memory-budget-gib", "2", "--threads", "1"]
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx.get(f"{url}/v1/models", timeout=1).raise_for_status()
+            break
+        except httpx.HTTPError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"the inference server did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+    yield url
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def start_worker(env: dict[str, str], *, queues: str, log: Path, name: str) -> subprocess.Popen[bytes]:

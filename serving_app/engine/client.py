@@ -37,6 +37,7 @@ class StreamUpdate:
     completion_tokens: int
     done: bool = False
     finish_reason: str | None = None
+    prompt_tokens: int = 0
 
     @property
     def tokens_per_second(self) -> float | None:
@@ -83,7 +84,7 @@ async def stream_chat(
         body["seed"] = seed
     started = time.monotonic()
     first: float | None = None
-    text, chunks, finish_reason, usage_tokens = "", 0, None, None
+    text, chunks, finish_reason, usage_tokens, prompt_tokens = "", 0, None, None, 0
     async with (
         _client(client) as http,
         http.stream("POST", f"{base_url.rstrip('/')}/v1/chat/completions", json=body) as response,
@@ -102,6 +103,7 @@ async def stream_chat(
                 raise InferenceError(500, chunk["error"].get("message", "generation failed"))
             if chunk.get("usage"):
                 usage_tokens = chunk["usage"]["completion_tokens"]
+                prompt_tokens = chunk["usage"].get("prompt_tokens", 0)
             for choice in chunk.get("choices", []):
                 finish_reason = choice.get("finish_reason") or finish_reason
                 delta = choice.get("delta", {}).get("content") or ""
@@ -112,7 +114,14 @@ async def stream_chat(
                     text += delta
                     yield StreamUpdate(delta, text, first, now, chunks)
     yield StreamUpdate(
-        "", text, first, time.monotonic() - started, usage_tokens or chunks, done=True, finish_reason=finish_reason
+        "",
+        text,
+        first,
+        time.monotonic() - started,
+        usage_tokens or chunks,
+        done=True,
+        finish_reason=finish_reason,
+        prompt_tokens=prompt_tokens,
     )
 
 

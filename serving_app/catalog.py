@@ -1,0 +1,160 @@
+"""Which models a person may chat with, and how the inference server knows them.
+
+A *model key* names a model across the playground and the arena: ``base:<pk>`` (a base model the team
+can use) or ``version:<pk>`` (a model version of the team that the person may ``use``: restricted
+versions need a guardian share). Every handler resolves the keys it is given through ``resolve_model``
+on every request, so a share revoked a second ago is already refused.
+
+The inference server serves names from a registry file (``serving_app.engine.registry``). The studio
+writes one entry per model it has asked for (``base-<pk>``, ``version-<pk>``), atomically and under a
+file lock, so several web processes can add entries side by side.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+
+from accounts.permissions import TeamAccess
+from accounts.roles import Perm
+from training_app.jobs import usable_base_models
+from training_app.models import BaseModel, ModelVersion
+from training_app.registry import visible_versions
+
+
+@dataclass(frozen=True)
+class Servable:
+    """One model as the inference server serves it: folders, served name and the label people see."""
+
+    key: str
+    label: str
+    served_name: str
+    base_path: str
+    adapter_path: str | None
+    context_length: int = 0
+
+    def registry_entry(self) -> dict[str, str | None]:
+        return {"base": self.base_path, "adapter": self.adapter_path}
+
+
+def servable_base(model: BaseModel) -> Servable:
+    return Servable(
+        key=f"base:{model.pk}",
+        label=f"{model.name} (base)",
+        served_name=f"base-{model.pk}",
+        base_path=model.path,
+        adapter_path=None,
+        context_length=model.context_length,
+    )
+
+
+def servable_version(version: ModelVersion) -> Servable:
+    """A model version: an adapter is served on top of its base model's folder, a full model alone."""
+    context = 0
+    if version.kind == ModelVersion.Kind.FULL:
+        base_path, adapter = version.path, None
+    else:
+        base = version.base_model
+        base_path = base.path if base is not None else str(version.lineage.get("base_model", {}).get("path", ""))
+        adapter = version.path
+        context = base.context_length if base is not None else 0
+    return Servable(
+        key=f"version:{version.pk}",
+        label=str(version),
+        served_name=f"version-{version.pk}",
+        base_path=base_path,
+        adapter_path=adapter,
+        context_length=context,
+    )
+
+
+def usable_models(access: TeamAccess) -> list[Servable]:
+    """Every model ``access`` may chat with: the team's ready base models, then its usable model versions.
+
+    Empty for a role without ``playground.use`` (viewers).
+    """
+    if not access.can(Perm.USE_PLAYGROUND):
+        return []
+    bases = [servable_base(model) for model in usable_base_models(access).order_by("name")]
+    versions = [
+        servable_version(version)
+        for version in visible_versions(access, "use").select_related("base_model").order_by("name", "-number")
+    ]
+    return bases + versions
+
+
+def resolve_model(access: TeamAccess, key: str) -> Servable:
+    """The model behind ``key`` if ``access`` may use it; 403 for the role, 404 for anything not theirs."""
+    access.require(Perm.USE_PLAYGROUND)
+    kind, _, raw_pk = key.partition(":")
+    if not raw_pk.isdigit():
+        raise Http404("No such model.")
+    if kind == "base":
+        model = usable_base_models(access).filter(pk=int(raw_pk)).first()
+        if model is None:
+            raise Http404("No such model.")
+        return servable_base(model)
+    if kind == "version":
+        version = visible_versions(access, "use").select_related("base_model").filter(pk=int(raw_pk)).first()
+        if version is None:
+            raise Http404("No such model.")
+        return servable_version(version)
+    raise Http404("No such model.")
+
+
+def resolve_models(access: TeamAccess, keys: Iterable[str]) -> list[Servable]:
+    """``resolve_model`` for each key, in order; raises on the first one ``access`` may not use."""
+    return [resolve_model(access, key) for key in keys]
+
+
+def refusal_message(error: Exception) -> str:
+    """What to tell a person whose model was refused (the same words whatever the reason)."""
+    if isinstance(error, PermissionDenied):
+        return str(error) or "Your role does not allow using models."
+    return "That model does not exist or you may not use it."
+
+
+# --- the inference server's registry file ---------------------------------------------------------
+
+
+def publish(servables: Iterable[Servable], registry_path: Path | None = None) -> None:
+    """Make sure the inference server's registry has an entry for each of ``servables``.
+
+    Entries whose base folder no longer exists are dropped at the same time (a deleted model version).
+    The file is only rewritten when something changed, so the server re-reads it rarely.
+    """
+    path = Path(registry_path or settings.INFERENCE_REGISTRY)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wanted = {servable.served_name: servable.registry_entry() for servable in servables}
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        current = _read_registry(path)
+        merged = {
+            name: entry
+            for name, entry in current.items()
+            if Path(str(entry.get("base", ""))).is_dir()
+            and (entry.get("adapter") is None or Path(str(entry["adapter"])).is_dir())
+        }
+        merged.update(wanted)
+        if merged == current:
+            return
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
+            json.dump(merged, handle, indent=1, sort_keys=True)
+        os.replace(handle.name, path)
+
+
+def _read_registry(path: Path) -> dict[str, dict[str, str | None]]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

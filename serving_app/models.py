@@ -1,0 +1,192 @@
+"""Serving: deployments behind /v1, saved comparisons, prompt presets, arena battles, usage and prompt logs.
+
+Models are referred to by a *model key* across the playground and the arena: ``base:<pk>`` for a base
+model, ``version:<pk>`` for a model version (``serving_app.catalog`` resolves a key for one person,
+checking that they may use it). Labels are stored next to keys so history still reads after a model
+is deleted.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+from django.utils import timezone
+from guardian.models import UserObjectPermissionBase
+
+from accounts.models import TeamAPIKey
+from accounts.tenancy import TeamOwnedModel
+from training_app.models import ModelVersion
+
+DEPLOYMENT_NAME_VALIDATOR = RegexValidator(
+    r"^[a-z0-9](?:[a-z0-9._-]{0,58}[a-z0-9])?$",
+    "Use 1–60 lowercase letters, digits, dots, hyphens or underscores, starting and ending with a letter or digit.",
+)
+
+
+class Deployment(TeamOwnedModel):
+    """A model version published under a name: what ``model`` means in a /v1 request with a team key."""
+
+    name = models.CharField(
+        max_length=60,
+        validators=[DEPLOYMENT_NAME_VALIDATOR],
+        help_text="The model name clients send (e.g. support-bot); unique in the team.",
+    )
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="deployments")
+    description = models.TextField(blank=True, max_length=2000)
+    # The team API keys that may call this deployment (a key reaches only the deployments listed here).
+    api_keys = models.ManyToManyField(TeamAPIKey, related_name="deployments", blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering: ClassVar = ["name"]
+        constraints: ClassVar = [models.UniqueConstraint(fields=["team", "name"], name="one_deployment_name_per_team")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class PromptPreset(TeamOwnedModel):
+    """A saved system prompt with sampling settings: customizing a model's behaviour without training."""
+
+    name = models.CharField(max_length=80)
+    system_prompt = models.TextField(blank=True, max_length=8000)
+    temperature = models.FloatField(default=0.7)
+    top_p = models.FloatField(default=1.0)
+    max_tokens = models.PositiveIntegerField(default=256)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering: ClassVar = ["name"]
+        constraints: ClassVar = [models.UniqueConstraint(fields=["team", "name"], name="one_preset_name_per_team")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Comparison(TeamOwnedModel):
+    """A saved side-by-side session: the models, their settings and every turn of the conversation.
+
+    Private to its author (and the team's admins) until shared with named members through guardian,
+    or opened to the whole team (``restricted=False``).
+    """
+
+    title = models.CharField(max_length=120)
+    # [{"key": "version:7", "label": "support-bot v3", "settings": {"system_prompt": ..., "temperature": ...}}]
+    columns = models.JSONField(default=list)
+    # [{"prompt": "...", "answers": [{"text": ..., "ttft_s": ..., "tokens_per_second": ..., "tokens": ...}]}]
+    turns = models.JSONField(default=list)
+    restricted = models.BooleanField(
+        default=True, help_text="Only you, the team's admins and the members you share it with can open it."
+    )
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering: ClassVar = ["-updated_at"]
+
+    def __str__(self) -> str:
+        return self.title
+
+
+class ComparisonUserObjectPermission(UserObjectPermissionBase):
+    """guardian's direct foreign-key permission table for saved comparisons."""
+
+    content_object = models.ForeignKey(Comparison, on_delete=models.CASCADE)
+
+
+class ArenaBattle(TeamOwnedModel):
+    """One blind round: two models drawn from a chosen set answer the same conversation; one vote.
+
+    Position is random (``model_a`` is whichever was drawn first); the names are shown only once
+    ``vote`` is set, and a vote is recorded only while ``vote`` is empty (one vote per battle).
+    """
+
+    class Vote(models.TextChoices):
+        A = "a", "A is better"
+        B = "b", "B is better"
+        TIE = "tie", "Tie"
+        BOTH_BAD = "both_bad", "Both are bad"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    candidates = models.JSONField(default=list, help_text="The model keys the pair was drawn from.")
+    model_a = models.CharField(max_length=40)
+    model_a_label = models.CharField(max_length=200)
+    model_b = models.CharField(max_length=40)
+    model_b_label = models.CharField(max_length=200)
+    # Each side's whole conversation: [{"role": "system"|"user"|"assistant", "content": "..."}].
+    conversation_a = models.JSONField(default=list)
+    conversation_b = models.JSONField(default=list)
+    vote = models.CharField(max_length=10, choices=Vote.choices, blank=True)
+    voted_at = models.DateTimeField(null=True, blank=True)
+    exported_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering: ClassVar = ["-created_at"]
+        indexes: ClassVar = [models.Index(fields=["team", "voted_at"])]
+
+    def __str__(self) -> str:
+        return f"Battle {self.pk}: {self.model_a_label} vs {self.model_b_label}"
+
+
+class UsageRecord(TeamOwnedModel):
+    """One generation request, metered: by the /v1 API (per key and deployment), the playground or the arena.
+
+    Rows of rejected /v1 requests (rate limit) are kept too: they are how the per-key limit is counted.
+    """
+
+    class Source(models.TextChoices):
+        API = "api", "API"
+        PLAYGROUND = "playground", "Playground"
+        ARENA = "arena", "Arena"
+
+    class Status(models.TextChoices):
+        STARTED = "started", "Started"
+        OK = "ok", "Completed"
+        REJECTED = "rejected", "Rate limited"
+        FAILED = "failed", "Failed"
+
+    created_at = models.DateTimeField(default=timezone.now)
+    source = models.CharField(max_length=12, choices=Source.choices)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.STARTED)
+    deployment = models.ForeignKey(Deployment, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    api_key = models.ForeignKey(TeamAPIKey, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    model_label = models.CharField(max_length=200)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering: ClassVar = ["-created_at"]
+        indexes: ClassVar = [
+            models.Index(fields=["team", "created_at"]),
+            models.Index(fields=["api_key", "created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.source} {self.model_label} {self.prompt_tokens}+{self.completion_tokens}"
+
+
+class PromptLog(TeamOwnedModel):
+    """A playground or arena exchange kept for the team's retention period (only when the team enables it)."""
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    source = models.CharField(max_length=12, choices=UsageRecord.Source.choices)
+    model_label = models.CharField(max_length=200)
+    messages = models.JSONField(default=list)
+    answer = models.TextField()
+
+    class Meta:
+        ordering: ClassVar = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.source} {self.model_label} {self.created_at:%Y-%m-%d %H:%M}"
