@@ -55,6 +55,14 @@ class RenameTeamForm(forms.Form):
         help_text="Three capital letters (ISO 4217), e.g. USD or EUR.",
         error_messages={"invalid": "Use a three-letter currency code such as USD or EUR."},
     )
+    prompt_retention_days = forms.IntegerField(
+        label="Keep playground prompts (days)",
+        required=False,
+        min_value=1,
+        max_value=3650,
+        help_text="Leave empty to never store playground and arena prompts (the default). Saved comparisons "
+        "and arena votes are kept regardless: their authors chose to keep them.",
+    )
 
 
 class InvitationForm(forms.Form):

@@ -95,6 +95,20 @@ def set_training_price(
     return team
 
 
+def set_prompt_retention(*, access: TeamAccess, days: int | None, ip: str | None = None) -> Team:
+    """Keep playground and arena prompts for ``days`` (None: never store them, the default)."""
+    access.require(Perm.CHANGE_TEAM)
+    with transaction.atomic():
+        team = Team.objects.select_for_update().get(pk=access.team.pk)
+        if team.prompt_retention_days == days:
+            return team
+        old = team.prompt_retention_days
+        team.prompt_retention_days = days
+        team.save(update_fields=["prompt_retention_days"])
+        audit.record("team.prompt_retention_changed", access=access, target=team, ip=ip, old=old, new=days)
+    return team
+
+
 # --- members ------------------------------------------------------------------------------------
 
 

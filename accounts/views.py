@@ -259,7 +259,12 @@ def member_remove(request: HttpRequest, team_slug: str, membership_id: int) -> H
 def team_settings(request: HttpRequest, team_slug: str) -> HttpResponse:
     access = request.access  # type: ignore[attr-defined]
     team = access.team
-    initial = {"name": team.name, "gpu_hour_price": team.gpu_hour_price, "currency": team.currency}
+    initial = {
+        "name": team.name,
+        "gpu_hour_price": team.gpu_hour_price,
+        "currency": team.currency,
+        "prompt_retention_days": team.prompt_retention_days,
+    }
     form = RenameTeamForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
@@ -269,6 +274,7 @@ def team_settings(request: HttpRequest, team_slug: str) -> HttpResponse:
             services.set_training_price(
                 access=access, gpu_hour_price=data["gpu_hour_price"], currency=data["currency"], ip=client_ip(request)
             )
+            services.set_prompt_retention(access=access, days=data["prompt_retention_days"], ip=client_ip(request))
         except ValidationError as error:
             add_service_errors(form, error)
         else:

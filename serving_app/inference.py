@@ -22,7 +22,7 @@ from serving_app.catalog import Servable, publish
 from serving_app.engine.client import InferenceError, StreamUpdate, stream_chat
 from serving_app.models import PromptLog, UsageRecord
 
-__all__ = ["InferenceError", "Sampling", "StreamUpdate", "purge_prompt_logs", "stream_answer"]
+__all__ = ["InferenceError", "Sampling", "StreamUpdate", "purge_prompt_logs", "server_url", "stream_answer"]
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ async def _stream(
 ) -> AsyncIterator[StreamUpdate]:
     try:
         async for update in stream_chat(
-            settings.INFERENCE_URL,
+            server_url(servable),
             servable.served_name,
             messages,
             max_tokens=sampling.max_tokens,
@@ -85,12 +85,17 @@ async def _stream(
         ):
             yield update
     except httpx.TransportError as exc:
-        raise InferenceError(503, _unreachable()) from exc
+        raise InferenceError(503, _unreachable(server_url(servable))) from exc
 
 
-def _unreachable() -> str:
+def server_url(servable: Servable) -> str:
+    """The OpenAI-compatible server that serves ``servable``: its base model's route, or the default one."""
+    return str(settings.INFERENCE_ROUTES.get(servable.base_path, settings.INFERENCE_URL))
+
+
+def _unreachable(url: str) -> str:
     return (
-        f"The inference server at {settings.INFERENCE_URL} is not answering. "
+        f"The inference server at {url} is not answering. "
         "Start it with `python -m serving_app.engine` (make run starts it) or ask an operator."
     )
 

@@ -292,6 +292,10 @@ HF_TOKEN = env_str("HF_TOKEN", "")
 # registry file it serves from (served name -> base folder + adapter folder).
 INFERENCE_URL = env_str("ATELIER_INFERENCE_URL", "http://127.0.0.1:8701")
 INFERENCE_REGISTRY = Path(env_str("ATELIER_INFERENCE_REGISTRY", str(DATA_DIR / "serving" / "models.json")))
+# Base models served elsewhere: base model folder -> URL of an OpenAI-compatible server (a vLLM server per
+# large base model in production; see README "Serving"). Requests for that base and its adapters go there,
+# under the same names (base-<id>, version-<id>); everything else goes to INFERENCE_URL.
+INFERENCE_ROUTES: dict[str, str] = env_json("ATELIER_INFERENCE_ROUTES", {})
 # Defaults for a new team API key's limits on /v1 (each key can be given its own).
 API_KEY_REQUESTS_PER_MINUTE = env_int("API_KEY_REQUESTS_PER_MINUTE", 60, minimum=1)
 API_KEY_MAX_TOKENS = env_int("API_KEY_MAX_TOKENS", 1024, minimum=1)

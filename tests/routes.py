@@ -12,6 +12,14 @@ from ninja.utils import normalize_path
 
 from accounts.models import AuditEvent, Invitation, Membership, Team, TeamAPIKey, TeamAPIKeyUserObjectPermission
 from datasets_app.models import Dataset, DatasetUserObjectPermission, DatasetVersion
+from serving_app.models import (
+    ArenaBattle,
+    Comparison,
+    ComparisonUserObjectPermission,
+    Deployment,
+    PromptPreset,
+    UsageRecord,
+)
 from studio.api import api
 from training_app.models import BaseModel, ModelVersion, ModelVersionUserObjectPermission, TrainingJob
 
@@ -92,5 +100,20 @@ def team_state(team: Team) -> dict[str, Any]:
         "model_versions": sorted(
             ModelVersion.objects.for_team(team).values_list("pk", "name", "intended_use", "restricted")
         ),
+        "deployments": sorted(Deployment.objects.for_team(team).values_list("pk", "name", "model_version_id")),
+        "deployment_keys": sorted(
+            Deployment.api_keys.through.objects.filter(deployment__team=team).values_list(
+                "deployment_id", "teamapikey_id"
+            )
+        ),
+        "comparisons": sorted(Comparison.objects.for_team(team).values_list("pk", "title", "restricted")),
+        "comparison_shares": sorted(
+            ComparisonUserObjectPermission.objects.filter(content_object__team=team).values_list(
+                "content_object_id", "user__username", "permission__codename"
+            )
+        ),
+        "presets": sorted(PromptPreset.objects.for_team(team).values_list("pk", "name", "system_prompt")),
+        "battles": sorted(ArenaBattle.objects.for_team(team).values_list("pk", "vote", "exported_at")),
+        "usage": UsageRecord.objects.for_team(team).count(),
         "audit_events": AuditEvent.objects.for_team(team).count(),
     }

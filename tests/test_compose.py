@@ -22,9 +22,10 @@ COMPOSE_FILE = REPO_ROOT / "compose" / "compose.yaml"
 APP_DOCKERFILE = "compose/Dockerfile"
 
 BACKING_SERVICES = frozenset({"postgres", "redis"})
-APP_SERVICES = frozenset({"migrate", "web", "worker-cpu", "worker-gpu", "beat"})
-LONG_RUNNING_APP_SERVICES = ("web", "worker-cpu", "worker-gpu", "beat")
-GPU_SERVICE = "worker-gpu"
+APP_SERVICES = frozenset({"migrate", "web", "worker-cpu", "worker-gpu", "inference", "beat"})
+LONG_RUNNING_APP_SERVICES = ("web", "worker-cpu", "worker-gpu", "inference", "beat")
+# Services that run on GPUs: the training worker and the inference server.
+GPU_SERVICES = frozenset({"worker-gpu", "inference"})
 
 Service = dict[str, Any]
 
@@ -146,6 +147,14 @@ def check_celery(argv: list[str]) -> None:
         raise EntryPointError(f"unknown celery subcommand in {argv}")
 
 
+def check_python(argv: list[str]) -> None:
+    """`python -m MODULE ...` (MODULE imports) or `python manage.py CMD ...` (see ``check_manage_py``)."""
+    if len(argv) >= 3 and argv[1] == "-m":
+        import_module(argv[2])
+        return
+    check_manage_py(argv)
+
+
 def check_manage_py(argv: list[str]) -> None:
     """`python manage.py CMD ...`: manage.py exists and CMD is a registered management command."""
     from django.core.management import get_commands
@@ -161,8 +170,8 @@ def check_manage_py(argv: list[str]) -> None:
 ENTRY_POINT_CHECKERS: dict[str, Callable[[list[str]], None]] = {
     "uvicorn": check_uvicorn,
     "celery": check_celery,
-    "python": check_manage_py,
-    "python3": check_manage_py,
+    "python": check_python,
+    "python3": check_python,
 }
 
 
@@ -228,32 +237,35 @@ def test_every_app_service_command_names_a_real_entry_point(services: dict[str, 
 
 
 def test_entry_point_check_rejects_unknown_programs_modules_and_commands() -> None:
-    bad_commands = [
+    bad_commands: list[str | list[str]] = [
         ["gunicorn", "studio.wsgi"],
         ["uvicorn", "studio.no_such_module:app"],
         "python manage.py no_such_command",
         "celery -A studio worker -Q no_such_queue",
+        "python -m serving_app.no_such_engine",
     ]
     for command in bad_commands:
         with pytest.raises(EntryPointError):
             check_entry_point(command)
 
 
-def test_only_the_gpu_worker_reserves_nvidia_gpus(services: dict[str, Service]) -> None:
+def test_only_the_gpu_worker_and_the_inference_server_reserve_nvidia_gpus(services: dict[str, Service]) -> None:
     expected = {"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}
-    assert gpu_reservations(services[GPU_SERVICE]) == [expected]
+    for name in sorted(GPU_SERVICES):
+        assert gpu_reservations(services[name]) == [expected], f"{name} must reserve the GPUs"
     others = sorted(
         name
         for name, service in services.items()
-        if name != GPU_SERVICE and (gpu_reservations(service) or "gpus" in service)
+        if name not in GPU_SERVICES and (gpu_reservations(service) or "gpus" in service)
     )
-    assert not others, f"services {others} reserve a GPU; only {GPU_SERVICE} may"
+    assert not others, f"services {others} reserve a GPU; only {sorted(GPU_SERVICES)} may"
 
 
-def test_gpu_worker_image_installs_torch_from_a_cuda_index(services: dict[str, Service]) -> None:
-    gpu_args = services[GPU_SERVICE]["build"].get("args", {})
-    assert "/whl/cu" in gpu_args.get("TORCH_INDEX_URL", ""), "worker-gpu must build CUDA torch"
-    for name in sorted(APP_SERVICES - {GPU_SERVICE}):
+def test_gpu_images_install_torch_from_a_cuda_index(services: dict[str, Service]) -> None:
+    for name in sorted(GPU_SERVICES):
+        gpu_args = services[name]["build"].get("args", {})
+        assert "/whl/cu" in gpu_args.get("TORCH_INDEX_URL", ""), f"{name} must build CUDA torch"
+    for name in sorted(APP_SERVICES - GPU_SERVICES):
         args = services[name]["build"].get("args") or {}
         assert "TORCH_INDEX_URL" not in args, f"service {name!r} should use the Dockerfile's CPU default"
     dockerfile = (REPO_ROOT / APP_DOCKERFILE).read_text(encoding="utf-8")

@@ -33,6 +33,7 @@ from accounts.roles import Role
 from datasets_app.models import DatasetVersion
 from tests.factories import finished_job, member, ready_version
 from tests.routes import API_ROOT, api_team_operations, page_team_routes, team_state
+from serving_app.models import ArenaBattle, Comparison, Deployment, PromptPreset
 from training_app import presets
 from training_app.models import BaseModel, ModelVersion, TrainingJob
 
@@ -59,6 +60,10 @@ class TeamObjects:
     model: BaseModel  # a base model of the team's own
     job: TrainingJob  # a finished job on ``version``
     model_version: ModelVersion  # the job's model version (unrestricted)
+    deployment: Deployment  # ``model_version`` published, callable with ``key``
+    comparison: Comparison  # saved by the owner, opened to the whole team
+    preset: PromptPreset
+    battle: ArenaBattle  # an owner's arena battle, not voted yet
 
 
 def _nothing(objects: TeamObjects) -> dict[str, Any]:
@@ -111,6 +116,18 @@ def _job_id(o: TeamObjects) -> dict[str, Any]:
 
 def _model_version_id(o: TeamObjects) -> dict[str, Any]:
     return {"version_id": o.model_version.pk}
+
+
+def _deployment_id(o: TeamObjects) -> dict[str, Any]:
+    return {"deployment_id": o.deployment.pk}
+
+
+def _comparison_id(o: TeamObjects) -> dict[str, Any]:
+    return {"comparison_id": o.comparison.pk}
+
+
+def _preset_id(o: TeamObjects) -> dict[str, Any]:
+    return {"preset_id": o.preset.pk}
 
 
 def _launch(o: TeamObjects) -> dict[str, Any]:
@@ -284,9 +301,23 @@ def make_team_objects(team: Team, owner: Any, member_user: Any) -> TeamObjects:
     version = ready_version(team, owner, [{"text": f"{team.slug} private note"}])
     model = BaseModel.objects.create(team=team, name=f"{team.slug}-private-model", source="server_path", path="/x")
     job, model_version = finished_job(team, owner, model, version)
+    deployment = Deployment.objects.create(team=team, name=f"{team.slug}-bot", model_version=model_version)
+    deployment.api_keys.add(key)
+    comparison = Comparison.objects.create(
+        team=team, title=f"{team.slug} comparison", restricted=False, created_by=owner
+    )
+    preset = PromptPreset.objects.create(team=team, name=f"{team.slug} preset", system_prompt="Be brief.")
+    battle = ArenaBattle.objects.create(
+        team=team,
+        user=owner,
+        model_a=f"version:{model_version.pk}",
+        model_a_label=str(model_version),
+        model_b=f"base:{model.pk}",
+        model_b_label=model.name,
+    )
     return TeamObjects(
         team=team, member=membership, invitation=invitation, key=key, version=version, model=model, job=job,
-        model_version=model_version,
+        model_version=model_version, deployment=deployment, comparison=comparison, preset=preset, battle=battle,
     )  # fmt: skip
 
 

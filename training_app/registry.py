@@ -150,13 +150,28 @@ def download(
 
 
 def delete_version(*, access: TeamAccess, version: ModelVersion, ip: str | None = None) -> None:
-    """Delete a model version and its files (owners and admins)."""
+    """Delete a model version and its files (owners and admins).
+
+    Refused (``ValidationError``) while the version is published as a deployment: clients calling it
+    would start failing, so the deployments go first, deliberately.
+    """
     require_object_action(access, version, "delete")
+    published = deployment_names(version)
+    if published:
+        raise ValidationError(
+            f"“{version}” is published as {', '.join(published)}: delete the deployment first "
+            "(Deployments), then the model version."
+        )
     folders = [Path(p) for p in (version.path, version.merged_path) if p]
     with transaction.atomic():
         audit.record("model_version.deleted", access=access, target=version, ip=ip, name=str(version))
         version.delete()
         transaction.on_commit(lambda: _remove(folders))
+
+
+def deployment_names(version: ModelVersion) -> list[str]:
+    """The names of the deployments that serve ``version`` (the serving app's reverse relation)."""
+    return sorted(version.deployments.for_team(version.team).values_list("name", flat=True))
 
 
 def _remove(folders: list[Path]) -> None:

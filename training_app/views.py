@@ -600,10 +600,15 @@ def version_delete(request: HttpRequest, team_slug: str, version_id: int) -> Htt
     access = _access(request)
     version, _ = _version(access, version_id, "delete")
     if request.method == "POST":
-        registry.delete_version(access=access, version=version, ip=client_ip(request))
+        try:
+            registry.delete_version(access=access, version=version, ip=client_ip(request))
+        except ValidationError as error:
+            messages.error(request, error.messages[0])
+            return redirect("training:version", team_slug, version.pk)
         messages.success(request, f"Model “{version}” and its files were deleted.")
         return redirect("training:models", team_slug)
-    return render(request, "training/version_confirm_delete.html", {"version": version})
+    context = {"version": version, "deployments": registry.deployment_names(version)}
+    return render(request, "training/version_confirm_delete.html", context)
 
 
 @require_POST
