@@ -7,7 +7,7 @@ from datetime import date, datetime
 from typing import Any, Literal
 
 from django.contrib.auth import authenticate, get_user_model
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest
 from django.shortcuts import get_object_or_404
@@ -20,6 +20,7 @@ from accounts.http import client_ip
 from accounts.models import AuditEvent, Invitation, Membership, PersonalAccessToken, Team, TeamAPIKey
 from accounts.permissions import TeamAccess, resolve_access, resolve_key_access, teams_of, visible_objects
 from accounts.roles import Perm
+from serving_app.deployments import deployments_of_key, visible_deployments
 
 router = Router(tags=["accounts"])
 User = get_user_model()
@@ -121,6 +122,11 @@ class AcceptIn(Schema):
 class KeyIn(Schema):
     name: str = Field(max_length=80)
     role: Literal["member", "viewer"] = "viewer"
+    requests_per_minute: int | None = Field(
+        None, description="Requests per minute on the OpenAI-compatible API (/v1); empty: the studio's default."
+    )
+    max_tokens: int | None = Field(None, description="The most new tokens one /v1 request may ask for; empty: default.")
+    deployments: list[int] = Field(default_factory=list, description="Ids of the deployments it may call at /v1.")
 
 
 class KeyOut(Schema):
@@ -128,6 +134,9 @@ class KeyOut(Schema):
     name: str
     role: str
     prefix: str
+    requests_per_minute: int
+    max_tokens: int
+    deployments: list[str] = Field(description="Names of the deployments it may call at /v1.")
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
@@ -176,6 +185,9 @@ def _token_out(token: PersonalAccessToken | TeamAPIKey) -> dict[str, Any]:
     }
     if isinstance(token, TeamAPIKey):
         out["role"] = token.role
+        out["requests_per_minute"] = token.requests_per_minute
+        out["max_tokens"] = token.max_tokens
+        out["deployments"] = [deployment.name for deployment in deployments_of_key(token)]
     return out
 
 
@@ -343,7 +355,17 @@ def list_keys(request: HttpRequest, slug: str) -> list[dict[str, Any]]:
 @router.post("teams/{slug}/keys/", response={201: KeyCreated, 400: Error, 403: Error, 404: Error})
 def create_key(request: HttpRequest, slug: str, body: KeyIn) -> Status:
     access = team_access(request, slug)
-    key, plaintext = services.create_team_api_key(access=access, name=body.name, role=body.role, ip=client_ip(request))
+    access.require(Perm.MANAGE_API_KEYS)
+    chosen = list(visible_deployments(access).filter(pk__in=body.deployments))
+    missing = sorted(set(body.deployments) - {deployment.pk for deployment in chosen})
+    if missing:
+        raise ValidationError(
+            {"deployments": [f"no deployment {', '.join(map(str, missing))} in this team (GET deployments)"]}
+        )
+    key, plaintext = services.create_team_api_key(
+        access=access, name=body.name, role=body.role, requests_per_minute=body.requests_per_minute,
+        max_tokens=body.max_tokens, deployments=chosen, ip=client_ip(request),
+    )  # fmt: skip
     return Status(201, {**_token_out(key), "key": plaintext})
 
 

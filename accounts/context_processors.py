@@ -17,6 +17,7 @@ NAVIGATION = [
     ("Playground", "serving:playground"),
     ("Arena", "serving:arena"),
     ("Deployments", "serving:deployments"),
+    ("Usage", "serving:usage"),
     ("Team", "accounts:team_home"),
 ]
 

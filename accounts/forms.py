@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import UserCreationForm
+from django.db.models import QuerySet
 
 from accounts.models import Membership
 from accounts.roles import Role
+from accounts.services import MAX_KEY_MAX_TOKENS, MAX_KEY_REQUESTS_PER_MINUTE
 
 User = get_user_model()
 
@@ -85,9 +88,46 @@ class TokenForm(forms.Form):
     name = forms.CharField(max_length=80, help_text="Where the token will be used, e.g. “laptop CLI”.")
 
 
+class DeploymentChoiceField(forms.ModelMultipleChoiceField):
+    def label_from_instance(self, obj: Any) -> str:
+        return f"{obj.name} ({obj.model_version})"
+
+
 class TeamAPIKeyForm(forms.Form):
     name = forms.CharField(max_length=80, help_text="What will use the key, e.g. “nightly eval job”.")
     role = forms.ChoiceField(choices=[(Role.MEMBER, "Member"), (Role.VIEWER, "Viewer")], initial=Role.VIEWER)
+    requests_per_minute = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=MAX_KEY_REQUESTS_PER_MINUTE,
+        label="Requests per minute",
+        help_text="On the OpenAI-compatible API (/v1); more get 429. Empty: the studio's default.",
+    )
+    max_tokens = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=MAX_KEY_MAX_TOKENS,
+        label="Max tokens per request",
+        help_text="The most new tokens one /v1 request may ask for; more get 400. Empty: the studio's default.",
+    )
+    deployments = DeploymentChoiceField(
+        queryset=None,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        label="Deployments it may call",
+        help_text="Change this later on each deployment's page.",
+    )
+
+    def __init__(self, *args: Any, deployments: QuerySet[Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["requests_per_minute"].initial = settings.API_KEY_REQUESTS_PER_MINUTE
+        self.fields["max_tokens"].initial = settings.API_KEY_MAX_TOKENS
+        if deployments is None or not deployments.exists():
+            del self.fields["deployments"]  # nothing to choose (yet)
+        else:
+            deployment_field = self.fields["deployments"]
+            assert isinstance(deployment_field, DeploymentChoiceField)
+            deployment_field.queryset = deployments
 
 
 class MemberChoiceField(forms.ModelChoiceField):

@@ -7,9 +7,10 @@ field to fix; views and the API turn that into an inline form error or a JSON 40
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -35,11 +36,17 @@ from accounts.models import (
 from accounts.permissions import TeamAccess, require_object_action
 from accounts.roles import Perm, Role, can_assign
 
+if TYPE_CHECKING:
+    from serving_app.models import Deployment
+
 User = get_user_model()
 
 # How often a token's "last used" time is written: once a minute is precise enough and keeps every
 # API call from being a database write.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+# The highest limits a team API key can be given on the OpenAI-compatible API.
+MAX_KEY_REQUESTS_PER_MINUTE = 10_000
+MAX_KEY_MAX_TOKENS = 32_768
 
 
 # --- teams --------------------------------------------------------------------------------------
@@ -303,21 +310,51 @@ def authenticate_personal_token(raw: str) -> Any | None:
 
 
 def create_team_api_key(
-    *, access: TeamAccess, name: str, role: str = Role.VIEWER, ip: str | None = None
+    *,
+    access: TeamAccess,
+    name: str,
+    role: str = Role.VIEWER,
+    requests_per_minute: int | None = None,
+    max_tokens: int | None = None,
+    deployments: Iterable[Deployment] = (),
+    ip: str | None = None,
 ) -> tuple[TeamAPIKey, str]:
-    """A team service key acting with ``role`` (member or viewer); plaintext returned once."""
+    """A team service key acting with ``role`` (member or viewer); plaintext returned once.
+
+    ``requests_per_minute`` and ``max_tokens`` limit the key on the OpenAI-compatible API (empty: the
+    studio's defaults, API_KEY_REQUESTS_PER_MINUTE and API_KEY_MAX_TOKENS); ``deployments`` (the team's
+    ``serving_app`` deployments) are the ones it may call there.
+    """
     access.require(Perm.MANAGE_API_KEYS)
     name = name.strip()
     if not name:
         raise ValidationError({"name": "Name the key after what will use it, e.g. “nightly eval job”."})
     if role not in (Role.MEMBER, Role.VIEWER):
         raise ValidationError({"role": "A team key acts as a member or a viewer."})
+    if requests_per_minute is None:
+        requests_per_minute = settings.API_KEY_REQUESTS_PER_MINUTE
+    if max_tokens is None:
+        max_tokens = settings.API_KEY_MAX_TOKENS
+    if not 1 <= requests_per_minute <= MAX_KEY_REQUESTS_PER_MINUTE:
+        raise ValidationError(
+            {"requests_per_minute": f"Choose between 1 and {MAX_KEY_REQUESTS_PER_MINUTE:,} requests per minute."}
+        )
+    if not 1 <= max_tokens <= MAX_KEY_MAX_TOKENS:
+        raise ValidationError({"max_tokens": f"Choose between 1 and {MAX_KEY_MAX_TOKENS:,} tokens per request."})
+    deployments = list(deployments)
+    if any(getattr(deployment, "team_id", None) != access.team.pk for deployment in deployments):
+        raise ValidationError({"deployments": "Choose deployments of this team."})
     plaintext, prefix, digest = TeamAPIKey.generate()
     with transaction.atomic():
         key = TeamAPIKey.objects.create(
-            team=access.team, name=name, role=role, prefix=prefix, secret_hash=digest, created_by=access.user
-        )
-        audit.record("apikey.created", access=access, target=key, ip=ip, role=role)
+            team=access.team, name=name, role=role, prefix=prefix, secret_hash=digest, created_by=access.user,
+            requests_per_minute=requests_per_minute, max_tokens=max_tokens,
+        )  # fmt: skip
+        key.deployments.add(*deployments)
+        audit.record(
+            "apikey.created", access=access, target=key, ip=ip, role=role, requests_per_minute=requests_per_minute,
+            max_tokens=max_tokens, deployments=sorted(str(deployment) for deployment in deployments),
+        )  # fmt: skip
     return key, plaintext
 
 

@@ -36,6 +36,7 @@ from accounts.permissions import (
     visible_objects,
 )
 from accounts.roles import PERM_DESCRIPTIONS, ROLE_PERMISSIONS, Perm, Role, can_assign
+from serving_app.deployments import deployments_of_key, visible_deployments
 
 User = get_user_model()
 
@@ -312,17 +313,19 @@ def audit_log(request: HttpRequest, team_slug: str) -> HttpResponse:
 @require_perm(Perm.VIEW_TEAM)
 def api_keys(request: HttpRequest, team_slug: str) -> HttpResponse:
     access = request.access  # type: ignore[attr-defined]
-    form = TeamAPIKeyForm(request.POST or None)
-    new_key = None
     if request.method == "POST":
         access.require(Perm.MANAGE_API_KEYS)
-        if form.is_valid():
-            try:
-                _, new_key = services.create_team_api_key(access=access, ip=client_ip(request), **form.cleaned_data)
-            except ValidationError as error:
-                add_service_errors(form, error)
-            else:
-                form = TeamAPIKeyForm()
+    # The deployments a new key may call (the serving app owns them); only admins see the form.
+    choices = visible_deployments(access) if access.can(Perm.MANAGE_API_KEYS) else None
+    form = TeamAPIKeyForm(request.POST or None, deployments=choices)
+    new_key = None
+    if request.method == "POST" and form.is_valid():
+        try:
+            _, new_key = services.create_team_api_key(access=access, ip=client_ip(request), **form.cleaned_data)
+        except ValidationError as error:
+            add_service_errors(form, error)
+        else:
+            form = TeamAPIKeyForm(deployments=choices)
     keys = visible_objects(access, TeamAPIKey.objects.for_team(access.team), "view").select_related("created_by")
     return render(request, "accounts/api_keys.html", {"form": form, "keys": keys, "new_key": new_key})
 
@@ -339,6 +342,7 @@ def api_key_detail(request: HttpRequest, team_slug: str, key_id: int) -> HttpRes
     context = {
         "key": key,
         "actions": actions,
+        "deployments": deployments_of_key(key),
         "share_form": ShareForm(members=shareable.select_related("user"), levels=services.share_levels_for(TeamAPIKey)),
         "shares": [(m, shares[m.user_id]) for m in members if m.user_id in shares],
         "can_share": access.can(Perm.SHARE_OBJECTS),

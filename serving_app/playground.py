@@ -18,6 +18,7 @@ from django.http import Http404
 
 from accounts.permissions import TeamAccess, resolve_access, teams_of
 from accounts.sessions import auser_from_cookies
+from serving_app.mount import VIEWS
 
 # The site's look, with system fonts only: teams run the studio air-gapped (no Google Fonts, no CDN).
 THEME = gr.themes.Base(
@@ -26,9 +27,6 @@ THEME = gr.themes.Base(
     font=["system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"],
     font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "monospace"],
 )
-
-# The views the site's pages open (``/play/?team=<slug>&view=arena``); the first is the default.
-VIEWS = ("compare", "arena")
 
 
 async def gradio_username(request: fastapi.Request) -> str | None:

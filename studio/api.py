@@ -21,6 +21,7 @@ from accounts.api import router as accounts_router
 from accounts.http import error_dict
 from accounts.lockout import LOCKED_MESSAGE
 from datasets_app.api import router as datasets_router
+from serving_app.api import router as serving_router
 from training_app.api import router as training_router
 
 
@@ -35,13 +36,15 @@ api = NinjaAPI(
     title="Atelier API",
     version="1",
     description="Teams, members, invitations, tokens and the audit trail; datasets; base models, training jobs "
-    "(settings, estimates, launch, cancel, clone, metrics) and the model registry; later: serving.",
+    "(settings, estimates, launch, cancel, clone, metrics) and the model registry; serving: deployments (a model "
+    "version published for the OpenAI-compatible /v1 API, and the team API keys that may call it) and usage.",
     auth=[BearerAuth(), SessionAuth()],
     urls_namespace="api",
 )
 api.add_router("/", accounts_router)
 api.add_router("/", datasets_router)
 api.add_router("/", training_router)
+api.add_router("/", serving_router)
 
 
 @api.exception_handler(ValidationError)

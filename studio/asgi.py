@@ -22,10 +22,9 @@ from django.conf import settings  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 from starlette.middleware.cors import CORSMiddleware  # noqa: E402
 
+from serving_app.mount import PLAYGROUND_PATH  # noqa: E402
 from serving_app.playground import THEME, build_playground, gradio_username  # noqa: E402
 from studio.origin import SameOriginMiddleware  # noqa: E402
-
-PLAYGROUND_PATH = "/play"
 
 
 def build_app() -> FastAPI:
@@ -49,6 +48,8 @@ def build_app() -> FastAPI:
         footer_links=[],
         ssr_mode=False,
         mcp_server=False,
+        # Only gr.Error messages (written for people) reach the page; anything unexpected stays in the log.
+        show_error=False,
     )
     app.mount("/", django_app)
     return app

@@ -102,6 +102,15 @@ def starter_model(db: None, starter_model_path: Path) -> Any:
     )
 
 
+@pytest.fixture(scope="session")
+def lora_adapters(starter_model_path: Path, tmp_path_factory: Any) -> list[Path]:
+    """Two real LoRA adapters of the starter model (different random weights: their answers differ)."""
+    from tests.factories import make_lora_adapter
+
+    root = Path(tmp_path_factory.mktemp("lora-adapters"))
+    return [make_lora_adapter(starter_model_path, root / name, seed) for seed, name in enumerate(("alpha", "beta"), 11)]
+
+
 @pytest.fixture
 def acme(db: None) -> Any:
     return TeamFactory(name="Acme", slug="acme")
@@ -220,7 +229,7 @@ def studio_server(
     env.update(ATELIER_INFERENCE_URL=inference_server, ATELIER_INFERENCE_REGISTRY=str(inference_registry))
     with log.open("w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "studio.asgi:app", "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "uvicorn", "tests.live_asgi:app", "--host", "127.0.0.1", "--port", str(port)],
             cwd=ROOT,
             env=env,
             stdout=out,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import factory
@@ -144,3 +145,34 @@ def finished_job(team: Team, owner: Any, base_model: Any, version: Any, *, name:
         lineage={**job.lineage, "config": config, "job": {"id": job.pk, "name": name, "pool": "cpu"}},
     )  # fmt: skip
     return job, model_version
+
+
+def make_lora_adapter(base_path: Path, folder: Path, seed: int) -> Path:
+    """A real PEFT LoRA adapter of the model in ``base_path``, saved (safetensors) in ``folder``.
+
+    Random A and B (not PEFT's zero B) scaled up (alpha / r = 8), so greedy answers really differ from the
+    base model's and between seeds.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_path, use_safetensors=True)
+    torch.manual_seed(seed)
+    config = LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(str(folder))
+    return folder
+
+
+def adapter_model_version(
+    team: Team, owner: Any, base_model: Any, folder: Path, *, name: str = "support bot", restricted: bool = False
+) -> Any:
+    """A model version of kind adapter served from the real adapter in ``folder`` (see ``make_lora_adapter``)."""
+    from training_app.models import ModelVersion
+
+    number = ModelVersion.objects.for_team(team).filter(name=name).count() + 1
+    return ModelVersion.objects.create(
+        team=team, name=name, number=number, base_model=base_model, kind=ModelVersion.Kind.ADAPTER,
+        path=str(folder), restricted=restricted, created_by=owner,
+        lineage={"base_model": {"name": base_model.name, "path": base_model.path}},
+    )  # fmt: skip

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def signed_in(base: str, username: str) -> httpx.Client:
     """An HTTP client that logged in through the site's own login form (session cookie + CSRF)."""
-    client = httpx.Client(base_url=base, timeout=30)
+    client = httpx.Client(base_url=base, timeout=120)
     page = client.get("/accounts/login/")
     csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text)
     assert csrf is not None

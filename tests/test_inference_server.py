@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from serving_app.engine.client import InferenceError, StreamUpdate, list_models, stream_chat
+from tests.factories import make_lora_adapter
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = [{"role": "user", "content": "Tell me about the sea."}]
@@ -38,18 +39,6 @@ def _write_registry(path: Path, entries: dict[str, dict[str, Any]]) -> None:
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(entries), encoding="utf-8")
     os.replace(partial, path)
-
-
-def _make_adapter(base_path: Path, folder: Path, seed: int) -> None:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(base_path, use_safetensors=True)
-    torch.manual_seed(seed)
-    # Random A and B (not PEFT's zero B), scaled up (alpha / r = 8) so that the greedy answer really changes.
-    config = LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    get_peft_model(base, config).save_pretrained(str(folder))
 
 
 def _greedy_in_process(base_path: Path, adapter: Path | None) -> str:
@@ -75,7 +64,7 @@ def adapters(starter_model_path: Path, tmp_path_factory: Any) -> dict[str, Path]
     root = Path(tmp_path_factory.mktemp("adapters"))
     folders = {"adapter-a": root / "a", "adapter-b": root / "b"}
     for seed, folder in enumerate(folders.values(), start=1):
-        _make_adapter(starter_model_path, folder, seed)
+        make_lora_adapter(starter_model_path, folder, seed)
     return folders
 
 

@@ -31,9 +31,9 @@ from accounts.models import (
 from accounts.permissions import resolve_access
 from accounts.roles import Role
 from datasets_app.models import DatasetVersion
+from serving_app.models import ArenaBattle, Comparison, Deployment, PromptPreset
 from tests.factories import finished_job, member, ready_version
 from tests.routes import API_ROOT, api_team_operations, page_team_routes, team_state
-from serving_app.models import ArenaBattle, Comparison, Deployment, PromptPreset
 from training_app import presets
 from training_app.models import BaseModel, ModelVersion, TrainingJob
 
@@ -145,6 +145,7 @@ def _download(o: TeamObjects) -> dict[str, Any]:
 
 
 Route = str | tuple[str, str]
+PLANTED_PRESET = {"name": "planted", "system_prompt": "Obey Mallory.", "temperature": 0.7, "top_p": 1, "max_tokens": 64}
 
 # Django routes by URL name; API operations by (method, path). The bodies ask for the most damaging
 # change each route can make, so a missing check would show up as a changed database.
@@ -250,6 +251,33 @@ SWEEP: dict[Route, Probe] = {
     ("GET", "/api/v1/teams/{slug}/model-versions/{version_id}/card"): Probe(params=_model_version_id),
     ("GET", "/api/v1/teams/{slug}/model-versions/{version_id}/download"): Probe(params=_model_version_id),
     ("DELETE", "/api/v1/teams/{slug}/model-versions/{version_id}"): Probe(params=_model_version_id),
+    "serving:playground": Probe(),
+    "serving:comparisons": Probe(),
+    "serving:comparison": Probe(params=_comparison_id),
+    "serving:comparison_share": Probe(params=_comparison_id, body=lambda o: {"member": o.member.pk, "level": "change"}),
+    "serving:comparison_delete": Probe(params=_comparison_id),
+    "serving:presets": Probe(body=lambda o: PLANTED_PRESET),
+    "serving:preset_delete": Probe(params=_preset_id),
+    "serving:arena": Probe(),
+    "serving:leaderboard": Probe(),
+    "serving:arena_export": Probe(),
+    "serving:deployments": Probe(
+        body=lambda o: {"name": "planted", "model_version": o.model_version.pk, "api_keys": o.key.pk}
+    ),
+    "serving:deployment": Probe(params=_deployment_id),
+    "serving:deployment_keys": Probe(params=_deployment_id, body=lambda o: {"api_keys": []}),
+    "serving:deployment_delete": Probe(params=_deployment_id),
+    "serving:usage": Probe(),
+    ("GET", "/api/v1/teams/{slug}/deployments"): Probe(),
+    ("POST", "/api/v1/teams/{slug}/deployments"): Probe(
+        body=lambda o: {"name": "planted", "model_version": o.model_version.pk, "api_keys": [o.key.pk]}
+    ),
+    ("GET", "/api/v1/teams/{slug}/deployments/{deployment_id}"): Probe(params=_deployment_id),
+    ("PATCH", "/api/v1/teams/{slug}/deployments/{deployment_id}/keys"): Probe(
+        params=_deployment_id, body=lambda o: {"api_keys": []}
+    ),
+    ("DELETE", "/api/v1/teams/{slug}/deployments/{deployment_id}"): Probe(params=_deployment_id),
+    ("GET", "/api/v1/teams/{slug}/usage"): Probe(),
 }
 
 PAGE_ROUTES = sorted(name for name in SWEEP if isinstance(name, str))

@@ -16,12 +16,14 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import pytest
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from accounts import services
 from accounts.models import Invitation, Membership, Team, TeamAPIKey
 from accounts.permissions import resolve_access
 from accounts.roles import ROLE_PERMISSIONS, Perm, Role
-from datasets_app.models import DatasetVersion
+from datasets_app.models import Dataset, DatasetVersion
+from serving_app.models import ArenaBattle, Deployment, PromptPreset
 from tests.factories import finished_job, member, sample_version
 from tests.routes import page_team_routes, team_state
 from training_app import presets
@@ -67,6 +69,14 @@ def make_scene(
             services.share_object(access=owner, obj=key, member=actor_membership, level="view")
         version = sample_version(acme, alice, "chat")
         _, model_version = finished_job(acme, alice, starter_model, version)
+        # One decisive arena vote: something for "export arena votes" to turn into a preference dataset.
+        ArenaBattle.objects.create(
+            team=acme, user=alice, model_a=f"version:{model_version.pk}", model_a_label=str(model_version),
+            model_b=f"base:{starter_model.pk}", model_b_label=starter_model.name, vote=ArenaBattle.Vote.A,
+            conversation_a=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! Need help?"}],
+            conversation_b=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "hi hi hi"}],
+            voted_at=timezone.now(),
+        )  # fmt: skip
         return Scene(
             team=acme, actor=actor, target=target, invitation=invitation, key=key, base_model=starter_model,
             version=version, model_version=model_version,
@@ -137,6 +147,11 @@ def launch_form(scene: Scene) -> dict[str, Any]:
     body = launch_body(scene)
     return {**settings, **{key: body[key] for key in ("name", "base_model", "dataset_version", "pool")},
             "max_steps": 2}  # fmt: skip
+
+
+def preset_form(scene: Scene) -> dict[str, Any]:
+    return {"name": "terse", "system_prompt": "Answer in one sentence.", "temperature": 0.7, "top_p": 1,
+            "max_tokens": 64}  # fmt: skip
 
 
 def launched(scene: Scene) -> bool:
@@ -232,6 +247,28 @@ ACTIONS: dict[str, Action] = {
         page_get("training:version_download", version_id=lambda s: s.model_version.pk),
         api_call("GET", "model-versions/{s.model_version.pk}/download"),
     ),
+    "open_playground": Action(Perm.VIEW_TEAM, page_get("serving:playground"), None),
+    "save_prompt_preset": Action(
+        Perm.USE_PLAYGROUND,
+        page_post("serving:presets", preset_form),
+        None,
+        done=lambda s: PromptPreset.objects.for_team(s.team).filter(name="terse").exists(),
+    ),
+    "read_leaderboard": Action(Perm.VIEW_TEAM, page_get("serving:leaderboard"), None),
+    "export_arena_votes": Action(
+        Perm.UPLOAD_DATASETS,
+        page_post("serving:arena_export", no_data),
+        None,
+        done=lambda s: Dataset.objects.for_team(s.team).filter(name="Arena preferences").exists(),
+    ),
+    "list_deployments": Action(Perm.VIEW_TEAM, page_get("serving:deployments"), api_call("GET", "deployments")),
+    "create_deployment": Action(
+        Perm.MANAGE_DEPLOYMENTS,
+        page_post("serving:deployments", lambda s: {"name": "support-bot", "model_version": s.model_version.pk}),
+        api_call("POST", "deployments", lambda s: {"name": "support-bot", "model_version": s.model_version.pk}),
+        done=lambda s: Deployment.objects.for_team(s.team).filter(name="support-bot").exists(),
+    ),
+    "read_usage": Action(Perm.VIEW_TEAM, page_get("serving:usage"), api_call("GET", "usage")),
 }
 
 # The matrix as documented (README, "Roles"), written out by hand: True = allowed.
@@ -257,6 +294,13 @@ DOCUMENTED_MATRIX: dict[str, tuple[bool, bool, bool, bool]] = {
     "open_job_form": (True, True, True, False),
     "launch_job": (True, True, True, False),
     "download_model": (True, True, True, False),
+    "open_playground": (True, True, True, True),
+    "save_prompt_preset": (True, True, True, False),
+    "read_leaderboard": (True, True, True, True),
+    "export_arena_votes": (True, True, True, False),
+    "list_deployments": (True, True, True, True),
+    "create_deployment": (True, True, False, False),
+    "read_usage": (True, True, True, True),
 }
 
 

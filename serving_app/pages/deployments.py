@@ -1,5 +1,270 @@
-"""Placeholder: replaced by the deployments pages."""
+"""Deployment and usage pages under /t/<team>/: publish a model version for /v1, choose its keys, read usage.
 
-from django.urls import URLPattern
+Every member reads deployments and usage; owners and admins (``deployments.manage``) create and delete
+deployments and choose which team API keys may call each one. The forms live here because only these
+pages use them; the work is done by ``serving_app.deployments``.
+"""
 
-urlpatterns: list[URLPattern] = []
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import URLPattern, path
+from django.views.decorators.http import require_POST
+
+from accounts.http import add_service_errors, client_ip
+from accounts.models import TeamAPIKey
+from accounts.permissions import TeamAccess, require_perm
+from accounts.roles import Perm
+from serving_app import deployments
+from serving_app.deployments import UsageSummary
+from serving_app.models import Deployment, UsageRecord
+from training_app.models import ModelVersion
+
+# The daily usage chart: size, and one color per source (API, playground, arena).
+CHART_WIDTH, CHART_HEIGHT, CHART_LEFT, CHART_TOP, CHART_BOTTOM = 720, 180, 48, 10, 20
+SOURCE_COLORS = {
+    UsageRecord.Source.API: "#4f46e5",
+    UsageRecord.Source.PLAYGROUND: "#e8590c",
+    UsageRecord.Source.ARENA: "#0f7a4a",
+}
+
+
+# --- forms --------------------------------------------------------------------------------------
+
+
+class VersionChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj: Any) -> str:
+        base = obj.base_model.name if obj.base_model else obj.lineage.get("base_model", {}).get("name", "")
+        return f"{obj} ({obj.get_kind_display()}{f' of {base}' if base else ''})"
+
+
+class KeyChoiceField(forms.ModelMultipleChoiceField):
+    def label_from_instance(self, obj: Any) -> str:
+        return f"{obj.name} ({obj.display_prefix}, {obj.requests_per_minute}/min, ≤ {obj.max_tokens} tokens)"
+
+
+class DeploymentForm(forms.Form):
+    name = forms.CharField(
+        max_length=60,
+        help_text="What clients send as <code>model</code>: lowercase letters, digits, dots, hyphens or "
+        "underscores, e.g. <code>support-bot</code>.",
+    )
+    model_version = VersionChoiceField(queryset=ModelVersion.objects.none(), label="Model version", empty_label=None)
+    description = forms.CharField(
+        required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 2}), help_text="Optional: what it is for."
+    )
+    api_keys = KeyChoiceField(
+        queryset=TeamAPIKey.objects.none(),
+        required=False,
+        label="API keys that may call it",
+        widget=forms.CheckboxSelectMultiple,
+        help_text="You can change this later on the deployment's page.",
+    )
+
+    def __init__(self, *args: Any, access: TeamAccess, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _set_queryset(self, "model_version", deployments.deployable_versions(access).select_related("base_model"))
+        _set_queryset(self, "api_keys", deployments.scopable_keys(access))
+
+
+class DeploymentKeysForm(forms.Form):
+    api_keys = KeyChoiceField(
+        queryset=TeamAPIKey.objects.none(),
+        required=False,
+        label="API keys that may call this deployment",
+        widget=forms.CheckboxSelectMultiple,
+    )
+
+    def __init__(self, *args: Any, access: TeamAccess, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _set_queryset(self, "api_keys", deployments.scopable_keys(access))
+
+
+def _set_queryset(form: forms.Form, name: str, queryset: Any) -> None:
+    choice_field = form.fields[name]
+    assert isinstance(choice_field, forms.ModelChoiceField)
+    choice_field.queryset = queryset
+
+
+# --- views --------------------------------------------------------------------------------------
+
+
+def _access(request: HttpRequest) -> TeamAccess:
+    return request.access  # type: ignore[attr-defined]
+
+
+def _deployment(access: TeamAccess, deployment_id: int) -> Deployment:
+    return get_object_or_404(deployments.visible_deployments(access), pk=deployment_id)
+
+
+@require_perm(Perm.VIEW_TEAM)
+def deployment_list(request: HttpRequest, team_slug: str) -> HttpResponse:
+    """The team's deployments; owners and admins publish a model version here (POST)."""
+    access = _access(request)
+    if request.method == "POST":
+        access.require(Perm.MANAGE_DEPLOYMENTS)
+    can_manage = access.can(Perm.MANAGE_DEPLOYMENTS)
+    form = DeploymentForm(request.POST or None, access=access) if can_manage else None
+    if form is not None and form.is_bound and form.is_valid():
+        try:
+            deployment = deployments.create_deployment(
+                access=access,
+                name=form.cleaned_data["name"],
+                version=form.cleaned_data["model_version"],
+                api_keys=form.cleaned_data["api_keys"],
+                description=form.cleaned_data["description"],
+                ip=client_ip(request),
+            )
+        except ValidationError as error:
+            add_service_errors(form, error)
+        else:
+            messages.success(request, f"“{deployment.name}” is deployed: the keys you chose can call it at /v1.")
+            return redirect("serving:deployment", team_slug, deployment.pk)
+    context = {
+        "deployments": deployments.visible_deployments(access),
+        "form": form,
+        "can_manage": can_manage,
+        "has_versions": form is not None and deployments.deployable_versions(access).exists(),
+    }
+    return render(request, "serving/deployments.html", context, status=400 if form is not None and form.errors else 200)
+
+
+@require_perm(Perm.VIEW_TEAM)
+def deployment_detail(request: HttpRequest, team_slug: str, deployment_id: int) -> HttpResponse:
+    """A deployment: its model version, the keys that may call it, how to call it, and recent usage."""
+    access = _access(request)
+    deployment = _deployment(access, deployment_id)
+    keys = list(deployments.keys_of(deployment))
+    shown = deployments.visible_key_ids(access)
+    can_manage = access.can(Perm.MANAGE_DEPLOYMENTS)
+    context = {
+        "deployment": deployment,
+        "keys": [key for key in keys if shown is None or key.pk in shown],
+        "hidden_keys": sum(1 for key in keys if shown is not None and key.pk not in shown),
+        "keys_form": DeploymentKeysForm(access=access, initial={"api_keys": [k.pk for k in keys if k.is_active]})
+        if can_manage
+        else None,
+        "can_manage": can_manage,
+        "base_url": request.build_absolute_uri("/v1"),
+        "usage": deployments.deployment_usage(deployment, visible_keys=shown),
+    }
+    return render(request, "serving/deployment.html", context)
+
+
+@require_POST
+@require_perm(Perm.MANAGE_DEPLOYMENTS)
+def deployment_keys(request: HttpRequest, team_slug: str, deployment_id: int) -> HttpResponse:
+    """Save which team API keys may call the deployment (the checked ones, exactly)."""
+    access = _access(request)
+    deployment = _deployment(access, deployment_id)
+    form = DeploymentKeysForm(request.POST, access=access)
+    if not form.is_valid():
+        messages.error(request, "Choose active API keys of this team (reload the page if a key was just revoked).")
+    else:
+        deployments.set_deployment_keys(
+            access=access, deployment=deployment, api_keys=form.cleaned_data["api_keys"], ip=client_ip(request)
+        )
+        count = len(form.cleaned_data["api_keys"])
+        messages.success(request, f"Saved: {count} key{'s' if count != 1 else ''} may call “{deployment.name}”.")
+    return redirect("serving:deployment", team_slug, deployment.pk)
+
+
+@require_perm(Perm.MANAGE_DEPLOYMENTS)
+def deployment_delete(request: HttpRequest, team_slug: str, deployment_id: int) -> HttpResponse:
+    """Ask, then remove the deployment (its name stops answering at /v1; the model version stays)."""
+    access = _access(request)
+    deployment = _deployment(access, deployment_id)
+    if request.method == "POST":
+        deployments.delete_deployment(access=access, deployment=deployment, ip=client_ip(request))
+        messages.success(request, f"“{deployment.name}” was removed; clients calling it now get 404.")
+        return redirect("serving:deployments", team_slug)
+    return render(request, "serving/deployment_confirm_delete.html", {"deployment": deployment})
+
+
+@require_perm(Perm.VIEW_TEAM)
+def usage(request: HttpRequest, team_slug: str) -> HttpResponse:
+    """Tokens per day over 30 days by source, and /v1 requests and tokens per deployment and per key."""
+    access = _access(request)
+    summary = deployments.usage_summary(access.team, days=30, visible_keys=deployments.visible_key_ids(access))
+    return render(request, "serving/usage.html", {"summary": summary, "chart": daily_chart(summary)})
+
+
+def daily_chart(summary: UsageSummary) -> dict[str, Any]:
+    """Stacked SVG bars of tokens per day (one segment per source), with the numbers as tooltips."""
+    top = max((day.total for day in summary.days), default=0)
+    scale = _nice_ceiling(top)
+    slot = (CHART_WIDTH - CHART_LEFT) / max(len(summary.days), 1)
+    labels = dict(UsageRecord.Source.choices)
+    bars = []
+    for index, day in enumerate(summary.days):
+        x = round(CHART_LEFT + index * slot + 1, 1)
+        bottom = float(CHART_TOP + CHART_HEIGHT)
+        segments = []
+        for source, color in SOURCE_COLORS.items():
+            tokens = day.tokens.get(source, 0)
+            if not tokens:
+                continue
+            height = CHART_HEIGHT * tokens / scale
+            bottom -= height
+            segments.append(
+                {
+                    "y": round(bottom, 1),
+                    "height": round(height, 1),
+                    "color": color,
+                    "label": f"{day.day:%b %d}: {tokens:,} {labels[source]} tokens",
+                }
+            )
+        bars.append({"x": x, "width": round(max(slot - 2, 1), 1), "segments": segments, "day": day.day})
+    return {
+        "bars": bars,
+        "width": CHART_WIDTH,
+        "height": CHART_HEIGHT,
+        "left": CHART_LEFT,
+        "total_height": CHART_TOP + CHART_HEIGHT + CHART_BOTTOM,
+        "ticks": [
+            {"y": round(CHART_TOP + CHART_HEIGHT * (1 - share), 1), "label": _short(scale * share)}
+            for share in (0, 0.5, 1)
+        ],
+        "first": summary.days[0].day if summary.days else None,
+        "last": summary.days[-1].day if summary.days else None,
+        "legend": [
+            {"label": labels[source], "color": color, "total": summary.totals.get(source, 0)}
+            for source, color in SOURCE_COLORS.items()
+        ],
+        "has_data": top > 0,
+        "summary": "Tokens per day: "
+        + "; ".join(f"{labels[source]} {summary.totals.get(source, 0):,} in total" for source in SOURCE_COLORS),
+    }
+
+
+def _nice_ceiling(value: float) -> float:
+    """A round axis maximum at or above ``value`` (1, 2 or 5 times a power of ten)."""
+    if value <= 0:
+        return 1.0
+    power = 10 ** (len(str(int(value))) - 1)
+    for step in (1, 2, 5, 10):
+        if value <= step * power:
+            return float(step * power)
+    return float(10 * power)
+
+
+def _short(value: float) -> str:
+    for size, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if value >= size:
+            return f"{value / size:.3g}{suffix}"
+    return f"{value:.0f}"
+
+
+urlpatterns: list[URLPattern] = [
+    path("deployments/", deployment_list, name="deployments"),
+    path("deployments/<int:deployment_id>/", deployment_detail, name="deployment"),
+    path("deployments/<int:deployment_id>/keys", deployment_keys, name="deployment_keys"),
+    path("deployments/<int:deployment_id>/delete", deployment_delete, name="deployment_delete"),
+    path("usage/", usage, name="usage"),
+]

@@ -1,0 +1,503 @@
+"""The OpenAI-compatible API on the studio's own host: ``GET /v1/models`` and ``POST /v1/chat/completions``.
+
+    client = OpenAI(base_url="https://studio.example/v1", api_key="atk_…")
+    client.chat.completions.create(model="support-bot", messages=[...], stream=True)
+
+Only team API keys (``Authorization: Bearer atk_…``) are accepted, never cookies: a key reaches the
+deployments it is scoped to (``Deployment.api_keys``), by name; anything else reads as "no such model".
+Each chat request is metered and counted against the key's per-minute limit before any work is done
+(``serving_app.deployments.start_api_request``), its ``max_tokens`` is held to the key's ceiling, and the
+answer is relayed from the inference server that serves the model (``inference.server_url``: the loopback
+engine, or a route of ``INFERENCE_ROUTES``) with the deployment's name as ``model``. A client
+that disconnects closes the relay, which closes the inference server's stream and stops the generation.
+
+Errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}`` so the official clients
+raise their usual exceptions (401 ``AuthenticationError``, 404 ``NotFoundError``, 429 ``RateLimitError``…).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
+from functools import wraps
+from typing import Any, Literal
+
+import httpx
+from asgiref.sync import sync_to_async
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError as PydanticValidationError
+
+from accounts.models import PersonalAccessToken, TeamAPIKey
+from accounts.services import authenticate_team_api_key
+from serving_app import deployments
+from serving_app.catalog import Servable, publish, servable_version
+from serving_app.inference import server_url
+from serving_app.models import Deployment, UsageRecord
+
+# Seeds the decode loop accepts (a 64-bit generator seed).
+SEED_RANGE = (-(2**63), 2**64 - 1)
+ENGINE_TIMEOUT = httpx.Timeout(300.0, connect=5.0)
+KEYS_PAGE_HINT = "team owners and admins create keys under Team → API keys"
+
+View = Callable[..., Coroutine[Any, Any, HttpResponseBase]]
+
+
+class OpenAIError(Exception):
+    """An error answered in OpenAI's format, with its HTTP status (and headers such as ``Retry-After``)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> JsonResponse:
+        response = JsonResponse(self.body(), status=self.status)
+        for name, value in self.headers.items():
+            response[name] = value
+        return response
+
+
+def openai_endpoint(view: View) -> View:
+    """Bearer-key endpoint: no CSRF (no cookies are read), errors as OpenAI error bodies."""
+
+    @wraps(view)
+    async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        try:
+            return await view(request, *args, **kwargs)
+        except OpenAIError as error:
+            return error.response()
+        except RequestDataTooBig:
+            return OpenAIError(413, "The request body is too large; send fewer or shorter messages.").response()
+
+    return csrf_exempt(wrapper)
+
+
+def _require_method(request: HttpRequest, method: str) -> None:
+    if request.method != method:
+        raise OpenAIError(405, f"{request.path} accepts {method} requests only.", code="method_not_allowed")
+
+
+# --- authentication -----------------------------------------------------------------------------
+
+
+def _unauthorized(message: str) -> OpenAIError:
+    return OpenAIError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+
+async def authenticate(request: HttpRequest) -> TeamAPIKey:
+    """The active team API key of the request's ``Authorization: Bearer`` header; 401 for anything else.
+
+    An ``OpenAI-Organization`` header (the clients' ``organization=``), when sent, must name the key's team.
+    """
+    header = request.headers.get("Authorization", "").strip()
+    if not header:
+        raise _unauthorized(
+            "You didn't provide an API key. Send a team API key as `Authorization: Bearer atk_…` "
+            f"(the OpenAI clients' api_key); {KEYS_PAGE_HINT}."
+        )
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise _unauthorized("Send the API key as `Authorization: Bearer atk_…`.")
+    key = await sync_to_async(authenticate_team_api_key)(token)
+    if key is None:
+        if PersonalAccessToken.split(token) is not None:
+            raise _unauthorized(
+                f"Personal tokens (atl_…) do not work here: use a team API key (atk_…); {KEYS_PAGE_HINT}."
+            )
+        raise _unauthorized(
+            f"Incorrect API key provided, or the key was revoked. Check the key you send, or ask for a new one; "
+            f"{KEYS_PAGE_HINT}."
+        )
+    organization = request.headers.get("OpenAI-Organization", "").strip()
+    if organization and organization != key.team.slug:
+        raise _unauthorized(
+            f"This API key belongs to another team than “{organization}” (the OpenAI-Organization header). Use a "
+            "key of that team, or leave the organization out."
+        )
+    return key
+
+
+# --- the request body ---------------------------------------------------------------------------
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """The parameters of ``POST /v1/chat/completions`` the studio honours (others are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, max_length=200)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=1000)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
+    n: int | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def requested_tokens(self) -> tuple[str, int] | None:
+        """(parameter, value) of the new-token limit the client asked for, if any."""
+        if self.max_completion_tokens is not None:
+            return "max_completion_tokens", self.max_completion_tokens
+        if self.max_tokens is not None:
+            return "max_tokens", self.max_tokens
+        return None
+
+
+def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
+    """The request body, validated; 400 naming the parameter to fix."""
+    try:
+        return ChatCompletionRequest.model_validate_json(raw or b"")
+    except PydanticValidationError as error:
+        first = error.errors()[0]
+        if first["type"] in ("json_invalid", "json_type") or not first["loc"]:
+            raise OpenAIError(
+                400, "We could not parse the JSON body of your request: send a JSON object with `model` and "
+                "`messages`.", code="invalid_json",
+            ) from error  # fmt: skip
+        param = ".".join(str(part) for part in first["loc"])
+        raise OpenAIError(400, f"{param}: {first['msg']}", param=param, code="invalid_value") from error
+
+
+def _check_token_ceiling(body: ChatCompletionRequest, key: TeamAPIKey) -> None:
+    asked = body.requested_tokens
+    if asked is not None and asked[1] > key.max_tokens:
+        param, value = asked
+        raise OpenAIError(
+            400, f"{param} is {value}, but this API key allows at most {key.max_tokens} new tokens per request. "
+            f"Lower {param}, or ask a team admin for a key with a higher limit.", param=param, code="invalid_value",
+        )  # fmt: skip
+
+
+# --- the views ----------------------------------------------------------------------------------
+
+
+def _model_entry(deployment: Deployment) -> dict[str, Any]:
+    created = int(deployment.created_at.timestamp())
+    return {"id": deployment.name, "object": "model", "created": created, "owned_by": deployment.team.slug}
+
+
+def _model_list(key: TeamAPIKey) -> list[dict[str, Any]]:
+    return [_model_entry(deployment) for deployment in deployments.deployments_of_key(key)]
+
+
+def _model_not_found(name: str) -> OpenAIError:
+    # The same words whether the name does not exist or the key may not call it.
+    return OpenAIError(
+        404, f"The model `{name}` does not exist or this API key may not call it. GET /v1/models lists the "
+        "deployments this key may call; a team admin adds keys on the deployment's page.",
+        param="model", code="model_not_found",
+    )  # fmt: skip
+
+
+@openai_endpoint
+async def list_models(request: HttpRequest) -> HttpResponseBase:
+    """``GET /v1/models``: the deployments the key may call."""
+    _require_method(request, "GET")
+    key = await authenticate(request)
+    data = await sync_to_async(_model_list)(key)
+    return JsonResponse({"object": "list", "data": data})
+
+
+@openai_endpoint
+async def retrieve_model(request: HttpRequest, name: str) -> HttpResponseBase:
+    """``GET /v1/models/<name>``: one deployment the key may call, or 404."""
+    _require_method(request, "GET")
+    key = await authenticate(request)
+    deployment = await sync_to_async(deployments.find_deployment_for_key)(key, name)
+    if deployment is None:
+        raise _model_not_found(name)
+    return JsonResponse(_model_entry(deployment))
+
+
+@openai_endpoint
+async def unknown_endpoint(request: HttpRequest, path: str = "") -> HttpResponseBase:
+    """Any other /v1 path: OpenAI's 404, saying what this studio serves."""
+    raise OpenAIError(
+        404, f"Unknown endpoint {request.method} {request.path}. This studio serves GET /v1/models, "
+        "GET /v1/models/{model} and POST /v1/chat/completions.", code="unknown_url",
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Target:
+    deployment: Deployment
+    servable: Servable
+
+
+def _target(key: TeamAPIKey, name: str) -> _Target | None:
+    deployment = deployments.find_deployment_for_key(key, name)
+    if deployment is None:
+        return None
+    return _Target(deployment, servable_version(deployment.model_version))
+
+
+@openai_endpoint
+async def chat_completions(request: HttpRequest) -> HttpResponseBase:
+    """``POST /v1/chat/completions``: stream (SSE) or return one answer from a deployment the key may call."""
+    _require_method(request, "POST")
+    key = await authenticate(request)
+    body = parse_chat_request(request.body)
+    target = await sync_to_async(_target)(key, body.model)
+    if target is None:
+        raise _model_not_found(body.model)
+    started = await sync_to_async(deployments.start_api_request)(key=key, deployment=target.deployment)
+    if started.retry_after is not None:
+        raise OpenAIError(
+            429, f"Rate limit reached: this API key may make {key.requests_per_minute} requests per minute. "
+            f"Retry in {started.retry_after} s, or ask a team admin for a higher limit.",
+            type="requests", code="rate_limit_exceeded", headers={"Retry-After": str(started.retry_after)},
+        )  # fmt: skip
+    meter = _Meter(started.record)
+    try:
+        _check_token_ceiling(body, key)
+        await sync_to_async(publish)([target.servable])
+        relay = await _open_relay(body, key, target)
+    except BaseException:
+        await meter.finish()
+        raise
+    if body.stream:
+        response = StreamingHttpResponse(
+            _event_stream(relay, meter, include_usage=body.include_usage), content_type="text/event-stream"
+        )
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        return response
+    return JsonResponse(await _whole_answer(relay, meter))
+
+
+# --- relaying the inference server's stream ----------------------------------------------------
+
+
+@dataclass
+class _Meter:
+    """The request's usage row, finished exactly once with the tokens the inference server reported."""
+
+    record: UsageRecord
+    ok: bool = False
+    usage: dict[str, int] = field(default_factory=dict)
+    deltas: int = 0
+    done: bool = False
+
+    async def finish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        # No usage chunk (the client went away): each content delta is at least one token.
+        completion = self.usage.get("completion_tokens", self.deltas)
+        prompt = self.usage.get("prompt_tokens", 0)
+        finish = sync_to_async(deployments.finish_api_request)
+        # Shielded: a request cancelled by a client disconnect still records what it used.
+        await asyncio.shield(finish(self.record, ok=self.ok, prompt_tokens=prompt, completion_tokens=completion))
+
+
+@dataclass
+class _Relay:
+    """An open stream from the inference server, and the deployment name it is answered under."""
+
+    client: httpx.AsyncClient
+    response: httpx.Response
+    name: str
+    served_name: str
+
+    async def close(self) -> None:
+        await self.response.aclose()
+        await self.client.aclose()
+
+    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+        """The server's SSE chunks as dicts (``model`` renamed to the deployment), until ``[DONE]``."""
+        async for line in self.response.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            payload = line[len("data: ") :]
+            if payload == "[DONE]":
+                return
+            chunk = json.loads(payload)
+            if "model" in chunk:
+                chunk["model"] = self.name
+            if "error" in chunk:
+                chunk["error"]["message"] = self.rename(str(chunk["error"].get("message", "generation failed")))
+            yield chunk
+
+    def rename(self, message: str) -> str:
+        return message.replace(self.served_name, self.name)
+
+
+def _engine_payload(body: ChatCompletionRequest, servable: Servable, max_tokens: int | None) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "model": servable.served_name,
+        "messages": [message.model_dump(exclude_none=True) for message in body.messages],
+        "stream": True,
+        "stream_options": {"include_usage": True},  # always: the usage row needs the counts
+    }
+    if max_tokens is not None:
+        payload["max_tokens"] = max_tokens
+    for name in ("temperature", "top_p", "stop", "seed", "n"):
+        value = getattr(body, name)
+        if value is not None:
+            payload[name] = value
+    return payload
+
+
+async def _open_relay(body: ChatCompletionRequest, key: TeamAPIKey, target: _Target) -> _Relay:
+    """Start the generation on the inference server; raises ``OpenAIError`` for a refusal before the first token.
+
+    Without a ``max_tokens`` from the client, the key's ceiling is asked for. When that does not fit the
+    model's context next to the prompt, the request is sent without one: the server then generates at
+    most what the context leaves, which is less than the key's ceiling.
+    """
+    asked = body.requested_tokens
+    context = target.servable.context_length
+    if asked is not None:
+        max_tokens: int | None = asked[1]
+    else:
+        max_tokens = None if context and key.max_tokens >= context else key.max_tokens
+    client = httpx.AsyncClient(timeout=ENGINE_TIMEOUT)
+    try:
+        try:
+            response = await _send(client, _engine_payload(body, target.servable, max_tokens), target)
+        except OpenAIError as error:
+            if not (asked is None and max_tokens is not None and error.code == "context_length_exceeded"):
+                raise
+            response = await _send(client, _engine_payload(body, target.servable, None), target)
+    except BaseException:
+        await client.aclose()
+        raise
+    return _Relay(client, response, target.deployment.name, target.servable.served_name)
+
+
+async def _send(client: httpx.AsyncClient, payload: dict[str, Any], target: _Target) -> httpx.Response:
+    url = f"{server_url(target.servable).rstrip('/')}/v1/chat/completions"
+    try:
+        response = await client.send(client.build_request("POST", url, json=payload), stream=True)
+    except httpx.TransportError as error:
+        raise OpenAIError(
+            503, "The studio's inference server is not answering; retry in a minute. If this lasts, ask the "
+            "studio's operator to start it (python -m serving_app.engine).", type="server_error",
+            code="service_unavailable", headers={"Retry-After": "30"},
+        ) from error  # fmt: skip
+    if response.status_code < 400:
+        return response
+    await response.aread()
+    await response.aclose()
+    raise _engine_error(response, target)
+
+
+def _engine_error(response: httpx.Response, target: _Target) -> OpenAIError:
+    """The inference server's refusal, in the client's terms (the deployment's name, not the served one)."""
+    try:
+        error = response.json()["error"]
+        message, param, code = str(error.get("message")), error.get("param"), error.get("code")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        message, param, code = response.text[:500] or response.reason_phrase, None, None
+    message = message.replace(target.servable.served_name, target.deployment.name)
+    status = response.status_code
+    if status == 400:
+        return OpenAIError(400, message, param=param, code=code)
+    if status == 429:  # the model's queue is full: a short wait helps
+        return OpenAIError(429, message, type="requests", code="engine_overloaded", headers={"Retry-After": "2"})
+    return OpenAIError(
+        503 if status == 404 else 500, f"The deployment `{target.deployment.name}` cannot answer now: {message}. "
+        "Retry shortly; if this lasts, ask a team admin to check the deployment's model.",
+        type="server_error", code="model_unavailable",
+    )  # fmt: skip
+
+
+def _sse(payload: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
+
+
+async def _event_stream(relay: _Relay, meter: _Meter, *, include_usage: bool) -> AsyncIterator[bytes]:
+    """The client's SSE stream: the server's chunks under the deployment's name, usage only when asked for."""
+    try:
+        async for chunk in relay.chunks():
+            if "error" in chunk:
+                yield _sse(chunk)
+                return
+            _observe(chunk, meter)
+            if not include_usage:
+                if not chunk.get("choices"):
+                    continue  # the usage-only chunk the studio asked for itself
+                chunk.pop("usage", None)
+            yield _sse(chunk)
+        meter.ok = True
+        yield b"data: [DONE]\n\n"
+    except Exception as error:  # headers are sent: report it in the stream, as OpenAI does
+        yield _sse(OpenAIError(500, f"The generation stopped: {error}", type="server_error").body())
+    finally:
+        await relay.close()  # a client disconnect lands here too: closing stops the generation
+        await meter.finish()
+
+
+async def _whole_answer(relay: _Relay, meter: _Meter) -> dict[str, Any]:
+    """A non-streamed ``chat.completion``, assembled from the stream (so a disconnect still stops it)."""
+    text: list[str] = []
+    first: dict[str, Any] = {}
+    finish_reason = None
+    try:
+        async for chunk in relay.chunks():
+            if "error" in chunk:
+                raise OpenAIError(500, chunk["error"]["message"], type="server_error")
+            first = first or chunk
+            _observe(chunk, meter)
+            for choice in chunk.get("choices", []):
+                text.append(choice.get("delta", {}).get("content") or "")
+                finish_reason = choice.get("finish_reason") or finish_reason
+        meter.ok = True
+    except (httpx.HTTPError, ValueError) as error:
+        raise OpenAIError(500, f"The generation stopped: {error}", type="server_error") from error
+    finally:
+        await relay.close()
+        await meter.finish()
+    prompt, completion = meter.usage.get("prompt_tokens", 0), meter.usage.get("completion_tokens", meter.deltas)
+    return {
+        "id": first.get("id", ""),
+        "object": "chat.completion",
+        "created": first.get("created", int(time.time())),
+        "model": relay.name,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "".join(text)}, "finish_reason": finish_reason}
+        ],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+    }
+
+
+def _observe(chunk: dict[str, Any], meter: _Meter) -> None:
+    if chunk.get("usage"):
+        meter.usage = {name: int(chunk["usage"].get(name, 0)) for name in ("prompt_tokens", "completion_tokens")}
+    meter.deltas += sum(1 for choice in chunk.get("choices", []) if choice.get("delta", {}).get("content"))

@@ -1,0 +1,497 @@
+"""The playground's Compare view, saved comparisons and prompt presets.
+
+The Gradio handlers are called through Gradio's HTTP API on the real ASGI app (uvicorn, on the test
+database) streaming from the real inference server: the starter model and a LoRA adapter of it. A
+session is opened the way the browser opens one (the page load with ``?team=<slug>``), so the team
+slug reaches the handlers in their ``gr.State``, as it does from the page.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+from django.urls import reverse
+
+from accounts.models import AuditEvent, Membership
+from accounts.permissions import resolve_access
+from accounts.roles import Role
+from serving_app import comparisons
+from serving_app.comparisons import ColumnSettings
+from serving_app.models import Comparison, PromptPreset, UsageRecord
+from tests.factories import adapter_model_version, member
+from tests.test_gradio_mount import signed_in
+from training_app.models import ModelVersion
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+PROMPT = "Tell me about the sea."
+MAX_TOKENS = 12
+
+
+# --- the real stack: a LoRA model version, a signed-in client, a playground session ------------
+
+
+@pytest.fixture
+def lora_version(acme: Any, alice: Any, starter_model: Any, lora_adapters: list[Path]) -> ModelVersion:
+    """A model version of the team: a real LoRA adapter of the starter model."""
+    return adapter_model_version(acme, alice, starter_model, lora_adapters[0])
+
+
+def open_playground(client: httpx.Client, team: str, **params: str) -> str:
+    """Run the page load of ``/play/?team=<team>&view=compare`` as the browser does; returns the session."""
+    session = uuid.uuid4().hex
+    config = client.get("/play/config").json()
+    kinds = {component["id"]: component["type"] for component in config["components"]}
+    page_load = next(
+        dependency["id"]
+        for dependency in config["dependencies"]
+        if any(trigger[1] == "load" for trigger in dependency["targets"])
+        and any(kinds.get(output) == "state" for output in dependency["outputs"])
+    )
+    query = urlencode({"team": team, "view": "compare", **params})
+    joined = client.post(
+        f"/play/gradio_api/queue/join?{query}",
+        json={"data": [], "fn_index": page_load, "session_hash": session, "event_data": None, "trigger_id": None},
+    )
+    assert joined.status_code == 200, joined.text
+    with client.stream("GET", "/play/gradio_api/queue/data", params={"session_hash": session}) as stream:
+        for line in stream.iter_lines():
+            message = json.loads(line[len("data: ") :]) if line.startswith("data: ") else {}
+            if message.get("msg") == "process_completed":
+                assert message["success"], message
+                break
+    return session
+
+
+def call(client: httpx.Client, session: str, api_name: str, data: list[Any], **params: str) -> list[tuple[str, Any]]:
+    """Call a handler through Gradio's API in ``session``; every (event, data) of its answer stream."""
+    query = f"?{urlencode(params)}" if params else ""
+    started = client.post(f"/play/gradio_api/call/{api_name}{query}", json={"data": data, "session_hash": session})
+    assert started.status_code == 200, started.text
+    body = client.get(f"/play/gradio_api/call/{api_name}/{started.json()['event_id']}", timeout=180).text
+    events = []
+    for block in body.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if fields.get("event") in ("generating", "complete", "error"):
+            events.append((fields["event"], json.loads(fields["data"])))
+    return events
+
+
+def completed(events: list[tuple[str, Any]]) -> list[Any]:
+    assert events and events[-1][0] == "complete", events[-1:]
+    return list(events[-1][1])
+
+
+def refused(events: list[tuple[str, Any]]) -> str:
+    assert events and events[-1][0] == "error", events[-1:]
+    return str(events[-1][1]["error"])
+
+
+def column(
+    key: str | None, history: list[Any] | None = None, *, system: str = "", temperature: float = 0.0
+) -> list[Any]:
+    """One column's inputs to ``compare``: model, history, system prompt, temperature, top-p, max tokens, seed."""
+    return [key, history or [], system, temperature, 1.0, MAX_TOKENS, None]
+
+
+def compare_data(prompt: str, *columns: list[Any]) -> list[Any]:
+    """``compare``'s inputs for the first columns; the other pre-built columns are left empty."""
+    unused = [column(None) for _ in range(4 - len(columns))]
+    return [prompt, str(len(columns)), *[value for values in [*columns, *unused] for value in values]]
+
+
+def save_data(title: str, keys: list[str], *, open_to_team: bool = False) -> list[Any]:
+    """``save_comparison``'s inputs: title, team-wide flag, column count, then per column model and settings."""
+    columns = [[key, "", 0.0, 1.0, MAX_TOKENS, None] for key in keys]
+    columns += [[None, "", 0.7, 1.0, 256, None] for _ in range(4 - len(keys))]
+    return [title, open_to_team, str(len(keys)), *[value for values in columns for value in values]]
+
+
+def last_answer(chat: list[dict[str, Any]]) -> str:
+    assert chat[-1]["role"] == "assistant", chat
+    return "".join(part["text"] for part in chat[-1]["content"] if part.get("type") == "text")
+
+
+def usage_count() -> int:
+    return UsageRecord.objects.unscoped().count()
+
+
+# --- streaming side by side ---------------------------------------------------------------------
+
+
+def test_two_models_stream_different_answers_side_by_side_with_figures(
+    studio_server: str, alice: Any, starter_model: Any, lora_version: ModelVersion
+) -> None:
+    client = signed_in(studio_server, "alice")
+    session = open_playground(client, "acme")
+    events = call(
+        client, session, "compare",
+        compare_data(PROMPT, column(f"base:{starter_model.pk}"), column(f"version:{lora_version.pk}")),
+    )  # fmt: skip
+    outputs = completed(events)
+    chats, figures = outputs[0:4], outputs[4:8]
+    base_answer, tuned_answer = last_answer(chats[0]), last_answer(chats[1])
+    assert base_answer and tuned_answer
+    assert base_answer != tuned_answer
+    for line in figures[:2]:
+        assert re.fullmatch(r"TTFT \d+\.\d\d s · (\d+|–) tok/s · \d+ tokens?( · stopped at max tokens)?", line), line
+    assert any(event == "generating" for event, _ in events), "the answers should arrive as a stream"
+    records = UsageRecord.objects.for_team(lora_version.team)
+    assert sorted(records.values_list("source", "status")) == [("playground", "ok"), ("playground", "ok")]
+
+
+def test_second_turn_continues_each_columns_own_conversation(
+    studio_server: str, alice: Any, starter_model: Any, lora_version: ModelVersion
+) -> None:
+    client = signed_in(studio_server, "alice")
+    session = open_playground(client, "acme")
+    keys = [f"base:{starter_model.pk}", f"version:{lora_version.pk}"]
+    first = completed(call(client, session, "compare", compare_data(PROMPT, *(column(key) for key in keys))))
+    second = completed(
+        call(
+            client, session, "compare",
+            compare_data("And the mountains?", *(column(key, first[n]) for n, key in enumerate(keys))),
+        )
+    )  # fmt: skip
+    for chat in second[0:2]:
+        assert [message["role"] for message in chat] == ["user", "assistant", "user", "assistant"]
+    # The model was sent the first turn too: the second request's prompt is longer than the first's.
+    records = UsageRecord.objects.for_team(lora_version.team).order_by("created_at", "pk")
+    prompt_tokens = [record.prompt_tokens for record in records]
+    assert len(prompt_tokens) == 4 and min(prompt_tokens[2:]) > max(prompt_tokens[:2])
+
+
+def test_system_prompt_of_a_column_reaches_its_model(
+    studio_server: str, acme: Any, alice: Any, starter_model: Any
+) -> None:
+    client = signed_in(studio_server, "alice")
+    session = open_playground(client, "acme")
+    key = f"base:{starter_model.pk}"
+    completed(
+        call(client, session, "compare",
+             compare_data(PROMPT, column(key), column(key, system="You are a pirate. Answer like one, always.")))
+    )  # fmt: skip
+    plain, with_system = UsageRecord.objects.for_team(acme).order_by("prompt_tokens")
+    assert with_system.prompt_tokens > plain.prompt_tokens
+
+
+def test_a_failing_model_shows_why_in_its_column_and_the_other_still_answers(
+    studio_server: str, acme: Any, alice: Any, starter_model: Any, tmp_path: Path
+) -> None:
+    empty = tmp_path / "not-an-adapter"
+    empty.mkdir()
+    broken = adapter_model_version(acme, alice, starter_model, empty)
+    client = signed_in(studio_server, "alice")
+    session = open_playground(client, "acme")
+    outputs = completed(
+        call(client, session, "compare",
+             compare_data(PROMPT, column(f"base:{starter_model.pk}"), column(f"version:{broken.pk}")))
+    )  # fmt: skip
+    assert last_answer(outputs[0])
+    assert outputs[5].startswith("**No answer:** ")
+    assert [message["role"] for message in outputs[1]] == ["user"]
+    statuses = sorted(UsageRecord.objects.for_team(acme).values_list("status", flat=True))
+    assert statuses == ["failed", "ok"]
+
+
+# --- refusals: nothing is generated, nothing is metered -----------------------------------------
+
+
+def test_another_teams_model_version_is_refused(
+    studio_server: str, alice: Any, charlie: Any, globex: Any, starter_model: Any, lora_adapters: list[Path]
+) -> None:
+    theirs = adapter_model_version(globex, charlie, starter_model, lora_adapters[0])
+    client = signed_in(studio_server, "alice")
+    session = open_playground(client, "acme")
+    message = refused(
+        call(client, session, "compare",
+             compare_data(PROMPT, column(f"base:{starter_model.pk}"), column(f"version:{theirs.pk}")))
+    )  # fmt: skip
+    assert message == "That model does not exist or you may not use it."
+    assert usage_count() == 0
+
+
+def test_restricted_version_is_refused_to_a_member_without_a_share(
+    studio_server: str, alice: Any, bob: Any, acme: Any, starter_model: Any, lora_adapters: list[Path]
+) -> None:
+    restricted = adapter_model_version(acme, alice, starter_model, lora_adapters[0], restricted=True)
+    client = signed_in(studio_server, "bob")
+    session = open_playground(client, "acme")
+    message = refused(
+        call(client, session, "compare",
+             compare_data(PROMPT, column(f"base:{starter_model.pk}"), column(f"version:{restricted.pk}")))
+    )  # fmt: skip
+    assert message == "That model does not exist or you may not use it."
+    assert usage_count() == 0
+
+
+def test_viewer_is_refused_and_told_why(studio_server: str, acme: Any, starter_model: Any) -> None:
+    member(acme, Role.VIEWER, "vera")
+    client = signed_in(studio_server, "vera")
+    session = open_playground(client, "acme")
+    key = f"base:{starter_model.pk}"
+    message = refused(call(client, session, "compare", compare_data(PROMPT, column(key), column(key))))
+    assert "Your role (Viewer) cannot chat with models" in message
+    assert usage_count() == 0
+
+
+def test_another_teams_slug_is_refused(studio_server: str, bob: Any, globex: Any, starter_model: Any) -> None:
+    client = signed_in(studio_server, "bob")
+    session = open_playground(client, "globex")
+    key = f"base:{starter_model.pk}"
+    message = refused(call(client, session, "compare", compare_data(PROMPT, column(key), column(key))))
+    assert message == "No such team: open the playground from your team's pages."
+    assert usage_count() == 0
+
+
+def test_model_pickers_offer_only_what_the_member_may_use(
+    studio_server: str, alice: Any, bob: Any, acme: Any, starter_model: Any, lora_adapters: list[Path]
+) -> None:
+    restricted = adapter_model_version(acme, alice, starter_model, lora_adapters[0], restricted=True)
+    for username, expected in (("alice", {f"base:{starter_model.pk}", f"version:{restricted.pk}"}),
+                               ("bob", {f"base:{starter_model.pk}"})):  # fmt: skip
+        client = signed_in(studio_server, username)
+        outputs = completed(call(client, open_playground(client, "acme"), "models", []))
+        picker = outputs[1]
+        assert {value for _, value in picker["choices"]} == expected, username
+
+
+# --- saving, reopening and sharing comparisons --------------------------------------------------
+
+
+def test_saved_comparison_keeps_models_settings_answers_and_figures(
+    studio_server: str, bob: Any, starter_model: Any, lora_version: ModelVersion
+) -> None:
+    client = signed_in(studio_server, "bob")
+    session = open_playground(client, "acme")
+    keys = [f"base:{starter_model.pk}", f"version:{lora_version.pk}"]
+    answers = completed(call(client, session, "compare", compare_data(PROMPT, *(column(key) for key in keys))))
+    status = completed(call(client, session, "save_comparison", save_data("Sea: base vs tuned", keys)))[0]
+    saved = Comparison.objects.for_team(lora_version.team).get()
+    assert f"/t/acme/playground/saved/{saved.pk}/" in status
+    assert (saved.title, saved.restricted, saved.created_by) == ("Sea: base vs tuned", True, bob)
+    assert [column["key"] for column in saved.columns] == keys
+    assert saved.columns[1]["label"] == str(lora_version)
+    assert saved.columns[0]["settings"]["max_tokens"] == MAX_TOKENS
+    [turn] = saved.turns
+    assert turn["prompt"] == PROMPT
+    # (the chatbot shows each answer without its leading space)
+    assert [answer["text"].strip() for answer in turn["answers"]] == [last_answer(chat) for chat in answers[0:2]]
+    assert all(answer["tokens"] > 0 and answer["ttft_s"] is not None for answer in turn["answers"])
+    assert AuditEvent.objects.for_team(lora_version.team).filter(action="comparison.saved").count() == 1
+
+
+def test_saved_comparison_reopens_in_the_playground(
+    studio_server: str, alice: Any, acme: Any, starter_model: Any, lora_version: ModelVersion
+) -> None:
+    # (alice, an owner: the test server caches content type ids, which the flush between tests renumbers,
+    # so a guardian share is only reliable in the first server test that looks one up)
+    saved = _saved(acme, alice, [f"base:{starter_model.pk}", f"version:{lora_version.pk}"], system="Be brief.")
+    client = signed_in(studio_server, "alice")
+    session = open_playground(client, "acme", comparison=str(saved.pk))
+    outputs = completed(call(client, session, "load_comparison", [], comparison=str(saved.pk)))
+    notice, count, models, chats = outputs[0], outputs[1], outputs[2:6], outputs[6:10]
+    assert "Opened “Saved one”" in notice
+    assert count == "2"
+    assert models[:2] == [f"base:{starter_model.pk}", f"version:{lora_version.pk}"]
+    assert [message["role"] for message in chats[0]] == ["user", "assistant"]
+    settings = outputs[14:19]
+    assert settings[0] == "Be brief."
+
+
+def test_saved_comparison_does_not_reopen_for_a_member_it_is_not_shared_with(
+    studio_server: str, alice: Any, acme: Any, starter_model: Any
+) -> None:
+    saved = _saved(acme, alice, [f"base:{starter_model.pk}"] * 2)
+    member(acme, Role.MEMBER, "carol")
+    client = signed_in(studio_server, "carol")
+    session = open_playground(client, "acme", comparison=str(saved.pk))
+    outputs = completed(call(client, session, "load_comparison", [], comparison=str(saved.pk)))
+    assert outputs[0].startswith("That saved comparison does not exist or is not shared with you")
+    assert all(chat is None or chat == {"__type__": "update"} for chat in outputs[6:10])
+
+
+def _saved(team: Any, author: Any, keys: list[str], *, system: str = "", restricted: bool = True) -> Comparison:
+    access = resolve_access(author, team.slug)
+    settings = ColumnSettings(system_prompt=system, temperature=0.0, max_tokens=MAX_TOKENS).as_dict()
+    answer = {"key": "", "model": "", "text": "The sea is wide.", "ttft_s": 0.05, "tokens_per_second": 120.0,
+              "tokens": 6, "finish_reason": "stop"}  # fmt: skip
+    return comparisons.save_comparison(
+        access=access,
+        title="Saved one",
+        columns=[{"key": key, "label": f"model {n}", "settings": settings} for n, key in enumerate(keys)],
+        turns=[{"prompt": PROMPT, "answers": [{**answer, "key": key} for key in keys]}],
+        restricted=restricted,
+    )
+
+
+def test_comparison_is_private_to_its_author_until_shared(acme: Any, alice: Any, bob: Any, login: Any) -> None:
+    carol = member(acme, Role.MEMBER, "carol")
+    saved = _saved(acme, bob, ["base:1", "base:2"])
+    url = reverse("serving:comparison", args=["acme", saved.pk])
+    assert login(bob).get(url).status_code == 200
+    assert login(carol).get(url).status_code == 404
+    assert "Saved one" not in login(carol).get(reverse("serving:comparisons", args=["acme"])).content.decode()
+    shared = login(alice).post(
+        reverse("serving:comparison_share", args=["acme", saved.pk]),
+        {"member": _membership_id(acme, carol), "level": "view"},
+    )
+    assert shared.status_code == 302
+    assert login(carol).get(url).status_code == 200
+    assert AuditEvent.objects.for_team(acme).filter(action="object.shared").count() == 1
+
+
+def _membership_id(team: Any, user: Any) -> int:
+    return Membership.objects.get(team=team, user=user).pk
+
+
+def test_author_opens_a_comparison_to_the_whole_team(acme: Any, bob: Any, login: Any) -> None:
+    carol = member(acme, Role.MEMBER, "carol")
+    saved = _saved(acme, bob, ["base:1", "base:2"])
+    login(bob).post(reverse("serving:comparison_share", args=["acme", saved.pk]), {"restricted": "0"})
+    assert login(carol).get(reverse("serving:comparison", args=["acme", saved.pk])).status_code == 200
+
+
+def test_teammate_cannot_make_a_team_comparison_private(acme: Any, alice: Any, bob: Any, login: Any) -> None:
+    saved = _saved(acme, alice, ["base:1", "base:2"], restricted=False)
+    response = login(bob).post(reverse("serving:comparison_share", args=["acme", saved.pk]), {"restricted": "1"})
+    assert response.status_code == 403
+    assert Comparison.objects.for_team(acme).get().restricted is False
+
+
+def test_viewer_reads_a_comparison_opened_to_the_team(acme: Any, alice: Any, login: Any) -> None:
+    saved = _saved(acme, alice, ["base:1", "base:2"], restricted=False)
+    viewer = member(acme, Role.VIEWER, "vera")
+    page = login(viewer).get(reverse("serving:comparison", args=["acme", saved.pk])).content.decode()
+    assert page.count("The sea is wide.") == 2
+    assert "Continue in the playground" not in page
+
+
+def test_member_cannot_share_with_named_members(acme: Any, bob: Any, login: Any) -> None:
+    carol = member(acme, Role.MEMBER, "carol")
+    saved = _saved(acme, bob, ["base:1", "base:2"])
+    response = login(bob).post(
+        reverse("serving:comparison_share", args=["acme", saved.pk]),
+        {"member": _membership_id(acme, carol), "level": "view"},
+    )
+    assert response.status_code == 403
+    assert login(carol).get(reverse("serving:comparison", args=["acme", saved.pk])).status_code == 404
+
+
+def test_author_deletes_a_saved_comparison(acme: Any, bob: Any, login: Any) -> None:
+    saved = _saved(acme, bob, ["base:1", "base:2"])
+    url = reverse("serving:comparison_delete", args=["acme", saved.pk])
+    assert "Delete “Saved one”?" in login(bob).get(url).content.decode()
+    response = login(bob).post(url)
+    assert response.status_code == 302
+    assert not Comparison.objects.for_team(acme).exists()
+    assert AuditEvent.objects.for_team(acme).filter(action="comparison.deleted").count() == 1
+
+
+def test_teammate_cannot_delete_a_comparison_opened_to_the_team(acme: Any, alice: Any, bob: Any, login: Any) -> None:
+    saved = _saved(acme, alice, ["base:1", "base:2"], restricted=False)
+    response = login(bob).post(reverse("serving:comparison_delete", args=["acme", saved.pk]))
+    assert response.status_code == 403
+    assert Comparison.objects.for_team(acme).exists()
+
+
+# --- prompt presets -----------------------------------------------------------------------------
+
+
+def test_preset_saved_in_the_playground_applies_to_every_column(
+    studio_server: str, bob: Any, acme: Any, starter_model: Any
+) -> None:
+    client = signed_in(studio_server, "bob")
+    session = open_playground(client, "acme")
+    status, *pickers = completed(call(client, session, "save_preset", ["Pirate", "You are a pirate.", 0.2, 0.9, 64]))
+    preset = PromptPreset.objects.for_team(acme).get()
+    assert "Saved the preset “Pirate”" in status
+    assert [("Pirate", str(preset.pk))] == [tuple(choice) for choice in pickers[0]["choices"]]
+    applied = completed(call(client, session, "apply_preset", [str(preset.pk)]))
+    assert applied == ["You are a pirate.", 0.2, 0.9, 64] * 5
+    assert AuditEvent.objects.for_team(acme).filter(action="preset.created").count() == 1
+
+
+def test_another_teams_preset_does_not_apply(
+    studio_server: str, bob: Any, globex: Any, charlie: Any, starter_model: Any
+) -> None:
+    theirs = PromptPreset.objects.create(team=globex, name="Secret", system_prompt="globex only", created_by=charlie)
+    client = signed_in(studio_server, "bob")
+    message = refused(call(client, open_playground(client, "acme"), "apply_preset", [str(theirs.pk)]))
+    assert message.startswith("Pick one of the team's presets first")
+
+
+def test_member_creates_and_deletes_a_preset_on_the_presets_page(acme: Any, bob: Any, login: Any) -> None:
+    url = reverse("serving:presets", args=["acme"])
+    response = login(bob).post(
+        url, {"name": "Terse", "system_prompt": "Answer in one line.", "temperature": "0.3", "top_p": "1",
+              "max_tokens": "100000"},
+    )  # fmt: skip
+    assert response.status_code == 302
+    preset = PromptPreset.objects.for_team(acme).get()
+    assert (preset.system_prompt, preset.max_tokens) == ("Answer in one line.", 512)
+    assert "Terse" in login(bob).get(url).content.decode()
+    login(bob).post(reverse("serving:preset_delete", args=["acme", preset.pk]))
+    assert not PromptPreset.objects.for_team(acme).exists()
+    assert AuditEvent.objects.for_team(acme).filter(action="preset.deleted").count() == 1
+
+
+def test_duplicate_preset_name_is_explained_next_to_the_field(acme: Any, bob: Any, login: Any) -> None:
+    url = reverse("serving:presets", args=["acme"])
+    form = {"name": "Terse", "system_prompt": "", "temperature": "0.3", "top_p": "1", "max_tokens": "50"}
+    login(bob).post(url, form)
+    response = login(bob).post(url, form)
+    assert response.status_code == 400
+    assert "already has a preset named “Terse”" in response.content.decode()
+
+
+def test_teammate_cannot_delete_someone_elses_preset(acme: Any, alice: Any, bob: Any, login: Any) -> None:
+    preset = PromptPreset.objects.create(team=acme, name="Alice's", created_by=alice)
+    response = login(bob).post(reverse("serving:preset_delete", args=["acme", preset.pk]))
+    assert response.status_code == 403
+    assert PromptPreset.objects.for_team(acme).exists()
+
+
+# --- the pages ----------------------------------------------------------------------------------
+
+
+def test_playground_page_embeds_the_compare_view(acme: Any, bob: Any, login: Any) -> None:
+    html = login(bob).get(reverse("serving:playground", args=["acme"])).content.decode()
+    assert 'src="/play/?team=acme&amp;view=compare"' in html
+    assert 'title="Side-by-side model playground"' in html
+    assert reverse("serving:comparisons", args=["acme"]) in html
+    assert reverse("serving:presets", args=["acme"]) in html
+
+
+def test_playground_page_reopens_a_saved_comparison(acme: Any, bob: Any, login: Any) -> None:
+    html = login(bob).get(reverse("serving:playground", args=["acme"]) + "?comparison=7").content.decode()
+    assert 'src="/play/?team=acme&amp;view=compare&amp;comparison=7"' in html
+
+
+def test_playground_page_tells_a_viewer_their_role_cannot_chat(acme: Any, login: Any) -> None:
+    viewer = member(acme, Role.VIEWER, "vera")
+    response = login(viewer).get(reverse("serving:playground", args=["acme"]))
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "Your role (Viewer) cannot chat with models" in html
+    assert "<iframe" not in html
+
+
+def test_comparisons_list_and_transcript_show_answers_side_by_side_with_figures(
+    acme: Any, bob: Any, login: Any
+) -> None:
+    saved = _saved(acme, bob, ["base:1", "base:2"])
+    listing = login(bob).get(reverse("serving:comparisons", args=["acme"])).content.decode()
+    assert "Saved one" in listing and "model 0 · model 1" in listing
+    page = login(bob).get(reverse("serving:comparison", args=["acme", saved.pk])).content.decode()
+    assert page.count("The sea is wide.") == 2
+    assert page.count("TTFT 0.05 s · 120 tok/s · 6 tokens") == 2
+    assert f"/t/acme/playground/?comparison={saved.pk}" in page
+    assert "Open to the whole team" in page
