@@ -43,11 +43,12 @@ MAX_PROMPT = 8000
 TEMPERATURE = 0.7
 # Battles streaming at once across all people (each streams two answers); more wait in Gradio's queue.
 CONCURRENT_BATTLES = 16
+# Plain words: air-gapped machines often have no emoji font, and a missing glyph reads as a box.
 VOTE_BUTTONS: dict[str, str] = {
-    arena.Vote.A: "👈 A is better",
-    arena.Vote.B: "👉 B is better",
-    arena.Vote.TIE: "🤝 Tie",
-    arena.Vote.BOTH_BAD: "👎 Both are bad",
+    arena.Vote.A: "← A is better",
+    arena.Vote.B: "B is better →",
+    arena.Vote.TIE: "Tie",
+    arena.Vote.BOTH_BAD: "Both are bad",
 }
 INTRO = (
     "Two anonymous models from the set you choose answer side by side. Keep chatting as long as you like, "
@@ -206,7 +207,7 @@ async def cast_vote(team_slug: str, choice: str, battle_id: int | None, request:
         label_a, label_b = await sync_to_async(arena.reveal)(access=access, battle_id=battle.pk)
     except REFUSALS as error:
         raise _refusal(error) from None
-    verdict = VOTE_BUTTONS[arena.Vote(battle.vote)].split(" ", 1)[1]
+    verdict = arena.Vote(battle.vote).label
     return (
         gr.Chatbot(label=f"{SIDES[0]}: {label_a}"),
         gr.Chatbot(label=f"{SIDES[1]}: {label_b}"),
