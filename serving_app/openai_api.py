@@ -456,6 +456,7 @@ async def _event_stream(relay: _Relay, meter: _Meter, *, include_usage: bool) ->
                 chunk.pop("usage", None)
             yield _sse(chunk)
         meter.ok = True
+        await meter.finish()  # metered before the client sees the end, so its usage is there when it looks
         yield b"data: [DONE]\n\n"
     except Exception as error:  # headers are sent: report it in the stream, as OpenAI does
         yield _sse(OpenAIError(500, f"The generation stopped: {error}", type="server_error").body())
