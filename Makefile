@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
 INFERENCE_PORT ?= 8701
+# The registry file the studio writes and the inference server reads (one path for both processes).
+INFERENCE_REGISTRY ?= $(abspath var/serving/models.json)
 
 # Tests run against the real services: PostgreSQL and Redis on this machine (see .ci/run).
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/atelier
@@ -34,13 +36,14 @@ run: $(STAMP)
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py seed_demo
 	$(PY) manage.py create_starter_model
-	@echo "Atelier: http://$(HOST):$(PORT)/  (Ctrl-C stops the web server, the workers and beat)"
+	@echo "Atelier: http://$(HOST):$(PORT)/  (Ctrl-C stops the web server, the workers, beat and the inference server)"
 	@trap 'trap - EXIT INT TERM; kill -TERM 0 2>/dev/null; wait' EXIT INT TERM; \
 	$(VENV)/bin/celery -A studio worker -Q default --concurrency 1 --hostname cpu@%h --loglevel INFO & \
 	$(VENV)/bin/celery -A studio worker -Q gpu --concurrency 1 --hostname gpu@%h --loglevel INFO & \
 	$(VENV)/bin/celery -A studio beat --loglevel WARNING --schedule var/celerybeat-schedule & \
-	$(PY) -m serving_app.engine --registry var/serving/models.json --port $(INFERENCE_PORT) & \
-	ATELIER_INFERENCE_URL=http://127.0.0.1:$(INFERENCE_PORT) $(VENV)/bin/uvicorn studio.asgi:app --host $(HOST) --port $(PORT)
+	$(PY) -m serving_app.engine --registry $(INFERENCE_REGISTRY) --port $(INFERENCE_PORT) & \
+	ATELIER_INFERENCE_URL=http://127.0.0.1:$(INFERENCE_PORT) ATELIER_INFERENCE_REGISTRY=$(INFERENCE_REGISTRY) \
+		$(VENV)/bin/uvicorn studio.asgi:app --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
