@@ -7,6 +7,7 @@ database, so the tests that use them must be ``transactional_db`` (data committe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -259,37 +260,43 @@ def inference_registry(tmp_path_factory: Any) -> Path:
     return Path(tmp_path_factory.mktemp("serving")) / "models.json"
 
 
+@contextlib.contextmanager
+def running_inference_server(registry: Path, log: Path, *options: str) -> Iterator[str]:
+    """``python -m serving_app.engine`` on ``registry`` on a free loopback port, until the block ends; its URL."""
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, "-m", "serving_app.engine", "--registry", str(registry), "--port", str(port)]
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [*command, "--threads", "1", *options], cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"{url}/v1/models", timeout=1).raise_for_status()
+                break
+            except httpx.HTTPError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"the inference server did not start:\n{log.read_text()[-3000:]}")
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @pytest.fixture(scope="session")
 def inference_server(inference_registry: Path, tmp_path_factory: Any) -> Iterator[str]:
-    """The real inference server (``python -m serving_app.engine``) on loopback; its URL.
-
-    Models load lazily on their first request, so starting it costs a couple of seconds.
-    """
-    port = free_port()
+    """The real inference server on loopback, for the session; its URL (models load on first request)."""
     log = Path(tmp_path_factory.mktemp("inference")) / "server.log"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    command = [sys.executable, "-m", "serving_app.engine", "--registry", str(inference_registry)]
-    command += ["--port", str(port), "--memory-budget-gib", "2", "--threads", "1"]
-    with log.open("wb") as output:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            httpx.get(f"{url}/v1/models", timeout=1).raise_for_status()
-            break
-        except httpx.HTTPError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"the inference server did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
-    yield url
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    with running_inference_server(inference_registry, log, "--memory-budget-gib", "2") as url:
+        yield url
 
 
 def start_worker(env: dict[str, str], *, queues: str, log: Path, name: str) -> subprocess.Popen[bytes]:

@@ -7,9 +7,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +16,7 @@ import httpx
 import pytest
 
 from serving_app.engine.client import InferenceError, StreamUpdate, list_models, stream_chat
+from tests.conftest import running_inference_server
 from tests.factories import make_lora_adapter
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,12 +25,6 @@ MAX_TOKENS = 10
 CEILING = 256
 # Tiny: one starter model (15 MB of safetensors) fits, two do not.
 BUDGET_GIB = 0.02
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _write_registry(path: Path, entries: dict[str, dict[str, Any]]) -> None:
@@ -91,32 +83,10 @@ def registry_file(tmp_path_factory: Any, registry_entries: dict[str, dict[str, A
 
 @pytest.fixture(scope="module")
 def server(registry_file: Path, tmp_path_factory: Any) -> Iterator[str]:
-    port = _free_port()
     log = Path(tmp_path_factory.mktemp("server-log")) / "server.log"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    command = [sys.executable, "-m", "serving_app.engine", "--registry", str(registry_file), "--port", str(port)]
-    command += ["--memory-budget-gib", str(BUDGET_GIB), "--max-tokens", str(CEILING), "--threads", "1"]
-    with log.open("wb") as output:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"{url}/v1/models", timeout=1).raise_for_status()
-                break
-            except httpx.HTTPError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the inference server did not start:\n{log.read_text()}") from None
-                time.sleep(0.2)
+    options = ("--memory-budget-gib", str(BUDGET_GIB), "--max-tokens", str(CEILING))
+    with running_inference_server(registry_file, log, *options) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _chat(url: str, model: str, **extra: Any) -> httpx.Response:

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +15,7 @@ from accounts.permissions import resolve_access
 from serving_app import catalog
 from serving_app.inference import InferenceError, Sampling, StreamUpdate, stream_answer
 from serving_app.models import PromptLog, UsageRecord
-from tests.conftest import ROOT, free_port
+from tests.conftest import free_port, running_inference_server
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -79,21 +75,8 @@ def second_server(tmp_path: Path, starter_model: Any) -> Iterator[str]:
     """Another OpenAI-compatible server (the engine again: what a vLLM route speaks) serving the starter model."""
     registry = tmp_path / "routed.json"
     registry.write_text(json.dumps({f"base-{starter_model.pk}": {"base": starter_model.path, "adapter": None}}))
-    port = free_port()
-    command = [sys.executable, "-m", "serving_app.engine", "--registry", str(registry), "--port", str(port)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"{url}/v1/models", timeout=1).raise_for_status()
-            break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
+    with running_inference_server(registry, tmp_path / "routed.log") as url:
+        yield url
 
 
 def test_a_routed_base_model_is_served_by_its_own_server(
