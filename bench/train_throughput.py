@@ -338,10 +338,36 @@ def write_rows(path: Path, *, rows: int, doc_tokens: int, vocab_size: int, seed:
             handle.write(json.dumps({"text": words}) + "\n")
 
 
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` pairs as RunConfig fields; a VALUE is read as JSON when it parses (false, 4, "x")."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, separator, text = pair.partition("=")
+        if not separator or not key:
+            raise ValueError(f"--set takes KEY=VALUE, got {pair!r}")
+        try:
+            overrides[key] = json.loads(text)
+        except ValueError:
+            overrides[key] = text
+    return overrides
+
+
 def engine_config(
-    folder: Path, model: Path, data: Path, config: tuple[Any, ...], *, seq: int, steps: int, cpu: bool
+    folder: Path,
+    model: Path,
+    data: Path,
+    config: tuple[Any, ...],
+    *,
+    seq: int,
+    steps: int,
+    cpu: bool,
+    overrides: dict[str, Any] | None = None,
 ) -> tuple[Path, dict[str, str]]:
-    """Write ``run.json`` for Atelier's run of one scenario; returns (path, validation errors)."""
+    """Write ``run.json`` for Atelier's run of one scenario; returns (path, validation errors).
+
+    ``overrides`` (``--set``) replace fields after the scenario's own, for ablations: ``packing=false``,
+    ``gradient_checkpointing=false``, ``per_device_batch_size=2``.
+    """
     sys.path.insert(0, str(ROOT))
     from training_app.engine.config import RunConfig
 
@@ -373,6 +399,7 @@ def engine_config(
             "seed": 0,
             "use_cpu": cpu,
             "generation_prompts": 0,
+            **(overrides or {}),
         }
     )
     errors = run.validate(cuda_available=not cpu)
@@ -463,12 +490,16 @@ def run_engine(
     doc_tokens: int,
     vocab_size: int,
     timeout: float,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     _size, _method, mb, _ckpt, stage, _liger = config
+    mb = int((overrides or {}).get("per_device_batch_size", mb))
     folder.mkdir(parents=True)
     data = folder / "train.jsonl"
     write_rows(data, rows=(steps + 1) * mb, doc_tokens=doc_tokens, vocab_size=vocab_size, seed=1)
-    config_path, errors = engine_config(folder, model, data, config, seq=seq, steps=steps, cpu=cpu)
+    config_path, errors = engine_config(
+        folder, model, data, config, seq=seq, steps=steps, cpu=cpu, overrides=overrides
+    )
     if errors:
         return {"error": f"the run config does not validate: {errors}"}
     env = base_env()
@@ -574,6 +605,14 @@ def main() -> int:
         "--run-timeout", type=int, default=1800, help="cap on each subprocess in seconds (default 1800)"
     )
     parser.add_argument("--max-seconds", type=int, default=7200, help="hard cap on the whole run (default 7200)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a RunConfig field of Atelier's run, for ablations (repeatable): --set packing=false",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (its path goes to stderr)")
     parser.add_argument(
         "--dry-run",
@@ -609,6 +648,10 @@ def main() -> int:
     steps = options.steps or (2 if dry else int(peer_script.get("steps", 23)))
     doc_tokens = options.doc_tokens or seq
     use_peer = not (dry or options.skip_baseline)
+    try:
+        overrides = parse_overrides(options.overrides)
+    except ValueError as exc:
+        parser.error(str(exc))
 
     work = Path(tempfile.mkdtemp(prefix="atelier-train-throughput-"))
     deadline = time.monotonic() + options.max_seconds
@@ -671,6 +714,7 @@ def main() -> int:
                 "steps": steps,
                 "precision": "fp32" if dry else "bf16",
                 "dry_run": dry,
+                "overrides": overrides,
             }
             lacking = [module for module in engine_needs if module in missing]
             if dry and method == "qlora":
@@ -714,6 +758,7 @@ def main() -> int:
                 doc_tokens=doc_tokens,
                 vocab_size=int(spec["vocab_size"]),
                 timeout=left(),
+                overrides=overrides,
             )
             tokens_per_s = ours.get("tokens_per_s")
             line: dict[str, Any] = {
