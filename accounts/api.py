@@ -3,8 +3,9 @@
 No ``from __future__ import annotations`` here: django-ninja reads the annotations at runtime.
 """
 
+import re
 from datetime import date, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from django.contrib.auth import authenticate, get_user_model
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -14,22 +15,58 @@ from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from ninja import Field, Query, Router, Schema, Status
 from ninja.pagination import LimitOffsetPagination, paginate
+from ninja.schema import DjangoGetter
+from pydantic import BeforeValidator, model_validator
 
-from accounts import services
+from accounts import key_scopes, services
 from accounts.http import client_ip
 from accounts.models import AuditEvent, Invitation, Membership, PersonalAccessToken, Team, TeamAPIKey
 from accounts.permissions import TeamAccess, resolve_access, resolve_key_access, teams_of, visible_objects
 from accounts.roles import Perm
-from serving_app.deployments import deployments_of_key, visible_deployments
 
 router = Router(tags=["accounts"])
 User = get_user_model()
 
 RoleName = Literal["owner", "admin", "member", "viewer"]
 
+# The largest id a row can have (PostgreSQL's bigint): a larger number is refused (422 naming the field)
+# instead of overflowing in the database.
+MAX_ID = 2**63 - 1
+
+
+def _plain_digits(value: Any) -> Any:
+    """An id written in a URL must be the number itself: no sign, spaces or leading zeros ("%096" is not 6)."""
+    if isinstance(value, str) and not re.fullmatch(r"[1-9][0-9]*", value):
+        raise ValueError("Write the id as plain digits, without leading zeros.")
+    return value
+
+
+# The bounds before the validator: after it, Pydantic would print them into the schema as unknown keywords.
+ObjectId = Annotated[int, Field(ge=1, le=MAX_ID), BeforeValidator(_plain_digits)]
+
+
+def _iso_date(value: Any) -> Any:
+    """A date parameter must be written YYYY-MM-DD (Pydantic would also read ``0`` as 1970-01-01)."""
+    if isinstance(value, str) and not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
+        raise ValueError("Write the date as YYYY-MM-DD.")
+    return value
+
+
+IsoDate = Annotated[date, BeforeValidator(_iso_date)]
+
+
+class Pagination(LimitOffsetPagination):
+    """Ninja's limit/offset pagination with both numbers bounded, so an overflowing one gets 422, not a 500."""
+
+    class Input(Schema):
+        limit: int = Field(100, ge=1, le=1000)
+        offset: int = Field(0, ge=0, le=MAX_ID)
+
 
 def team_access(request: HttpRequest, slug: str) -> TeamAccess:
     """The caller's access to team ``slug`` (404 for non-members, as in the site)."""
+    if "\x00" in slug:  # no slug has one, and PostgreSQL cannot compare text holding it
+        raise Http404("No such team.")
     if isinstance(request.auth, TeamAPIKey):  # type: ignore[attr-defined]
         return resolve_key_access(request.auth, slug)  # type: ignore[attr-defined]
     return resolve_access(request.auth, slug)  # type: ignore[attr-defined]
@@ -50,7 +87,28 @@ class Error(Schema):
     errors: dict[str, list[str]] | None = None
 
 
-class TokenRequest(Schema):
+class RequestBody(Schema):
+    """A JSON request body: an object, never a bare number or string.
+
+    Ninja's ``Schema`` reads fields as attributes of whatever it is given, so a scalar would pass as an
+    object whose fields all take their defaults.
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _is_an_object(cls, value: Any) -> Any:
+        if not isinstance(value._obj if isinstance(value, DjangoGetter) else value, dict):
+            raise ValueError("Send a JSON object.")
+        return value
+
+
+class InvalidRequest(Schema):
+    """Django Ninja's answer when a parameter or the body does not match the schema (422)."""
+
+    detail: list[dict[str, Any]] = Field(description="One entry per problem: ``loc`` names the field, ``msg`` the fix.")
+
+
+class TokenRequest(RequestBody):
     username: str = Field(max_length=150)
     password: str = Field(max_length=1024)
     name: str = Field("CLI", max_length=80, description="Where the token will be used.")
@@ -69,11 +127,11 @@ class TokenCreated(TokenOut):
     token: str = Field(description="The secret: shown this once, stored only as a hash.")
 
 
-class TokenIn(Schema):
+class TokenIn(RequestBody):
     name: str = Field(max_length=80)
 
 
-class TeamIn(Schema):
+class TeamIn(RequestBody):
     name: str = Field(max_length=80)
     slug: str = Field(max_length=40, description="Lowercase letters, digits and hyphens.")
 
@@ -92,11 +150,11 @@ class MemberOut(Schema):
     joined_at: datetime
 
 
-class RoleIn(Schema):
+class RoleIn(RequestBody):
     role: RoleName
 
 
-class InvitationIn(Schema):
+class InvitationIn(RequestBody):
     role: RoleName = "member"
     email: str = Field("", max_length=254)
 
@@ -115,18 +173,18 @@ class InvitationCreated(InvitationOut):
     link: str = Field(description="The single-use link: shown this once.")
 
 
-class AcceptIn(Schema):
+class AcceptIn(RequestBody):
     token: str = Field(max_length=100)
 
 
-class KeyIn(Schema):
+class KeyIn(RequestBody):
     name: str = Field(max_length=80)
     role: Literal["member", "viewer"] = "viewer"
     requests_per_minute: int | None = Field(
         None, description="Requests per minute on the OpenAI-compatible API (/v1); empty: the studio's default."
     )
     max_tokens: int | None = Field(None, description="The most new tokens one /v1 request may ask for; empty: default.")
-    deployments: list[int] = Field(default_factory=list, description="Ids of the deployments it may call at /v1.")
+    deployments: list[ObjectId] = Field(default_factory=list, description="Ids of the deployments it may call at /v1.")
 
 
 class KeyOut(Schema):
@@ -146,7 +204,7 @@ class KeyCreated(KeyOut):
     key: str = Field(description="The secret: shown this once, stored only as a hash.")
 
 
-class ShareIn(Schema):
+class ShareIn(RequestBody):
     username: str = Field(max_length=150)
     level: Literal["view", "change"]
 
@@ -170,8 +228,8 @@ class AuditEventOut(Schema):
 class AuditFilters(Schema):
     action: str | None = Field(None, max_length=60)
     actor: str | None = Field(None, max_length=150)
-    since: date | None = None
-    until: date | None = None
+    since: IsoDate | None = None
+    until: IsoDate | None = None
 
 
 def _token_out(token: PersonalAccessToken | TeamAPIKey) -> dict[str, Any]:
@@ -187,11 +245,13 @@ def _token_out(token: PersonalAccessToken | TeamAPIKey) -> dict[str, Any]:
         out["role"] = token.role
         out["requests_per_minute"] = token.requests_per_minute
         out["max_tokens"] = token.max_tokens
-        out["deployments"] = [deployment.name for deployment in deployments_of_key(token)]
+        out["deployments"] = [deployment.name for deployment in key_scopes.of_key(token)]
     return out
 
 
 def _member(access: TeamAccess, username: str) -> Membership:
+    if "\x00" in username:  # no username has one, and PostgreSQL cannot compare text holding it
+        raise Http404("No such member.")
     return get_object_or_404(Membership.objects.select_related("user"), team=access.team, user__username=username)
 
 
@@ -247,7 +307,7 @@ def create_token(request: HttpRequest, body: TokenIn) -> Status:
 
 
 @router.delete("tokens/{token_id}", response={204: None, 404: Error})
-def revoke_token(request: HttpRequest, token_id: int) -> Status:
+def revoke_token(request: HttpRequest, token_id: ObjectId) -> Status:
     user = acting_user(request)
     token = get_object_or_404(PersonalAccessToken, pk=token_id, user=user)
     services.revoke_personal_token(user=user, token=token, ip=client_ip(request))
@@ -328,7 +388,7 @@ def create_invitation(request: HttpRequest, slug: str, body: InvitationIn) -> St
 
 
 @router.delete("teams/{slug}/invitations/{invitation_id}", response={204: None, 400: Error, 403: Error, 404: Error})
-def revoke_invitation(request: HttpRequest, slug: str, invitation_id: int) -> Status:
+def revoke_invitation(request: HttpRequest, slug: str, invitation_id: ObjectId) -> Status:
     access = team_access(request, slug)
     access.require(Perm.INVITE_MEMBERS)
     invitation = get_object_or_404(Invitation.objects.for_team(access.team), pk=invitation_id)
@@ -356,7 +416,7 @@ def list_keys(request: HttpRequest, slug: str) -> list[dict[str, Any]]:
 def create_key(request: HttpRequest, slug: str, body: KeyIn) -> Status:
     access = team_access(request, slug)
     access.require(Perm.MANAGE_API_KEYS)
-    chosen = list(visible_deployments(access).filter(pk__in=body.deployments))
+    chosen = list(key_scopes.choices(access).filter(pk__in=body.deployments))
     missing = sorted(set(body.deployments) - {deployment.pk for deployment in chosen})
     if missing:
         raise ValidationError(
@@ -377,14 +437,14 @@ def _visible_key(access: TeamAccess, key_id: int) -> TeamAPIKey:
 
 
 @router.delete("teams/{slug}/keys/{key_id}", response={204: None, 403: Error, 404: Error})
-def revoke_key(request: HttpRequest, slug: str, key_id: int) -> Status:
+def revoke_key(request: HttpRequest, slug: str, key_id: ObjectId) -> Status:
     access = team_access(request, slug)
     services.revoke_team_api_key(access=access, key=_visible_key(access, key_id), ip=client_ip(request))
     return Status(204, None)
 
 
 @router.post("teams/{slug}/keys/{key_id}/shares", response={204: None, 400: Error, 403: Error, 404: Error})
-def share_key(request: HttpRequest, slug: str, key_id: int, body: ShareIn) -> Status:
+def share_key(request: HttpRequest, slug: str, key_id: ObjectId, body: ShareIn) -> Status:
     """Give a member view or change access to one key (guardian object permission)."""
     access = team_access(request, slug)
     access.require(Perm.SHARE_OBJECTS)
@@ -396,7 +456,7 @@ def share_key(request: HttpRequest, slug: str, key_id: int, body: ShareIn) -> St
 
 
 @router.delete("teams/{slug}/keys/{key_id}/shares/{username}", response={204: None, 403: Error, 404: Error})
-def unshare_key(request: HttpRequest, slug: str, key_id: int, username: str) -> Status:
+def unshare_key(request: HttpRequest, slug: str, key_id: ObjectId, username: str) -> Status:
     access = team_access(request, slug)
     access.require(Perm.SHARE_OBJECTS)
     key = _visible_key(access, key_id)
@@ -408,7 +468,7 @@ def unshare_key(request: HttpRequest, slug: str, key_id: int, username: str) -> 
 
 
 @router.get("teams/{slug}/audit-events/", response={200: list[AuditEventOut], 403: Error, 404: Error})
-@paginate(LimitOffsetPagination)
+@paginate(Pagination)
 def list_audit_events(request: HttpRequest, slug: str, filters: Query[AuditFilters]) -> QuerySet[AuditEvent]:
     """The team's audit trail, newest first (owners and admins)."""
     access = team_access(request, slug)

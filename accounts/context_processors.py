@@ -11,6 +11,7 @@ from accounts.permissions import teams_of
 
 # The main navigation; a section appears once its app provides the page (no placeholder pages).
 NAVIGATION = [
+    ("Home", "team_dashboard"),
     ("Datasets", "datasets:list"),
     ("Training", "training:list"),
     ("Models", "training:models"),

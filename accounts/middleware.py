@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest, HttpResponse
 
-from accounts.permissions import resolve_access
+from accounts.permissions import TeamRequest, resolve_access
 
 
 class TeamScopeMiddleware:
@@ -32,5 +32,5 @@ class TeamScopeMiddleware:
             return None
         if not request.user.is_authenticated:
             return redirect_to_login(request.get_full_path())
-        request.access = resolve_access(request.user, slug)  # type: ignore[attr-defined]
+        cast(TeamRequest, request).access = resolve_access(request.user, slug)
         return None

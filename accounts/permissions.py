@@ -60,6 +60,13 @@ class TeamAccess:
         return str(self.user.get_username())
 
 
+class TeamRequest(HttpRequest):
+    """A request to a page under ``/t/<team_slug>/``: ``TeamScopeMiddleware`` checked the membership and set
+    ``access`` before the view runs (an outsider got 404). A type for the views' signatures, never built."""
+
+    access: TeamAccess
+
+
 def resolve_access(user: AbstractBaseUser | AnonymousUser | None, team_slug: str) -> TeamAccess:
     """The user's access to the team named in the URL; 404 if there is no such team or no membership."""
     if user is None or not user.is_authenticated:

@@ -86,7 +86,8 @@ PERM_DESCRIPTIONS: dict[Perm, str] = {
     Perm.SHARE_OBJECTS: "Share a team object with named members (view / use / change)",
     Perm.UPLOAD_DATASETS: "Upload datasets and curate them into new versions",
     Perm.EXPORT_DATASETS: "Download dataset versions (JSON Lines or CSV)",
-    Perm.LAUNCH_TRAINING: "Launch, cancel and clone fine-tuning jobs (cancel: their own jobs; admins: any)",
+    Perm.LAUNCH_TRAINING: "Launch, cancel, clone and delete fine-tuning jobs (cancel and delete: their own jobs; "
+    "admins: any); add, retry and delete the team's Hub base models",
     Perm.EXPORT_MODELS: "Download trained model versions (adapter, merged model, tokenizer)",
     Perm.USE_PLAYGROUND: "Chat with models in the playground, vote in the arena, save comparisons",
     Perm.MANAGE_DEPLOYMENTS: "Publish model versions as deployments behind /v1 and remove them",

@@ -7,7 +7,7 @@ app_name = "accounts"
 
 # Under /t/<team_slug>/: TeamScopeMiddleware has checked membership before any of these runs.
 team_patterns = [
-    path("", views.team_home, name="team_home"),
+    path("members/", views.team_home, name="team_home"),
     path("settings/", views.team_settings, name="team_settings"),
     path("audit/", views.audit_log, name="audit_log"),
     path("invitations/", views.invitation_create, name="invitation_create"),

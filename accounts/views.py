@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import messages
 from django.contrib.auth import get_user_model, login
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db import connection
-from django.db.models import Model
+from django.db.models import Model, Prefetch
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from accounts import services
+from accounts import key_scopes, services
 from accounts.forms import (
     AuditFilterForm,
     InvitationForm,
@@ -30,13 +32,13 @@ from accounts.http import add_service_errors, client_ip, error_dict
 from accounts.models import AuditEvent, Invitation, Membership, PersonalAccessToken, TeamAPIKey
 from accounts.permissions import (
     TeamAccess,
+    TeamRequest,
     require_object_action,
     require_perm,
     teams_of,
     visible_objects,
 )
 from accounts.roles import PERM_DESCRIPTIONS, ROLE_PERMISSIONS, Perm, Role, can_assign
-from serving_app.deployments import deployments_of_key, visible_deployments
 
 User = get_user_model()
 
@@ -75,7 +77,7 @@ def home(request: HttpRequest) -> HttpResponse:
     """Where login lands: the only team, or the list of teams (with a way to make one)."""
     teams = list(teams_of(request.user))
     if len(teams) == 1:
-        return redirect("accounts:team_home", team_slug=teams[0].slug)
+        return redirect("team_dashboard", team_slug=teams[0].slug)
     return render(request, "accounts/home.html", {"teams": teams})
 
 
@@ -89,7 +91,7 @@ def team_create(request: HttpRequest) -> HttpResponse:
             add_service_errors(form, error)
         else:
             messages.success(request, f"Team “{team.name}” created. Invite your colleagues below.")
-            return redirect("accounts:team_home", team_slug=team.slug)
+            return redirect("team_dashboard", team_slug=team.slug)
     return render(request, "accounts/team_create.html", {"form": form})
 
 
@@ -115,7 +117,7 @@ def token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
     return redirect("accounts:tokens")
 
 
-def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
+def invitation_accept(request: TeamRequest, token: str) -> HttpResponse:
     """Show who invites whom to what; a signed-in visitor accepts with one click."""
     invitation = services.find_invitation(token)
     error = None
@@ -126,7 +128,7 @@ def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
             error = problem.messages[0]
         else:
             messages.success(request, f"You joined {membership.team.name} as {membership.get_role_display()}.")
-            return redirect("accounts:team_home", team_slug=membership.team.slug)
+            return redirect("team_dashboard", team_slug=membership.team.slug)
     elif invitation is None:
         error = "This invitation link is not valid. Ask the team for a new one."
     elif invitation.status != "pending":
@@ -143,9 +145,9 @@ def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
 
 
 @require_perm(Perm.VIEW_TEAM)
-def team_home(request: HttpRequest, team_slug: str) -> HttpResponse:
+def team_home(request: TeamRequest, team_slug: str) -> HttpResponse:
     """Members, their roles, and (for admins) invitations."""
-    access = request.access  # type: ignore[attr-defined]
+    access = request.access
     members = Membership.objects.filter(team=access.team).select_related("user").order_by("user__username")
     assignable = [role for role in Role.values if can_assign(access.role, role)]
     rows = [
@@ -184,8 +186,8 @@ def _role_matrix() -> list[tuple[str, list[bool]]]:
 
 @require_POST
 @require_perm(Perm.INVITE_MEMBERS)
-def invitation_create(request: HttpRequest, team_slug: str) -> HttpResponse:
-    access = request.access  # type: ignore[attr-defined]
+def invitation_create(request: TeamRequest, team_slug: str) -> HttpResponse:
+    access = request.access
     form = InvitationForm(request.POST)
     if form.is_valid():
         try:
@@ -204,8 +206,8 @@ def invitation_create(request: HttpRequest, team_slug: str) -> HttpResponse:
 
 @require_POST
 @require_perm(Perm.INVITE_MEMBERS)
-def invitation_revoke(request: HttpRequest, team_slug: str, invitation_id: int) -> HttpResponse:
-    access = request.access  # type: ignore[attr-defined]
+def invitation_revoke(request: TeamRequest, team_slug: str, invitation_id: int) -> HttpResponse:
+    access = request.access
     invitation = get_object_or_404(Invitation.objects.for_team(access.team), pk=invitation_id)
     try:
         services.revoke_invitation(access=access, invitation=invitation, ip=client_ip(request))
@@ -218,8 +220,8 @@ def invitation_revoke(request: HttpRequest, team_slug: str, invitation_id: int) 
 
 @require_POST
 @require_perm(Perm.CHANGE_ROLES)
-def member_role(request: HttpRequest, team_slug: str, membership_id: int) -> HttpResponse:
-    access = request.access  # type: ignore[attr-defined]
+def member_role(request: TeamRequest, team_slug: str, membership_id: int) -> HttpResponse:
+    access = request.access
     membership = get_object_or_404(Membership.objects.select_related("user"), pk=membership_id, team=access.team)
     form = RoleForm(request.POST)
     if not form.is_valid():
@@ -240,8 +242,8 @@ def member_role(request: HttpRequest, team_slug: str, membership_id: int) -> Htt
 
 @require_POST
 @require_perm(Perm.VIEW_TEAM)  # anyone may leave; removing someone else is checked by the service
-def member_remove(request: HttpRequest, team_slug: str, membership_id: int) -> HttpResponse:
-    access = request.access  # type: ignore[attr-defined]
+def member_remove(request: TeamRequest, team_slug: str, membership_id: int) -> HttpResponse:
+    access = request.access
     membership = get_object_or_404(Membership.objects.select_related("user"), pk=membership_id, team=access.team)
     leaving = membership.user_id == request.user.pk
     try:
@@ -257,8 +259,8 @@ def member_remove(request: HttpRequest, team_slug: str, membership_id: int) -> H
 
 
 @require_perm(Perm.CHANGE_TEAM)
-def team_settings(request: HttpRequest, team_slug: str) -> HttpResponse:
-    access = request.access  # type: ignore[attr-defined]
+def team_settings(request: TeamRequest, team_slug: str) -> HttpResponse:
+    access = request.access
     team = access.team
     initial = {
         "name": team.name,
@@ -285,9 +287,9 @@ def team_settings(request: HttpRequest, team_slug: str) -> HttpResponse:
 
 
 @require_perm(Perm.VIEW_AUDIT)
-def audit_log(request: HttpRequest, team_slug: str) -> HttpResponse:
+def audit_log(request: TeamRequest, team_slug: str) -> HttpResponse:
     """The team's audit trail, newest first, filterable; htmx swaps only the table on filter changes."""
-    access = request.access  # type: ignore[attr-defined]
+    access = request.access
     form = AuditFilterForm(request.GET or None)
     events = AuditEvent.objects.for_team(access.team).select_related("actor")
     if form.is_valid():
@@ -311,12 +313,12 @@ def audit_log(request: HttpRequest, team_slug: str) -> HttpResponse:
 
 
 @require_perm(Perm.VIEW_TEAM)
-def api_keys(request: HttpRequest, team_slug: str) -> HttpResponse:
-    access = request.access  # type: ignore[attr-defined]
+def api_keys(request: TeamRequest, team_slug: str) -> HttpResponse:
+    access = request.access
     if request.method == "POST":
         access.require(Perm.MANAGE_API_KEYS)
     # The deployments a new key may call (the serving app owns them); only admins see the form.
-    choices = visible_deployments(access) if access.can(Perm.MANAGE_API_KEYS) else None
+    choices = key_scopes.choices(access) if access.can(Perm.MANAGE_API_KEYS) else None
     form = TeamAPIKeyForm(request.POST or None, deployments=choices)
     new_key = None
     if request.method == "POST" and form.is_valid():
@@ -326,36 +328,36 @@ def api_keys(request: HttpRequest, team_slug: str) -> HttpResponse:
             add_service_errors(form, error)
         else:
             form = TeamAPIKeyForm(deployments=choices)
-    keys = visible_objects(access, TeamAPIKey.objects.for_team(access.team), "view").select_related("created_by")
+    keys = (
+        visible_objects(access, TeamAPIKey.objects.for_team(access.team), "view")
+        .select_related("created_by")
+        .prefetch_related(Prefetch("deployments", queryset=key_scopes.choices(access), to_attr="callable"))
+    )
     return render(request, "accounts/api_keys.html", {"form": form, "keys": keys, "new_key": new_key})
 
 
 @require_perm(Perm.VIEW_TEAM)
-def api_key_detail(request: HttpRequest, team_slug: str, key_id: int) -> HttpResponse:
-    access = request.access  # type: ignore[attr-defined]
+def api_key_detail(request: TeamRequest, team_slug: str, key_id: int) -> HttpResponse:
+    access = request.access
     key = get_object_or_404(TeamAPIKey.objects.for_team(access.team).select_related("created_by"), pk=key_id)
     actions = require_object_action(access, key, "view")
-    members = list(Membership.objects.filter(team=access.team).select_related("user"))
-    shares = services.shares_of(key)
-    shareable = Membership.objects.filter(team=access.team).exclude(role__in=[Role.OWNER, Role.ADMIN])
-    has_shareable = any(m.role not in (Role.OWNER, Role.ADMIN) for m in members)
     context = {
         "key": key,
         "actions": actions,
-        "deployments": deployments_of_key(key),
-        "share_form": ShareForm(members=shareable.select_related("user"), levels=services.share_levels_for(TeamAPIKey)),
-        "shares": [(m, shares[m.user_id]) for m in members if m.user_id in shares],
-        "can_share": access.can(Perm.SHARE_OBJECTS),
-        "has_shareable_members": has_shareable,
-        "share_url": reverse("accounts:api_key_share", args=[team_slug, key.pk]),
+        "deployments": key_scopes.of_key(key),
+        # The form that changes them posts to the serving app (serving:key_deployments), which does the work.
+        "team_deployments": key_scopes.choices(access)
+        if key.is_active and access.can(Perm.MANAGE_DEPLOYMENTS) and access.can(Perm.MANAGE_API_KEYS)
+        else None,
+        **sharing_panel(access, key, reverse("accounts:api_key_share", args=[team_slug, key.pk])),
     }
     return render(request, "accounts/api_key_detail.html", context)
 
 
 @require_POST
 @require_perm(Perm.VIEW_TEAM)
-def api_key_revoke(request: HttpRequest, team_slug: str, key_id: int) -> HttpResponse:
-    access = request.access  # type: ignore[attr-defined]
+def api_key_revoke(request: TeamRequest, team_slug: str, key_id: int) -> HttpResponse:
+    access = request.access
     key = get_object_or_404(TeamAPIKey.objects.for_team(access.team), pk=key_id)
     services.revoke_team_api_key(access=access, key=key, ip=client_ip(request))
     messages.success(request, f"Key “{key.name}” revoked: it no longer works.")
@@ -364,11 +366,34 @@ def api_key_revoke(request: HttpRequest, team_slug: str, key_id: int) -> HttpRes
 
 @require_POST
 @require_perm(Perm.SHARE_OBJECTS)
-def api_key_share(request: HttpRequest, team_slug: str, key_id: int) -> HttpResponse:
-    access = request.access  # type: ignore[attr-defined]
+def api_key_share(request: TeamRequest, team_slug: str, key_id: int) -> HttpResponse:
+    access = request.access
     key = get_object_or_404(TeamAPIKey.objects.for_team(access.team), pk=key_id)
     apply_share_form(request, access, key)
     return redirect("accounts:api_key_detail", team_slug=team_slug, key_id=key.pk)
+
+
+def sharing_panel(access: TeamAccess, obj: Model, share_url: str, *, not_a_share: int | None = None) -> dict[str, Any]:
+    """The context of the sharing panel (``accounts/_sharing.html``) for ``obj``: who it is shared with, and the
+    form to share it (posted to ``share_url``, handled by ``apply_share_form``).
+
+    Owners and admins always have access, so they are neither listed nor offered. ``not_a_share`` is a member
+    whose rights come from elsewhere (a comparison's author): left out of both.
+    """
+    members = list(Membership.objects.filter(team=access.team).select_related("user"))
+    shares = services.shares_of(obj)
+    offered = Membership.objects.filter(team=access.team).exclude(role__in=[Role.OWNER, Role.ADMIN])
+    if not_a_share is not None:
+        offered = offered.exclude(user_id=not_a_share)
+    return {
+        "shares": [(m, shares[m.user_id]) for m in members if m.user_id in shares and m.user_id != not_a_share],
+        "can_share": access.can(Perm.SHARE_OBJECTS),
+        "has_shareable_members": any(
+            m.role not in (Role.OWNER, Role.ADMIN) and m.user_id != not_a_share for m in members
+        ),
+        "share_form": ShareForm(members=offered.select_related("user"), levels=services.share_levels_for(type(obj))),
+        "share_url": share_url,
+    }
 
 
 def apply_share_form(request: HttpRequest, access: TeamAccess, obj: Model) -> None:

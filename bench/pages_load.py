@@ -323,7 +323,7 @@ class Result:
 def pages_for(index: int, user: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, path) a user of this role visits, in order; users open different keys' detail pages."""
     team = f"/t/{TEAM_SLUG}"
-    pages = [(f"{team}/", f"{team}/"), (f"{team}/keys/", f"{team}/keys/")]
+    pages = [(f"{team}/members/", f"{team}/members/"), (f"{team}/keys/", f"{team}/keys/")]
     if user["key_ids"]:
         key_id = user["key_ids"][index % len(user["key_ids"])]
         pages.append((KEY_DETAIL, f"{team}/keys/{key_id}/"))
@@ -593,7 +593,7 @@ def main() -> int:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         started = time.monotonic()
-        command = [sys.executable, "-m", "uvicorn", "studio.asgi:app", "--workers", str(args.server_workers)]
+        command = [sys.executable, "-m", "studio.serve", "--workers", str(args.server_workers)]
         with server_log.open("wb") as out:
             server = subprocess.Popen(
                 [*command, "--host", "127.0.0.1", "--port", str(port)],

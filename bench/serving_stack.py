@@ -339,8 +339,7 @@ def main() -> int:
         uvicorn = [
             sys.executable,
             "-m",
-            "uvicorn",
-            "studio.asgi:app",
+            "studio.serve",
             "--port",
             str(web_port),
             "--log-level",

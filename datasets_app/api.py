@@ -13,7 +13,7 @@ from django.shortcuts import get_object_or_404
 from ninja import Field, File, Form, Query, Router, Schema, Status
 from ninja.files import UploadedFile
 
-from accounts.api import Error, team_access
+from accounts.api import Error, ObjectId, RequestBody, team_access
 from accounts.http import client_ip
 from accounts.permissions import TeamAccess, require_object_action
 from datasets_app import services
@@ -23,6 +23,7 @@ router = Router(tags=["datasets"])
 
 
 class VersionOut(Schema):
+    id: int = Field(description="What ``dataset_version`` of ``POST training/estimate`` and ``POST jobs`` takes.")
     number: int
     status: str
     kind: str
@@ -62,7 +63,7 @@ class UploadFields(Schema):
     restricted: bool = False
 
 
-class DatasetPatch(Schema):
+class DatasetPatch(RequestBody):
     name: str | None = Field(None, max_length=120)
     description: str | None = Field(None, max_length=2000)
     restricted: bool | None = Field(None, description="Only owners and admins can change it.")
@@ -79,7 +80,7 @@ class RowsOut(Schema):
     has_more: bool
 
 
-class CurateIn(Schema):
+class CurateIn(RequestBody):
     step: Literal["dedupe", "redact_pii", "filter_length", "split"]
     params: dict[str, Any] = Field(
         default_factory=dict,
@@ -88,30 +89,31 @@ class CurateIn(Schema):
     )
 
 
-class SampleIn(Schema):
+class SampleIn(RequestBody):
     sample: Literal["chat", "instruction", "preference", "text"]
 
 
 class MixSource(Schema):
-    dataset_id: int
-    version: int | None = Field(None, description="Defaults to the dataset's latest ready version.")
+    dataset_id: ObjectId
+    version: ObjectId | None = Field(None, description="Defaults to the dataset's latest ready version.")
     weight: float = Field(gt=0, description="Proportion of the mix, e.g. 0.25.")
 
 
-class MixIn(Schema):
+class MixIn(RequestBody):
     name: str = Field("", max_length=120)
     sources: list[MixSource] = Field(min_length=2, max_length=8)
     seed: int = 42
     total: int | None = Field(None, ge=1, description="Rows in the mix; defaults to the most without repeats.")
 
 
-class MappingIn(Schema):
+class MappingIn(RequestBody):
     kind: Literal["chat", "instruction", "preference", "text"]
     mapping: dict[str, str] = Field(description="Normalized field → column of the file, e.g. {'prompt': 'question'}.")
 
 
 def _version_out(version: DatasetVersion) -> dict[str, Any]:
     return {
+        "id": version.pk,
         "number": version.number,
         "status": version.status,
         "kind": version.kind,
@@ -221,14 +223,14 @@ def mix(request: HttpRequest, slug: str, body: MixIn) -> Status:
 
 
 @router.get("teams/{slug}/datasets/{dataset_id}", response={200: DatasetDetail, 404: Error})
-def dataset_detail(request: HttpRequest, slug: str, dataset_id: int) -> dict[str, Any]:
+def dataset_detail(request: HttpRequest, slug: str, dataset_id: ObjectId) -> dict[str, Any]:
     access = team_access(request, slug)
     dataset = _dataset(access, dataset_id)
     return _dataset_out(dataset, _versions(access, dataset))
 
 
 @router.patch("teams/{slug}/datasets/{dataset_id}", response={200: DatasetDetail, 400: Error, 403: Error, 404: Error})
-def update_dataset(request: HttpRequest, slug: str, dataset_id: int, body: DatasetPatch) -> dict[str, Any]:
+def update_dataset(request: HttpRequest, slug: str, dataset_id: ObjectId, body: DatasetPatch) -> dict[str, Any]:
     """Rename, describe, or restrict a dataset to named members."""
     access = team_access(request, slug)
     dataset = services.update_dataset(
@@ -238,7 +240,7 @@ def update_dataset(request: HttpRequest, slug: str, dataset_id: int, body: Datas
 
 
 @router.delete("teams/{slug}/datasets/{dataset_id}", response={204: None, 403: Error, 404: Error})
-def delete_dataset(request: HttpRequest, slug: str, dataset_id: int) -> Status:
+def delete_dataset(request: HttpRequest, slug: str, dataset_id: ObjectId) -> Status:
     """Delete the dataset with every version and file (an audit tombstone remains)."""
     access = team_access(request, slug)
     services.delete_dataset(access=access, dataset=_dataset(access, dataset_id, "delete"), ip=client_ip(request))
@@ -248,7 +250,9 @@ def delete_dataset(request: HttpRequest, slug: str, dataset_id: int) -> Status:
 @router.post(
     "teams/{slug}/datasets/{dataset_id}/versions/", response={201: VersionOut, 400: Error, 403: Error, 404: Error}
 )
-def upload_version(request: HttpRequest, slug: str, dataset_id: int, file: UploadedFile | None = File(None)) -> Status:
+def upload_version(
+    request: HttpRequest, slug: str, dataset_id: ObjectId, file: UploadedFile | None = File(None)
+) -> Status:
     """Upload a corrected file as the dataset's next version."""
     access = team_access(request, slug)
     dataset = _dataset(access, dataset_id, "change")
@@ -257,7 +261,7 @@ def upload_version(request: HttpRequest, slug: str, dataset_id: int, file: Uploa
 
 
 @router.get("teams/{slug}/datasets/{dataset_id}/versions/{number}", response={200: VersionDetail, 404: Error})
-def version_detail(request: HttpRequest, slug: str, dataset_id: int, number: int) -> dict[str, Any]:
+def version_detail(request: HttpRequest, slug: str, dataset_id: ObjectId, number: ObjectId) -> dict[str, Any]:
     """A version with its validation report and statistics."""
     version = _version(team_access(request, slug), dataset_id, number)
     return {**_version_out(version), "report": version.report, "stats": version.stats}
@@ -265,7 +269,7 @@ def version_detail(request: HttpRequest, slug: str, dataset_id: int, number: int
 
 @router.get("teams/{slug}/datasets/{dataset_id}/versions/{number}/rows", response={200: RowsOut, 404: Error})
 def version_rows(
-    request: HttpRequest, slug: str, dataset_id: int, number: int, query: Query[RowsQuery]
+    request: HttpRequest, slug: str, dataset_id: ObjectId, number: ObjectId, query: Query[RowsQuery]
 ) -> dict[str, Any]:
     """Normalized rows, paginated, optionally filtered by a search text; ``_n`` is the row number."""
     version = _version(team_access(request, slug), dataset_id, number)
@@ -277,7 +281,9 @@ def version_rows(
     "teams/{slug}/datasets/{dataset_id}/versions/{number}/mapping",
     response={200: VersionOut, 400: Error, 403: Error, 404: Error},
 )
-def set_mapping(request: HttpRequest, slug: str, dataset_id: int, number: int, body: MappingIn) -> dict[str, Any]:
+def set_mapping(
+    request: HttpRequest, slug: str, dataset_id: ObjectId, number: ObjectId, body: MappingIn
+) -> dict[str, Any]:
     """Say which columns hold what for a file whose layout was ambiguous; validation runs again."""
     access = team_access(request, slug)
     version = _version(access, dataset_id, number, "change")
@@ -291,7 +297,7 @@ def set_mapping(request: HttpRequest, slug: str, dataset_id: int, number: int, b
     "teams/{slug}/datasets/{dataset_id}/versions/{number}/keep-valid",
     response={201: VersionOut, 400: Error, 403: Error, 404: Error},
 )
-def keep_valid(request: HttpRequest, slug: str, dataset_id: int, number: int) -> Status:
+def keep_valid(request: HttpRequest, slug: str, dataset_id: ObjectId, number: ObjectId) -> Status:
     """A new version with only the rows that passed validation."""
     access = team_access(request, slug)
     version = _version(access, dataset_id, number, "change")
@@ -305,8 +311,8 @@ def keep_valid(request: HttpRequest, slug: str, dataset_id: int, number: int) ->
 def download(
     request: HttpRequest,
     slug: str,
-    dataset_id: int,
-    number: int,
+    dataset_id: ObjectId,
+    number: ObjectId,
     format: Literal["jsonl", "csv"] = "jsonl",
 ) -> StreamingHttpResponse:
     """The version's rows as JSON Lines or CSV (spreadsheet formulas neutralised)."""
@@ -322,7 +328,7 @@ def download(
     "teams/{slug}/datasets/{dataset_id}/versions/{number}/curate",
     response={201: VersionOut, 400: Error, 403: Error, 404: Error},
 )
-def curate(request: HttpRequest, slug: str, dataset_id: int, number: int, body: CurateIn) -> Status:
+def curate(request: HttpRequest, slug: str, dataset_id: ObjectId, number: ObjectId, body: CurateIn) -> Status:
     """Start a curation step; the new version is made in the background (poll it until ``ready``)."""
     access = team_access(request, slug)
     version = _version(access, dataset_id, number, "change")

@@ -55,14 +55,21 @@ class MappingForm(forms.Form):
         super().__init__(*args, **kwargs)
         columns: list[str] = list(report.get("columns") or [])
         guess: dict[str, Any] = report.get("guess") or {}
-        suggested: dict[str, str] = guess.get("mapping") or {}
-        candidates = guess.get("candidates") or []
+        # A second try starts from the mapping tried last (the report of that validation has no guess).
+        suggested: dict[str, str] = guess.get("mapping") or report.get("mapping") or {}
+        candidates = guess.get("candidates") or ([report["kind"]] if report.get("kind") else [])
         if candidates:
             self.fields["kind"].initial = candidates[0]
         choices = [("", "—"), *((column, column) for column in columns)]
         for field in sorted({f for fields in KIND_FIELDS.values() for f in fields}):
+            # data-kinds: the kinds that use this column; js/mapping-form.js shows only the chosen kind's.
+            kinds = " ".join(kind for kind, fields in KIND_FIELDS.items() if field in fields)
             self.fields[f"column_{field}"] = forms.ChoiceField(
-                choices=choices, required=False, label=f"Column for “{field}”", initial=suggested.get(field, "")
+                choices=choices,
+                required=False,
+                label=f"Column for “{field}”",
+                initial=suggested.get(field, ""),
+                widget=forms.Select(attrs={"data-kinds": kinds}),
             )
 
     def clean(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -23,13 +24,16 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
-from django.db.models import Max, QuerySet, Sum
+from django.db.models import Max, Q, QuerySet, Sum
+from django.http import Http404
+from django.utils import timezone
 
 from accounts import audit
 from accounts.models import Team
 from accounts.permissions import TeamAccess, require_object_action, visible_objects
 from accounts.roles import Perm
 from datasets_app.engine import curation
+from datasets_app.engine.formats import UnsupportedFormat, detect_format
 from datasets_app.engine.rows import Kind, Row, read_rows_file, write_rows_file
 from datasets_app.engine.stats import compute_stats
 from datasets_app.engine.validate import validate_file
@@ -66,6 +70,18 @@ def _check_room(team: Team, size: int) -> None:
                 f"{_mb(quota)} used. Delete datasets you no longer need, or ask an operator for more room."
             }
         )
+
+
+def _check_format(upload: UploadedFile) -> None:
+    """Refuse, before storing it, a file no reader can open (plain .txt, a workbook, an archive), with the
+    same detection validation uses: the message names the accepted formats."""
+    upload.seek(0)
+    head = upload.read(64 * 1024)
+    upload.seek(0)
+    try:
+        detect_format(upload.name or "", head)
+    except UnsupportedFormat as error:
+        raise ValidationError({"file": f"{error}."}) from None
 
 
 def _mb(size: int) -> str:
@@ -119,6 +135,7 @@ def upload_dataset(
     access.require(Perm.UPLOAD_DATASETS)
     name = name.strip() or Path(upload.name or "dataset").stem[:120]
     _check_room(access.team, upload.size or 0)
+    _check_format(upload)
     with _atomic_with_files() as folders:
         dataset = Dataset.objects.create(
             team=access.team,
@@ -147,6 +164,7 @@ def upload_new_version(
     access.require(Perm.UPLOAD_DATASETS)
     require_object_action(access, dataset, "change")
     _check_room(access.team, upload.size or 0)
+    _check_format(upload)
     with _atomic_with_files() as folders:
         version = _new_upload_version(access, dataset, upload, folders)
         audit.record(
@@ -207,16 +225,38 @@ class _Progress:
         if now - self.last_write >= 1.0 and total:
             self.last_write = now
             value = self.start + (self.end - self.start) * min(done / total, 1.0)
-            DatasetVersion.objects.unscoped().filter(pk=self.version_id).update(progress=value)
+            DatasetVersion.objects.unscoped().filter(pk=self.version_id).update(
+                progress=value, validation_claimed_at=timezone.now()
+            )
+
+
+def claim_validation(version_id: int) -> DatasetVersion | None:
+    """Take a ``validating`` version for this task (one conditional UPDATE); None when another delivery holds it.
+
+    A claim older than ``DATASET_VALIDATION_LEASE_SECONDS`` (its task died: the claim is renewed with each
+    progress write) can be taken over, so a re-delivered task still finishes the work.
+    """
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.DATASET_VALIDATION_LEASE_SECONDS)
+    taken = (
+        DatasetVersion.objects.unscoped()
+        .filter(pk=version_id, status=VersionStatus.VALIDATING)
+        .filter(Q(validation_claimed_at__isnull=True) | Q(validation_claimed_at__lt=stale))
+        .update(validation_claimed_at=now)
+    )
+    if not taken:
+        return None
+    return DatasetVersion.objects.unscoped().select_related("dataset").get(pk=version_id)
 
 
 def run_validation(version_id: int) -> None:
     """Validate and normalize a version's source file, then record report, hash and statistics.
 
-    Idempotent: a version that is no longer ``validating`` (done, or deleted) is left alone.
+    Idempotent: a version that is no longer ``validating`` (done, or deleted), or that another delivery of
+    the task is validating right now, is left alone.
     """
-    version = DatasetVersion.objects.unscoped().select_related("dataset").filter(pk=version_id).first()
-    if version is None or version.status != VersionStatus.VALIDATING:
+    version = claim_validation(version_id)
+    if version is None:
         return
     try:
         report = validate_file(
@@ -262,13 +302,29 @@ def _finish(version_id: int, **fields: Any) -> None:
     DatasetVersion.objects.unscoped().filter(pk=version_id, status=VersionStatus.VALIDATING).update(**fields)
 
 
+def can_map(version: DatasetVersion) -> bool:
+    """Whether the kind and columns of an upload may be chosen: it needs a mapping, or the mapping chosen last
+    time left problems and nothing was derived from it yet (so its rows can still be replaced)."""
+    if version.status == VersionStatus.NEEDS_MAPPING:
+        return True
+    # A kind known before validation and no guess in the report: validation ran with a person's mapping.
+    mapped = bool(version.kind) and not version.report.get("guess") and version.recipe.get("step") == "upload"
+    return (
+        version.status == VersionStatus.INVALID
+        and mapped
+        and bool(version.report.get("columns"))
+        and not versions_of(version.dataset).filter(parent=version).exists()
+    )
+
+
 def set_mapping(
     *, access: TeamAccess, version: DatasetVersion, kind: str, mapping: dict[str, str], ip: str | None = None
 ) -> DatasetVersion:
-    """Tell validation which columns hold what, for a file whose layout was ambiguous; validates again."""
+    """Tell validation which columns hold what, for a file whose layout was ambiguous (or whose last mapping
+    left problems: ``can_map``); validates again."""
     access.require(Perm.UPLOAD_DATASETS)
     require_object_action(access, version.dataset, "change")
-    if version.status != VersionStatus.NEEDS_MAPPING:
+    if not can_map(version):
         raise ValidationError({"kind": "This version's columns are already understood."})
     if kind not in KIND_VALUES:
         raise ValidationError({"kind": f"Choose one of: {', '.join(KIND_VALUES)}."})
@@ -278,7 +334,12 @@ def set_mapping(
         raise ValidationError({"mapping": f"No column named {', '.join(unknown)} in the file."})
     with transaction.atomic():
         DatasetVersion.objects.for_team(access.team).filter(pk=version.pk).update(
-            kind=kind, mapping=mapping, status=VersionStatus.VALIDATING, progress=0.0
+            kind=kind,
+            mapping=mapping,
+            status=VersionStatus.VALIDATING,
+            progress=0.0,
+            error="",
+            validation_claimed_at=None,
         )
         audit.record(
             "dataset.mapped",
@@ -693,9 +754,11 @@ def update_dataset(
     if not changes:
         return dataset
     with transaction.atomic():
-        Dataset.objects.for_team(access.team).filter(pk=dataset.pk).update(**changes)
+        # The row stays locked until commit, so a concurrent delete waits; one that came first leaves 0 rows.
+        if not Dataset.objects.for_team(access.team).filter(pk=dataset.pk).update(**changes):
+            raise Http404("No such dataset: it was just deleted.")
         audit.record("dataset.updated", access=access, target=dataset, ip=ip, **changes)
-    dataset.refresh_from_db()
+        dataset.refresh_from_db()
     return dataset
 
 
@@ -715,6 +778,6 @@ def delete_dataset(*, access: TeamAccess, dataset: Dataset, ip: str | None = Non
         transaction.on_commit(lambda: shutil.rmtree(folder, ignore_errors=True))
 
 
-def visible_datasets(access: TeamAccess) -> QuerySet[Dataset]:
-    """The team's datasets the actor may see (restricted ones only when shared with them)."""
-    return visible_objects(access, Dataset.objects.for_team(access.team), "view")
+def visible_datasets(access: TeamAccess, action: str = "view") -> QuerySet[Dataset]:
+    """The team's datasets the actor may see, or with ``action="use"`` train on (restricted ones need a share)."""
+    return visible_objects(access, Dataset.objects.for_team(access.team), action)

@@ -6,32 +6,24 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
-from django.core.exceptions import ValidationError
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.db.models import Prefetch
+from django.forms import Form
 from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from accounts import services as account_services
-from accounts.forms import ShareForm
 from accounts.http import add_service_errors, client_ip
-from accounts.models import Membership
-from accounts.permissions import TeamAccess, require_object_action, require_perm
-from accounts.roles import Perm, Role
-from accounts.views import apply_share_form
+from accounts.permissions import TeamAccess, TeamRequest, require_object_action, require_perm
+from accounts.roles import Perm
+from accounts.views import apply_share_form, sharing_panel
 from datasets_app import services
 from datasets_app.forms import DatasetEditForm, MappingForm, UploadForm, VersionUploadForm
 from datasets_app.models import Dataset, DatasetVersion, VersionStatus
-from training_app import jobs as training_jobs
-from training_app import registry as model_registry
-from training_app.models import ACTIVE_STATUSES
 
 ROWS_PER_PAGE = 20
 
-
-def _access(request: HttpRequest) -> TeamAccess:
-    return request.access  # type: ignore[attr-defined]
 
 
 def _dataset(access: TeamAccess, dataset_id: int, action: str = "view") -> tuple[Dataset, set[str]]:
@@ -64,9 +56,9 @@ def _upload_too_large(request: HttpRequest) -> str | None:
 
 
 @require_perm(Perm.VIEW_TEAM)
-def dataset_list(request: HttpRequest, team_slug: str) -> HttpResponse:
+def dataset_list(request: TeamRequest, team_slug: str) -> HttpResponse:
     """The team's datasets, and the drag-and-drop upload."""
-    access = _access(request)
+    access = request.access
     form = UploadForm()
     if request.method == "POST":
         access.require(Perm.UPLOAD_DATASETS)
@@ -113,9 +105,9 @@ def dataset_list(request: HttpRequest, team_slug: str) -> HttpResponse:
 
 
 @require_perm(Perm.VIEW_TEAM)
-def dataset_detail(request: HttpRequest, team_slug: str, dataset_id: int) -> HttpResponse:
+def dataset_detail(request: TeamRequest, team_slug: str, dataset_id: int) -> HttpResponse:
     """A dataset's address opens its latest version."""
-    dataset, _ = _dataset(_access(request), dataset_id)
+    dataset, _ = _dataset(request.access, dataset_id)
     latest = services.versions_of(dataset).first()
     if latest is None:
         return redirect("datasets:list", team_slug)
@@ -123,9 +115,9 @@ def dataset_detail(request: HttpRequest, team_slug: str, dataset_id: int) -> Htt
 
 
 @require_perm(Perm.VIEW_TEAM)
-def version_detail(request: HttpRequest, team_slug: str, dataset_id: int, number: int) -> HttpResponse:
+def version_detail(request: TeamRequest, team_slug: str, dataset_id: int, number: int) -> HttpResponse:
     """One version: validation progress or report, preview of the rows, lineage, sharing."""
-    access = _access(request)
+    access = request.access
     version, actions = _version(access, dataset_id, number)
     if request.htmx and request.GET.get("part") == "status":  # type: ignore[attr-defined]
         response = render(request, "datasets/_status.html", {"version": version})
@@ -133,8 +125,6 @@ def version_detail(request: HttpRequest, team_slug: str, dataset_id: int, number
             response["HX-Refresh"] = "true"  # validation finished: show the whole page
         return response
     dataset = version.dataset
-    members = list(Membership.objects.filter(team=access.team).select_related("user"))
-    shares = account_services.shares_of(dataset)
     context = {
         "dataset": dataset,
         "version": version,
@@ -142,26 +132,14 @@ def version_detail(request: HttpRequest, team_slug: str, dataset_id: int, number
         "actions": actions,
         "can_change": "change" in actions and access.can(Perm.UPLOAD_DATASETS),
         "can_export": access.can(Perm.EXPORT_DATASETS),
-        "mapping_form": MappingForm(report=version.report) if version.status == VersionStatus.NEEDS_MAPPING else None,
+        "mapping_form": MappingForm(report=version.report) if services.can_map(version) else None,
         "upload_form": VersionUploadForm(),
         "edit_form": DatasetEditForm(
             initial={"name": dataset.name, "description": dataset.description, "restricted": dataset.restricted}
         ),
         "children": services.versions_of(dataset).filter(parent=version),
-        # the sharing panel (accounts/_sharing.html)
-        "shares": [(m, shares[m.user_id]) for m in members if m.user_id in shares],
-        "can_share": access.can(Perm.SHARE_OBJECTS),
-        "has_shareable_members": any(m.role not in (Role.OWNER, Role.ADMIN) for m in members),
-        "share_form": ShareForm(
-            members=Membership.objects.filter(team=access.team).exclude(role__in=[Role.OWNER, Role.ADMIN]),
-            levels=account_services.share_levels_for(Dataset),
-        ),
-        "share_url": reverse("datasets:share", args=[team_slug, dataset.pk]),
+        **sharing_panel(access, dataset, reverse("datasets:share", args=[team_slug, dataset.pk])),
         "charts": _charts(version.stats),
-        # the jobs that trained on this version (training_app)
-        "training_jobs": training_jobs.visible_jobs(access)
-        .filter(dataset_version=version)
-        .select_related("created_by"),
         "can_launch": access.can(Perm.LAUNCH_TRAINING) and version.is_ready,
     }
     return render(request, "datasets/version.html", context)
@@ -188,9 +166,9 @@ def _charts(stats: dict[str, Any]) -> dict[str, Any]:
 
 @require_POST
 @require_perm(Perm.UPLOAD_DATASETS)
-def version_curate(request: HttpRequest, team_slug: str, dataset_id: int, number: int) -> HttpResponse:
+def version_curate(request: TeamRequest, team_slug: str, dataset_id: int, number: int) -> HttpResponse:
     """Start a curation step (dedupe, redact PII, filter by length, split); the result is a new version."""
-    access = _access(request)
+    access = request.access
     version, _ = _version(access, dataset_id, number, "change")
     params = {key: value for key, value in request.POST.items() if key not in ("csrfmiddlewaretoken", "step")}
     try:
@@ -204,9 +182,9 @@ def version_curate(request: HttpRequest, team_slug: str, dataset_id: int, number
 
 
 @require_perm(Perm.VIEW_TEAM)
-def version_rows(request: HttpRequest, team_slug: str, dataset_id: int, number: int) -> HttpResponse:
+def version_rows(request: TeamRequest, team_slug: str, dataset_id: int, number: int) -> HttpResponse:
     """A page of rows rendered the way they will be trained (htmx fragment)."""
-    access = _access(request)
+    access = request.access
     version, _ = _version(access, dataset_id, number)
     try:
         page = max(1, int(request.GET.get("page", "1")))
@@ -219,8 +197,8 @@ def version_rows(request: HttpRequest, team_slug: str, dataset_id: int, number: 
 
 
 @require_perm(Perm.EXPORT_DATASETS)
-def version_download(request: HttpRequest, team_slug: str, dataset_id: int, number: int, fmt: str) -> HttpResponseBase:
-    access = _access(request)
+def version_download(request: TeamRequest, team_slug: str, dataset_id: int, number: int, fmt: str) -> HttpResponseBase:
+    access = request.access
     version, _ = _version(access, dataset_id, number)
     try:
         chunks = services.export_version(access=access, version=version, fmt=fmt, ip=client_ip(request))
@@ -234,9 +212,9 @@ def version_download(request: HttpRequest, team_slug: str, dataset_id: int, numb
 
 
 @require_perm(Perm.EXPORT_DATASETS)
-def version_source(request: HttpRequest, team_slug: str, dataset_id: int, number: int) -> HttpResponseBase:
+def version_source(request: TeamRequest, team_slug: str, dataset_id: int, number: int) -> HttpResponseBase:
     """The file exactly as it was uploaded (to fix it and upload again)."""
-    access = _access(request)
+    access = request.access
     version, _ = _version(access, dataset_id, number)
     try:
         source = services.open_source(access=access, version=version, ip=client_ip(request))
@@ -248,9 +226,9 @@ def version_source(request: HttpRequest, team_slug: str, dataset_id: int, number
 
 @require_POST
 @require_perm(Perm.UPLOAD_DATASETS)
-def version_upload(request: HttpRequest, team_slug: str, dataset_id: int) -> HttpResponse:
+def version_upload(request: TeamRequest, team_slug: str, dataset_id: int) -> HttpResponse:
     """A corrected file becomes the dataset's next version."""
-    access = _access(request)
+    access = request.access
     dataset, _ = _dataset(access, dataset_id, "change")
     too_large = _upload_too_large(request)
     form = VersionUploadForm(request.POST, request.FILES)
@@ -273,8 +251,8 @@ def version_upload(request: HttpRequest, team_slug: str, dataset_id: int) -> Htt
 
 @require_POST
 @require_perm(Perm.UPLOAD_DATASETS)
-def version_mapping(request: HttpRequest, team_slug: str, dataset_id: int, number: int) -> HttpResponse:
-    access = _access(request)
+def version_mapping(request: TeamRequest, team_slug: str, dataset_id: int, number: int) -> HttpResponse:
+    access = request.access
     version, _ = _version(access, dataset_id, number, "change")
     form = MappingForm(request.POST, report=version.report)
     if form.is_valid():
@@ -283,14 +261,23 @@ def version_mapping(request: HttpRequest, team_slug: str, dataset_id: int, numbe
         except ValidationError as error:
             messages.error(request, " ".join(error.messages))
     else:
-        messages.error(request, "; ".join(f"{f}: {' '.join(map(str, e))}" for f, e in form.errors.items()))
+        messages.error(request, " ".join(_error_sentences(form)))
     return redirect("datasets:version", team_slug, dataset_id, number)
+
+
+def _error_sentences(form: Form) -> list[str]:
+    """A form's errors as sentences: a field's prefixed with its label, the form's own (``__all__``) bare."""
+    return [
+        str(error) if name == NON_FIELD_ERRORS else f"{form.fields[name].label}: {error}"
+        for name, errors in form.errors.items()
+        for error in errors
+    ]
 
 
 @require_POST
 @require_perm(Perm.UPLOAD_DATASETS)
-def version_keep_valid(request: HttpRequest, team_slug: str, dataset_id: int, number: int) -> HttpResponse:
-    access = _access(request)
+def version_keep_valid(request: TeamRequest, team_slug: str, dataset_id: int, number: int) -> HttpResponse:
+    access = request.access
     version, _ = _version(access, dataset_id, number, "change")
     try:
         child = services.keep_valid_rows(access=access, version=version, ip=client_ip(request))
@@ -302,9 +289,9 @@ def version_keep_valid(request: HttpRequest, team_slug: str, dataset_id: int, nu
 
 
 @require_perm(Perm.VIEW_TEAM)
-def dataset_delete(request: HttpRequest, team_slug: str, dataset_id: int) -> HttpResponse:
+def dataset_delete(request: TeamRequest, team_slug: str, dataset_id: int) -> HttpResponse:
     """Ask, then delete the dataset with every version and file."""
-    access = _access(request)
+    access = request.access
     dataset, _ = _dataset(access, dataset_id, "delete")
     if request.method == "POST":
         services.delete_dataset(access=access, dataset=dataset, ip=client_ip(request))
@@ -313,18 +300,14 @@ def dataset_delete(request: HttpRequest, team_slug: str, dataset_id: int) -> Htt
     context = {
         "dataset": dataset,
         "versions": services.versions_of(dataset),
-        "trained_models": model_registry.versions_trained_on(access, dataset),
-        "active_jobs": training_jobs.visible_jobs(access).filter(
-            dataset_version__dataset=dataset, status__in=ACTIVE_STATUSES
-        ),
     }
     return render(request, "datasets/confirm_delete.html", context)
 
 
 @require_POST
 @require_perm(Perm.SHARE_OBJECTS)
-def dataset_share(request: HttpRequest, team_slug: str, dataset_id: int) -> HttpResponse:
-    access = _access(request)
+def dataset_share(request: TeamRequest, team_slug: str, dataset_id: int) -> HttpResponse:
+    access = request.access
     dataset, _ = _dataset(access, dataset_id)
     apply_share_form(request, access, dataset)
     latest = services.versions_of(dataset).first()
@@ -333,11 +316,11 @@ def dataset_share(request: HttpRequest, team_slug: str, dataset_id: int) -> Http
 
 @require_POST
 @require_perm(Perm.UPLOAD_DATASETS)
-def add_sample(request: HttpRequest, team_slug: str) -> HttpResponse:
+def add_sample(request: TeamRequest, team_slug: str) -> HttpResponse:
     """Try the studio with one of its bundled sample datasets."""
     try:
         version = services.add_sample(
-            access=_access(request), sample=request.POST.get("sample", ""), ip=client_ip(request)
+            access=request.access, sample=request.POST.get("sample", ""), ip=client_ip(request)
         )
     except ValidationError as error:
         messages.error(request, " ".join(error.messages))
@@ -347,9 +330,9 @@ def add_sample(request: HttpRequest, team_slug: str) -> HttpResponse:
 
 @require_POST
 @require_perm(Perm.UPLOAD_DATASETS)
-def mix(request: HttpRequest, team_slug: str) -> HttpResponse:
+def mix(request: TeamRequest, team_slug: str) -> HttpResponse:
     """Mix the latest ready versions of several datasets with weights, into a new dataset."""
-    access = _access(request)
+    access = request.access
     sources = []
     try:
         for key in request.POST:
@@ -375,9 +358,9 @@ def mix(request: HttpRequest, team_slug: str) -> HttpResponse:
 
 @require_POST
 @require_perm(Perm.VIEW_TEAM)
-def dataset_edit(request: HttpRequest, team_slug: str, dataset_id: int) -> HttpResponse:
+def dataset_edit(request: TeamRequest, team_slug: str, dataset_id: int) -> HttpResponse:
     """Rename, describe or (owners and admins) restrict a dataset."""
-    access = _access(request)
+    access = request.access
     dataset, _ = _dataset(access, dataset_id, "change")
     form = DatasetEditForm(request.POST)
     if form.is_valid():
@@ -388,5 +371,5 @@ def dataset_edit(request: HttpRequest, team_slug: str, dataset_id: int) -> HttpR
         else:
             messages.success(request, "Dataset updated.")
     else:
-        messages.error(request, "; ".join(f"{f}: {' '.join(map(str, e))}" for f, e in form.errors.items()))
+        messages.error(request, " ".join(_error_sentences(form)))
     return redirect("datasets:detail", team_slug, dataset.pk)

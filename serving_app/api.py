@@ -15,7 +15,7 @@ from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
 from ninja import Field, Query, Router, Schema, Status
 
-from accounts.api import Error, team_access
+from accounts.api import Error, ObjectId, RequestBody, team_access
 from accounts.http import client_ip
 from accounts.models import TeamAPIKey
 from accounts.permissions import TeamAccess
@@ -56,15 +56,15 @@ class DeploymentOut(Schema):
     created_at: datetime
 
 
-class DeploymentIn(Schema):
+class DeploymentIn(RequestBody):
     name: str = Field(max_length=60, description="Lowercase letters, digits, dots, hyphens or underscores.")
-    model_version: int = Field(description="Id of a model version you may use (GET model-versions).")
+    model_version: ObjectId = Field(description="Id of a model version you may use (GET model-versions).")
     description: str = Field("", max_length=2000)
-    api_keys: list[int] = Field(default_factory=list, description="Ids of team API keys that may call it.")
+    api_keys: list[ObjectId] = Field(default_factory=list, description="Ids of team API keys that may call it.")
 
 
-class KeysIn(Schema):
-    api_keys: list[int] = Field(description="Ids of the team API keys that may call it: exactly these.")
+class KeysIn(RequestBody):
+    api_keys: list[ObjectId] = Field(description="Ids of the team API keys that may call it: exactly these.")
 
 
 class UsageRowOut(Schema):
@@ -175,7 +175,7 @@ def create_deployment(request: HttpRequest, slug: str, body: DeploymentIn) -> St
 @router.get(
     "teams/{slug}/deployments/{deployment_id}", response={200: DeploymentOut, 404: Error}, summary="Get a deployment"
 )
-def deployment_detail(request: HttpRequest, slug: str, deployment_id: int) -> dict[str, Any]:
+def deployment_detail(request: HttpRequest, slug: str, deployment_id: ObjectId) -> dict[str, Any]:
     """One deployment: its model version and the keys that may call it."""
     access = team_access(request, slug)
     return _deployment_out(access, _deployment(access, deployment_id))
@@ -186,7 +186,7 @@ def deployment_detail(request: HttpRequest, slug: str, deployment_id: int) -> di
     response={200: DeploymentOut, 400: Error, 403: Error, 404: Error},
     summary="Set a deployment's keys",
 )
-def set_deployment_keys(request: HttpRequest, slug: str, deployment_id: int, body: KeysIn) -> dict[str, Any]:
+def set_deployment_keys(request: HttpRequest, slug: str, deployment_id: ObjectId, body: KeysIn) -> dict[str, Any]:
     """Make exactly ``api_keys`` the team keys that may call the deployment (owners and admins)."""
     access = team_access(request, slug)
     access.require(Perm.MANAGE_DEPLOYMENTS)
@@ -202,7 +202,7 @@ def set_deployment_keys(request: HttpRequest, slug: str, deployment_id: int, bod
     response={204: None, 403: Error, 404: Error},
     summary="Delete a deployment",
 )
-def delete_deployment(request: HttpRequest, slug: str, deployment_id: int) -> Status:
+def delete_deployment(request: HttpRequest, slug: str, deployment_id: ObjectId) -> Status:
     """Remove the deployment: its name answers 404 at /v1 from then on (owners and admins)."""
     access = team_access(request, slug)
     access.require(Perm.MANAGE_DEPLOYMENTS)

@@ -6,7 +6,12 @@ class ServingAppConfig(AppConfig):
     verbose_name = "Serving"
 
     def ready(self) -> None:
+        from accounts import key_scopes
+        from serving_app.deployments import deployments_of_key, visible_deployments
         from studio.celery import register_periodic_task
+
+        # Team API keys are scoped to deployments: tell accounts' key pages and API how to list them.
+        key_scopes.register(key_scopes.KeyScopes(choices=visible_deployments, of_key=deployments_of_key))
 
         # Prompt retention is counted in days: checking hourly keeps nothing more than an hour too long.
         register_periodic_task("purge-prompt-logs", "serving_app.tasks.purge_prompt_logs", every_seconds=3600)

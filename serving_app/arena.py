@@ -42,7 +42,7 @@ from datasets_app.models import DatasetVersion
 from serving_app.catalog import Servable, resolve_model, resolve_models
 from serving_app.models import ArenaBattle
 from training_app.models import ModelVersion
-from training_app.registry import visible_versions
+from training_app.services import visible_versions
 
 Vote = ArenaBattle.Vote
 Message = dict[str, str]

@@ -26,9 +26,8 @@ from django.http import Http404
 
 from accounts.permissions import TeamAccess
 from accounts.roles import Perm
-from training_app.jobs import usable_base_models
 from training_app.models import BaseModel, ModelVersion
-from training_app.registry import visible_versions
+from training_app.services import usable_base_models, visible_versions
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from accounts.permissions import TeamAccess, visible_objects
 from accounts.roles import Perm
 from serving_app.models import DEPLOYMENT_NAME_VALIDATOR, Deployment, UsageRecord
 from training_app.models import ModelVersion
-from training_app.registry import visible_versions
+from training_app.services import visible_versions
 
 # The window a key's ``requests_per_minute`` is counted over.
 RATE_WINDOW = timedelta(seconds=60)
@@ -163,6 +163,40 @@ def set_deployment_keys(
             removed=[f"{TeamAPIKey.KIND}_{current[pk]}…" for pk in removed],
         )  # fmt: skip
     return deployment
+
+
+def set_key_deployments(
+    *, access: TeamAccess, key: TeamAPIKey, deployments: Iterable[Deployment], ip: str | None = None
+) -> TeamAPIKey:
+    """Make exactly ``deployments`` the ones ``key`` may call at /v1 (the key's page, the other side of
+    ``set_deployment_keys``); audited as ``apikey.deployments_changed`` when something changed. Admins only."""
+    access.require(Perm.MANAGE_DEPLOYMENTS)
+    access.require(Perm.MANAGE_API_KEYS)
+    if key.team_id != access.team.pk:
+        raise ValidationError({"api_key": "That API key does not belong to this team."})
+    if not key.is_active:
+        raise ValidationError({"deployments": f"The key “{key.name}” is revoked: it can call no deployment."})
+    chosen = {deployment.pk: deployment for deployment in deployments}
+    if any(deployment.team_id != access.team.pk for deployment in chosen.values()):
+        raise ValidationError({"deployments": "Choose deployments of this team."})
+    links = _key_links()
+    with transaction.atomic():
+        # Lock the key row: two admins saving the same key's deployments apply one after the other.
+        TeamAPIKey.objects.for_team(access.team).select_for_update().filter(pk=key.pk).first()
+        current = dict(links.objects.filter(teamapikey=key).values_list("deployment_id", "deployment__name"))
+        added = [deployment for pk, deployment in chosen.items() if pk not in current]
+        removed = [pk for pk in current if pk not in chosen]
+        if not added and not removed:
+            return key
+        links.objects.filter(teamapikey=key, deployment_id__in=removed).delete()
+        links.objects.bulk_create(
+            (links(deployment=deployment, teamapikey=key) for deployment in added), ignore_conflicts=True
+        )
+        audit.record(
+            "apikey.deployments_changed", access=access, target=key, ip=ip,
+            added=sorted(deployment.name for deployment in added), removed=sorted(current[pk] for pk in removed),
+        )  # fmt: skip
+    return key
 
 
 def _key_links() -> KeyLinks:

@@ -19,6 +19,7 @@ from django.http import Http404
 from accounts.permissions import TeamAccess, resolve_access, teams_of
 from accounts.sessions import auser_from_cookies
 from serving_app.mount import VIEWS
+from serving_app.ui.text import markdown_text
 
 # The site's look, with system fonts only: teams run the studio air-gapped (no Google Fonts, no CDN).
 THEME = gr.themes.Base(
@@ -70,14 +71,14 @@ def refuse(error: Exception) -> gr.Error:
 
 @sync_to_async
 def _team_names(user: Any) -> list[str]:
-    return [f"{team.name} (/t/{team.slug}/)" for team in teams_of(user)]
+    return [f"{markdown_text(team.name)} (/t/{team.slug}/)" for team in teams_of(user)]
 
 
 async def describe_session(request: gr.Request) -> str:
     user = await current_user(request)
     teams = await _team_names(user)
     listed = ", ".join(teams) if teams else "none yet"
-    return f"Signed in as **{user.get_username()}**. Teams you can work in: {listed}."
+    return f"Signed in as **{markdown_text(user.get_username())}**. Teams you can work in: {listed}."
 
 
 def page_params(request: gr.Request) -> tuple[str, str]:

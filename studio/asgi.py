@@ -1,9 +1,10 @@
 """The one ASGI app: a FastAPI outer app, Gradio mounted at /play/, Django at /.
 
-Run with ``uvicorn studio.asgi:app``. Gradio authenticates through the Django session
+Run with ``python -m studio.serve`` (uvicorn with the studio's flags). Gradio authenticates through the Django session
 (``auth_dependency``), the parent app installs Starlette's CORS middleware with an explicit
 allow-list (otherwise Gradio reflects any origin), and state-changing requests to /play/ from a
-foreign origin are refused because Gradio has no CSRF token of its own.
+foreign origin are refused because Gradio has no CSRF token of its own. Every /play/ response gets a
+Content-Security-Policy and framing headers, and Gradio's file routes are closed (studio/play_security.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from starlette.middleware.cors import CORSMiddleware  # noqa: E402
 from serving_app.mount import PLAYGROUND_PATH  # noqa: E402
 from serving_app.playground import THEME, build_playground, gradio_username  # noqa: E402
 from studio.origin import SameOriginMiddleware  # noqa: E402
+from studio.play_security import PlaygroundSecurityMiddleware  # noqa: E402
 
 
 def build_app() -> FastAPI:
@@ -39,6 +41,9 @@ def build_app() -> FastAPI:
     app.add_middleware(
         SameOriginMiddleware, protected_prefix=PLAYGROUND_PATH, trusted_origins=settings.CORS_ALLOWED_ORIGINS
     )
+    # Outermost: Gradio's file routes are closed before anything else runs, and every /play/ response
+    # (refusals included) carries the CSP, framing and nosniff headers.
+    app.add_middleware(PlaygroundSecurityMiddleware, prefix=PLAYGROUND_PATH)
     app = gr.mount_gradio_app(
         app,
         build_playground(),

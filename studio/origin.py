@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 from urllib.parse import urlsplit
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class SameOriginMiddleware:
     """For non-GET requests under ``protected_prefix``: the ``Origin`` must be this host (or trusted),
-    and the browser must not label the request cross-site. Responses there may only be framed by the
-    studio itself.
+    and the browser must not label the request cross-site. (Framing and CSP headers for the mount:
+    studio/play_security.py.)
     """
 
     def __init__(self, app: ASGIApp, protected_prefix: str, trusted_origins: list[str]) -> None:
@@ -33,14 +33,7 @@ class SameOriginMiddleware:
             )
             await send({"type": "http.response.body", "body": body})
             return
-
-        async def send_with_frame_policy(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"content-security-policy", b"frame-ancestors 'self'")]
-            await send(message)
-
-        await self.app(scope, receive, send_with_frame_policy)
+        await self.app(scope, receive, send)
 
     def _same_origin(self, headers: dict[str, str]) -> bool:
         origin = headers.get("origin")

@@ -10,6 +10,7 @@ process at start-up with a message naming the variable, instead of silently fall
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import dj_database_url
+from csp.constants import NONCE, NONE, SELF, UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -122,6 +124,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django_htmx",
+    "csp",
     "guardian",
     "axes",
     "ninja",
@@ -133,6 +136,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -159,8 +163,12 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "csp.context_processors.nonce",
                 "accounts.context_processors.studio_shell",
             ],
+            # The charts every app draws; a library here rather than "studio" as an app, whose static
+            # folder STATICFILES_DIRS already lists.
+            "libraries": {"charts": "studio.templatetags.charts"},
         },
     },
 ]
@@ -210,6 +218,23 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "accounts.lockout.lockout_response"
 AXES_IPWARE_PROXY_COUNT = env_int("AXES_PROXY_COUNT", 0, minimum=0) or None
+
+
+def _trusted_proxies(name: str) -> list[str]:
+    """Addresses or networks (CIDR) of reverse proxies, each checked, from the comma-separated ``name``."""
+    proxies = env_list(name, [])
+    for proxy in proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError as error:
+            raise ImproperlyConfigured(f"{name}: {proxy!r} is not an IP address or network.") from error
+    return proxies
+
+
+# Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto the web server believes (studio/serve.py passes
+# them to uvicorn). Empty: forwarded headers are ignored and the client address is the socket's peer, so
+# nobody can choose the address that the login lockout counts and the audit trail records.
+TRUSTED_PROXIES = _trusted_proxies("ATELIER_TRUSTED_PROXIES")
 AXES_VERBOSE = False
 
 SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 14 * 24 * 3600, minimum=60)
@@ -277,6 +302,9 @@ TRAINING_POOLS: dict[str, dict[str, Any]] = env_json(
 # A worker renews a running job's lease every second; the beat reaper requeues a job whose lease
 # expired (its worker died), and it resumes from the latest complete checkpoint.
 TRAINING_LEASE_SECONDS = env_int("TRAINING_LEASE_SECONDS", 60, minimum=10)
+# A dataset validation task renews its claim with each progress write (about once a second); a claim
+# older than this belongs to a task that died, and a re-delivered task may take the version over.
+DATASET_VALIDATION_LEASE_SECONDS = env_int("DATASET_VALIDATION_LEASE_SECONDS", 300, minimum=10)
 # A cancelled trainer gets this long to stop at a step boundary before its process group gets SIGTERM.
 TRAINING_CANCEL_GRACE_SECONDS = env_int("TRAINING_CANCEL_GRACE_SECONDS", 5, minimum=1)
 # How many times a job is restarted after its worker died before it is failed.
@@ -350,6 +378,28 @@ if PRODUCTION:
     SECURE_CONTENT_TYPE_NOSNIFF = True
     SECURE_REFERRER_POLICY = "same-origin"
 
-# Django's pages are never framed. (The Gradio playground, which the site does frame, is served by
-# Gradio with ``frame-ancestors 'self'``: see studio/origin.py.)
+# Content-Security-Policy on every Django response (django-csp): scripts and stylesheets only from the
+# studio itself or carrying the request's nonce (``{{ CSP_NONCE }}`` in templates), so text that slips into a page
+# unescaped still cannot run. Inline ``style=""`` attributes stay allowed (progress bars and charts size
+# and colour themselves server-side); they cannot run script. No CDN anywhere: teams run air-gapped.
+# The Gradio app at /play/ gets its own policy (studio/play_security.py).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, NONCE],
+        "style-src": [SELF, NONCE],
+        "style-src-attr": [UNSAFE_INLINE],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "frame-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
+
+# Django's pages are never framed. (The Gradio playground, which the site does frame, is served with
+# ``frame-ancestors 'self'`` and ``X-Frame-Options: SAMEORIGIN``: see studio/play_security.py.)
 X_FRAME_OPTIONS = "DENY"

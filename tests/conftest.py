@@ -8,8 +8,10 @@ database, so the tests that use them must be ``transactional_db`` (data committe
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -21,8 +23,10 @@ from typing import Any
 import httpx
 import pytest
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
+from django.middleware.csrf import CSRF_ALLOWED_CHARS, CSRF_SECRET_LENGTH
 from django.test import Client
+from django.utils.crypto import get_random_string
 from playwright.sync_api import Browser, sync_playwright
 
 from accounts import services
@@ -48,8 +52,43 @@ TEST_POOLS: dict[str, dict[str, Any]] = {
     ]
 }  # fmt: skip
 TEST_LEASE_SECONDS = 10
-# Failure injection for real training runs (see tests/inject/sitecustomize.py); absent file: no injection.
-INJECT_DIR = ROOT / "tests" / "inject"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist each worker has its own test database (pytest-django) and its own Redis database."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker and settings.CELERY_BROKER_URL.startswith("redis://"):
+        use_broker(worker_broker_url(settings.CELERY_BROKER_URL, int(worker.removeprefix("gw"))))
+
+
+# A test that needs one of these starts a real process or needs the real starter model's weights (built on a
+# fresh clone, about a minute): it is marked ``slow`` here, so ``make test-fast`` leaves it out by itself.
+SLOW_FIXTURES = frozenset({"studio_server", "inference_server", "celery_worker", "starter_model_path"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+def worker_broker_url(url: str, worker: int) -> str:
+    """``url`` with its Redis database number moved up by ``worker`` (modulo Redis's 16 databases)."""
+    match = re.fullmatch(r"(redis://[^/]*)(?:/(\d+))?", url)
+    if match is None:
+        return url
+    return f"{match[1]}/{(int(match[2] or 0) + worker) % 16}"
+
+
+def use_broker(url: str) -> None:
+    """Point this process's Celery app, and the processes the fixtures start, at broker ``url``."""
+    from studio.celery import app
+
+    settings.CELERY_BROKER_URL = settings.CELERY_RESULT_BACKEND = url
+    # Celery's ``broker_url`` prefers the CELERY_BROKER_URL environment variable to its configuration.
+    os.environ["CELERY_BROKER_URL"] = url
+    app.conf.broker_url = app.conf.result_backend = url
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +100,12 @@ def shared_media_root(tmp_path_factory: Any) -> Path:
 @pytest.fixture(autouse=True)
 def _test_settings(request: pytest.FixtureRequest, tmp_path: Path, settings: Any) -> None:
     uses_processes = bool(SERVER_FIXTURES & set(request.fixturenames))
-    settings.MEDIA_ROOT = request.getfixturevalue("shared_media_root") if uses_processes else tmp_path / "media"
+    if uses_processes:
+        settings.MEDIA_ROOT = request.getfixturevalue("shared_media_root")
+    elif "module_media_root" in request.fixturenames:
+        settings.MEDIA_ROOT = request.getfixturevalue("module_media_root")
+    else:
+        settings.MEDIA_ROOT = tmp_path / "media"
     # A deliberately slow password hash is the point in production and minutes of waiting here. Tests
     # that log in to a separate server process keep the real hasher, which that process understands.
     if not uses_processes:
@@ -77,19 +121,41 @@ def _test_settings(request: pytest.FixtureRequest, tmp_path: Path, settings: Any
     )
 
 
+# What decides the starter model's weights: a change to any of these files makes a new cache entry.
+STARTER_RECIPE_FILES = ("training_app/engine/starter.py", "training_app/engine/corpus.py")
+
+
+def starter_recipe_version() -> str:
+    """A short hash of the starter model's recipe (the code that writes its corpus and trains it)."""
+    digest = hashlib.sha256()
+    for name in STARTER_RECIPE_FILES:
+        digest.update((ROOT / name).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def starter_models_dir() -> Path:
+    """Where the tests keep the starter model: ``ATELIER_TEST_MODELS_DIR`` as given, else a folder of the
+    user's cache keyed by the recipe version (outside the checkout: ``make clean`` and new clones reuse it).
+    """
+    if explicit := os.environ.get("ATELIER_TEST_MODELS_DIR"):
+        return Path(explicit)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "atelier" / "test-models" / starter_recipe_version()
+
+
 @pytest.fixture(scope="session")
 def starter_model_path() -> Path:
-    """The studio's starter model, created once (about a minute) and cached in var/test-models.
+    """The studio's real starter model, created once (about a minute) and cached (see ``starter_models_dir``).
 
-    ``ATELIER_TEST_MODELS_DIR`` moves the cache; a fresh clone creates it on its first test run.
+    Ask for it only where real weights matter (training, generation); pages and permissions do with
+    ``base_model_row``.
     """
     import torch
 
     from training_app.engine.starter import ensure_starter_model
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    cache = Path(os.environ.get("ATELIER_TEST_MODELS_DIR", ROOT / "var" / "test-models"))
-    return ensure_starter_model(cache)
+    return ensure_starter_model(starter_models_dir())
 
 
 @pytest.fixture
@@ -110,6 +176,41 @@ def lora_adapters(starter_model_path: Path, tmp_path_factory: Any) -> list[Path]
 
     root = Path(tmp_path_factory.mktemp("lora-adapters"))
     return [make_lora_adapter(starter_model_path, root / name, seed) for seed, name in enumerate(("alpha", "beta"), 11)]
+
+
+@pytest.fixture
+def base_model_row(db: None) -> Any:
+    """A ready base model shared with every team, as the starter model is, without weights on disk.
+
+    Its facts are the starter model's (what ``register_model_folder`` reads from its folder): enough for
+    forms, estimates, pages and permissions. A test that trains or generates needs ``starter_model``.
+    """
+    from tests.factories import starter_like_base_model
+
+    return starter_like_base_model()
+
+
+@pytest.fixture(scope="module")
+def module_db(django_db_setup: None, django_db_blocker: Any) -> Iterator[Any]:
+    """One transaction around a module's tests, for rows built once and shared by all of them.
+
+    A module-scoped fixture builds its rows inside ``with module_db.unblock():``. Each test (``db``) runs
+    in a savepoint inside this transaction, so what one test writes is rolled back before the next; the
+    shared rows are rolled back after the module's last test. Not for ``transactional_db`` tests.
+    """
+    with django_db_blocker.unblock():
+        outer = transaction.atomic()
+        outer.__enter__()
+    yield django_db_blocker
+    with django_db_blocker.unblock():
+        transaction.set_rollback(True)
+        outer.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")
+def module_media_root(tmp_path_factory: Any) -> Path:
+    """The media folder of a module that builds its rows (and their files) once: its tests see the same files."""
+    return Path(tmp_path_factory.mktemp("module-media"))
 
 
 @pytest.fixture
@@ -143,12 +244,43 @@ def user_in_role(acme: Any) -> Callable[[str], Any]:
     return lambda role: member(acme, role, f"acme-{role}-{UserFactory._meta.model.objects.count()}")
 
 
+class BrowserClient(Client):
+    """A test client that passes Django's CSRF check the way the studio's pages do, and no other way.
+
+    CSRF checks are enforced. The client holds a ``csrftoken`` cookie, as a browser does once it has seen
+    one page, and sends its value in the ``X-CSRFToken`` header of every unsafe request (as the pages'
+    htmx requests do): a request whose cookie is gone, or that names another token, is refused with 403.
+    """
+
+    def __init__(self, **defaults: Any) -> None:
+        super().__init__(enforce_csrf_checks=True, **defaults)
+        self.cookies[settings.CSRF_COOKIE_NAME] = get_random_string(CSRF_SECRET_LENGTH, CSRF_ALLOWED_CHARS)
+
+    def generic(
+        self,
+        method: str,
+        path: Any,
+        data: Any = "",
+        content_type: str | None = "application/octet-stream",
+        secure: bool = False,
+        *,
+        headers: Any = None,
+        **extra: Any,
+    ) -> Any:
+        cookie = self.cookies.get(settings.CSRF_COOKIE_NAME)
+        named = {key.lower() for key in headers or {}}
+        unsafe = method.upper() not in ("GET", "HEAD", "OPTIONS", "TRACE")
+        if unsafe and cookie is not None and "x-csrftoken" not in named and "HTTP_X_CSRFTOKEN" not in extra:
+            headers = {**(headers or {}), "X-CSRFToken": cookie.value}
+        return super().generic(method, path, data, content_type, secure, headers=headers, **extra)
+
+
 @pytest.fixture
 def login() -> Callable[[Any], Client]:
-    """A browser-like client signed in as ``user`` (CSRF checks on, as in a real browser)."""
+    """A browser-like client signed in as ``user``, with CSRF checks enforced (see ``BrowserClient``)."""
 
     def make(user: Any) -> Client:
-        client = Client(enforce_csrf_checks=False)
+        client = BrowserClient()
         client.force_login(user, backend=MODEL_BACKEND)
         return client
 
@@ -186,8 +318,6 @@ def _process_env(media_root: Path) -> dict[str, str]:
         "PYTHONUNBUFFERED": "1",
         "ATELIER_TRAINING_POOLS": json.dumps(TEST_POOLS),
         "TRAINING_LEASE_SECONDS": str(TEST_LEASE_SECONDS),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(INJECT_DIR), os.environ.get("PYTHONPATH")])),
-        "ATELIER_INJECT_FAILURE_FILE": str(media_root / "inject-failure.json"),
     }
 
 
@@ -230,7 +360,7 @@ def studio_server(
     env.update(ATELIER_INFERENCE_URL=inference_server, ATELIER_INFERENCE_REGISTRY=str(inference_registry))
     with log.open("w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "tests.live_asgi:app", "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "studio.serve", "--app", "tests.live_asgi:app", "--port", str(port)],  # loopback
             cwd=ROOT,
             env=env,
             stdout=out,

@@ -110,6 +110,23 @@ def sample_version(team: Team, owner: Any, sample: str = "chat", *, name: str | 
     return ready_version(team, owner, rows, kind=str(report.kind), name=name or f"Sample {sample}")
 
 
+def starter_like_base_model() -> Any:
+    """A ready base model row with the starter model's facts (as ``register_model_folder`` reads them), no files.
+
+    Shared with every team, as the starter model is: enough for forms, estimates, pages and permissions.
+    """
+    from training_app.engine.starter import CHAT_TEMPLATE, DESCRIPTION, LICENSE, STARTER_MODEL_NAME
+    from training_app.models import BaseModel
+
+    details = {"hidden_size": 256, "layers": 4, "attention_heads": 4, "key_value_heads": 2, "intermediate_size": 688,
+               "tie_word_embeddings": True, "torch_dtype": "float32"}  # fmt: skip
+    return BaseModel.objects.create(
+        name=STARTER_MODEL_NAME, source=BaseModel.Source.STARTER, path=f"/nonexistent/{STARTER_MODEL_NAME}",
+        architecture="LlamaForCausalLM", parameter_count=3_950_848, context_length=1024, vocab_size=4096,
+        chat_template=CHAT_TEMPLATE, license=LICENSE, description=DESCRIPTION, details=details,
+    )  # fmt: skip
+
+
 def finished_job(team: Team, owner: Any, base_model: Any, version: Any, *, name: str = "support bot") -> Any:
     """A succeeded training job on ``version`` with a few metrics and its registered model version.
 

@@ -152,7 +152,7 @@ def test_invitation_link_is_shown_once_and_works_once(alice: Any, charlie: Any, 
     page = owner.post("/t/acme/invitations/", {"role": "viewer"}, follow=True).content.decode()
     link = re.search(r'id="invitation-link">http://testserver(/invite/[^<]+/)<', page)
     assert link is not None
-    assert link.group(1) not in owner.get("/t/acme/").content.decode()
+    assert link.group(1) not in owner.get("/t/acme/members/").content.decode()
     guest = login(charlie)
     assert guest.post(link.group(1)).status_code == 302
     assert Membership.objects.get(team__slug="acme", user=charlie).role == Role.VIEWER

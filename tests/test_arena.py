@@ -3,6 +3,8 @@ of votes as a DPO preference dataset, and the arena pages."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import math
 import re
@@ -10,8 +12,10 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import gradio as gr
 import numpy as np
 import pytest
 from django.core.exceptions import ValidationError
@@ -28,6 +32,9 @@ from datasets_app.engine.rows import read_rows_file
 from datasets_app.models import DatasetVersion, VersionStatus
 from serving_app import arena
 from serving_app.models import ArenaBattle, UsageRecord
+from serving_app.playground import build_playground
+from serving_app.ui import arena as arena_ui
+from serving_app.ui.arena import NO_BREAK_SPACE
 from tests.factories import finished_job, ready_version
 from tests.test_gradio_mount import signed_in
 from training_app.models import ModelVersion
@@ -116,17 +123,17 @@ def test_a_model_that_never_won_ranks_last_with_a_finite_score() -> None:
 
 
 @pytest.fixture
-def two_versions(acme: Team, alice: Any, starter_model: Any) -> tuple[ModelVersion, ModelVersion]:
+def two_versions(acme: Team, alice: Any, base_model_row: Any) -> tuple[ModelVersion, ModelVersion]:
     """Two model versions of acme (small adapter folders: enough for everything but generating)."""
     data = ready_version(acme, alice, [{"text": "note"}])
-    _, alpha = finished_job(acme, alice, starter_model, data, name="alpha-bot")
-    _, beta = finished_job(acme, alice, starter_model, data, name="beta-bot")
+    _, alpha = finished_job(acme, alice, base_model_row, data, name="alpha-bot")
+    _, beta = finished_job(acme, alice, base_model_row, data, name="beta-bot")
     return alpha, beta
 
 
-def test_a_battle_draws_two_different_models_of_the_set(alice: Any, two_versions: Any, starter_model: Any) -> None:
+def test_a_battle_draws_two_different_models_of_the_set(alice: Any, two_versions: Any, base_model_row: Any) -> None:
     access = resolve_access(alice, "acme")
-    keys = [f"base:{starter_model.pk}", *(f"version:{v.pk}" for v in two_versions)]
+    keys = [f"base:{base_model_row.pk}", *(f"version:{v.pk}" for v in two_versions)]
     drawn = set()
     for _ in range(30):
         contenders = arena.start_battle(access=access, keys=keys)
@@ -138,19 +145,19 @@ def test_a_battle_draws_two_different_models_of_the_set(alice: Any, two_versions
 
 
 def test_a_set_with_another_teams_model_is_refused_whole(
-    alice: Any, charlie: Any, globex: Team, two_versions: Any, starter_model: Any
+    alice: Any, charlie: Any, globex: Team, two_versions: Any, base_model_row: Any
 ) -> None:
     data = ready_version(globex, charlie, [{"text": "secret"}], name="Globex notes")
-    _, foreign = finished_job(globex, charlie, starter_model, data, name="globex-bot")
+    _, foreign = finished_job(globex, charlie, base_model_row, data, name="globex-bot")
     keys = [f"version:{v.pk}" for v in two_versions] + [f"version:{foreign.pk}"]
     with pytest.raises(Http404):
         arena.start_battle(access=resolve_access(alice, "acme"), keys=keys)
     assert not ArenaBattle.objects.unscoped().exists()
 
 
-def test_a_set_of_one_model_is_refused_with_a_message(alice: Any, starter_model: Any) -> None:
+def test_a_set_of_one_model_is_refused_with_a_message(alice: Any, base_model_row: Any) -> None:
     with pytest.raises(ValidationError, match="at least two models"):
-        arena.start_battle(access=resolve_access(alice, "acme"), keys=[f"base:{starter_model.pk}"] * 2)
+        arena.start_battle(access=resolve_access(alice, "acme"), keys=[f"base:{base_model_row.pk}"] * 2)
 
 
 def test_names_are_revealed_only_after_the_vote_and_only_one_vote_counts(alice: Any, two_versions: Any) -> None:
@@ -296,10 +303,10 @@ def test_a_multi_turn_battle_keeps_the_whole_exchange_after_the_first_message(ac
 
 
 def test_votes_on_restricted_models_and_identical_answers_are_left_out(
-    acme: Team, alice: Any, starter_model: Any
+    acme: Team, alice: Any, base_model_row: Any
 ) -> None:
     data = ready_version(acme, alice, [{"text": "private"}])
-    _, secret = finished_job(acme, alice, starter_model, data, name="secret-bot")
+    _, secret = finished_job(acme, alice, base_model_row, data, name="secret-bot")
     ModelVersion.objects.for_team(acme).filter(pk=secret.pk).update(restricted=True)
     played(acme, alice, "a", model_a=f"version:{secret.pk}")
     played(acme, alice, "a", answers=("same", "same"))
@@ -335,6 +342,9 @@ def test_leaderboard_ranks_the_teams_models_in_a_table_and_a_chart(
     assert table.index("Sharp model") < table.index("Dull model")
     chart = page[page.index('id="leaderboard-chart"') :]
     assert re.search(r'<svg [^>]*aria-label="Arena scores with 95% intervals: Sharp model \d+', chart)
+    ticks = [int(t.replace(",", "")) for t in re.findall(r'text-anchor="middle">([\d,]+)</text>', chart)]
+    assert len(ticks) >= 3 and len({b - a for a, b in itertools.pairwise(ticks)}) == 1  # evenly spaced
+    assert all(tick % 10 == 0 for tick in ticks)  # and round
     assert re.search(r"<td>Sharp model</td><td class=\"num\"><b>1\d\d\d</b>", page)
     assert "Export votes as a preference dataset" in page
 
@@ -357,10 +367,10 @@ def test_viewer_reads_the_leaderboard_but_cannot_export(
 
 
 def test_restricted_model_is_named_only_for_those_who_may_see_it(
-    acme: Team, alice: Any, bob: Any, starter_model: Any, login: Callable[[Any], Client]
+    acme: Team, alice: Any, bob: Any, base_model_row: Any, login: Callable[[Any], Client]
 ) -> None:
     data = ready_version(acme, alice, [{"text": "private"}])
-    _, secret = finished_job(acme, alice, starter_model, data, name="secret-bot")
+    _, secret = finished_job(acme, alice, base_model_row, data, name="secret-bot")
     ModelVersion.objects.for_team(acme).filter(pk=secret.pk).update(restricted=True)
     played(acme, alice, "a", model_a=f"version:{secret.pk}", model_a_label="secret-bot v1")
     assert "secret-bot v1" in login(alice).get("/t/acme/arena/leaderboard/").content.decode()
@@ -378,6 +388,17 @@ def test_export_button_makes_the_dataset_and_opens_it(acme: Team, alice: Any, lo
     again = client.post("/t/acme/arena/export", follow=True).content.decode()
     assert "No new decisive votes to export" in again
     assert DatasetVersion.objects.for_team(acme).count() == 1
+
+
+def test_export_button_is_disabled_with_a_reason_when_there_is_nothing_to_export(
+    acme: Team, alice: Any, login: Callable[[Any], Client]
+) -> None:
+    client = login(alice)
+    page = client.get("/t/acme/arena/leaderboard/").content.decode()
+    assert 'disabled aria-describedby="arena-export-why">Export votes' in page and "Nothing to export" in page
+    played(acme, alice, "a")
+    page = client.get("/t/acme/arena/leaderboard/").content.decode()
+    assert "disabled" not in page.split('id="arena-export"')[1].split("</form>")[0]
 
 
 def test_export_is_post_only(alice: Any, login: Callable[[Any], Client]) -> None:
@@ -399,6 +420,60 @@ def test_outsider_gets_404_on_the_arena_pages(
 # --- battles through Gradio's API on the real stack ----------------------------------------------------
 
 MAX_TOKENS = 16
+
+
+def fake_turn(monkeypatch: pytest.MonkeyPatch, answers: dict[str, str]) -> list[dict[str, Any]]:
+    """Answers streamed in two pieces per model without an inference server; returns the turns recorded."""
+    recorded: list[dict[str, Any]] = []
+
+    async def stream(servable: Any, *args: Any, **kwargs: Any) -> Any:
+        text = answers[servable.key]
+        for end in (len(text) // 2, len(text)):
+            yield SimpleNamespace(text=text[:end])
+
+    monkeypatch.setattr(arena_ui, "stream_answer", stream)
+    monkeypatch.setattr(arena, "record_turn", lambda **turn: recorded.append(turn))
+    return recorded
+
+
+def play_turn() -> list[tuple[Any, ...]]:
+    battle = SimpleNamespace(pk=1, conversation_a=[], conversation_b=[])
+    contenders = SimpleNamespace(battle=battle, a=SimpleNamespace(key="a"), b=SimpleNamespace(key="b"))
+    access = SimpleNamespace(team=None, user=None)
+
+    async def collect() -> list[tuple[Any, ...]]:
+        return [outputs async for outputs in arena_ui._play_turn(access, contenders, "Hi", 16)]  # type: ignore[arg-type]
+
+    return asyncio.run(collect())
+
+
+def test_vote_buttons_stay_off_until_both_answers_are_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_turn(monkeypatch, {"a": "Hello there.", "b": "Hi!"})
+    outputs = play_turn()
+    *streaming, last = outputs
+    assert streaming and all(step[6] is False and "vote once both answers are in" in step[3] for step in streaming)
+    assert last[6] is True and last[3] == "Both answers are in. Keep chatting, or vote below."
+    assert [button.interactive for button in arena_ui.vote_buttons(False)] == [False] * 4
+    assert [button.interactive for button in arena_ui.vote_buttons(True)] == [True] * 4
+
+
+def test_vote_buttons_start_off_and_go_off_while_a_turn_streams(db: None) -> None:
+    config = build_playground().get_config_file()
+    buttons = {c["id"] for c in config["components"] if str(c["props"].get("elem_id", "")).startswith("arena-vote-")}
+    assert len(buttons) == 4
+    assert all(c["props"]["interactive"] is False for c in config["components"] if c["id"] in buttons)
+    send = next(dep for dep in config["dependencies"] if dep["api_name"] == "arena_send")
+    before = [dep for dep in config["dependencies"] if set(dep["outputs"]) == buttons and dep["id"] < send["id"]]
+    assert before and send["trigger_after"] in {dep["id"] for dep in before}
+
+
+def test_arena_shows_an_indented_answer_with_its_indentation(monkeypatch: pytest.MonkeyPatch) -> None:
+    answer = "Steps:\n  1. open the file\n    then read it\nDone."
+    recorded = fake_turn(monkeypatch, {"a": answer, "b": "No."})
+    chat_a = play_turn()[-1][0]
+    shown = gr.Chatbot().postprocess(chat_a).model_dump()[-1]["content"][0]["text"]
+    assert shown == f"Steps:\n{NO_BREAK_SPACE * 2}1. open the file\n{NO_BREAK_SPACE * 4}then read it\nDone."
+    assert recorded[0]["answer_a"] == answer
 
 
 @pytest.fixture
@@ -508,8 +583,9 @@ def test_blind_battle_streams_two_anonymous_answers_and_the_vote_reveals_them(
     assert (
         battle.conversation_a[2] == battle.conversation_b[2] == {"role": "user", "content": "And about the mountains?"}
     )
-    stored = (battle.conversation_a[1]["content"].strip(), battle.conversation_b[1]["content"].strip())
-    assert stored == (answer_a.strip(), answer_b.strip())
+    # Shown exactly as stored, except that the spaces starting a line are no-break spaces (Markdown keeps those).
+    stored = (battle.conversation_a[1]["content"], battle.conversation_b[1]["content"])
+    assert stored == (answer_a.replace(NO_BREAK_SPACE, " "), answer_b.replace(NO_BREAK_SPACE, " "))
     assert UsageRecord.objects.for_team(battle.team).filter(source="arena", status="ok").count() == 4
 
     outcome, payloads = player.call("arena_vote", "b")

@@ -61,9 +61,13 @@ DATA_TRANSFER_WITH_FILE = """([name, body]) => {
 }"""
 
 
-def new_page(browser: Browser, base_url: str) -> tuple[BrowserContext, Page]:
-    """A fresh context (its own cookies, downloads allowed) and a page in it; relative URLs use the server."""
-    context = browser.new_context(base_url=base_url, accept_downloads=True)
+def new_page(browser: Browser, base_url: str, *, height: int = 720) -> tuple[BrowserContext, Page]:
+    """A fresh context (its own cookies, downloads allowed) and a page in it; relative URLs use the server.
+
+    ``height``: the window's height. Playwright cannot scroll the site's page to reach a Gradio dropdown's list
+    that opens below the fold inside the (content-sized) playground frame, as a person's mouse wheel would.
+    """
+    context = browser.new_context(base_url=base_url, accept_downloads=True, viewport={"width": 1280, "height": height})
     return context, context.new_page()
 
 
@@ -110,7 +114,8 @@ def number(n: int) -> str:
 
 
 def version_status(page: Page) -> Any:
-    return page.locator("#version-status")
+    """The status badge of the version on show (its tab: the page shows one badge per version)."""
+    return page.locator(".version-tabs a[aria-current=page]")
 
 
 def fact(page: Page, term: str) -> Any:
@@ -256,4 +261,31 @@ def test_member_neither_sees_nor_opens_a_restricted_dataset_not_shared_with_him(
         assert response.status == 404, address
         assert "Quarterly salaries" not in response.text()
 
+    context.close()
+
+
+@pytest.fixture
+def question_answer_version(alice: Any) -> Any:
+    """An uploaded file whose columns (question, answer) the studio cannot place: it needs a column mapping."""
+    from accounts.permissions import resolve_access
+    from tests.test_datasets import jsonl, upload
+
+    rows = [{"question": f"Q{number}?", "answer": f"A{number}."} for number in range(3)]
+    return upload(resolve_access(alice, "acme"), jsonl(rows), name="qa.jsonl")
+
+
+def test_mapping_form_shows_only_the_column_pickers_of_the_chosen_kind(
+    question_answer_version: Any, studio_server: str, tmp_path: Path, browser: Browser
+) -> None:
+    context, page = new_page(browser, studio_server)
+    log_in(page, "alice")
+    page.goto(f"/t/acme/datasets/{question_answer_version.dataset_id}/v1/")
+    form = page.locator("form.mapping-form")
+
+    form.get_by_label("Kind").select_option("preference")
+    for field in ("prompt", "chosen", "rejected"):
+        expect(form.get_by_label(f"Column for “{field}”")).to_be_visible()
+    for field in ("completion", "messages", "text"):
+        expect(form.get_by_label(f"Column for “{field}”")).to_be_hidden()
+    screenshot(page, tmp_path, "dataset-mapping-preference")
     context.close()

@@ -80,6 +80,9 @@ def test_owner_invites_a_colleague_who_signs_up_joins_and_is_promoted(
     expect(ada).to_have_url(f"{studio_server}/t/research/")
     expect(ada.get_by_role("heading", level=1)).to_contain_text("Research")
     expect(ada.get_by_text("Team “Research” created.")).to_be_visible()
+    expect(ada.locator("#steps li").first).to_contain_text("Bring a dataset")  # the team's home: what to do next
+    ada.get_by_role("navigation", name="Team").get_by_role("link", name="Members").click()
+    expect(ada).to_have_url(f"{studio_server}/t/research/members/")
     expect(member_row(ada, "ada")).to_contain_text("(you)")
     expect(member_row(ada, "ada").locator(".pill")).to_have_text("Owner")
     screenshot(ada, tmp_path, "02-team-created")
@@ -87,7 +90,7 @@ def test_owner_invites_a_colleague_who_signs_up_joins_and_is_promoted(
     # 3. She makes a single-use invitation link for a Member; the page shows it once.
     ada.get_by_label("Role").select_option(label="Member")
     ada.get_by_role("button", name="Create invitation link").click()
-    expect(ada).to_have_url(f"{studio_server}/t/research/")
+    expect(ada).to_have_url(f"{studio_server}/t/research/members/")
     link_element = ada.locator("#invitation-link")
     expect(link_element).to_have_text(re.compile(rf"^{re.escape(studio_server)}/invite/\S+/$"))
     invitation_link = link_element.inner_text().strip()
@@ -108,6 +111,7 @@ def test_owner_invites_a_colleague_who_signs_up_joins_and_is_promoted(
     grace.get_by_role("button", name="Join as grace").click()
     expect(grace).to_have_url(f"{studio_server}/t/research/")
     expect(grace.get_by_text("You joined Research as Member.")).to_be_visible()
+    grace.get_by_role("navigation", name="Team").get_by_role("link", name="Members").click()
     expect(member_row(grace, "grace")).to_contain_text("(you)")
     expect(member_row(grace, "ada")).to_be_visible()
 
@@ -119,7 +123,7 @@ def test_owner_invites_a_colleague_who_signs_up_joins_and_is_promoted(
     expect(role_of_grace).to_have_value("member")
     role_of_grace.select_option(label="Admin")
     member_row(ada, "grace").get_by_role("button", name="Change").click()
-    expect(ada).to_have_url(f"{studio_server}/t/research/")
+    expect(ada).to_have_url(f"{studio_server}/t/research/members/")
     expect(ada.locator(".messages")).to_contain_text("grace is now Admin.")
     expect(ada.get_by_label("Role of grace")).to_have_value("admin")
     expect(ada.get_by_label("Role of grace").locator("option:checked")).to_have_text("Admin")

@@ -57,12 +57,12 @@ def pick(app: FrameLocator, dropdown_id: str, label: str) -> None:
 def test_compare_two_models_then_battle_and_read_the_leaderboard(
     studio_server: str, starter_model: Any, tuned: Any, tmp_path: Path, browser: Browser
 ) -> None:
-    context, page = new_page(browser, studio_server)
+    context, page = new_page(browser, studio_server, height=1100)  # both pickers' lists in view
     log_in(page, "alice")
 
     # --- compare: from the site's navigation, two models, one prompt, both columns stream -----------------
     page.goto("/t/acme/")
-    page.get_by_role("link", name="Playground").click()
+    page.get_by_role("link", name="Playground", exact=True).click()
     expect(page.get_by_role("heading", name="Playground")).to_be_visible()
     app, frame = frame_of(page, "playground-frame")
     pick(app, "compare-model-1", "atelier-starter (base)")
@@ -110,4 +110,32 @@ def test_compare_two_models_then_battle_and_read_the_leaderboard(
     expect(table).to_contain_text("atelier-starter")
     expect(page.locator("svg").first).to_be_visible()
     screenshot(page, tmp_path, "arena-leaderboard")
+    context.close()
+
+
+# The playground frame shows all of the Gradio app, without a scroll bar of its own and without an empty band
+# below it: the frame is at least as tall as its document and ends just below the app's last block.
+FRAME_FITS_ITS_CONTENT = """([taller_than, last_block]) => {
+    const frame = document.querySelector("#playground-frame");
+    const shown = frame.contentDocument;
+    const end = shown.querySelector(last_block).getBoundingClientRect().bottom;
+    return frame.clientHeight > taller_than
+        && frame.clientHeight >= shown.documentElement.scrollHeight
+        && frame.clientHeight - end < 100;
+}"""
+
+
+def test_opening_the_settings_for_every_column_grows_the_playground_frame_so_nothing_is_clipped(
+    studio_server: str, alice: Any, starter_model: Any, tmp_path: Path, browser: Browser
+) -> None:
+    context, page = new_page(browser, studio_server)
+    log_in(page, "alice")
+    page.goto("/t/acme/playground/")
+    app, _ = frame_of(page, "playground-frame")
+    closed_height = page.locator("#playground-frame").evaluate("(frame) => frame.clientHeight")
+
+    app.locator("#compare-all-settings").get_by_text("Settings for every column").click()
+    expect(app.get_by_role("button", name="Use these settings in every column")).to_be_visible()
+    page.wait_for_function(FRAME_FITS_ITS_CONTENT, arg=[closed_height, "#compare-save-panel"])
+    screenshot(page, tmp_path, "playground-settings-open")
     context.close()

@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.http import Http404
 from django.test import Client
 
 from accounts.models import AuditEvent, Membership
@@ -75,6 +77,12 @@ def test_valid_upload_becomes_a_ready_hashed_version(alice: Any) -> None:
     assert rows[0][1]["messages"][1] == {"role": "assistant", "content": "Answer 0."}
 
 
+def test_version_page_shows_the_status_badge_once(alice: Any, login: Any) -> None:
+    version = upload(resolve_access(alice, "acme"), jsonl(CHAT_ROWS))
+    html = login(alice).get(f"/t/acme/datasets/{version.dataset_id}/v1/").content.decode()
+    assert html.count('<span class="pill ready">Ready</span>') == 1
+
+
 def test_version_page_renders_chat_bubbles_and_search(alice: Any, login: Any) -> None:
     version = upload(resolve_access(alice, "acme"), jsonl(CHAT_ROWS))
     client = login(alice)
@@ -98,6 +106,21 @@ def test_problems_are_reported_by_line_and_valid_rows_can_be_kept(alice: Any, lo
     assert response["Location"] == f"/t/acme/datasets/{version.dataset_id}/v2/"
     assert (child.status, child.row_count, child.parent_id) == (VersionStatus.READY, 2, version.pk)
     assert child.recipe["step"] == "keep_valid_rows" and sum(child.recipe["dropped"].values()) == 2
+
+
+def test_problems_table_counts_rows_not_findings(alice: Any, login: Any) -> None:
+    two_empty_turns = {"messages": [{"role": "user", "content": " "}, {"role": "assistant", "content": " "}]}
+    version = upload(resolve_access(alice, "acme"), jsonl([*CHAT_ROWS[:2], two_empty_turns, two_empty_turns]))
+    page = login(alice).get(f"/t/acme/datasets/{version.dataset_id}/v1/").content.decode()
+    row = page[page.index('<code class="muted">empty_turn</code>') :]
+    assert row.split("<td>")[1].split("</td>")[0] == "2"  # two rows, four empty turns
+
+
+def test_version_without_valid_rows_shows_no_content_hash(alice: Any, login: Any) -> None:
+    version = upload(resolve_access(alice, "acme"), b'{"messages": [NaN]}\n')
+    page = login(alice).get(f"/t/acme/datasets/{version.dataset_id}/v1/").content.decode()
+    assert version.status == VersionStatus.INVALID and version.content_hash == ""
+    assert "Content hash" not in page and "e3b0c442" not in page
 
 
 def test_upload_over_the_size_limit_is_refused_and_nothing_is_stored(alice: Any, login: Any, settings: Any) -> None:
@@ -202,6 +225,21 @@ def test_api_upload_then_rows(alice: Any, bearer: Any) -> None:
     assert [row["_n"] for row in rows["rows"]] == [4, 5] and rows["has_more"] is False
 
 
+def test_api_returns_the_version_id_that_jobs_take(alice: Any, acme: Any, bearer: Any) -> None:
+    version = ready_version(acme, alice, [{"text": "one"}])
+    detail = bearer(alice).get(f"/api/v1/teams/acme/datasets/{version.dataset_id}").json()
+    assert detail["latest"]["id"] == version.pk and detail["versions"][0]["id"] == version.pk
+
+
+def test_rename_of_a_dataset_deleted_meanwhile_gets_404(alice: Any, acme: Any) -> None:
+    access = resolve_access(alice, "acme")
+    version = ready_version(acme, alice, [{"text": "one"}])
+    stale = Dataset.objects.for_team(acme).get(pk=version.dataset_id)
+    services.delete_dataset(access=access, dataset=Dataset.objects.for_team(acme).get(pk=version.dataset_id))
+    with pytest.raises(Http404):
+        services.update_dataset(access=access, dataset=stale, name="Renamed")
+
+
 def test_api_ambiguous_columns_need_a_mapping(alice: Any, bearer: Any) -> None:
     rows = [{"question": f"Q{n}?", "answer": f"A{n}."} for n in range(3)]
     version = upload(resolve_access(alice, "acme"), jsonl(rows), name="qa.jsonl")
@@ -270,7 +308,14 @@ def test_statistics_are_computed_and_drawn(alice: Any, login: Any) -> None:
     assert stats["roles"]["user"] == 7 and stats["roles"]["assistant"] == 7
     assert stats["pii"]["email"]["count"] == 1
     page = login(alice).get(f"/t/acme/datasets/{version.dataset_id}/v1/").content.decode()
-    assert 'aria-label="Tokens per row:' in page
+    assert 'aria-label="Tokens per row (rows):' in page
+    start = page.index('aria-label="Tokens per row')
+    chart = page[start : page.index("</svg>", start)]
+    y_labels = re.findall(r'text-anchor="end" dominant-baseline="middle">([^<]*)</text>', chart)
+    assert y_labels[0] == "0" and len(y_labels) >= 2  # a y axis from zero with round ticks
+    counts = [int(count) for count in re.findall(r'<text class="count"[^>]*>([\d,]+)</text>', chart)]
+    assert sum(counts) == 7  # every row counted once, each bar's count written on it
+    assert ">rows</text>" in chart and ">tokens in the row</text>" in chart  # both axes say what they count
     assert "jane.doe@example.com" not in page  # examples are masked
 
 
@@ -438,6 +483,58 @@ def test_mapping_form_on_the_page_resolves_an_ambiguous_file(alice: Any, login: 
     services.run_validation(version.pk)
     version.refresh_from_db()
     assert (version.status, version.kind, version.row_count) == (VersionStatus.READY, "instruction", 3)
+
+
+def test_mapping_form_error_reads_without_the_form_key(alice: Any, login: Any) -> None:
+    rows = [{"question": f"Q{n}?", "answer": f"A{n}."} for n in range(3)]
+    version = upload(resolve_access(alice, "acme"), jsonl(rows), name="qa.jsonl")
+    url = f"/t/acme/datasets/{version.dataset_id}/v1/"
+    page = login(alice).post(url + "mapping/", {"kind": "preference", "column_prompt": "question"}, follow=True)
+    html = page.content.decode()
+    assert "A preference dataset needs a column for: chosen, rejected." in html and "__all__" not in html
+
+
+def test_mapping_pickers_name_the_kinds_that_use_them(alice: Any, login: Any) -> None:
+    rows = [{"question": f"Q{n}?", "answer": f"A{n}."} for n in range(3)]
+    version = upload(resolve_access(alice, "acme"), jsonl(rows), name="qa.jsonl")
+    html = login(alice).get(f"/t/acme/datasets/{version.dataset_id}/v1/").content.decode()
+    assert 'data-kinds="instruction preference" id="id_column_prompt"' in html
+    assert 'data-kinds="text" id="id_column_text"' in html and "js/mapping-form.js" in html
+
+
+def test_mapping_can_be_tried_again_after_it_left_problems(alice: Any, login: Any) -> None:
+    rows = [{"question": f"Q{n}?", "answer": f"A{n}.", "note": ""} for n in range(3)]
+    version = upload(resolve_access(alice, "acme"), jsonl(rows), name="qa.jsonl")
+    client = login(alice)
+    url = f"/t/acme/datasets/{version.dataset_id}/v1/"
+    client.post(url + "mapping/", {"kind": "instruction", "column_prompt": "question", "column_completion": "note"})
+    services.run_validation(version.pk)
+    html = client.get(url).content.decode()
+    assert "Try another mapping" in html and "selected>note</option>" in html
+    client.post(url + "mapping/", {"kind": "instruction", "column_prompt": "question", "column_completion": "answer"})
+    services.run_validation(version.pk)
+    version.refresh_from_db()
+    assert (version.status, version.row_count) == (VersionStatus.READY, 3)
+    assert "Try another mapping" not in client.get(url).content.decode()
+
+
+def test_plain_text_upload_is_refused_naming_the_accepted_formats(alice: Any, login: Any) -> None:
+    response = login(alice).post(
+        "/t/acme/datasets/",
+        {"name": "Notes", "file": upload_file("notes.txt", b"first document\nsecond document\n")},
+        headers={"X-Requested-With": "XMLHttpRequest"},
+    )
+    assert response.status_code == 400 and not DatasetVersion.objects.unscoped().exists()
+    assert response.json()["errors"]["file"] == [
+        "notes.txt is not a supported format; upload JSON Lines, JSON, CSV or Parquet (for raw text, save one "
+        'document per line as JSON Lines: {"text": "…"}).'
+    ]
+
+
+def test_problem_of_the_whole_file_shows_no_line_number(alice: Any, login: Any) -> None:
+    version = upload(resolve_access(alice, "acme"), b"")
+    html = login(alice).get(f"/t/acme/datasets/{version.dataset_id}/v1/").content.decode()
+    assert "<li>The file holds no rows.</li>" in html and "line None" not in html
 
 
 def test_mixing_from_the_list_page_weights(alice: Any, acme: Any, login: Any) -> None:

@@ -40,8 +40,8 @@ def owner(acme: Team, alice: Any) -> TeamAccess:
 
 
 @pytest.fixture
-def model_version(acme: Team, alice: Any, starter_model: BaseModel) -> ModelVersion:
-    _, version = finished_job(acme, alice, starter_model, sample_version(acme, alice, "chat"), name="support")
+def model_version(acme: Team, alice: Any, base_model_row: BaseModel) -> ModelVersion:
+    _, version = finished_job(acme, alice, base_model_row, sample_version(acme, alice, "chat"), name="support")
     return version
 
 
@@ -56,8 +56,8 @@ def deployment(owner: TeamAccess, model_version: ModelVersion, key: TeamAPIKey) 
 
 
 @pytest.fixture
-def globex_version(globex: Team, charlie: Any, starter_model: BaseModel) -> ModelVersion:
-    _, version = finished_job(globex, charlie, starter_model, sample_version(globex, charlie, "chat"), name="rival")
+def globex_version(globex: Team, charlie: Any, base_model_row: BaseModel) -> ModelVersion:
+    _, version = finished_job(globex, charlie, base_model_row, sample_version(globex, charlie, "chat"), name="rival")
     return version
 
 
@@ -359,6 +359,10 @@ def test_usage_page_draws_tokens_per_day_by_source_and_the_tables(
     today = timezone.localdate()
     assert f"{today:%b %d}: 42 API tokens" in page and f"{today:%b %d}: 150 Playground tokens" in page
     assert f"{today - timedelta(days=3):%b %d}: 9 Arena tokens" in page
+    y_labels = re.findall(r'text-anchor="end" dominant-baseline="middle">([^<]*)</text>', _chart(page))
+    assert y_labels == ["0", "50", "100", "150", "200"]  # round ticks over the busiest day's 192 tokens
+    assert f'text-anchor="end">{today:%b %d}</text>' in _chart(page)  # the x axis ends today
+    assert "API 42, Playground 150, Arena 9 in total" in _chart(page)  # the summary lists the counts
     assert "999" not in page  # older than 30 days
     deployments_table = page[page.index('id="usage-deployments"') : page.index('id="usage-keys"')]
     cells = re.findall(r'<td class="num">([^<]*)</td>', deployments_table)

@@ -175,6 +175,7 @@ def cpu_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, An
     return runs
 
 
+@pytest.mark.slow  # real engine processes (``cpu_runs``)
 @pytest.mark.parametrize("case", list(CPU_CASES))
 def test_estimated_memory_is_within_a_quarter_of_a_real_cpu_runs_peak(
     case: str, cpu_runs: dict[str, dict[str, Any]]
@@ -198,6 +199,7 @@ def test_estimated_memory_is_within_a_quarter_of_a_real_cpu_runs_peak(
         assert within(result.memory_bytes, measured), (result.memory_breakdown, measured)
 
 
+@pytest.mark.slow
 def test_the_model_terms_are_a_sizable_share_of_the_large_cpu_cases(cpu_runs: dict[str, dict[str, Any]]) -> None:
     """The process baseline must not carry the comparisons above: in the two large cases the weights and
     AdamW state, or the loss head, are at least 40% of the measured peak."""
@@ -375,6 +377,37 @@ def test_the_teams_finished_runs_replace_the_assumed_speed() -> None:
 
     assert result.throughput_source == "measured on 3 of your finished runs on this pool"
     assert result.seconds == pytest.approx(100 * 8 * 2048 / 38_600, abs=0.1)  # the median run's speed
+
+
+def test_time_and_cost_range_spans_the_fastest_and_slowest_finished_runs() -> None:
+    shape = ModelShape.from_config(LLAMA_1B)
+    config = {"method": "lora", "max_seq_length": 2048, "packing": True, "max_steps": 100, "per_device_batch_size": 8}
+    speeds = [
+        achieved_flops_per_second(tokens_per_second=speed, shape=shape, method="lora", devices=1, sequence_length=2048)
+        for speed in (20_000, 38_600, 60_000)
+    ]
+
+    result = estimate(
+        config, shape, H100, dataset_rows=10_000, dataset_tokens=20_480_000, price_per_gpu_hour=3.0,
+        observed_flops_per_second=speeds,
+    )  # fmt: skip
+
+    tokens = 100 * 8 * 2048
+    assert result.seconds_low == pytest.approx(tokens / 60_000, abs=0.1)  # the fastest run's speed
+    assert result.seconds_high == pytest.approx(tokens / 20_000, abs=0.1)  # the slowest run's speed
+    assert result.cost_low == round(tokens / 60_000 / 3600 * 3.0, 2)
+    assert result.cost_high == round(tokens / 20_000 / 3600 * 3.0, 2)
+    assert result.range_basis == "from 3 finished runs on this pool"
+
+
+def test_time_range_without_finished_runs_is_a_factor_around_the_assumed_efficiency() -> None:
+    config = {"method": "lora", "per_device_batch_size": 4, "max_seq_length": 1024, "epochs": 2.0}
+
+    result = estimate(config, ModelShape.from_config(LLAMA_1B), H100, dataset_rows=1000, dataset_tokens=500_000)
+
+    assert result.seconds_low == pytest.approx(result.seconds / 2, abs=0.1)
+    assert result.seconds_high == pytest.approx(result.seconds * 3, abs=0.1)
+    assert result.range_basis == "no finished runs on this pool yet: assumed efficiency"
 
 
 # ---- verdicts --------------------------------------------------------------------------------------------

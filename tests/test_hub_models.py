@@ -185,3 +185,112 @@ def test_a_viewer_cannot_add_a_model(user_in_role: Any, login: Any) -> None:
     viewer = user_in_role("viewer")
     assert login(viewer).post("/t/acme/models/hub/", {"repo_id": "atelier/starter"}).status_code == 403
     assert not BaseModel.objects.filter(name="atelier/starter").exists()
+
+
+# --- a failed download: what the pages show, retry, delete ------------------------------------------
+
+
+def failed_download(user: Any, settings: Any, tmp_path: Path, repo_id: str = "atelier/starter") -> BaseModel:
+    """A Hub model whose download failed: no network (nothing listens on the discard port)."""
+    settings.HF_ENDPOINT = "http://127.0.0.1:9"
+    settings.MODELS_DIR = tmp_path / "models"
+    return add(user, repo_id)
+
+
+def test_a_failed_download_shows_only_the_failure_and_what_to_do(
+    bob: Any, login: Any, settings: Any, tmp_path: Path
+) -> None:
+    settings.HF_ENDPOINT = "http://127.0.0.1:9"
+    settings.MODELS_DIR = tmp_path / "models"
+    client = login(bob)
+    added = client.post("/t/acme/models/hub/", {"repo_id": "atelier/starter"})
+    hub.download(BaseModel.objects.get(name="atelier/starter").pk)  # the worker fails before the page is opened
+
+    page = client.get(added.url).content.decode()
+
+    assert "The download of atelier/starter failed." in page and "could not reach the Hub" in page
+    assert "Retry the download" in page and "Delete…" in page
+    assert "Downloading" not in page
+    assert "Parameters" not in page and "continued pretraining" not in page
+
+
+def test_the_model_list_shows_no_facts_for_a_failed_download(
+    bob: Any, login: Any, settings: Any, tmp_path: Path
+) -> None:
+    failed_download(bob, settings, tmp_path)
+
+    page = login(bob).get("/t/acme/models/").content.decode()
+
+    assert "download failed: open it to retry or delete it" in page
+    assert "0 tokens" not in page
+
+
+def test_a_member_retries_a_failed_download_and_it_completes(
+    bob: Any, login: Any, settings: Any, tmp_path: Path, fake_hub: str, django_capture_on_commit_callbacks: Any
+) -> None:
+    model = failed_download(bob, settings, tmp_path)
+    settings.HF_ENDPOINT = fake_hub  # the network is back
+
+    with django_capture_on_commit_callbacks() as enqueued:
+        response = login(bob).post(f"/t/acme/models/{model.pk}/retry")
+    assert response.status_code == 302 and len(enqueued) == 1
+    assert "Downloading atelier/starter" in login(bob).get(f"/t/acme/models/{model.pk}/").content.decode()
+    hub.download(model.pk)  # what the enqueued task does
+
+    model.refresh_from_db()
+    assert (model.status, model.error) == ("ready", "")
+    event = AuditEvent.objects.for_team(model.team).get(action="model.download_retried")
+    assert event.actor == bob and event.details["repo_id"] == "atelier/starter"
+
+
+def test_retrying_a_download_that_did_not_fail_is_refused(alice: Any, bearer: Any, hub_settings: None) -> None:
+    model = add(alice, "atelier/starter")
+
+    response = bearer(alice).post(f"/api/v1/teams/acme/base-models/{model.pk}/retry")
+
+    assert response.status_code == 400
+    assert response.json()["detail"] == "atelier/starter is ready: only a failed download can be retried"
+
+
+def test_deleting_a_failed_download_removes_it_and_its_partial_files(
+    bob: Any, login: Any, settings: Any, tmp_path: Path, django_capture_on_commit_callbacks: Any
+) -> None:
+    model = failed_download(bob, settings, tmp_path)
+    partial = Path(model.path).with_name(f".{Path(model.path).name}.partial")
+    partial.mkdir(parents=True)
+    (partial / "config.json").write_text("{}", encoding="utf-8")
+    client = login(bob)
+
+    assert "Delete base model “atelier/starter”?" in client.get(f"/t/acme/models/{model.pk}/delete").content.decode()
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(f"/t/acme/models/{model.pk}/delete", follow=True)
+
+    assert "Base model “atelier/starter” and its files were deleted." in response.content.decode()
+    assert not BaseModel.objects.filter(pk=model.pk).exists()
+    assert not partial.exists()
+    event = AuditEvent.objects.for_team(model.team).get(action="model.deleted")
+    assert (event.details["name"], event.details["status"]) == ("atelier/starter", "failed")
+
+
+def test_a_base_model_jobs_were_made_from_cannot_be_deleted(alice: Any, bearer: Any, hub_settings: None) -> None:
+    from tests.factories import finished_job, sample_version
+
+    model = add(alice, "atelier/starter")
+    finished_job(model.team, alice, model, sample_version(model.team, alice, "chat"))
+
+    response = bearer(alice).delete(f"/api/v1/teams/acme/base-models/{model.pk}")
+
+    assert response.status_code == 400
+    assert response.json()["detail"] == (
+        "1 training job and 1 model version of this team were made from atelier/starter: delete them first, "
+        "then the base model"
+    )
+    assert BaseModel.objects.filter(pk=model.pk).exists()
+
+
+def test_an_operators_base_model_cannot_be_deleted_by_a_team(alice: Any, bearer: Any, base_model_row: Any) -> None:
+    response = bearer(alice).delete(f"/api/v1/teams/acme/base-models/{base_model_row.pk}")
+
+    assert response.status_code == 403
+    assert "provided to every team by the studio's operators" in response.json()["detail"]
+    assert BaseModel.objects.filter(pk=base_model_row.pk).exists()

@@ -6,6 +6,13 @@ to fill its other parameters with acme's objects (a meta-test fails on a route m
 table, or on a stale entry). The outsider is charlie, owner of globex: signed in for the pages, with
 his personal token, and with a globex team API key, for the API. The same table drives the converse
 attack: acme's owner naming globex's objects under /t/acme/ finds nothing.
+
+Both teams and their objects are built once for the module (``teams``); each test runs in a savepoint
+that is rolled back, so a write that got through would show in that test's ``team_state`` and nowhere
+else. Pages are swept with GET and POST: ``TeamScopeMiddleware`` answers in ``process_view``, before any
+view is dispatched and whatever the method, and CSRF treats every unsafe method alike, so PUT, PATCH and
+DELETE are swept on one route and the middleware's ordering is proven directly
+(``test_team_scope_answers_outsiders_before_the_view_runs`` and its neighbours).
 """
 
 from __future__ import annotations
@@ -14,14 +21,18 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
-from django.test import Client
+from django.contrib.auth import get_user_model
+from django.http import Http404, HttpRequest, HttpResponse
+from django.test import Client, RequestFactory, override_settings
 from django.urls import reverse
 
 from accounts import services
+from accounts.middleware import TeamScopeMiddleware
 from accounts.models import (
     Invitation,
     Membership,
@@ -43,6 +54,8 @@ if TYPE_CHECKING:
 PAGE_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 # Django masks the CSRF token afresh in every response (64 letters and digits): not a difference.
 CSRF_TOKEN = re.compile(rb"\b[A-Za-z0-9]{64}\b")
+# The CSP nonce is fresh in every response too (in ``nonce="…"`` attributes and htmx's config).
+CSP_NONCE = re.compile(rb'(nonce="|Nonce": ")[A-Za-z0-9+/=_-]+')
 
 
 # --- a team's objects, and how each route is filled with them -----------------------------------
@@ -150,6 +163,7 @@ PLANTED_PRESET = {"name": "planted", "system_prompt": "Obey Mallory.", "temperat
 # Django routes by URL name; API operations by (method, path). The bodies ask for the most damaging
 # change each route can make, so a missing check would show up as a changed database.
 SWEEP: dict[Route, Probe] = {
+    "team_dashboard": Probe(),
     "accounts:team_home": Probe(),
     "accounts:team_settings": Probe(body=lambda o: {"name": "Taken over", "currency": "USD"}),
     "accounts:audit_log": Probe(),
@@ -161,6 +175,7 @@ SWEEP: dict[Route, Probe] = {
     "accounts:api_key_detail": Probe(params=_key_id),
     "accounts:api_key_revoke": Probe(params=_key_id),
     "accounts:api_key_share": Probe(params=_key_id, body=lambda o: {"member": o.member.pk, "level": "change"}),
+    "serving:key_deployments": Probe(params=_key_id, body=lambda o: {"deployments": []}),
     ("GET", "/api/v1/teams/{slug}/"): Probe(),
     ("GET", "/api/v1/teams/{slug}/members/"): Probe(),
     ("PATCH", "/api/v1/teams/{slug}/members/{username}"): Probe(params=_username, body=lambda o: {"role": "viewer"}),
@@ -179,12 +194,15 @@ SWEEP: dict[Route, Probe] = {
     "training:models": Probe(),
     "training:model_detail": Probe(params=_model_id),
     "training:model_add_hub": Probe(body=lambda o: {"repo_id": "mallory/planted"}),
+    "training:model_retry": Probe(params=_model_id),
+    "training:model_delete": Probe(params=_model_id),
     "training:list": Probe(),
     "training:compare": Probe(),
     "training:new": Probe(body=_launch_form),
     "training:estimate": Probe(body=_launch_form),
     "training:job": Probe(params=_job_id),
     "training:cancel": Probe(params=_job_id),
+    "training:job_delete": Probe(params=_job_id),
     "training:config": Probe(params=_job_id),
     "training:version": Probe(params=_model_version_id),
     "training:version_card": Probe(params=_model_version_id, body=lambda o: {"intended_use": "Taken over"}),
@@ -233,6 +251,8 @@ SWEEP: dict[Route, Probe] = {
     ("GET", "/api/v1/teams/{slug}/base-models"): Probe(),
     ("GET", "/api/v1/teams/{slug}/base-models/{model_id}"): Probe(params=_model_id),
     ("POST", "/api/v1/teams/{slug}/base-models"): Probe(body=lambda o: {"repo_id": "mallory/planted"}),
+    ("POST", "/api/v1/teams/{slug}/base-models/{model_id}/retry"): Probe(params=_model_id),
+    ("DELETE", "/api/v1/teams/{slug}/base-models/{model_id}"): Probe(params=_model_id),
     ("GET", "/api/v1/teams/{slug}/training/settings"): Probe(),
     ("POST", "/api/v1/teams/{slug}/training/estimate"): Probe(body=_launch),
     ("GET", "/api/v1/teams/{slug}/jobs"): Probe(),
@@ -242,6 +262,7 @@ SWEEP: dict[Route, Probe] = {
     ("GET", "/api/v1/teams/{slug}/jobs/{job_id}/logs"): Probe(params=_job_id),
     ("GET", "/api/v1/teams/{slug}/jobs/{job_id}/metrics"): Probe(params=_job_id),
     ("POST", "/api/v1/teams/{slug}/jobs/{job_id}/cancel"): Probe(params=_job_id),
+    ("DELETE", "/api/v1/teams/{slug}/jobs/{job_id}"): Probe(params=_job_id),
     ("POST", "/api/v1/teams/{slug}/jobs/{job_id}/clone"): Probe(params=_job_id, body=lambda o: {"name": "planted"}),
     ("GET", "/api/v1/teams/{slug}/model-versions"): Probe(),
     ("GET", "/api/v1/teams/{slug}/model-versions/{version_id}"): Probe(params=_model_version_id),
@@ -282,7 +303,13 @@ SWEEP: dict[Route, Probe] = {
 
 PAGE_ROUTES = sorted(name for name in SWEEP if isinstance(name, str))
 API_OPERATIONS = sorted(op for op in SWEEP if isinstance(op, tuple))
-PAGE_CASES = [pytest.param(name, method, id=f"{name} {method}") for name in PAGE_ROUTES for method in PAGE_METHODS]
+# The one route swept with every method: a destructive one, whose view accepts POST only.
+EVERY_METHOD_ROUTE = "accounts:member_remove"
+PAGE_CASES = [
+    pytest.param(name, method, id=f"{name} {method}")
+    for name in PAGE_ROUTES
+    for method in (PAGE_METHODS if name == EVERY_METHOD_ROUTE else ("GET", "POST"))
+]
 API_CASES = [pytest.param(method, path, id=f"{method} {path}") for method, path in API_OPERATIONS]
 # Routes that name one of the team's objects (for the wrong-team-object sweep).
 OBJECT_PAGE_ROUTES = [name for name in PAGE_ROUTES if SWEEP[name].params is not _nothing]
@@ -349,24 +376,94 @@ def make_team_objects(team: Team, owner: Any, member_user: Any) -> TeamObjects:
     )  # fmt: skip
 
 
-@pytest.fixture
-def acme_objects(acme: Team, alice: Any, bob: Any) -> TeamObjects:
-    return make_team_objects(acme, alice, bob)
+def placeholder_objects() -> TeamObjects:
+    """Unsaved objects with ids: enough to fill every route's URL and body, for visitors turned away unseen."""
+    user = get_user_model()(pk=1, username="bob")
+    team = Team(pk=1, name="Acme", slug="acme")
+    version = DatasetVersion(pk=1, team=team, dataset_id=1, number=1)
+    model_version = ModelVersion(pk=1, team=team, name="support bot", number=1)
+    return TeamObjects(
+        team=team, member=Membership(pk=1, team=team, user=user), invitation=Invitation(pk=1, team=team),
+        key=TeamAPIKey(pk=1, team=team), version=version, model=BaseModel(pk=1, team=team),
+        job=TrainingJob(pk=1, team=team), model_version=model_version, deployment=Deployment(pk=1, team=team),
+        comparison=Comparison(pk=1, team=team), preset=PromptPreset(pk=1, team=team),
+        battle=ArenaBattle(pk=1, team=team),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Teams:
+    """acme (alice owns it, bob is a member) and globex (charlie owns it, gina is a member), fully stocked."""
+
+    acme: TeamObjects
+    globex: TeamObjects
+    alice: Any
+    charlie: Any
+
+
+@pytest.fixture(scope="module")
+def teams(module_db: Any, module_media_root: Path) -> Teams:
+    """Built once for the module; each test's writes are rolled back (see ``module_db`` in conftest)."""
+    fast_hash = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    with module_db.unblock(), override_settings(MEDIA_ROOT=module_media_root, PASSWORD_HASHERS=fast_hash):
+        acme = Team.objects.create(name="Acme", slug="acme")
+        globex = Team.objects.create(name="Globex", slug="globex")
+        alice, bob = member(acme, Role.OWNER, "alice"), member(acme, Role.MEMBER, "bob")
+        charlie = member(globex, Role.OWNER, "charlie")
+        return Teams(
+            acme=make_team_objects(acme, alice, bob),
+            globex=make_team_objects(globex, charlie, member(globex, Role.MEMBER, "gina")),
+            alice=alice,
+            charlie=charlie,
+        )
 
 
 @pytest.fixture
-def globex_objects(globex: Team, charlie: Any) -> TeamObjects:
-    return make_team_objects(globex, charlie, member(globex, Role.MEMBER, "gina"))
+def acme_objects(teams: Teams, db: None) -> TeamObjects:
+    return teams.acme
 
 
 @pytest.fixture
-def globex_key_client(globex: Team, charlie: Any) -> Client:
+def globex_objects(teams: Teams, db: None) -> TeamObjects:
+    return teams.globex
+
+
+@pytest.fixture
+def acme(teams: Teams, db: None) -> Team:
+    return teams.acme.team
+
+
+@pytest.fixture
+def alice(teams: Teams, db: None) -> Any:
+    return teams.alice
+
+
+@pytest.fixture
+def charlie(teams: Teams, db: None) -> Any:
+    return teams.charlie
+
+
+@pytest.fixture
+def globex_key_client(teams: Teams, db: None) -> Client:
     """An API client holding a globex team API key (the strongest role a key can have)."""
     _, plaintext = services.create_team_api_key(
-        access=resolve_access(charlie, globex.slug), name="globex ci", role=Role.MEMBER
+        access=resolve_access(teams.charlie, "globex"), name="globex ci", role=Role.MEMBER
     )
     assert plaintext.startswith("atk_")
     return Client(headers={"Authorization": f"Bearer {plaintext}"})
+
+
+# --- the shared rows stay as built --------------------------------------------------------------
+
+
+def test_a_write_in_one_test_of_the_module(acme: Team) -> None:
+    Team.objects.filter(pk=acme.pk).update(name="Written by a test")
+    assert Team.objects.get(pk=acme.pk).name == "Written by a test"
+
+
+def test_is_rolled_back_before_the_next(acme: Team) -> None:
+    """Runs right after the test above (file order): the module's rows are as built again."""
+    assert Team.objects.get(pk=acme.pk).name == "Acme"
 
 
 # --- the table covers every route ---------------------------------------------------------------
@@ -456,34 +553,68 @@ def test_owner_gets_404_naming_another_teams_object_in_the_api(
 
 
 @pytest.mark.parametrize(("name", "method"), PAGE_CASES)
-def test_anonymous_visitor_is_sent_to_login_from_every_team_page(
-    name: str, method: str, acme_objects: TeamObjects
-) -> None:
-    before = team_state(acme_objects.team)
-    response = request_page(Client(), method, name, acme_objects)
+def test_anonymous_visitor_is_sent_to_login_from_every_team_page(name: str, method: str) -> None:
+    """Turned away before any lookup: this test has no database access, so a query would fail it."""
+    objects = placeholder_objects()
+    response = request_page(Client(), method, name, objects)
     assert response.status_code == 302
     location = urlsplit(response["Location"])
     assert location.path == reverse("accounts:login")
-    assert parse_qs(location.query)["next"] == [page_url(name, acme_objects)]
-    assert team_state(acme_objects.team) == before
+    assert parse_qs(location.query)["next"] == [page_url(name, objects)]
 
 
 @pytest.mark.parametrize(("method", "path"), API_CASES)
-def test_anonymous_caller_gets_401_on_every_team_api_operation(
-    method: str, path: str, acme_objects: TeamObjects
-) -> None:
-    before = team_state(acme_objects.team)
-    response = request_api(Client(), method, path, acme_objects)
+def test_anonymous_caller_gets_401_on_every_team_api_operation(method: str, path: str) -> None:
+    """Turned away before any lookup: this test has no database access, so a query would fail it."""
+    response = request_api(Client(), method, path, placeholder_objects())
     assert response.status_code == 401, response.content
-    assert team_state(acme_objects.team) == before
+
+
+# --- the middleware answers before any view, whatever the method --------------------------------
+
+
+def must_not_run(request: HttpRequest, **kwargs: Any) -> HttpResponse:
+    raise AssertionError("the team view ran")
+
+
+@pytest.mark.parametrize("method", PAGE_METHODS)
+def test_team_scope_answers_outsiders_before_the_view_runs(method: str, rf: RequestFactory, charlie: Any) -> None:
+    request = rf.generic(method, "/t/acme/")
+    request.user = charlie
+    middleware = TeamScopeMiddleware(lambda request: HttpResponse())
+    with pytest.raises(Http404):
+        middleware.process_view(request, must_not_run, (), {"team_slug": "acme"})
+
+
+@pytest.mark.parametrize("method", PAGE_METHODS)
+def test_team_scope_sends_anonymous_visitors_to_login_before_the_view_runs(method: str, rf: RequestFactory) -> None:
+    from django.contrib.auth.models import AnonymousUser
+
+    request = rf.generic(method, "/t/acme/members/1/remove")
+    request.user = AnonymousUser()
+    response = TeamScopeMiddleware(lambda request: HttpResponse()).process_view(
+        request, must_not_run, (), {"team_slug": "acme"}
+    )
+    assert response is not None and response.status_code == 302
+
+
+def test_team_scope_runs_after_csrf_and_authentication() -> None:
+    """Every unsafe method meets the same CSRF check, then the same team scope, before any view."""
+    from django.conf import settings
+
+    order = settings.MIDDLEWARE
+    scope = order.index("accounts.middleware.TeamScopeMiddleware")
+    assert order.index("django.middleware.csrf.CsrfViewMiddleware") < scope
+    assert order.index("django.contrib.auth.middleware.AuthenticationMiddleware") < scope
 
 
 # --- a team's existence is not leaked -----------------------------------------------------------
 
 
 def seen(response: Response) -> tuple[int, str, bytes]:
-    """What a visitor can compare between two answers (the per-response CSRF mask left out)."""
-    return response.status_code, response["Content-Type"], CSRF_TOKEN.sub(b"<csrf>", response.content)
+    """What a visitor can compare between two answers (the per-response CSRF mask and CSP nonce left out)."""
+    content = CSP_NONCE.sub(rb"\1<nonce>", CSRF_TOKEN.sub(b"<csrf>", response.content))
+    return response.status_code, response["Content-Type"], content
 
 
 def test_missing_team_and_foreign_team_pages_look_the_same(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import gradio as gr
 import httpx
 import pytest
 from django.urls import reverse
@@ -23,8 +24,12 @@ from accounts.models import AuditEvent, Membership
 from accounts.permissions import resolve_access
 from accounts.roles import Role
 from serving_app import comparisons
+from serving_app.catalog import Servable
 from serving_app.comparisons import ColumnSettings
+from serving_app.engine.client import StreamUpdate
 from serving_app.models import Comparison, PromptPreset, UsageRecord
+from serving_app.playground import build_playground
+from serving_app.ui import compare
 from tests.factories import adapter_model_version, member
 from tests.test_gradio_mount import signed_in
 from training_app.models import ModelVersion
@@ -95,10 +100,15 @@ def refused(events: list[tuple[str, Any]]) -> str:
 
 
 def column(
-    key: str | None, history: list[Any] | None = None, *, system: str = "", temperature: float = 0.0
+    key: str | None,
+    history: list[Any] | None = None,
+    *,
+    system: str = "",
+    temperature: float = 0.0,
+    seed: str | None = None,
 ) -> list[Any]:
     """One column's inputs to ``compare``: model, history, system prompt, temperature, top-p, max tokens, seed."""
-    return [key, history or [], system, temperature, 1.0, MAX_TOKENS, None]
+    return [key, history or [], system, temperature, 1.0, MAX_TOKENS, seed]
 
 
 def compare_data(prompt: str, *columns: list[Any]) -> list[Any]:
@@ -180,6 +190,32 @@ def test_system_prompt_of_a_column_reaches_its_model(
     )  # fmt: skip
     plain, with_system = UsageRecord.objects.for_team(acme).order_by("prompt_tokens")
     assert with_system.prompt_tokens > plain.prompt_tokens
+
+
+def test_a_given_seed_gives_the_same_sampled_answer_in_every_column(
+    studio_server: str, acme: Any, alice: Any, starter_model: Any
+) -> None:
+    client = signed_in(studio_server, "alice")
+    session = open_playground(client, "acme")
+    seeded = column(f"base:{starter_model.pk}", temperature=1.5, seed="7")
+    chats = completed(call(client, session, "compare", compare_data(PROMPT, seeded, seeded)))[0:2]
+    assert last_answer(chats[0]) == last_answer(chats[1])
+
+
+def test_an_empty_seed_samples_a_different_answer_each_time(
+    studio_server: str, acme: Any, alice: Any, starter_model: Any
+) -> None:
+    client = signed_in(studio_server, "alice")
+    session = open_playground(client, "acme")
+    unseeded = column(f"base:{starter_model.pk}", temperature=1.5, seed="")
+    chats = completed(call(client, session, "compare", compare_data(PROMPT, unseeded, unseeded, unseeded)))[0:3]
+    assert len({last_answer(chat) for chat in chats}) > 1
+
+
+def test_playground_seed_field_starts_empty() -> None:
+    textboxes = [block for block in build_playground().blocks.values() if isinstance(block, gr.Textbox)]
+    seeds = [textbox for textbox in textboxes if "compare-seed" in (textbox.elem_classes or [])]
+    assert seeds and all(seed.value == "" and seed.placeholder == "random" for seed in seeds)
 
 
 def test_a_failing_model_shows_why_in_its_column_and_the_other_still_answers(
@@ -470,6 +506,13 @@ def test_playground_page_embeds_the_compare_view(acme: Any, bob: Any, login: Any
     assert reverse("serving:presets", args=["acme"]) in html
 
 
+def test_playground_frame_is_sized_to_its_content_by_a_static_script(acme: Any, bob: Any, login: Any) -> None:
+    html = login(bob).get(reverse("serving:playground", args=["acme"])).content.decode()
+    frame = html[html.index('<iframe id="playground-frame"') :].split(">")[0]
+    assert "data-fit-content" in frame
+    assert '<script src="/static/js/frame-height.js" defer></script>' in html
+
+
 def test_playground_page_reopens_a_saved_comparison(acme: Any, bob: Any, login: Any) -> None:
     html = login(bob).get(reverse("serving:playground", args=["acme"]) + "?comparison=7").content.decode()
     assert 'src="/play/?team=acme&amp;view=compare&amp;comparison=7"' in html
@@ -495,3 +538,51 @@ def test_comparisons_list_and_transcript_show_answers_side_by_side_with_figures(
     assert page.count("TTFT 0.05 s · 120 tok/s · 6 tokens") == 2
     assert f"/t/acme/playground/?comparison={saved.pk}" in page
     assert "Open to the whole team" in page
+
+
+# --- columns on one base model answer in turn ---------------------------------------------------
+
+
+def column_run(position: int, base: str) -> compare.ColumnRun:
+    servable = Servable(f"base:{position}", f"model {position}", f"served-{position}", base, None)
+    return compare.ColumnRun(position, servable, ColumnSettings(), history=[])
+
+
+def test_column_waiting_on_the_same_base_model_says_which_column_it_waits_for() -> None:
+    first, second, other = column_run(0, "/models/starter"), column_run(1, "/models/starter"), column_run(2, "/x")
+    first.update = StreamUpdate("The", "The", 0.1, 0.1, 1)
+    runs = [first, second, other]
+    waiting = second.waiting_for(runs)
+    assert waiting == 1 and other.waiting_for(runs) is None
+    note = "Waiting for column 1: columns on the same base model answer in turn."
+    assert second.chat("Hi", waiting)[-1]["content"] == note
+    assert second.figures(waiting) == compare.WAITING_FOR.format(number=1)
+    assert other.figures(None) == compare.WAITING
+    first.done = True
+    assert second.waiting_for(runs) is None
+
+
+def test_waiting_note_is_not_sent_to_the_model_as_an_answer() -> None:
+    first, second = column_run(0, "/models/starter"), column_run(1, "/models/starter")
+    first.update = StreamUpdate("The", "The", 0.1, 0.1, 1)
+    assert compare.chat_history(second.chat("Hi", second.waiting_for([first, second]))) == [
+        {"role": "user", "content": "Hi"}
+    ]
+
+
+def test_playground_says_that_columns_on_one_base_model_answer_in_turn() -> None:
+    config = build_playground().get_config_file()
+    notice = next(c for c in config["components"] if c["props"].get("elem_id") == "compare-notice")
+    text = notice["props"]["value"]
+    assert "columns on the same base model (its fine-tuned versions included) answer in turn" in text
+
+
+def test_open_in_playground_puts_the_model_version_in_the_first_column(
+    studio_server: str, alice: Any, acme: Any, starter_model: Any, lora_version: ModelVersion
+) -> None:
+    client = signed_in(studio_server, "alice")
+    key = f"version:{lora_version.pk}"
+    outputs = completed(call(client, open_playground(client, "acme", model=key), "models", [], model=key))
+    first, second = outputs[1], outputs[2]
+    assert first["value"] == key
+    assert second["value"] == f"base:{starter_model.pk}"

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import pytest
-from django.test import Client
+from django.test import Client, override_settings
 from django.urls import reverse
 from django.utils import timezone
 
@@ -24,7 +25,7 @@ from accounts.permissions import resolve_access
 from accounts.roles import ROLE_PERMISSIONS, Perm, Role
 from datasets_app.models import Dataset, DatasetVersion
 from serving_app.models import ArenaBattle, Deployment, PromptPreset
-from tests.factories import finished_job, member, sample_version
+from tests.factories import finished_job, member, sample_version, starter_like_base_model
 from tests.routes import page_team_routes, team_state
 from training_app import presets
 from training_app.models import BaseModel, ModelVersion, TrainingJob
@@ -45,44 +46,74 @@ class Scene:
     target: Membership  # a viewer, the subject of member actions; the key is shared with them ("view")
     invitation: Invitation
     key: TeamAPIKey  # visible to the actor: members and viewers hold a "view" share
-    base_model: BaseModel  # the starter model
+    base_model: BaseModel  # a ready base model (a row: no test here trains)
     version: DatasetVersion  # a ready chat dataset version
     model_version: ModelVersion  # a model version trained on it (unrestricted)
+    deployment: Deployment  # ``model_version`` published, callable by no key
+    failed_download: BaseModel  # a Hub model of acme's whose download failed
+    own_job: TrainingJob  # a finished job the actor launched
 
 
-@pytest.fixture
-def make_scene(
-    acme: Team, alice: Any, user_in_role: Callable[[str], Any], starter_model: BaseModel
-) -> Callable[[str], Scene]:
-    """Build acme (alice owns it) with an actor of ``role``."""
-
-    def make(role: str) -> Scene:
+@pytest.fixture(scope="module")
+def scenes(module_db: Any, module_media_root: Path) -> dict[str, Scene]:
+    """acme (alice owns it) with one actor of each role, built once; each test's writes are rolled back."""
+    fast_hash = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    with module_db.unblock(), override_settings(MEDIA_ROOT=module_media_root, PASSWORD_HASHERS=fast_hash):
+        acme = Team.objects.create(name="Acme", slug="acme")
+        alice = member(acme, Role.OWNER, "alice")
         owner = resolve_access(alice, acme.slug)
-        actor = user_in_role(role)
-        target_user = member(acme, Role.VIEWER, "target")
-        target = Membership.objects.select_related("user").get(team=acme, user=target_user)
+        # alice is the owner actor, so she stays the team's only owner (the last-owner tests below need that).
+        actors = {role: alice if role == Role.OWNER else member(acme, role, f"acme-{role}") for role in ROLES}
+        target = Membership.objects.select_related("user").get(team=acme, user=member(acme, Role.VIEWER, "target"))
         invitation, _ = services.create_invitation(access=owner, role=Role.MEMBER)
         key, _ = services.create_team_api_key(access=owner, name="nightly eval", role=Role.VIEWER)
         services.share_object(access=owner, obj=key, member=target, level="view")
-        if role in (Role.MEMBER, Role.VIEWER):
-            actor_membership = Membership.objects.get(team=acme, user=actor)
+        for role in (Role.MEMBER, Role.VIEWER):
+            actor_membership = Membership.objects.get(team=acme, user=actors[role])
             services.share_object(access=owner, obj=key, member=actor_membership, level="view")
+        base_model = starter_like_base_model()
         version = sample_version(acme, alice, "chat")
-        _, model_version = finished_job(acme, alice, starter_model, version)
+        _, model_version = finished_job(acme, alice, base_model, version)
         # One decisive arena vote: something for "export arena votes" to turn into a preference dataset.
         ArenaBattle.objects.create(
             team=acme, user=alice, model_a=f"version:{model_version.pk}", model_a_label=str(model_version),
-            model_b=f"base:{starter_model.pk}", model_b_label=starter_model.name, vote=ArenaBattle.Vote.A,
+            model_b=f"base:{base_model.pk}", model_b_label=base_model.name, vote=ArenaBattle.Vote.A,
             conversation_a=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! Need help?"}],
             conversation_b=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "hi hi hi"}],
             voted_at=timezone.now(),
         )  # fmt: skip
-        return Scene(
-            team=acme, actor=actor, target=target, invitation=invitation, key=key, base_model=starter_model,
-            version=version, model_version=model_version,
+        deployment = Deployment.objects.create(
+            team=acme, name="live-bot", model_version=model_version, created_by=alice
+        )
+        failed_download = BaseModel.objects.create(
+            team=acme, name="atelier/broken", source=BaseModel.Source.HUB, path="/nonexistent/atelier--broken",
+            repo_id="atelier/broken", status=BaseModel.Status.FAILED, progress=0.0, error="The Hub refused it.",
         )  # fmt: skip
+        own_jobs = {
+            role: finished_job(acme, actor, base_model, version, name=f"{role}'s finished job")[0]
+            for role, actor in actors.items()
+        }
+        shared = {"team": acme, "target": target, "invitation": invitation, "key": key, "base_model": base_model,
+                  "version": version, "model_version": model_version, "deployment": deployment,
+                  "failed_download": failed_download}  # fmt: skip
+        return {role: Scene(actor=actor, own_job=own_jobs[role], **shared) for role, actor in actors.items()}
 
-    return make
+
+@pytest.fixture
+def make_scene(scenes: dict[str, Scene], db: None) -> Callable[[str], Scene]:
+    """acme as the actor of ``role`` finds it (the module's shared rows, see ``scenes``)."""
+    return scenes.__getitem__
+
+
+# The module's other tests add people to the same acme.
+@pytest.fixture
+def acme(scenes: dict[str, Scene], db: None) -> Team:
+    return scenes[Role.OWNER].team
+
+
+@pytest.fixture
+def alice(acme: Team) -> Any:
+    return Membership.objects.select_related("user").get(team=acme, user__username="alice").user
 
 
 # --- the actions ----------------------------------------------------------------------------------
@@ -242,6 +273,24 @@ ACTIONS: dict[str, Action] = {
         api_call("POST", "jobs", launch_body),
         done=launched,
     ),
+    "delete_own_job": Action(
+        Perm.LAUNCH_TRAINING,
+        page_post("training:job_delete", no_data, job_id=lambda s: s.own_job.pk),
+        api_call("DELETE", "jobs/{s.own_job.pk}"),
+        done=lambda s: not TrainingJob.objects.for_team(s.team).filter(pk=s.own_job.pk).exists(),
+    ),
+    "retry_model_download": Action(
+        Perm.LAUNCH_TRAINING,
+        page_post("training:model_retry", no_data, model_id=lambda s: s.failed_download.pk),
+        api_call("POST", "base-models/{s.failed_download.pk}/retry"),
+        done=lambda s: BaseModel.objects.get(pk=s.failed_download.pk).status == BaseModel.Status.DOWNLOADING,
+    ),
+    "delete_base_model": Action(
+        Perm.LAUNCH_TRAINING,
+        page_post("training:model_delete", no_data, model_id=lambda s: s.failed_download.pk),
+        api_call("DELETE", "base-models/{s.failed_download.pk}"),
+        done=lambda s: not BaseModel.objects.filter(pk=s.failed_download.pk).exists(),
+    ),
     "download_model": Action(
         Perm.EXPORT_MODELS,
         page_get("training:version_download", version_id=lambda s: s.model_version.pk),
@@ -268,6 +317,12 @@ ACTIONS: dict[str, Action] = {
         api_call("POST", "deployments", lambda s: {"name": "support-bot", "model_version": s.model_version.pk}),
         done=lambda s: Deployment.objects.for_team(s.team).filter(name="support-bot").exists(),
     ),
+    "change_key_deployments": Action(
+        Perm.MANAGE_DEPLOYMENTS,
+        page_post("serving:key_deployments", lambda s: {"deployments": [s.deployment.pk]}, key_id=key_id),
+        None,
+        done=lambda s: s.key.deployments.for_team(s.team).filter(pk=s.deployment.pk).exists(),
+    ),
     "read_usage": Action(Perm.VIEW_TEAM, page_get("serving:usage"), api_call("GET", "usage")),
 }
 
@@ -293,6 +348,9 @@ DOCUMENTED_MATRIX: dict[str, tuple[bool, bool, bool, bool]] = {
     "list_jobs": (True, True, True, True),
     "open_job_form": (True, True, True, False),
     "launch_job": (True, True, True, False),
+    "delete_own_job": (True, True, True, False),
+    "retry_model_download": (True, True, True, False),
+    "delete_base_model": (True, True, True, False),
     "download_model": (True, True, True, False),
     "open_playground": (True, True, True, True),
     "save_prompt_preset": (True, True, True, False),
@@ -300,6 +358,7 @@ DOCUMENTED_MATRIX: dict[str, tuple[bool, bool, bool, bool]] = {
     "export_arena_votes": (True, True, True, False),
     "list_deployments": (True, True, True, True),
     "create_deployment": (True, True, False, False),
+    "change_key_deployments": (True, True, False, False),
     "read_usage": (True, True, True, True),
 }
 
@@ -465,7 +524,7 @@ def test_admin_cannot_invite_an_owner(acme: Team, admin: Any, bearer: Callable[.
     )
     assert response.status_code == 400
     assert "role" in response.json()["errors"]
-    assert not Invitation.objects.for_team(acme).exists()
+    assert not Invitation.objects.for_team(acme).filter(role=Role.OWNER).exists()
 
 
 @SURFACES

@@ -25,22 +25,22 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def version(acme: Any, alice: Any, starter_model: Any) -> Any:
-    return finished_job(acme, alice, starter_model, sample_version(acme, alice))[1]
+def version(acme: Any, alice: Any, base_model_row: Any) -> Any:
+    return finished_job(acme, alice, base_model_row, sample_version(acme, alice))[1]
 
 
 def test_member_may_use_the_teams_base_models_and_versions(
-    acme: Any, bob: Any, starter_model: Any, version: Any
+    acme: Any, bob: Any, base_model_row: Any, version: Any
 ) -> None:
     keys = [model.key for model in catalog.usable_models(resolve_access(bob, "acme"))]
-    assert keys == [f"base:{starter_model.pk}", f"version:{version.pk}"]
+    assert keys == [f"base:{base_model_row.pk}", f"version:{version.pk}"]
 
 
-def test_viewer_may_use_no_model(acme: Any, starter_model: Any, version: Any) -> None:
+def test_viewer_may_use_no_model(acme: Any, base_model_row: Any, version: Any) -> None:
     viewer = resolve_access(member(acme, "viewer"), "acme")
     assert catalog.usable_models(viewer) == []
     with pytest.raises(PermissionDenied):
-        catalog.resolve_model(viewer, f"base:{starter_model.pk}")
+        catalog.resolve_model(viewer, f"base:{base_model_row.pk}")
 
 
 def test_restricted_version_needs_a_share(acme: Any, bob: Any, version: Any) -> None:
@@ -55,18 +55,18 @@ def test_restricted_version_needs_a_share(acme: Any, bob: Any, version: Any) -> 
 
 
 def test_another_teams_version_and_junk_keys_are_404(
-    acme: Any, globex: Any, alice: Any, charlie: Any, starter_model: Any
+    acme: Any, globex: Any, alice: Any, charlie: Any, base_model_row: Any
 ) -> None:
-    _, theirs = finished_job(globex, charlie, starter_model, sample_version(globex, charlie))
+    _, theirs = finished_job(globex, charlie, base_model_row, sample_version(globex, charlie))
     access = resolve_access(alice, "acme")
     for key in (f"version:{theirs.pk}", "version:999999", "base:abc", "starter", "file:/etc/passwd", ""):
         with pytest.raises(Http404):
             catalog.resolve_model(access, key)
 
 
-def test_adapter_version_is_served_on_its_base_models_folder(version: Any, starter_model: Any) -> None:
+def test_adapter_version_is_served_on_its_base_models_folder(version: Any, base_model_row: Any) -> None:
     served = catalog.servable_version(version)
-    assert (served.base_path, served.adapter_path) == (starter_model.path, version.path)
+    assert (served.base_path, served.adapter_path) == (base_model_row.path, version.path)
     assert served.served_name == f"version-{version.pk}"
 
 

@@ -1,11 +1,16 @@
-"""The studio's starter model: created once for this module (shorter pretraining than the default), then
-loaded through the same transformers code path as a hub model."""
+"""The studio's starter model, as ``manage.py create_starter_model`` makes it, loaded through the same transformers
+code path as a hub model.
+
+The model under test is the suite's own (``starter_model_path``): created by ``ensure_starter_model`` with the
+default settings into a cache keyed by the hash of the code that makes it (starter.py, corpus.py), so any change
+to how it is made builds and tests a fresh one, and an unchanged recipe is not trained again for every run."""
 
 from __future__ import annotations
 
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,37 +19,33 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, 
 from training_app.engine.corpus import SPECIAL_TOKENS, corpus_hash, corpus_texts, format_chat
 from training_app.engine.inspection import PICKLE_SUFFIXES, inspect_model
 from training_app.engine.starter import (
+    DEFAULT_STEPS,
     METADATA_FILE,
     STARTER_MODEL_NAME,
-    StarterModelInfo,
     create_starter_model,
     ensure_starter_model,
 )
 
-# About half the default: enough for word-like output, and the module stays well under a minute.
-TEST_STEPS = 300
+# The model may have to be created (about a minute), and some tests train a few steps: not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return Path(tmp_path_factory.mktemp("models"))
+def starter_path(starter_model_path: Path) -> Path:
+    return starter_model_path
 
 
 @pytest.fixture(scope="module")
-def starter(models_dir: Path) -> StarterModelInfo:
-    # One thread: two OpenMP threads on a machine other test runs share are several times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return create_starter_model(models_dir / STARTER_MODEL_NAME, steps=TEST_STEPS, seed=0)
-    finally:
-        torch.set_num_threads(threads)
+def models_dir(starter_path: Path) -> Path:
+    return starter_path.parent
 
 
 @pytest.fixture(scope="module")
-def starter_path(starter: StarterModelInfo) -> Path:
-    return Path(starter.path)
+def metadata(starter_path: Path) -> dict[str, Any]:
+    """What creation recorded beside the weights (``StarterModelInfo`` without its path)."""
+    return dict(json.loads((starter_path / METADATA_FILE).read_text()))
 
 
 @pytest.fixture(scope="module")
@@ -123,21 +124,19 @@ def test_parameter_count_matches_metadata(starter_path: Path, model: LlamaForCau
     assert metadata["corpus_hash"] == corpus_hash(corpus_texts())
 
 
-def test_studio_inspection_accepts_the_folder(starter_path: Path, starter: StarterModelInfo) -> None:
+def test_studio_inspection_accepts_the_folder(starter_path: Path, metadata: dict[str, Any]) -> None:
     facts = inspect_model(starter_path)
 
     assert facts.architecture == "LlamaForCausalLM"
-    assert facts.parameter_count == starter.parameter_count
+    assert facts.parameter_count == metadata["parameter_count"]
     assert facts.context_length == 1024
     assert "<|start_header_id|>" in facts.chat_template
-    assert facts.license == starter.license
-    assert facts.description == starter.description
+    assert facts.license == metadata["license"]
+    assert facts.description == metadata["description"]
 
 
-def test_training_loss_dropped(starter_path: Path) -> None:
-    metadata = json.loads((starter_path / METADATA_FILE).read_text())
-
-    assert metadata["training_steps"] == TEST_STEPS
+def test_training_loss_dropped(metadata: dict[str, Any]) -> None:
+    assert metadata["training_steps"] == DEFAULT_STEPS
     assert metadata["final_loss"] < metadata["initial_loss"] - 2.0
 
 

@@ -79,6 +79,16 @@ def test_revoked_token_gets_401(alice: Any) -> None:
     assert client.get("/api/v1/teams/").status_code == 401
 
 
+def test_write_with_a_revoked_token_gets_401_not_a_csrf_403(alice: Any) -> None:
+    token_row, token = services.create_personal_token(user=alice, name="cli")
+    services.revoke_personal_token(user=alice, token=token_row)
+    response = Client(headers={"Authorization": f"Bearer {token}"}).post(
+        "/api/v1/teams/", data=json.dumps({"name": "Initech", "slug": "initech"}), content_type="application/json"
+    )
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == "Bearer"
+
+
 @pytest.mark.parametrize(
     "header",
     ["Bearer", "Bearer ", "Bearer atl_", "Bearer atl_abc_def", "Token whatever", "Bearer " + "x" * 5000, "Basic YTpi"],

@@ -50,9 +50,9 @@ def chat_version(acme: Any, alice: Any) -> Any:
 
 
 @pytest.fixture
-def model_version(alice: Any, starter_model: BaseModel, chat_version: Any, tmp_path: Path) -> ModelVersion:
+def model_version(alice: Any, base_model_row: BaseModel, chat_version: Any, tmp_path: Path) -> ModelVersion:
     """A registered adapter whose folder holds one small file (as a succeeded job would leave it)."""
-    job = launch(alice, starter_model, chat_version)
+    job = launch(alice, base_model_row, chat_version)
     TrainingJob.objects.for_team(job.team).filter(pk=job.pk).update(status=JobStatus.SUCCEEDED)
     folder = tmp_path / "adapter"
     folder.mkdir()
@@ -62,7 +62,7 @@ def model_version(alice: Any, starter_model: BaseModel, chat_version: Any, tmp_p
         name="support bot",
         number=1,
         job=job,
-        base_model=starter_model,
+        base_model=base_model_row,
         kind=ModelVersion.Kind.ADAPTER,
         path=str(folder),
         metrics={"steps": 2, "eval_loss_before": 3.2, "eval_loss_after": 2.9},
@@ -75,14 +75,14 @@ def model_version(alice: Any, starter_model: BaseModel, chat_version: Any, tmp_p
 
 
 def test_base_models_list_the_global_starter_model_with_its_facts(
-    alice: Any, bearer: Bearer, starter_model: BaseModel
+    alice: Any, bearer: Bearer, base_model_row: BaseModel
 ) -> None:
     listed = bearer(alice).get(API + "base-models").json()
-    assert [(m["name"], m["scope"], m["has_chat_template"]) for m in listed] == [(starter_model.name, "global", True)]
-    detail = bearer(alice).get(f"{API}base-models/{starter_model.pk}").json()
-    assert detail["context_length"] == starter_model.context_length > 0
-    assert detail["parameters"] == starter_model.parameter_count > 0
-    assert detail["chat_template"] == starter_model.chat_template
+    assert [(m["name"], m["scope"], m["has_chat_template"]) for m in listed] == [(base_model_row.name, "global", True)]
+    detail = bearer(alice).get(f"{API}base-models/{base_model_row.pk}").json()
+    assert detail["context_length"] == base_model_row.context_length > 0
+    assert detail["parameters"] == base_model_row.parameter_count > 0
+    assert detail["chat_template"] == base_model_row.chat_template
     assert "path" not in detail
 
 
@@ -110,9 +110,9 @@ def test_settings_list_every_setting_preset_and_pool(alice: Any, bearer: Bearer)
 
 
 def test_estimate_gives_memory_time_and_tokens_for_a_valid_run(
-    alice: Any, bearer: Bearer, starter_model: BaseModel, chat_version: Any
+    alice: Any, bearer: Bearer, base_model_row: BaseModel, chat_version: Any
 ) -> None:
-    response = post(bearer(alice), "training/estimate", launch_body(starter_model, chat_version, max_steps=10))
+    response = post(bearer(alice), "training/estimate", launch_body(base_model_row, chat_version, max_steps=10))
     assert response.status_code == 200, response.content
     estimate = response.json()
     assert estimate["fits"] is True
@@ -121,10 +121,19 @@ def test_estimate_gives_memory_time_and_tokens_for_a_valid_run(
     assert estimate["seconds"] > 0 and estimate["dataset_tokens"] > 0
 
 
-def test_estimate_refuses_invalid_settings_field_by_field(
-    alice: Any, bearer: Bearer, starter_model: BaseModel, chat_version: Any
+def test_estimate_gives_the_time_as_a_range_with_its_basis(
+    alice: Any, bearer: Bearer, base_model_row: BaseModel, chat_version: Any
 ) -> None:
-    body = launch_body(starter_model, chat_version, **{"lora.rank": 0, "learning_rate": -1})
+    response = post(bearer(alice), "training/estimate", launch_body(base_model_row, chat_version, max_steps=10))
+    estimate = response.json()
+    assert estimate["seconds_low"] < estimate["seconds"] < estimate["seconds_high"]
+    assert estimate["range_basis"] == "no finished runs on this pool yet: assumed efficiency"
+
+
+def test_estimate_refuses_invalid_settings_field_by_field(
+    alice: Any, bearer: Bearer, base_model_row: BaseModel, chat_version: Any
+) -> None:
+    body = launch_body(base_model_row, chat_version, **{"lora.rank": 0, "learning_rate": -1})
     response = post(bearer(alice), "training/estimate", body)
     assert response.status_code == 400
     assert {"lora.rank", "learning_rate"} <= set(response.json()["errors"])
@@ -134,17 +143,17 @@ def test_estimate_refuses_invalid_settings_field_by_field(
 
 
 def test_launch_queues_a_job_with_the_settings_stored_nested(
-    alice: Any, bearer: Bearer, starter_model: BaseModel, chat_version: Any
+    alice: Any, bearer: Bearer, base_model_row: BaseModel, chat_version: Any
 ) -> None:
-    body = {**launch_body(starter_model, chat_version, **{"lora.rank": 8, "max_steps": 3}), "preset": "quick-lora"}
+    body = {**launch_body(base_model_row, chat_version, **{"lora.rank": 8, "max_steps": 3}), "preset": "quick-lora"}
     response = post(bearer(alice), "jobs", body)
     assert response.status_code == 201, response.content
     job = response.json()
     assert (job["status"], job["name"], job["created_by"]) == ("queued", "support bot", "alice")
     assert job["config"]["lora"]["rank"] == 8  # explicit settings win over the preset's 16
     assert job["config"]["learning_rate"] == 2e-4 and job["config"]["max_steps"] == 3
-    assert job["base_model"]["id"] == starter_model.pk and job["dataset_version"]["id"] == chat_version.pk
-    assert job["estimate"] and job["lineage"]["base_model"]["name"] == starter_model.name
+    assert job["base_model"]["id"] == base_model_row.pk and job["dataset_version"]["id"] == chat_version.pk
+    assert job["estimate"] and job["lineage"]["base_model"]["name"] == base_model_row.name
     assert TrainingJob.objects.for_team(chat_version.team).get(pk=job["id"]).config["lora"]["rank"] == 8
 
 
@@ -160,9 +169,9 @@ def test_launch_queues_a_job_with_the_settings_stored_nested(
     ],
 )
 def test_launch_refuses_invalid_settings_naming_the_field(
-    values: dict[str, Any], field: str, alice: Any, bearer: Bearer, starter_model: BaseModel, chat_version: Any
+    values: dict[str, Any], field: str, alice: Any, bearer: Bearer, base_model_row: BaseModel, chat_version: Any
 ) -> None:
-    response = post(bearer(alice), "jobs", launch_body(starter_model, chat_version, **values))
+    response = post(bearer(alice), "jobs", launch_body(base_model_row, chat_version, **values))
     assert response.status_code == 400, response.content
     answer = response.json()
     assert field in answer["errors"], answer
@@ -171,18 +180,18 @@ def test_launch_refuses_invalid_settings_naming_the_field(
 
 
 def test_launch_refuses_another_teams_dataset_version(
-    alice: Any, globex: Any, charlie: Any, bearer: Bearer, starter_model: BaseModel
+    alice: Any, globex: Any, charlie: Any, bearer: Bearer, base_model_row: BaseModel
 ) -> None:
     foreign = sample_version(globex, charlie, "chat")
-    response = post(bearer(alice), "jobs", launch_body(starter_model, foreign))
+    response = post(bearer(alice), "jobs", launch_body(base_model_row, foreign))
     assert response.status_code == 400
     assert "dataset_version" in response.json()["errors"]
 
 
 def test_viewer_cannot_launch(
-    user_in_role: Callable[[str], Any], bearer: Bearer, starter_model: BaseModel, chat_version: Any
+    user_in_role: Callable[[str], Any], bearer: Bearer, base_model_row: BaseModel, chat_version: Any
 ) -> None:
-    response = post(bearer(user_in_role(Role.VIEWER)), "jobs", launch_body(starter_model, chat_version))
+    response = post(bearer(user_in_role(Role.VIEWER)), "jobs", launch_body(base_model_row, chat_version))
     assert response.status_code == 403
     assert not TrainingJob.objects.for_team(chat_version.team).exists()
 
@@ -190,9 +199,9 @@ def test_viewer_cannot_launch(
 # --- reading jobs ----------------------------------------------------------------------------------------
 
 
-def test_jobs_list_filters_by_status(alice: Any, bearer: Bearer, starter_model: BaseModel, chat_version: Any) -> None:
-    queued = launch(alice, starter_model, chat_version, name="queued one")
-    failed = launch(alice, starter_model, chat_version, name="failed one")
+def test_jobs_list_filters_by_status(alice: Any, bearer: Bearer, base_model_row: BaseModel, chat_version: Any) -> None:
+    queued = launch(alice, base_model_row, chat_version, name="queued one")
+    failed = launch(alice, base_model_row, chat_version, name="failed one")
     TrainingJob.objects.for_team(failed.team).filter(pk=failed.pk).update(status=JobStatus.FAILED)
     client = bearer(alice)
     assert client.get(API + "jobs").json()["count"] == 2
@@ -200,8 +209,8 @@ def test_jobs_list_filters_by_status(alice: Any, bearer: Bearer, starter_model: 
     assert [job["id"] for job in listed["items"]] == [queued.pk]
 
 
-def test_job_detail_logs_and_yaml(alice: Any, bearer: Bearer, starter_model: BaseModel, chat_version: Any) -> None:
-    job = launch(alice, starter_model, chat_version, settings={"lora.rank": 4})
+def test_job_detail_logs_and_yaml(alice: Any, bearer: Bearer, base_model_row: BaseModel, chat_version: Any) -> None:
+    job = launch(alice, base_model_row, chat_version, settings={"lora.rank": 4})
     TrainingJob.objects.for_team(job.team).filter(pk=job.pk).update(log_tail="step 1: loss 3.1\n")
     client = bearer(alice)
     detail = client.get(f"{API}jobs/{job.pk}").json()
@@ -213,9 +222,9 @@ def test_job_detail_logs_and_yaml(alice: Any, bearer: Bearer, starter_model: Bas
 
 
 def test_metrics_are_series_of_step_and_value(
-    alice: Any, bearer: Bearer, starter_model: BaseModel, chat_version: Any
+    alice: Any, bearer: Bearer, base_model_row: BaseModel, chat_version: Any
 ) -> None:
-    job = launch(alice, starter_model, chat_version)
+    job = launch(alice, base_model_row, chat_version)
     JobMetric.objects.create(job=job, seq=1, step=1, values={"loss": 3.5, "learning_rate": 1e-4})
     JobMetric.objects.create(job=job, seq=2, step=2, values={"loss": 3.0, "eval_loss": 3.2})
     series = bearer(alice).get(f"{API}jobs/{job.pk}/metrics").json()
@@ -228,9 +237,9 @@ def test_metrics_are_series_of_step_and_value(
 
 
 def test_cancelling_a_queued_job_stops_it_at_once_and_is_audited(
-    bob: Any, bearer: Bearer, starter_model: BaseModel, chat_version: Any
+    bob: Any, bearer: Bearer, base_model_row: BaseModel, chat_version: Any
 ) -> None:
-    job = launch(bob, starter_model, chat_version)
+    job = launch(bob, base_model_row, chat_version)
     response = post(bearer(bob), f"jobs/{job.pk}/cancel")
     assert response.status_code == 202, response.content
     assert response.json()["status"] == "cancelled"
@@ -238,9 +247,9 @@ def test_cancelling_a_queued_job_stops_it_at_once_and_is_audited(
 
 
 def test_a_finished_job_cannot_be_cancelled(
-    alice: Any, bearer: Bearer, starter_model: BaseModel, chat_version: Any
+    alice: Any, bearer: Bearer, base_model_row: BaseModel, chat_version: Any
 ) -> None:
-    job = launch(alice, starter_model, chat_version)
+    job = launch(alice, base_model_row, chat_version)
     TrainingJob.objects.for_team(job.team).filter(pk=job.pk).update(status=JobStatus.SUCCEEDED)
     response = post(bearer(alice), f"jobs/{job.pk}/cancel")
     assert response.status_code == 400
@@ -248,10 +257,10 @@ def test_a_finished_job_cannot_be_cancelled(
 
 
 def test_a_member_cannot_cancel_another_members_job_but_the_owner_can(
-    alice: Any, bob: Any, bearer: Bearer, starter_model: BaseModel, chat_version: Any
+    alice: Any, bob: Any, bearer: Bearer, base_model_row: BaseModel, chat_version: Any
 ) -> None:
     carol = member(chat_version.team, Role.MEMBER, "carol")
-    job = launch(carol, starter_model, chat_version)
+    job = launch(carol, base_model_row, chat_version)
     assert post(bearer(bob), f"jobs/{job.pk}/cancel").status_code == 403
     assert TrainingJob.objects.for_team(job.team).get(pk=job.pk).status == JobStatus.QUEUED
     assert post(bearer(alice), f"jobs/{job.pk}/cancel").status_code == 202
@@ -259,10 +268,10 @@ def test_a_member_cannot_cancel_another_members_job_but_the_owner_can(
 
 
 def test_cloning_launches_the_same_run_with_the_changes(
-    alice: Any, bearer: Bearer, starter_model: BaseModel, chat_version: Any
+    alice: Any, bearer: Bearer, base_model_row: BaseModel, chat_version: Any
 ) -> None:
     source = launch(
-        alice, starter_model, chat_version, settings={"lora.rank": 4, "lora.target_modules": "q_proj, v_proj"}
+        alice, base_model_row, chat_version, settings={"lora.rank": 4, "lora.target_modules": "q_proj, v_proj"}
     )
     response = post(bearer(alice), f"jobs/{source.pk}/clone", {"settings": {"learning_rate": 1e-4}})
     assert response.status_code == 201, response.content
@@ -272,7 +281,7 @@ def test_cloning_launches_the_same_run_with_the_changes(
     assert clone["config"]["learning_rate"] == 1e-4
     assert clone["config"]["lora"] == source.config["lora"] == {**source.config["lora"], "rank": 4}
     assert clone["config"]["lora"]["target_modules"] == ["q_proj", "v_proj"]
-    assert (clone["base_model"]["id"], clone["dataset_version"]["id"]) == (starter_model.pk, chat_version.pk)
+    assert (clone["base_model"]["id"], clone["dataset_version"]["id"]) == (base_model_row.pk, chat_version.pk)
 
 
 # --- model versions --------------------------------------------------------------------------------------

@@ -21,11 +21,12 @@ from django.urls import reverse
 from accounts.models import Membership, Team
 from accounts.permissions import resolve_access
 from accounts.roles import Role
-from tests.factories import sample_version
+from tests.factories import finished_job, sample_version
 from training_app import jobs, presets
+from training_app.engine.reporting import describe_metrics
 from training_app.forms import field_name, initial_values
 from training_app.models import JobMetric, JobStatus, ModelVersion, TrainingJob
-from training_app.templatetags.training_charts import format_number, line_chart
+from training_app.templatetags.training_charts import compact, duration_range, format_number
 
 Login = Callable[[Any], Client]
 
@@ -100,9 +101,9 @@ def add_metrics(job: TrainingJob, steps: int = 5) -> None:
 
 
 @pytest.fixture
-def model_version(tmp_path: Path, acme: Any, alice: Any, starter_model: Any, chat_version: Any) -> ModelVersion:
+def model_version(tmp_path: Path, acme: Any, alice: Any, base_model_row: Any, chat_version: Any) -> ModelVersion:
     """A registered adapter whose folder holds one small file."""
-    job = launch(alice, starter_model, chat_version, name="support")
+    job = launch(alice, base_model_row, chat_version, name="support")
     job.status = JobStatus.SUCCEEDED
     job.save(update_fields=["status"])
     folder = tmp_path / "adapter"
@@ -113,7 +114,7 @@ def model_version(tmp_path: Path, acme: Any, alice: Any, starter_model: Any, cha
         name="support",
         number=1,
         job=job,
-        base_model=starter_model,
+        base_model=base_model_row,
         kind=ModelVersion.Kind.ADAPTER,
         path=str(folder),
         metrics={"eval_loss_before": 3.2, "eval_loss_after": 2.1, "perplexity_before": 24.5, "perplexity_after": 8.2},
@@ -126,7 +127,7 @@ def model_version(tmp_path: Path, acme: Any, alice: Any, starter_model: Any, cha
 
 
 def test_form_offers_the_presets_and_says_why_qlora_is_off(
-    alice: Any, login: Login, starter_model: Any, chat_version: Any
+    alice: Any, login: Login, base_model_row: Any, chat_version: Any
 ) -> None:
     response = login(alice).get(url("new"))
     assert response.status_code == 200
@@ -140,7 +141,7 @@ def test_form_offers_the_presets_and_says_why_qlora_is_off(
 
 
 def test_unavailable_preset_in_the_address_falls_back_with_a_notice(
-    alice: Any, login: Login, starter_model: Any, chat_version: Any
+    alice: Any, login: Login, base_model_row: Any, chat_version: Any
 ) -> None:
     response = login(alice).get(url("new") + "?preset=qlora")
     assert response.context["form"].initial["preset"] == "quick-lora"
@@ -148,26 +149,26 @@ def test_unavailable_preset_in_the_address_falls_back_with_a_notice(
 
 
 def test_dataset_version_in_the_address_is_preselected(
-    alice: Any, acme: Any, login: Login, starter_model: Any, chat_version: Any
+    alice: Any, acme: Any, login: Login, base_model_row: Any, chat_version: Any
 ) -> None:
     other = sample_version(acme, alice, "instruction")
     form = login(alice).get(url("new") + f"?dataset_version={other.pk}").context["form"]
     assert form.initial["dataset_version"] == other.pk
 
 
-def test_form_starts_with_an_estimate(alice: Any, login: Login, starter_model: Any, chat_version: Any) -> None:
+def test_form_starts_with_an_estimate(alice: Any, login: Login, base_model_row: Any, chat_version: Any) -> None:
     html = login(alice).get(url("new")).content.decode()
     assert "Memory per device" in html and "Fits: about" in html
 
 
 def test_estimate_shows_parameters_memory_and_verdict(
-    alice: Any, login: Login, starter_model: Any, chat_version: Any
+    alice: Any, login: Login, base_model_row: Any, chat_version: Any
 ) -> None:
-    response = login(alice).post(url("estimate"), form_data(starter_model, chat_version))
+    response = login(alice).post(url("estimate"), form_data(base_model_row, chat_version))
     assert response.status_code == 200
     html = response.content.decode()
     estimate = response.context["estimate"]
-    assert estimate.total_parameters == starter_model.parameter_count
+    assert estimate.total_parameters == base_model_row.parameter_count
     assert 0 < estimate.trainable_parameters < estimate.total_parameters
     assert "Trainable" in html and "Memory per device" in html and "optimizer steps" in html
     assert "Fits: about" in html
@@ -175,12 +176,41 @@ def test_estimate_shows_parameters_memory_and_verdict(
 
 
 def test_estimate_shows_the_cost_in_the_teams_currency(
-    alice: Any, acme: Any, login: Login, starter_model: Any, chat_version: Any
+    alice: Any, acme: Any, login: Login, base_model_row: Any, chat_version: Any
 ) -> None:
     acme.gpu_hour_price, acme.currency = 2.5, "EUR"
     acme.save()
-    html = login(alice).post(url("estimate"), form_data(starter_model, chat_version)).content.decode()
+    html = login(alice).post(url("estimate"), form_data(base_model_row, chat_version)).content.decode()
     assert " EUR</b>" in html and "set a price" not in html
+
+
+def test_estimate_shows_time_and_cost_as_a_range_with_its_basis(
+    alice: Any, acme: Any, login: Login, base_model_row: Any, chat_version: Any
+) -> None:
+    acme.gpu_hour_price, acme.currency = 2.5, "EUR"
+    acme.save()
+    response = login(alice).post(url("estimate"), form_data(base_model_row, chat_version))
+    estimate = response.context["estimate"]
+    html = response.content.decode()
+    time = duration_range(estimate.seconds_low, estimate.seconds_high)
+    basis = "no finished runs on this pool yet: assumed efficiency"
+    assert "–" in time and f'{time}</b> <span class="muted">({basis})' in html
+    assert f"{estimate.cost_low:.2f}–{estimate.cost_high:.2f} EUR</b>" in html
+
+
+def test_estimate_range_spans_the_teams_finished_runs_of_different_speeds(
+    alice: Any, acme: Any, login: Login, base_model_row: Any, chat_version: Any
+) -> None:
+    fast, _ = finished_job(acme, alice, base_model_row, chat_version, name="fast run")
+    slow, _ = finished_job(acme, alice, base_model_row, chat_version, name="slow run")
+    acme_jobs().filter(pk=fast.pk).update(result={**fast.result, "tokens_per_second": 1000.0})
+    acme_jobs().filter(pk=slow.pk).update(result={**slow.result, "tokens_per_second": 10.0})
+    response = login(alice).post(url("estimate"), form_data(base_model_row, chat_version))
+    estimate = response.context["estimate"]
+    html = response.content.decode()
+    assert estimate.seconds_high / estimate.seconds_low == pytest.approx(100, rel=0.01)  # the runs' speeds
+    time = duration_range(estimate.seconds_low, estimate.seconds_high)
+    assert f'{time}</b> <span class="muted">(from 2 finished runs on this pool)' in html
 
 
 INVALID_SETTINGS = [
@@ -205,9 +235,9 @@ INVALID_SETTINGS = [
 
 @pytest.mark.parametrize(("overrides", "field", "message"), INVALID_SETTINGS)
 def test_invalid_setting_is_shown_next_to_its_field_and_launches_nothing(
-    bob: Any, login: Login, starter_model: Any, chat_version: Any, overrides: dict[str, Any], field: str, message: str
+    bob: Any, login: Login, base_model_row: Any, chat_version: Any, overrides: dict[str, Any], field: str, message: str
 ) -> None:
-    response = login(bob).post(url("new"), form_data(starter_model, chat_version, **overrides))
+    response = login(bob).post(url("new"), form_data(base_model_row, chat_version, **overrides))
     assert response.status_code == 400
     assert message in " ".join(response.context["form"].errors[field])
     assert message in field_html(response.content, field)
@@ -216,53 +246,53 @@ def test_invalid_setting_is_shown_next_to_its_field_and_launches_nothing(
 
 @pytest.mark.parametrize(("overrides", "field", "message"), INVALID_SETTINGS)
 def test_estimate_lists_what_to_fix_instead_of_numbers(
-    bob: Any, login: Login, starter_model: Any, chat_version: Any, overrides: dict[str, Any], field: str, message: str
+    bob: Any, login: Login, base_model_row: Any, chat_version: Any, overrides: dict[str, Any], field: str, message: str
 ) -> None:
-    html = login(bob).post(url("estimate"), form_data(starter_model, chat_version, **overrides)).content.decode()
+    html = login(bob).post(url("estimate"), form_data(base_model_row, chat_version, **overrides)).content.decode()
     assert "to see the estimate" in html and message in html and f'href="#field-{field}"' in html
     assert "Memory per device" not in html
 
 
 def test_valid_launch_queues_a_job_and_opens_its_page(
-    bob: Any, login: Login, starter_model: Any, chat_version: Any, settings: Any
+    bob: Any, login: Login, base_model_row: Any, chat_version: Any, settings: Any
 ) -> None:
     settings.CELERY_TASK_ALWAYS_EAGER = False
-    response = login(bob).post(url("new"), form_data(starter_model, chat_version, lora__rank="8"))
+    response = login(bob).post(url("new"), form_data(base_model_row, chat_version, lora__rank="8"))
     job = acme_jobs().get()
     assert response.status_code == 302 and response["Location"] == url("job", job.pk)
     assert (job.status, job.name, job.created_by) == (JobStatus.QUEUED, "support-assistant", bob)
     assert job.config["lora"]["rank"] == 8 and job.config["max_steps"] is None
-    assert job.estimate["total_parameters"] == starter_model.parameter_count
+    assert job.estimate["total_parameters"] == base_model_row.parameter_count
 
 
 def test_clone_prefills_the_settings_and_remembers_the_source(
-    bob: Any, login: Login, starter_model: Any, chat_version: Any
+    bob: Any, login: Login, base_model_row: Any, chat_version: Any
 ) -> None:
-    source = launch(bob, starter_model, chat_version, name="first", **{"lora.rank": 32, "learning_rate": 1e-4})
+    source = launch(bob, base_model_row, chat_version, name="first", **{"lora.rank": 32, "learning_rate": 1e-4})
     client = login(bob)
     form = client.get(url("new") + f"?clone={source.pk}").context["form"]
     assert form.initial["name"] == "first (copy)"
     assert form.initial[field_name("lora.rank")] == 32 and form.initial["cloned_from"] == source.pk
     data = form_data(
-        starter_model, chat_version, name="first (copy)", lora__rank="32", learning_rate="1e-4", cloned_from=source.pk
+        base_model_row, chat_version, name="first (copy)", lora__rank="32", learning_rate="1e-4", cloned_from=source.pk
     )
     client.post(url("new"), data)
     clone = acme_jobs().exclude(pk=source.pk).get()
     assert clone.cloned_from == source and not jobs.presets.diff([source.config, clone.config])
 
 
-def test_clone_of_an_unknown_job_is_404(alice: Any, login: Login, starter_model: Any) -> None:
+def test_clone_of_an_unknown_job_is_404(alice: Any, login: Login, base_model_row: Any) -> None:
     assert login(alice).get(url("new") + "?clone=999999").status_code == 404
     assert login(alice).get(url("new") + "?clone=abc").status_code == 404
 
 
 def test_viewer_may_not_open_the_form_estimate_or_launch(
-    user_in_role: Callable[[str], Any], login: Login, starter_model: Any, chat_version: Any
+    user_in_role: Callable[[str], Any], login: Login, base_model_row: Any, chat_version: Any
 ) -> None:
     client = login(user_in_role(Role.VIEWER))
     assert client.get(url("new")).status_code == 403
-    assert client.post(url("new"), form_data(starter_model, chat_version)).status_code == 403
-    assert client.post(url("estimate"), form_data(starter_model, chat_version)).status_code == 403
+    assert client.post(url("new"), form_data(base_model_row, chat_version)).status_code == 403
+    assert client.post(url("estimate"), form_data(base_model_row, chat_version)).status_code == 403
     assert not acme_jobs().exists()
 
 
@@ -270,9 +300,9 @@ def test_viewer_may_not_open_the_form_estimate_or_launch(
 
 
 def test_job_list_shows_progress_and_polls_active_rows(
-    alice: Any, login: Login, starter_model: Any, chat_version: Any
+    alice: Any, login: Login, base_model_row: Any, chat_version: Any
 ) -> None:
-    job = launch(alice, starter_model, chat_version, name="polled")
+    job = launch(alice, base_model_row, chat_version, name="polled")
     acme_jobs().filter(pk=job.pk).update(status=JobStatus.RUNNING, step=5, max_steps=20, eta_seconds=180)
     html = login(alice).get(url("list")).content.decode()
     assert "polled" in html and "step 5 / 20" in html and "about 3 min left" in html
@@ -289,22 +319,84 @@ def test_viewer_sees_the_list_without_the_launch_button(
 
 
 def test_live_part_draws_the_charts_from_the_metrics(
-    alice: Any, login: Login, starter_model: Any, chat_version: Any
+    alice: Any, login: Login, base_model_row: Any, chat_version: Any
 ) -> None:
-    job = launch(alice, starter_model, chat_version)
+    job = launch(alice, base_model_row, chat_version)
     acme_jobs().filter(pk=job.pk).update(status=JobStatus.RUNNING, step=5, max_steps=10, log_tail="step 5")
     add_metrics(job)
     html = login(alice).get(url("job", job.pk) + "?part=live").content.decode()
     assert html.count("<svg") == 5
     assert "training loss" in html and "validation loss" in html and 'aria-label="Loss' in html
+    loss = html[html.index('aria-label="Loss') : html.index("</svg>", html.index('aria-label="Loss'))]
+    y_labels = re.findall(r'text-anchor="end" dominant-baseline="middle">([^<]*)</text>', loss)
+    assert y_labels == ["1.5", "2.0", "2.5", "3.0"]  # round ticks covering 1.5 to 2.85
+    assert ">step</text>" in loss and "training loss: 1.5 at step 5" in loss  # the x axis, a point's tooltip
     assert 'hx-trigger="every 2s"' in html and "Step 5 of 10" in html and "step 5</pre>" in html
     assert "Cancel job" in html
 
 
-def test_job_page_shows_the_config_as_yaml_and_the_launch_estimate(
-    alice: Any, login: Login, starter_model: Any, chat_version: Any
+def test_queued_note_shows_only_while_the_job_is_queued(
+    alice: Any, login: Login, base_model_row: Any, chat_version: Any
 ) -> None:
-    job = launch(alice, starter_model, chat_version)
+    job = launch(alice, base_model_row, chat_version)
+    client = login(alice)
+    assert "it starts when a worker is free" in client.get(url("job", job.pk)).content.decode()
+    acme_jobs().filter(pk=job.pk).update(status=JobStatus.RUNNING, phase="training", step=5, max_steps=40)
+    html = client.get(url("job", job.pk)).content.decode()
+    assert "it starts when a worker is free" not in html and "Step 5 of 40" in html
+
+
+def test_launch_leaves_no_flash_message_on_the_polled_job_page(
+    bob: Any, login: Login, base_model_row: Any, chat_version: Any, settings: Any
+) -> None:
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    html = login(bob).post(url("new"), form_data(base_model_row, chat_version), follow=True).content.decode()
+    assert 'class="flash' not in html and html.count("it starts when a worker is free") == 1
+
+
+def test_succeeded_job_status_reads_as_one_sentence(
+    alice: Any, login: Login, base_model_row: Any, chat_version: Any
+) -> None:
+    job = launch(alice, base_model_row, chat_version)
+    acme_jobs().filter(pk=job.pk).update(status=JobStatus.SUCCEEDED, phase="succeeded", message="the model is ready")
+    html = login(alice).get(url("job", job.pk) + "?part=live").content.decode()
+    line = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html[: html.index('<div class="progress-bar')])).strip()
+    assert line == "Succeeded The model is ready."
+
+
+def test_log_shows_metrics_as_readable_lines_without_warnings(
+    alice: Any, login: Login, base_model_row: Any, chat_version: Any
+) -> None:
+    raw = (
+        "=== attempt 1 on celery@host: /srv/atelier/.venv/bin/python -m training_app.engine /srv/run/config.json\n"
+        "/srv/atelier/.venv/lib/python3.12/site-packages/torch/utils/checkpoint.py:92: FutureWarning: `x` is "
+        "deprecated\n"
+        "  warnings.warn(\n"
+        "step 5/40 · loss 2.31 · lr 0.00019 · grad norm 0.8\n"
+        "{'loss': '2.31', 'grad_norm': '0.8012', 'learning_rate': '0.00019', 'epoch': '0.5'}\n"
+        "RuntimeError: the loss became nan"
+    )
+    job = launch(alice, base_model_row, chat_version)
+    acme_jobs().filter(pk=job.pk).update(status=JobStatus.RUNNING, log_tail=raw)
+    log = login(alice).get(url("job", job.pk) + "?part=live").content.decode().split('<pre class="log">')[1]
+    assert log.split("</pre>")[0].splitlines() == [
+        "=== attempt 1 on celery@host",
+        "step 5/40 · loss 2.31 · lr 0.00019 · grad norm 0.8",
+        "loss 2.31 · lr 1.9e-4 · grad norm 0.801 · epoch 0.5",
+        "RuntimeError: the loss became nan",
+    ]
+
+
+def test_trainer_log_line_names_the_step_and_the_metrics() -> None:
+    line = describe_metrics({"loss": 2.3124, "learning_rate": 0.00019, "grad_norm": 0.8, "epoch": 0.2},
+                            step=5, max_steps=40)  # fmt: skip
+    assert line == "step 5/40 · loss 2.31 · lr 1.9e-4 · grad norm 0.8 · epoch 0.2"
+
+
+def test_job_page_shows_the_config_as_yaml_and_the_launch_estimate(
+    alice: Any, login: Login, base_model_row: Any, chat_version: Any
+) -> None:
+    job = launch(alice, base_model_row, chat_version)
     client = login(alice)
     html = client.get(url("job", job.pk)).content.decode()
     assert "stage: sft" in html and "Estimate at launch" in html and "Clone settings" in html
@@ -314,18 +406,18 @@ def test_job_page_shows_the_config_as_yaml_and_the_launch_estimate(
 
 
 def test_finished_job_stops_polling_and_the_page_reloads(
-    alice: Any, login: Login, starter_model: Any, chat_version: Any
+    alice: Any, login: Login, base_model_row: Any, chat_version: Any
 ) -> None:
-    job = launch(alice, starter_model, chat_version)
+    job = launch(alice, base_model_row, chat_version)
     acme_jobs().filter(pk=job.pk).update(status=JobStatus.CANCELLED)
     response = login(alice).get(url("job", job.pk) + "?part=live", HTTP_HX_REQUEST="true")
     assert "hx-trigger" not in response.content.decode() and response["HX-Refresh"] == "true"
 
 
 def test_failed_job_shows_the_failure_and_what_to_do(
-    alice: Any, login: Login, starter_model: Any, chat_version: Any
+    alice: Any, login: Login, base_model_row: Any, chat_version: Any
 ) -> None:
-    job = launch(alice, starter_model, chat_version)
+    job = launch(alice, base_model_row, chat_version)
     failure = {"code": "out_of_memory", "message": "Ran out of memory at step 3.", "suggestion": "Lower the batch."}
     acme_jobs().filter(pk=job.pk).update(status=JobStatus.FAILED, failure=failure)
     html = login(alice).get(url("job", job.pk)).content.decode()
@@ -364,8 +456,8 @@ def test_prompts_of_a_deleted_restricted_dataset_stay_hidden_from_members_withou
     assert "private ticket text" not in html and "not shared with you" in html
 
 
-def test_owner_cancels_a_queued_job(alice: Any, login: Login, starter_model: Any, chat_version: Any) -> None:
-    job = launch(alice, starter_model, chat_version)
+def test_owner_cancels_a_queued_job(alice: Any, login: Login, base_model_row: Any, chat_version: Any) -> None:
+    job = launch(alice, base_model_row, chat_version)
     response = login(alice).post(url("cancel", job.pk))
     assert response.status_code == 302
     job.refresh_from_db()
@@ -373,9 +465,9 @@ def test_owner_cancels_a_queued_job(alice: Any, login: Login, starter_model: Any
 
 
 def test_member_may_not_cancel_someone_elses_job(
-    alice: Any, bob: Any, login: Login, starter_model: Any, chat_version: Any
+    alice: Any, bob: Any, login: Login, base_model_row: Any, chat_version: Any
 ) -> None:
-    job = launch(alice, starter_model, chat_version)
+    job = launch(alice, base_model_row, chat_version)
     assert "Cancel job" not in login(bob).get(url("job", job.pk)).content.decode()
     assert login(bob).post(url("cancel", job.pk)).status_code == 403
     job.refresh_from_db()
@@ -386,10 +478,10 @@ def test_member_may_not_cancel_someone_elses_job(
 
 
 def test_compare_overlays_the_loss_curves_and_lists_the_differences(
-    alice: Any, login: Login, starter_model: Any, chat_version: Any
+    alice: Any, login: Login, base_model_row: Any, chat_version: Any
 ) -> None:
-    first = launch(alice, starter_model, chat_version, name="rank 16")
-    second = launch(alice, starter_model, chat_version, name="rank 64", **{"lora.rank": 64, "lora.alpha": 128})
+    first = launch(alice, base_model_row, chat_version, name="rank 16")
+    second = launch(alice, base_model_row, chat_version, name="rank 64", **{"lora.rank": 64, "lora.alpha": 128})
     add_metrics(first)
     add_metrics(second, steps=3)
     response = login(alice).get(url("compare") + f"?jobs={first.pk}&jobs={second.pk}")
@@ -400,8 +492,8 @@ def test_compare_overlays_the_loss_curves_and_lists_the_differences(
     assert response.context["diff"][0]["values"] == ["16", "64"]
 
 
-def test_compare_needs_two_jobs(alice: Any, login: Login, starter_model: Any, chat_version: Any) -> None:
-    job = launch(alice, starter_model, chat_version)
+def test_compare_needs_two_jobs(alice: Any, login: Login, base_model_row: Any, chat_version: Any) -> None:
+    job = launch(alice, base_model_row, chat_version)
     client = login(alice)
     assert client.get(url("compare") + f"?jobs={job.pk}").status_code == 302
     assert client.get(url("compare") + "?jobs=x&jobs=y").status_code == 302
@@ -423,6 +515,28 @@ def test_version_page_shows_card_metrics_and_lineage(
     assert chat_version.content_hash in html
     assert reverse("datasets:version", args=["acme", chat_version.dataset_id, chat_version.number]) in html
     assert "Download adapter (.zip)" in html and "Delete…" in html and "Save the card" in html
+
+
+def test_long_answers_before_and_after_can_be_read_in_full(
+    alice: Any, login: Login, model_version: ModelVersion
+) -> None:
+    long_answer = "The sea is wide. " * 40 + "The end."
+    metrics = {**model_version.metrics, "generations": [{"prompt": "Hi", "base": "words", "tuned": long_answer}]}
+    acme_models().filter(pk=model_version.pk).update(metrics=metrics)
+    html = login(alice).get(url("version", model_version.pk)).content.decode()
+    opened = html[html.index('<details class="gen-full">') :].split("</details>")[0]
+    assert f"Show all {len(long_answer)} characters" in opened
+    assert f'<div class="gen tuned">{long_answer}</div>' in opened and '<div class="gen ">words</div>' in html
+
+
+def test_version_page_counts_trainable_parameters_against_the_base_models_count(
+    alice: Any, login: Login, model_version: ModelVersion, base_model_row: Any
+) -> None:
+    metrics = {**model_version.metrics, "trainable_parameters": 300_000, "total_parameters": 4_250_000}
+    acme_models().filter(pk=model_version.pk).update(metrics=metrics)
+    html = login(alice).get(url("version", model_version.pk)).content.decode()
+    base = compact(base_model_row.parameter_count)  # 3.95M, the starter model's count everywhere else
+    assert f"trainable of {base} parameters" in html and "4.25M" not in html
 
 
 def test_download_is_a_zip_with_the_files_and_the_card(alice: Any, login: Login, model_version: ModelVersion) -> None:
@@ -491,9 +605,9 @@ def test_restricted_version_is_hidden_until_shared(
 
 
 def test_dataset_version_page_lists_the_jobs_that_trained_on_it(
-    alice: Any, login: Login, starter_model: Any, chat_version: Any
+    alice: Any, login: Login, base_model_row: Any, chat_version: Any
 ) -> None:
-    job = launch(alice, starter_model, chat_version, name="trained on v1")
+    job = launch(alice, base_model_row, chat_version, name="trained on v1")
     page = reverse("datasets:version", args=["acme", chat_version.dataset_id, chat_version.number])
     html = login(alice).get(page).content.decode()
     assert "Jobs that trained on this version" in html and "trained on v1" in html and url("job", job.pk) in html
@@ -510,7 +624,7 @@ def test_dataset_delete_confirmation_names_the_models_trained_on_it(
 
 
 def test_outsider_gets_404_on_every_training_page(
-    charlie: Any, login: Login, model_version: ModelVersion, starter_model: Any, chat_version: Any
+    charlie: Any, login: Login, model_version: ModelVersion, base_model_row: Any, chat_version: Any
 ) -> None:
     job = model_version.job
     assert job is not None
@@ -533,12 +647,12 @@ def test_outsider_gets_404_on_every_training_page(
     posts = [url("new"), url("estimate"), url("cancel", job.pk), url("version_card", model_version.pk)]
     posts += [url("version_delete", model_version.pk), url("version_share", model_version.pk)]
     for page in posts:
-        assert client.post(page, form_data(starter_model, chat_version)).status_code == 404, page
+        assert client.post(page, form_data(base_model_row, chat_version)).status_code == 404, page
     assert acme_jobs().count() == 1 and acme_models().filter(pk=model_version.pk).exists()
 
 
 def test_acme_ids_under_charlies_own_team_are_404(
-    charlie: Any, login: Login, model_version: ModelVersion, starter_model: Any, chat_version: Any
+    charlie: Any, login: Login, model_version: ModelVersion, base_model_row: Any, chat_version: Any
 ) -> None:
     job = model_version.job
     assert job is not None
@@ -548,22 +662,11 @@ def test_acme_ids_under_charlies_own_team_are_404(
     assert client.get(url("new", team="globex") + f"?clone={job.pk}").status_code == 404
     assert client.get(url("compare", team="globex") + f"?jobs={job.pk}&jobs={job.pk + 1}").status_code == 404
     assert client.post(url("cancel", job.pk, team="globex")).status_code == 404
-    launched = client.post(url("new", team="globex"), form_data(starter_model, chat_version))
+    launched = client.post(url("new", team="globex"), form_data(base_model_row, chat_version))
     assert launched.status_code == 400 and "dataset_version" in launched.context["form"].errors
 
 
-# ---- the chart tag ---------------------------------------------------------------------------------------
-
-
-def test_line_chart_draws_each_series_with_its_range() -> None:
-    chart = line_chart({"loss": [(1, 2.0), (2, 1.5), (3, float("nan"))], "eval": []}, "Loss")
-    assert [line["name"] for line in chart["lines"]] == ["loss"]
-    assert [tick["label"] for tick in chart["y_ticks"]] == ["2", "1.75", "1.5"]
-    assert chart["legend"][1]["last"] is None and "eval: no data yet" in chart["summary"]
-
-
-def test_line_chart_without_points_says_so() -> None:
-    assert line_chart({"loss": []}, "Loss")["lines"] == []
+# ---- number formats --------------------------------------------------------------------------------------
 
 
 def test_numbers_read_as_an_engineer_expects() -> None:

@@ -9,7 +9,7 @@ No ``from __future__ import annotations`` here: django-ninja reads the annotatio
 """
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from django.core.exceptions import ValidationError
@@ -17,9 +17,9 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from ninja import Field, Query, Router, Schema, Status
-from ninja.pagination import LimitOffsetPagination, paginate
+from ninja.pagination import paginate
 
-from accounts.api import Error, team_access
+from accounts.api import Error, ObjectId, Pagination, RequestBody, team_access
 from accounts.http import client_ip
 from accounts.permissions import TeamAccess
 from datasets_app import services as datasets_services
@@ -66,7 +66,7 @@ class BaseModelOut(Schema):
         return bool(model.chat_template)
 
 
-class HubModelIn(Schema):
+class HubModelIn(RequestBody):
     repo_id: str = Field(description="The Hub repository, owner/name.", max_length=200)
     revision: str = Field("", description="Branch, tag or commit; empty: main.", max_length=100)
 
@@ -118,9 +118,11 @@ class TrainingOptions(Schema):
     default_pool: str
 
 
-class EstimateIn(Schema):
-    base_model: int = Field(description="Id of a base model (``GET base-models``).")
-    dataset_version: int = Field(description="Id of a ready dataset version of the team.")
+class EstimateIn(RequestBody):
+    base_model: ObjectId = Field(description="Id of a base model (``GET base-models``).")
+    dataset_version: ObjectId = Field(
+        description="Id of a ready dataset version of the team (``id`` of a version in ``GET datasets``)."
+    )
     pool: str | None = Field(None, description="Worker pool name; defaults to the first pool.")
     preset: str | None = Field(None, description="Preset slug: its values apply before ``settings``.")
     settings: dict[str, Any] = Field(
@@ -142,9 +144,17 @@ class EstimateOut(Schema):
     optimizer_steps: int
     tokens_to_train: int
     seconds: float = Field(description="Estimated training time.")
+    seconds_low: float = Field(description="Low end of the time range (see ``range_basis``).")
+    seconds_high: float = Field(description="High end of the time range.")
+    range_basis: str = Field(
+        description="What the range rests on: the spread of the team's finished runs on this pool, or a factor "
+        "around the pool's assumed efficiency when there are none."
+    )
     throughput_source: str = Field(description="Where the speed assumption comes from.")
     gpu_hours: float
     cost: float | None = Field(description="In the team's currency; null when the team set no GPU-hour price.")
+    cost_low: float | None = Field(description="Low end of the cost range; null without a GPU-hour price.")
+    cost_high: float | None = Field(description="High end of the cost range; null without a GPU-hour price.")
     notes: list[str]
 
 
@@ -152,7 +162,7 @@ class JobIn(EstimateIn):
     name: str = Field("", description="Defaults to “<base model> on <dataset>”.")
 
 
-class CloneIn(Schema):
+class CloneIn(RequestBody):
     name: str = Field("", description="Defaults to the source job's name with “(clone)”.")
     settings: dict[str, Any] = Field(default_factory=dict, description="Settings to change (flat dotted keys).")
 
@@ -230,6 +240,10 @@ class JobFilters(Schema):
     status: StatusName | None = None
 
 
+# [step, value]: a list of two numbers (OpenAPI 3.1's ``prefixItems`` for a tuple is beyond many clients).
+MetricPoint = Annotated[list[int | float], Field(min_length=2, max_length=2)]
+
+
 class LogsOut(Schema):
     log_tail: str = Field(description="The last lines the trainer printed.")
 
@@ -283,7 +297,7 @@ class ModelVersionDetail(ModelVersionOut):
         return [{"name": name, "size": path.stat().st_size} for path, name in files]
 
 
-class CardPatch(Schema):
+class CardPatch(RequestBody):
     intended_use: str | None = Field(None, description="What the model is for; at most 4000 characters.")
     limitations: str | None = Field(None, description="Where it should not be trusted; at most 4000 characters.")
 
@@ -360,9 +374,37 @@ def add_hub_model(request: HttpRequest, slug: str, body: HubModelIn) -> tuple[in
 @router.get(
     "teams/{slug}/base-models/{model_id}", response={200: BaseModelDetail, 404: Error}, summary="Get a base model"
 )
-def base_model_detail(request: HttpRequest, slug: str, model_id: int) -> BaseModel:
+def base_model_detail(request: HttpRequest, slug: str, model_id: ObjectId) -> BaseModel:
     """Architecture, parameter count, context length, chat template and license of one base model."""
     return get_object_or_404(services.available_models(team_access(request, slug)), pk=model_id)
+
+
+@router.post(
+    "teams/{slug}/base-models/{model_id}/retry",
+    response={202: BaseModelOut, 400: Error, 403: Error, 404: Error},
+    summary="Retry a failed Hub download",
+)
+def retry_hub_model(request: HttpRequest, slug: str, model_id: ObjectId) -> Status:
+    """Download a ``failed`` Hub model of the team again (poll ``GET base-models/{id}``); 400 unless it failed,
+    403 for an operator's model or a role that may not add models."""
+    access = team_access(request, slug)
+    model = get_object_or_404(services.available_models(access), pk=model_id)
+    return Status(202, hub.retry_download(access=access, model=model, ip=client_ip(request)))
+
+
+@router.delete(
+    "teams/{slug}/base-models/{model_id}",
+    response={204: None, 400: Error, 403: Error, 404: Error},
+    summary="Delete a team's Hub model",
+)
+def delete_hub_model(request: HttpRequest, slug: str, model_id: ObjectId) -> Status:
+    """Remove one of the team's Hub models and its files (complete or partial). 400 while it downloads or
+    while training jobs or model versions made from it exist (delete those first); 403 for an operator's
+    model or a role that may not add models."""
+    access = team_access(request, slug)
+    model = get_object_or_404(services.available_models(access), pk=model_id)
+    hub.delete_model(access=access, model=model, ip=client_ip(request))
+    return Status(204, None)
 
 
 # --- building a run ---------------------------------------------------------------------------------
@@ -436,7 +478,7 @@ def estimate(request: HttpRequest, slug: str, body: EstimateIn) -> dict[str, Any
 
 
 @router.get("teams/{slug}/jobs", response={200: list[JobOut], 404: Error}, summary="List training jobs")
-@paginate(LimitOffsetPagination)
+@paginate(Pagination)
 def list_jobs(request: HttpRequest, slug: str, filters: Query[JobFilters]) -> QuerySet[TrainingJob]:
     """The team's training jobs, newest first; ``?status=running`` keeps one status."""
     queryset = jobs.visible_jobs(team_access(request, slug)).select_related("created_by", "model_version")
@@ -459,7 +501,7 @@ def create_job(request: HttpRequest, slug: str, body: JobIn) -> Status:
 
 
 @router.get("teams/{slug}/jobs/{job_id}", response={200: JobDetail, 404: Error}, summary="Get a job")
-def job_detail(request: HttpRequest, slug: str, job_id: int) -> TrainingJob:
+def job_detail(request: HttpRequest, slug: str, job_id: ObjectId) -> TrainingJob:
     """Where a job stands (status, phase, step, ETA), what it was asked to do, and what it produced."""
     return _job(team_access(request, slug), job_id)
 
@@ -469,7 +511,7 @@ def job_detail(request: HttpRequest, slug: str, job_id: int) -> TrainingJob:
     response={202: JobDetail, 400: Error, 403: Error, 404: Error},
     summary="Cancel a job",
 )
-def cancel_job(request: HttpRequest, slug: str, job_id: int) -> Status:
+def cancel_job(request: HttpRequest, slug: str, job_id: ObjectId) -> Status:
     """Stop a job: a queued one at once, a running one at its next step (poll until ``cancelled``).
 
     Whoever launched it, or an admin, may cancel it; a finished job gets 400.
@@ -479,12 +521,28 @@ def cancel_job(request: HttpRequest, slug: str, job_id: int) -> Status:
     return Status(202, _job(access, job.pk))
 
 
+@router.delete(
+    "teams/{slug}/jobs/{job_id}",
+    response={204: None, 400: Error, 403: Error, 404: Error},
+    summary="Delete a finished job",
+)
+def delete_job(request: HttpRequest, slug: str, job_id: ObjectId) -> Status:
+    """Delete a succeeded, failed or cancelled job with its metrics, log and run files; the model version
+    it produced stays (its ``job`` becomes null, its lineage is kept).
+
+    Whoever launched it, or an admin, may delete it (else 403); an active job gets 400: cancel it first.
+    """
+    access = team_access(request, slug)
+    jobs.delete_job(access=access, job=_job(access, job_id), ip=client_ip(request))
+    return Status(204, None)
+
+
 @router.post(
     "teams/{slug}/jobs/{job_id}/clone",
     response={201: JobDetail, 400: Error, 403: Error, 404: Error},
     summary="Clone a job",
 )
-def clone_job(request: HttpRequest, slug: str, job_id: int, body: CloneIn) -> Status:
+def clone_job(request: HttpRequest, slug: str, job_id: ObjectId, body: CloneIn) -> Status:
     """Launch a new job with the same base model, dataset version, pool and settings, changing ``settings``."""
     access = team_access(request, slug)
     source = _job(access, job_id)
@@ -499,16 +557,16 @@ def clone_job(request: HttpRequest, slug: str, job_id: int, body: CloneIn) -> St
 
 @router.get(
     "teams/{slug}/jobs/{job_id}/metrics",
-    response={200: dict[str, list[tuple[int, float]]], 404: Error},
+    response={200: dict[str, list[MetricPoint]], 404: Error},
     summary="Job metrics",
 )
-def job_metrics(request: HttpRequest, slug: str, job_id: int) -> dict[str, list[tuple[int, float]]]:
+def job_metrics(request: HttpRequest, slug: str, job_id: ObjectId) -> dict[str, list[tuple[int, float]]]:
     """Each logged metric (loss, eval_loss, learning_rate, grad_norm, …) as ``[[step, value], …]``."""
     return jobs.metric_series(_job(team_access(request, slug), job_id))
 
 
 @router.get("teams/{slug}/jobs/{job_id}/logs", response={200: LogsOut, 404: Error}, summary="Job log")
-def job_logs(request: HttpRequest, slug: str, job_id: int) -> dict[str, str]:
+def job_logs(request: HttpRequest, slug: str, job_id: ObjectId) -> dict[str, str]:
     """The last lines of the trainer's output."""
     return {"log_tail": _job(team_access(request, slug), job_id).log_tail}
 
@@ -519,7 +577,7 @@ def job_logs(request: HttpRequest, slug: str, job_id: int) -> dict[str, str]:
     summary="Job settings as YAML",
     openapi_extra={"responses": {200: {"description": "The settings", "content": {"application/yaml": {}}}}},
 )
-def job_config_yaml(request: HttpRequest, slug: str, job_id: int) -> HttpResponse:
+def job_config_yaml(request: HttpRequest, slug: str, job_id: ObjectId) -> HttpResponse:
     """The job's settings as YAML (flat dotted keys, as ``settings`` of ``POST jobs`` takes them)."""
     job = _job(team_access(request, slug), job_id)
     text = yaml.safe_dump(jobs.clone_values(job), sort_keys=False, allow_unicode=True)
@@ -532,7 +590,7 @@ def job_config_yaml(request: HttpRequest, slug: str, job_id: int) -> HttpRespons
 @router.get(
     "teams/{slug}/model-versions", response={200: list[ModelVersionOut], 404: Error}, summary="List model versions"
 )
-@paginate(LimitOffsetPagination)
+@paginate(Pagination)
 def list_model_versions(request: HttpRequest, slug: str) -> QuerySet[ModelVersion]:
     """The team's trained models, newest first (restricted ones only when shared with you)."""
     return registry.visible_versions(team_access(request, slug))
@@ -543,7 +601,7 @@ def list_model_versions(request: HttpRequest, slug: str) -> QuerySet[ModelVersio
     response={200: ModelVersionDetail, 404: Error},
     summary="Get a model version",
 )
-def model_version_detail(request: HttpRequest, slug: str, version_id: int) -> ModelVersion:
+def model_version_detail(request: HttpRequest, slug: str, version_id: ObjectId) -> ModelVersion:
     """A model version's card fields, metrics, full lineage and files."""
     return _model_version(team_access(request, slug), version_id)
 
@@ -553,7 +611,7 @@ def model_version_detail(request: HttpRequest, slug: str, version_id: int) -> Mo
     response={200: ModelVersionDetail, 400: Error, 403: Error, 404: Error},
     summary="Edit a model card",
 )
-def update_model_card(request: HttpRequest, slug: str, version_id: int, body: CardPatch) -> ModelVersion:
+def update_model_card(request: HttpRequest, slug: str, version_id: ObjectId, body: CardPatch) -> ModelVersion:
     """Change the card's intended use and limitations (fields left out keep their text)."""
     access = team_access(request, slug)
     version = _model_version(access, version_id)
@@ -572,7 +630,7 @@ def update_model_card(request: HttpRequest, slug: str, version_id: int, body: Ca
     summary="Model card (Markdown)",
     openapi_extra={"responses": {200: {"description": "The card", "content": {"text/markdown": {}}}}},
 )
-def model_card(request: HttpRequest, slug: str, version_id: int) -> HttpResponse:
+def model_card(request: HttpRequest, slug: str, version_id: ObjectId) -> HttpResponse:
     """The model card as Markdown: intended use, limitations, training data, settings and evaluation."""
     version = _model_version(team_access(request, slug), version_id)
     return HttpResponse(registry.model_card(version), content_type="text/markdown; charset=utf-8")
@@ -585,7 +643,7 @@ def model_card(request: HttpRequest, slug: str, version_id: int) -> HttpResponse
     openapi_extra={"responses": {200: {"description": "A zip archive", "content": {"application/zip": {}}}}},
 )
 def download_model_version(
-    request: HttpRequest, slug: str, version_id: int, merged: bool = False
+    request: HttpRequest, slug: str, version_id: ObjectId, merged: bool = False
 ) -> StreamingHttpResponse:
     """A zip of the adapter (or model) files, tokenizer and model card; ``?merged=true`` for the merged model."""
     access = team_access(request, slug)
@@ -601,7 +659,7 @@ def download_model_version(
     response={204: None, 403: Error, 404: Error},
     summary="Delete a model version",
 )
-def delete_model_version(request: HttpRequest, slug: str, version_id: int) -> Status:
+def delete_model_version(request: HttpRequest, slug: str, version_id: ObjectId) -> Status:
     """Delete the model version and its files (owners and admins; an audit tombstone remains)."""
     access = team_access(request, slug)
     registry.delete_version(access=access, version=_model_version(access, version_id), ip=client_ip(request))

@@ -74,6 +74,13 @@ forward and backward); DPO adds the reference model's forward (2·N). Seconds = 
 (d × FLOP/s per device), the FLOP/s being the median achieved by the team's finished runs on the pool
 (``achieved_flops_per_second``) or else the pool's peak × its assumed efficiency. GPU-hours = seconds /
 3600 × d (a CPU pool reports device-hours too), cost = GPU-hours × the price per GPU-hour.
+
+Time and cost are also given as a range (``seconds_low``–``seconds_high``, ``cost_low``–``cost_high``), with
+its basis in ``range_basis``, because a run's speed varies (another job sharing the cores or the GPU, a
+busier disk). From the team's finished runs: the time at the fastest and at the slowest of their speeds,
+widened to at least ``MEASURED_SPREAD`` either side of the median's figure (one run, or a few alike, still
+vary). With no finished runs the efficiency is a guess: the real one is taken to lie between a third of it
+and twice it (``ASSUMED_SLOWER``, ``ASSUMED_FASTER``), so the range runs from half to three times the figure.
 """
 
 from __future__ import annotations
@@ -96,6 +103,11 @@ CPU_RUNTIME_BYTES = 540 * MIB
 CUDA_RUNTIME_BYTES = GIB // 2
 # Share of a device's memory a run may plan to use (allocator fragmentation and estimate error).
 FIT_SHARE = 0.9
+# The time range (module docstring): measured runs vary at least this factor either way from their median;
+# an assumed efficiency may be this many times too optimistic (slower) or too pessimistic (faster).
+MEASURED_SPREAD = 1.25
+ASSUMED_SLOWER = 3.0
+ASSUMED_FASTER = 2.0
 
 NF4_BYTES = 0.5
 NF4_CONSTANTS_DOUBLE_QUANT = 8 / 8 / 64 + 4 / (64 * 256)  # 8-bit absmax per 64 weights + fp32 per 256 blocks
@@ -318,6 +330,12 @@ class Estimate:
     device_memory_bytes: int = 0
     host_bytes: int = 0  # ZeRO-3 offload: optimizer state and parameters held in host memory
     notes: list[str] = field(default_factory=list)
+    # The range around ``seconds`` and ``cost`` and what it rests on (module docstring).
+    seconds_low: float = 0.0
+    seconds_high: float = 0.0
+    cost_low: float | None = None
+    cost_high: float | None = None
+    range_basis: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types, for the API and the job record."""
@@ -681,7 +699,7 @@ def estimate(
 
     ``dataset_rows`` / ``dataset_tokens``: the training split. ``observed_flops_per_second``: FLOP/s per
     device of the team's finished runs on this pool (``achieved_flops_per_second``); their median replaces
-    the pool's assumed efficiency.
+    the pool's assumed efficiency, and their spread gives the time and cost range.
     """
     method = str(config.get("method", "lora"))
     sequence = min(int(config.get("max_seq_length", 512)), shape.context_length or 10**9)
@@ -698,9 +716,25 @@ def estimate(
         speed = pool.peak_flops * pool.efficiency
         source = f"assumed {pool.efficiency:.0%} of peak ({pool.peak_flops / 1e12:g} TFLOP/s per {pool.device_word})"
     per_token = flops_per_token(shape, method, tokens_per_sequence, stage=str(config.get("stage", "sft")))
-    seconds = tokens_to_train * per_token / max(speed * pool.devices, 1.0)
+    work = tokens_to_train * per_token / pool.devices  # FLOPs per device
+
+    def time_at(flops_per_second: float) -> float:
+        return work / max(flops_per_second, 1.0 / pool.devices)
+
+    seconds = time_at(speed)
+    if usable:
+        low = min(time_at(max(usable)), seconds / MEASURED_SPREAD)
+        high = max(time_at(min(usable)), seconds * MEASURED_SPREAD)
+        basis = f"from {len(usable)} finished {runs} on this pool"
+    else:
+        low, high = seconds / ASSUMED_FASTER, seconds * ASSUMED_SLOWER
+        basis = "no finished runs on this pool yet: assumed efficiency"
     gpu_hours = seconds / 3600 * pool.devices
-    cost = round(gpu_hours * price_per_gpu_hour, 2) if price_per_gpu_hour is not None else None
+
+    def cost_of(duration: float) -> float | None:
+        return round(duration / 3600 * pool.devices * price_per_gpu_hour, 2) if price_per_gpu_hour is not None else None
+
+    cost = cost_of(seconds)
     total = memory.total
     fits = total <= FIT_SHARE * pool.memory_bytes
     return Estimate(
@@ -720,6 +754,11 @@ def estimate(
         device_memory_bytes=pool.memory_bytes,
         host_bytes=memory.host_bytes,
         notes=memory.notes,
+        seconds_low=round(low, 1),
+        seconds_high=round(high, 1),
+        cost_low=cost_of(low),
+        cost_high=cost_of(high),
+        range_basis=basis,
     )
 
 

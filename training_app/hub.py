@@ -13,6 +13,10 @@ anything, and refuses, with a message that says what to do:
 
 Files go to a staging folder next to the target and are renamed into place when complete, then
 inspected by ``training_app.engine.inspection`` like any other folder. ``HF_ENDPOINT`` points at a mirror.
+
+A failed download can be retried (``retry_download``) or the model deleted with its partial files
+(``delete_model``), by those who may add models; deletion is refused while jobs or model versions made
+from it exist.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 
 from accounts import audit
@@ -73,6 +77,89 @@ def request_download(*, access: TeamAccess, repo_id: str, revision: str = "", ip
                      revision=revision or "main")  # fmt: skip
         transaction.on_commit(lambda: _enqueue(model.pk))
     return model
+
+
+def retry_download(*, access: TeamAccess, model: BaseModel, ip: str | None = None) -> BaseModel:
+    """Start a failed download of one of the team's Hub models again, from the first file."""
+    access.require(Perm.LAUNCH_TRAINING)
+    _require_team_hub_model(access, model)
+    with transaction.atomic():
+        restarted = BaseModel.objects.filter(pk=model.pk, team=access.team, status=BaseModel.Status.FAILED).update(
+            status=BaseModel.Status.DOWNLOADING, progress=0.0, error=""
+        )
+        if not restarted:
+            raise ValidationError({"status": f"{model.name} is {model.get_status_display().lower()}: only a failed "
+                                   "download can be retried"})  # fmt: skip
+        model.refresh_from_db()
+        audit.record("model.download_retried", access=access, target=model, ip=ip, repo_id=model.repo_id,
+                     revision=model.revision or "main")  # fmt: skip
+        transaction.on_commit(lambda: _enqueue(model.pk))
+    return model
+
+
+def dependents(model: BaseModel) -> tuple[int, int]:
+    """How many of its team's training jobs and model versions were made from ``model``."""
+    from training_app.models import ModelVersion, TrainingJob
+
+    if model.team is None:
+        return 0, 0
+    jobs = TrainingJob.objects.for_team(model.team).filter(base_model=model).count()
+    versions = ModelVersion.objects.for_team(model.team).filter(base_model=model).count()
+    return jobs, versions
+
+
+def delete_model(*, access: TeamAccess, model: BaseModel, ip: str | None = None) -> None:
+    """Remove one of the team's Hub models and its files (complete or partial).
+
+    Refused (``ValidationError``) while it downloads, and while jobs or model versions made from it
+    exist: an adapter is useless without its base model, and a job would lose what it trained.
+    """
+    access.require(Perm.LAUNCH_TRAINING)
+    _require_team_hub_model(access, model)
+    with transaction.atomic():
+        locked = BaseModel.objects.select_for_update().filter(pk=model.pk, team=access.team).first()
+        if locked is None:
+            return
+        if locked.status == BaseModel.Status.DOWNLOADING:
+            raise ValidationError({"status": f"{locked.name} is still downloading: wait until it is ready or "
+                                   "has failed, then delete it"})  # fmt: skip
+        jobs, versions = dependents(locked)
+        if jobs or versions:
+            made = " and ".join(
+                f"{count} {noun}{'s' if count != 1 else ''}"
+                for count, noun in ((jobs, "training job"), (versions, "model version"))
+                if count
+            )
+            raise ValidationError(
+                {"base_model": f"{made} of this team {'were' if jobs + versions > 1 else 'was'} made from "
+                 f"{locked.name}: delete {'them' if jobs + versions > 1 else 'it'} first, then the base model"}
+            )  # fmt: skip
+        folders = _model_folders(access, locked)
+        audit.record("model.deleted", access=access, target=locked, ip=ip, name=locked.name,
+                     repo_id=locked.repo_id, status=locked.status)  # fmt: skip
+        locked.delete()
+        transaction.on_commit(lambda: _remove(folders))
+
+
+def _require_team_hub_model(access: TeamAccess, model: BaseModel) -> None:
+    if model.team_id != access.team.pk:
+        raise PermissionDenied("This base model is provided to every team by the studio's operators; ask them.")
+    if model.source != BaseModel.Source.HUB:
+        raise PermissionDenied("An operator registered this model folder; ask them to remove it (admin).")
+
+
+def _remove(folders: list[Path]) -> None:
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _model_folders(access: TeamAccess, model: BaseModel) -> list[Path]:
+    """The model's folder and its download's staging folder, when they are where the studio puts them."""
+    teams_dir = (services.models_dir() / "teams" / str(access.team.pk)).resolve()
+    target = Path(model.path).resolve()
+    if not target.is_relative_to(teams_dir) or target == teams_dir:
+        return []
+    return [target, target.with_name(f".{target.name}.partial")]
 
 
 def _enqueue(model_id: int) -> None:

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -28,10 +30,11 @@ from django.utils import timezone
 from accounts import audit
 from accounts.permissions import TeamAccess, require_object_action
 from accounts.roles import Perm
+from datasets_app import services as dataset_services
 from datasets_app.models import DatasetVersion
 from training_app import estimator, presets
 from training_app.engine.config import ConfigError, RunConfig
-from training_app.models import ACTIVE_STATUSES, BaseModel, JobMetric, JobStatus, TrainingJob
+from training_app.models import ACTIVE_STATUSES, BaseModel, JobMetric, JobStatus, ModelVersion, TrainingJob
 
 log = logging.getLogger(__name__)
 
@@ -213,10 +216,7 @@ def usable_base_models(access: TeamAccess) -> QuerySet[BaseModel]:
 
 def usable_dataset_versions(access: TeamAccess) -> QuerySet[DatasetVersion]:
     """Ready dataset versions of datasets this person may train on (restricted ones need a share)."""
-    from accounts.permissions import visible_objects
-    from datasets_app.models import Dataset
-
-    datasets = visible_objects(access, Dataset.objects.for_team(access.team), "use")
+    datasets = dataset_services.visible_datasets(access, "use")
     return (
         DatasetVersion.objects.for_team(access.team)
         .filter(dataset__in=datasets, status="ready")
@@ -333,11 +333,7 @@ def can_cancel(access: TeamAccess, job: TrainingJob) -> bool:
     """Admins cancel any job; members (and team API keys) with the launch permission cancel their own."""
     if not job.is_active or not access.can(Perm.LAUNCH_TRAINING):
         return False
-    if access.is_admin:
-        return True
-    if access.api_key is not None:
-        return job.created_by_key_id == access.api_key.pk
-    return access.user is not None and job.created_by_id == access.user.pk
+    return access.is_admin or launched_by(access, job)
 
 
 def cancel_job(*, access: TeamAccess, job: TrainingJob, ip: str | None = None) -> TrainingJob:
@@ -363,6 +359,71 @@ def cancel_job(*, access: TeamAccess, job: TrainingJob, ip: str | None = None) -
     return locked
 
 
+def launched_by(access: TeamAccess, job: TrainingJob) -> bool:
+    if access.api_key is not None:
+        return job.created_by_key_id == access.api_key.pk
+    return access.user is not None and job.created_by_id == access.user.pk
+
+
+def can_delete(access: TeamAccess, job: TrainingJob) -> bool:
+    """Admins delete any finished job; members (and team API keys) with the launch permission their own."""
+    if not job.is_finished or not access.can(Perm.LAUNCH_TRAINING):
+        return False
+    return access.is_admin or launched_by(access, job)
+
+
+def delete_job(*, access: TeamAccess, job: TrainingJob, ip: str | None = None) -> None:
+    """Delete a finished job: its row, metrics, log, data split, checkpoints and run files.
+
+    The model version it produced stays, with its files and lineage (``ModelVersion.job`` becomes empty).
+    An active job is refused (``ValidationError``): cancel it first.
+    """
+    access.require(Perm.LAUNCH_TRAINING)
+    if not access.is_admin and not launched_by(access, job):
+        raise PermissionDenied("Only the person who launched this job, or an admin, can delete it.")
+    with transaction.atomic():
+        locked = TrainingJob.objects.for_team(access.team).select_for_update().filter(pk=job.pk).first()
+        if locked is None:
+            return
+        if not locked.is_finished:
+            raise ValidationError(
+                {"status": f"the job is still {locked.get_status_display().lower()}: cancel it first, then delete it"}
+            )
+        folder = locked.folder()
+        kept = [
+            Path(path)
+            for path in ModelVersion.objects.for_team(access.team)
+            .filter(job=locked)
+            .values_list("path", "merged_path")
+            .first()
+            or ()
+            if path
+        ]
+        audit.record("job.deleted", access=access, target=locked, ip=ip, name=locked.name, status=locked.status)
+        locked.delete()
+        transaction.on_commit(lambda: remove_run_files(folder, keep=kept))
+
+
+def remove_run_files(folder: Path, *, keep: list[Path]) -> None:
+    """Remove ``folder`` except the paths in ``keep`` (a model version's files) and the folders above them."""
+    kept = [path.resolve() for path in keep]
+    if not folder.is_dir():
+        return
+    if not any(path.is_relative_to(folder.resolve()) for path in kept):
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for child in folder.iterdir():
+        resolved = child.resolve()
+        if resolved in kept:
+            continue
+        if child.is_dir() and not child.is_symlink() and any(path.is_relative_to(resolved) for path in kept):
+            remove_run_files(child, keep=kept)
+        elif child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
 def clone_values(job: TrainingJob) -> dict[str, Any]:
     """A job's settings as the form's flat values (target modules back to comma-separated text)."""
     flat = presets.flatten(job.config)
@@ -378,13 +439,10 @@ def visible_jobs(access: TeamAccess) -> QuerySet[TrainingJob]:
     A job's config, metrics, log, generations and lineage describe its data, so they are as private as the
     data; ``restricted`` is recorded at launch, so this holds after the dataset is deleted too.
     """
-    from accounts.permissions import visible_objects
-    from datasets_app.models import Dataset
-
     jobs = TrainingJob.objects.for_team(access.team).select_related("base_model", "dataset_version__dataset")
     if access.is_admin:
         return jobs
-    datasets = visible_objects(access, Dataset.objects.for_team(access.team), "view")
+    datasets = dataset_services.visible_datasets(access)
     allowed = Q(restricted=False) | Q(dataset_version__dataset__in=datasets)
     if access.user is not None:
         allowed |= Q(created_by=access.user)

@@ -113,8 +113,14 @@ def update_card(
 
 
 def model_card(version: ModelVersion) -> str:
-    """The model card as Markdown (shown on the page, and README.md in the download)."""
-    return render_to_string("training/model_card.md", {"version": version, "lineage": version.lineage})
+    """The model card as Markdown text: README.md in the download, text/markdown in the API, and on the page.
+
+    Its template renders with autoescape off, so names and card fields read as typed, and
+    ``render_to_string`` would mark that text safe for HTML, which it is not: it is handed back as a
+    plain ``str``, and a page that shows it escapes it like any other member-written text.
+    """
+    rendered = render_to_string("training/model_card.md", {"version": version, "lineage": version.lineage})
+    return str.__str__(rendered)  # a plain str copy, without SafeString's "already escaped" mark
 
 
 def artifact_files(version: ModelVersion, *, merged: bool = False) -> list[tuple[Path, str]]:

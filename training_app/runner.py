@@ -52,6 +52,7 @@ from training_app.engine.reporting import (
     STATUS_FILE,
     SUPERVISOR_PID_ENV,
     read_json,
+    readable_log,
 )
 from training_app.models import JobMetric, JobStatus, TrainingJob
 
@@ -362,7 +363,8 @@ class Supervisor:
                 text = source.read().decode("utf-8", errors="replace")
         except OSError:
             return ""
-        return "\n".join(text.splitlines()[-LOG_TAIL_LINES:])
+        # The page and the API show the readable log; train.log keeps everything for the operator.
+        return "\n".join(readable_log(text).splitlines()[-LOG_TAIL_LINES:])
 
     # ---- 5. finish --------------------------------------------------------------------------------------
 

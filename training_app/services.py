@@ -1,4 +1,10 @@
-"""What the training app can do (so far: the base-model registry)."""
+"""What the training app can do, for the rest of the studio: the front door other apps and pages call.
+
+Base models (registered folders, what a team may fine-tune), training jobs (``visible_jobs``) and the
+model versions they produce (``visible_versions``). The work itself lives in ``jobs`` (launching,
+cancelling, reaping), ``runner`` (the Celery side of a run) and ``registry`` (model versions and cards);
+other apps import it from here.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +20,20 @@ from accounts import audit
 from accounts.models import Team
 from accounts.permissions import TeamAccess
 from training_app.engine.inspection import UnsafeModel, inspect_model
+from training_app.jobs import usable_base_models, visible_jobs
 from training_app.models import BaseModel
+from training_app.registry import versions_trained_on, visible_versions
+
+__all__ = [
+    "STARTER_MODEL_NAME",
+    "available_models",
+    "models_dir",
+    "register_model_folder",
+    "usable_base_models",
+    "versions_trained_on",
+    "visible_jobs",
+    "visible_versions",
+]
 
 STARTER_MODEL_NAME = "atelier-starter"
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 from django.contrib import messages
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseBase, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
@@ -20,16 +20,14 @@ from django.urls import reverse
 from django.utils.text import slugify
 from django.views.decorators.http import require_POST
 
-from accounts import services as account_services
-from accounts.forms import ShareForm
 from accounts.http import add_service_errors, client_ip
-from accounts.models import Membership
-from accounts.permissions import TeamAccess, require_object_action, require_perm
-from accounts.roles import Perm, Role
-from accounts.views import apply_share_form
+from accounts.permissions import TeamAccess, TeamRequest, require_object_action, require_perm
+from accounts.roles import Perm
+from accounts.views import apply_share_form, sharing_panel
 from datasets_app import services as dataset_services
 from datasets_app.models import DatasetVersion
 from training_app import hub, jobs, presets, registry, services
+from training_app.engine.reporting import readable_log
 from training_app.estimator import GIB
 from training_app.forms import (
     MAIN_SETTINGS,
@@ -42,16 +40,13 @@ from training_app.forms import (
     initial_values,
     service_errors,
 )
-from training_app.models import ModelVersion, TrainingJob
+from training_app.models import BaseModel, JobStatus, ModelVersion, TrainingJob
 
 JOBS_PER_PAGE = 50
 MAX_COMPARED = 8
 DEFAULT_PRESET = presets.PRESETS[0].slug
 CUDA_ONLY_REASON = "needs an NVIDIA GPU with CUDA; this studio's workers are CPU-only"
 
-
-def _access(request: HttpRequest) -> TeamAccess:
-    return request.access  # type: ignore[attr-defined]
 
 
 def _int(value: str | None) -> int | None:
@@ -77,9 +72,9 @@ def _version(access: TeamAccess, version_id: int, action: str = "view") -> tuple
 
 
 @require_perm(Perm.VIEW_TEAM)
-def job_list(request: HttpRequest, team_slug: str) -> HttpResponse:
+def job_list(request: TeamRequest, team_slug: str) -> HttpResponse:
     """The team's jobs, newest first; an active row refreshes itself (``?part=row&job=<id>``)."""
-    access = _access(request)
+    access = request.access
     if request.GET.get("part") == "row":
         return render(request, "training/_job_row.html", {"job": _job(access, _int(request.GET.get("job")))})
     page = Paginator(jobs.visible_jobs(access).select_related("created_by"), JOBS_PER_PAGE).get_page(
@@ -102,9 +97,9 @@ def _job_form(access: TeamAccess, **kwargs: Any) -> JobForm:
 
 
 @require_perm(Perm.LAUNCH_TRAINING)
-def job_new(request: HttpRequest, team_slug: str) -> HttpResponse:
+def job_new(request: TeamRequest, team_slug: str) -> HttpResponse:
     """The job form (``?preset=<slug>``, ``?clone=<job id>``, ``?dataset_version=<id>``); POST launches."""
-    access = _access(request)
+    access = request.access
     notices: list[str] = []
     if request.method == "POST":
         form = _job_form(access, data=request.POST)
@@ -124,7 +119,8 @@ def job_new(request: HttpRequest, team_slug: str) -> HttpResponse:
             except ValidationError as error:
                 add_setting_errors(form, service_errors(error))
             else:
-                messages.success(request, f"“{job.name}” is queued; it starts when a worker is free.")
+                # No flash message: the page is polled, not reloaded, so it would stay for the whole run; the
+                # live part says "queued" for as long as the job is.
                 return redirect("training:job", team_slug, job.pk)
         estimate_form = form
     else:
@@ -150,9 +146,9 @@ def job_new(request: HttpRequest, team_slug: str) -> HttpResponse:
 
 @require_POST
 @require_perm(Perm.LAUNCH_TRAINING)
-def job_estimate(request: HttpRequest, team_slug: str) -> HttpResponse:
+def job_estimate(request: TeamRequest, team_slug: str) -> HttpResponse:
     """The estimate panel for the form as it is now (htmx, on every change of the form)."""
-    access = _access(request)
+    access = request.access
     return render(request, "training/_estimate.html", _estimate_context(access, _job_form(access, data=request.POST)))
 
 
@@ -280,9 +276,9 @@ def _preset_cards(access: TeamAccess) -> list[dict[str, Any]]:
 
 
 @require_perm(Perm.VIEW_TEAM)
-def job_detail(request: HttpRequest, team_slug: str, job_id: int) -> HttpResponse:
+def job_detail(request: TeamRequest, team_slug: str, job_id: int) -> HttpResponse:
     """Status, progress, live charts and log while it runs; evaluation and the model when it is done."""
-    access = _access(request)
+    access = request.access
     job = _job(access, job_id)
     live = _live_context(access, job)
     if request.GET.get("part") == "live":
@@ -297,6 +293,7 @@ def job_detail(request: HttpRequest, team_slug: str, job_id: int) -> HttpRespons
         "dataset_version_url": _dataset_version_url(access, job.dataset_version),
         "cloned_from": _clone_source(access, job.cloned_from_id),
         "can_launch": access.can(Perm.LAUNCH_TRAINING),
+        "can_delete": jobs.can_delete(access, job),
     }
     return render(request, "training/job.html", context)
 
@@ -305,6 +302,8 @@ def _live_context(access: TeamAccess, job: TrainingJob) -> dict[str, Any]:
     series = jobs.metric_series(job)
     return {
         "job": job,
+        "status_note": _status_note(job),
+        "log": readable_log(job.log_tail),
         "can_cancel": jobs.can_cancel(access, job),
         "charts": {
             "loss": {"training loss": series["loss"], "validation loss": series["eval_loss"]},
@@ -318,6 +317,16 @@ def _live_context(access: TeamAccess, job: TrainingJob) -> dict[str, Any]:
         "model_version": registry.visible_versions(access).filter(job=job).first() if job.is_finished else None,
         "can_see_data": _can_see_training_data(access, job),
     }
+
+
+def _status_note(job: TrainingJob) -> str:
+    """One sentence beside the status pill: what the run is doing now, or how it ended (never the pill again)."""
+    if job.status == JobStatus.SUCCEEDED:
+        return "The model is ready."
+    if job.status in (JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.QUEUED):
+        return ""  # the failure card says why; the progress line says what queued means
+    phase = job.phase.capitalize() if job.phase and job.phase != job.status else ""
+    return ": ".join(part for part in (phase, job.message) if part)
 
 
 def _can_see_training_data(access: TeamAccess, job: TrainingJob) -> bool:
@@ -375,8 +384,8 @@ def _yaml(config: dict[str, Any]) -> str:
 
 @require_POST
 @require_perm(Perm.LAUNCH_TRAINING)
-def job_cancel(request: HttpRequest, team_slug: str, job_id: int) -> HttpResponse:
-    access = _access(request)
+def job_cancel(request: TeamRequest, team_slug: str, job_id: int) -> HttpResponse:
+    access = request.access
     job = _job(access, job_id)
     try:
         job = jobs.cancel_job(access=access, job=job, ip=client_ip(request))
@@ -387,19 +396,38 @@ def job_cancel(request: HttpRequest, team_slug: str, job_id: int) -> HttpRespons
     return redirect("training:job", team_slug, job.pk)
 
 
+@require_perm(Perm.LAUNCH_TRAINING)
+def job_delete(request: TeamRequest, team_slug: str, job_id: int) -> HttpResponse:
+    """Ask, then delete a finished job and its run files; the model version it made stays."""
+    access = request.access
+    job = _job(access, job_id)
+    if request.method == "POST":
+        try:
+            jobs.delete_job(access=access, job=job, ip=client_ip(request))
+        except ValidationError as error:
+            messages.error(request, " ".join(error.messages).capitalize() + ".")
+            return redirect("training:job", team_slug, job.pk)
+        messages.success(request, f"Job “{job.name}” and its run files were deleted.")
+        return redirect("training:list", team_slug)
+    if not (access.is_admin or jobs.launched_by(access, job)):
+        raise PermissionDenied("Only the person who launched this job, or an admin, can delete it.")
+    model_version = registry.visible_versions(access).filter(job=job).first()
+    return render(request, "training/job_confirm_delete.html", {"job": job, "model_version": model_version})
+
+
 @require_perm(Perm.VIEW_TEAM)
-def job_config(request: HttpRequest, team_slug: str, job_id: int) -> HttpResponse:
+def job_config(request: TeamRequest, team_slug: str, job_id: int) -> HttpResponse:
     """The run settings as YAML, to keep next to the model or to diff."""
-    job = _job(_access(request), job_id)
+    job = _job(request.access, job_id)
     response = HttpResponse(_yaml(job.config), content_type="application/yaml; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{slugify(job.name) or "job"}-{job.pk}.yaml"'
     return response
 
 
 @require_perm(Perm.VIEW_TEAM)
-def job_compare(request: HttpRequest, team_slug: str) -> HttpResponse:
+def job_compare(request: TeamRequest, team_slug: str) -> HttpResponse:
     """Loss curves overlaid, final metrics side by side, and the settings that differ (``?jobs=1&jobs=2``)."""
-    access = _access(request)
+    access = request.access
     ids = [job_id for job_id in dict.fromkeys(map(_int, request.GET.getlist("jobs"))) if job_id is not None]
     if len(ids) < 2:
         messages.warning(request, "Tick at least two jobs to compare.")
@@ -462,8 +490,8 @@ def _display(value: Any) -> str:
 
 
 @require_perm(Perm.VIEW_TEAM)
-def model_list(request: HttpRequest, team_slug: str) -> HttpResponse:
-    access = _access(request)
+def model_list(request: TeamRequest, team_slug: str) -> HttpResponse:
+    access = request.access
     context = {
         "models": services.available_models(access),
         "versions": registry.visible_versions(access),
@@ -479,9 +507,9 @@ def _hub_form(request: HttpRequest) -> HubModelForm:
 
 @require_POST
 @require_perm(Perm.LAUNCH_TRAINING)
-def model_add_hub(request: HttpRequest, team_slug: str) -> HttpResponse:
+def model_add_hub(request: TeamRequest, team_slug: str) -> HttpResponse:
     """Start downloading a Hub model into the team's base models (a task with progress)."""
-    access = _access(request)
+    access = request.access
     form = _hub_form(request)
     if form.is_valid():
         try:
@@ -489,7 +517,7 @@ def model_add_hub(request: HttpRequest, team_slug: str) -> HttpResponse:
         except ValidationError as error:
             add_service_errors(form, error)
         else:
-            messages.success(request, f"Downloading {model.name}: safetensors files only, checked before use.")
+            # No flash message: the model's page says "Downloading…" while it does, and only the failure if it fails.
             return redirect("training:model_detail", team_slug, model.pk)
     context = {
         "models": services.available_models(access),
@@ -501,16 +529,56 @@ def model_add_hub(request: HttpRequest, team_slug: str) -> HttpResponse:
 
 
 @require_perm(Perm.VIEW_TEAM)
-def model_detail(request: HttpRequest, team_slug: str, model_id: int) -> HttpResponse:
-    model = get_object_or_404(services.available_models(_access(request)), pk=model_id)
+def model_detail(request: TeamRequest, team_slug: str, model_id: int) -> HttpResponse:
+    access = request.access
+    model = get_object_or_404(services.available_models(access), pk=model_id)
     template = "training/_model_status.html" if request.GET.get("part") == "status" else "training/model_detail.html"
-    return render(request, template, {"model": model})
+    context = {"model": model, "can_manage": _can_manage_model(access, model)}
+    return render(request, template, context)
+
+
+def _can_manage_model(access: TeamAccess, model: BaseModel) -> bool:
+    """Retry and delete: the team's own Hub models, for those who may add them."""
+    return access.can(Perm.LAUNCH_TRAINING) and model.team_id == access.team.pk and model.source == "hub"
+
+
+@require_POST
+@require_perm(Perm.LAUNCH_TRAINING)
+def model_retry(request: TeamRequest, team_slug: str, model_id: int) -> HttpResponse:
+    """Download a failed Hub model again (after fixing what the failure named)."""
+    access = request.access
+    model = get_object_or_404(services.available_models(access), pk=model_id)
+    try:
+        hub.retry_download(access=access, model=model, ip=client_ip(request))
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages).capitalize() + ".")
+    return redirect("training:model_detail", team_slug, model.pk)
+
+
+@require_perm(Perm.LAUNCH_TRAINING)
+def model_delete(request: TeamRequest, team_slug: str, model_id: int) -> HttpResponse:
+    """Ask, then remove one of the team's Hub models and its files (refused while jobs or versions use it)."""
+    access = request.access
+    model = get_object_or_404(services.available_models(access), pk=model_id)
+    if request.method == "POST":
+        try:
+            hub.delete_model(access=access, model=model, ip=client_ip(request))
+        except ValidationError as error:
+            messages.error(request, " ".join(error.messages).capitalize() + ".")
+            return redirect("training:model_detail", team_slug, model.pk)
+        messages.success(request, f"Base model “{model.name}” and its files were deleted.")
+        return redirect("training:models", team_slug)
+    if not _can_manage_model(access, model):
+        raise PermissionDenied("Only the team's own Hub models can be deleted here; ask an operator for the others.")
+    jobs_count, versions_count = hub.dependents(model)
+    context = {"model": model, "jobs_count": jobs_count, "versions_count": versions_count}
+    return render(request, "training/model_confirm_delete.html", context)
 
 
 @require_perm(Perm.VIEW_TEAM)
-def version_detail(request: HttpRequest, team_slug: str, version_id: int) -> HttpResponse:
+def version_detail(request: TeamRequest, team_slug: str, version_id: int) -> HttpResponse:
     """A trained model: its card, metrics, lineage, downloads, sharing."""
-    access = _access(request)
+    access = request.access
     version, actions = _version(access, version_id)
     form = ModelCardForm(initial={"intended_use": version.intended_use, "limitations": version.limitations})
     return render(request, "training/version.html", _version_context(access, version, actions, form))
@@ -518,9 +586,9 @@ def version_detail(request: HttpRequest, team_slug: str, version_id: int) -> Htt
 
 @require_POST
 @require_perm(Perm.VIEW_TEAM)
-def version_card(request: HttpRequest, team_slug: str, version_id: int) -> HttpResponse:
+def version_card(request: TeamRequest, team_slug: str, version_id: int) -> HttpResponse:
     """Edit the card's intended use and limitations."""
-    access = _access(request)
+    access = request.access
     version, actions = _version(access, version_id, "change")
     form = ModelCardForm(request.POST)
     if form.is_valid():
@@ -538,29 +606,21 @@ def version_card(request: HttpRequest, team_slug: str, version_id: int) -> HttpR
 def _version_context(
     access: TeamAccess, version: ModelVersion, actions: set[str], form: ModelCardForm
 ) -> dict[str, Any]:
-    members = list(Membership.objects.filter(team=access.team).select_related("user"))
-    shares = account_services.shares_of(version)
     return {
         "version": version,
         "actions": actions,
         "card": registry.model_card(version),
         "card_form": form,
         "can_download": access.can(Perm.EXPORT_MODELS) and "use" in actions,
+        "can_play": access.can(Perm.USE_PLAYGROUND) and "use" in actions,
+        "can_deploy": access.can(Perm.MANAGE_DEPLOYMENTS) and "use" in actions,
         "job": jobs.visible_jobs(access).filter(pk=version.job_id).first() if version.job_id else None,
         "base_model": services.available_models(access).filter(pk=version.base_model_id).first()
         if version.base_model_id
         else None,
         "datasets": [_lineage_dataset(access, facts) for facts in version.lineage.get("dataset_versions") or []],
         "evaluation": _evaluation(version.metrics or {}),
-        # the sharing panel (accounts/_sharing.html)
-        "shares": [(m, shares[m.user_id]) for m in members if m.user_id in shares],
-        "can_share": access.can(Perm.SHARE_OBJECTS),
-        "has_shareable_members": any(m.role not in (Role.OWNER, Role.ADMIN) for m in members),
-        "share_form": ShareForm(
-            members=Membership.objects.filter(team=access.team).exclude(role__in=[Role.OWNER, Role.ADMIN]),
-            levels=account_services.share_levels_for(ModelVersion),
-        ),
-        "share_url": reverse("training:version_share", args=[access.team.slug, version.pk]),
+        **sharing_panel(access, version, reverse("training:version_share", args=[access.team.slug, version.pk])),
     }
 
 
@@ -580,9 +640,9 @@ def _lineage_dataset(access: TeamAccess, facts: dict[str, Any]) -> dict[str, Any
 
 
 @require_perm(Perm.EXPORT_MODELS)
-def version_download(request: HttpRequest, team_slug: str, version_id: int) -> HttpResponseBase:
+def version_download(request: TeamRequest, team_slug: str, version_id: int) -> HttpResponseBase:
     """A zip of the adapter (or model) files, tokenizer and model card; ``?merged=1`` for the merged model."""
-    access = _access(request)
+    access = request.access
     version, _ = _version(access, version_id)
     try:
         handle, filename = registry.download(
@@ -595,9 +655,9 @@ def version_download(request: HttpRequest, team_slug: str, version_id: int) -> H
 
 
 @require_perm(Perm.VIEW_TEAM)
-def version_delete(request: HttpRequest, team_slug: str, version_id: int) -> HttpResponse:
+def version_delete(request: TeamRequest, team_slug: str, version_id: int) -> HttpResponse:
     """Ask, then delete the model version and its files (owners and admins)."""
-    access = _access(request)
+    access = request.access
     version, _ = _version(access, version_id, "delete")
     if request.method == "POST":
         try:
@@ -613,8 +673,8 @@ def version_delete(request: HttpRequest, team_slug: str, version_id: int) -> Htt
 
 @require_POST
 @require_perm(Perm.SHARE_OBJECTS)
-def version_share(request: HttpRequest, team_slug: str, version_id: int) -> HttpResponse:
-    access = _access(request)
+def version_share(request: TeamRequest, team_slug: str, version_id: int) -> HttpResponse:
+    access = request.access
     version, _ = _version(access, version_id)
     apply_share_form(request, access, version)
     return redirect("training:version", team_slug, version.pk)

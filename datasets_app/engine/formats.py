@@ -319,6 +319,8 @@ def detect_format(filename: str, head: bytes) -> Format:
     name = filename.rsplit("/", 1)[-1]
     extension = name.rsplit(".", 1)[-1].lower() if "." in name else ""
     unsupported = f"{name or 'The file'} is not a supported format; upload JSON Lines, JSON, CSV or Parquet"
+    if extension in {"txt", "text", "md"}:  # plain text has no rows to tell apart: say how to make some
+        unsupported += ' (for raw text, save one document per line as JSON Lines: {"text": "…"})'
     if head.startswith(b"PAR1"):
         return Format.PARQUET
     if head.startswith(b"\x1f\x8b") or head.startswith(b"PK\x03\x04") or extension in _COMPRESSED:

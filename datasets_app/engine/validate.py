@@ -60,20 +60,24 @@ ProgressCallback = Callable[[int, int], None]
 class ProblemSummary:
     """All problems of one code: how many, how many rows they dropped, the fix, and the first examples.
 
-    ``count`` counts every occurrence (a row with three empty turns counts three); ``rows_dropped``
-    counts each dropped row once, under the code of its first problem.
+    ``count`` counts every occurrence (a row with three empty turns counts three); ``rows`` counts the
+    distinct rows that have the problem (what the page shows); ``rows_dropped`` counts each dropped row
+    once, under the code of its first problem.
     """
 
     code: str
     count: int = 0
+    rows: int = 0
     rows_dropped: int = 0
     examples: list[dict[str, Any]] = field(default_factory=list)
+    last_line: int | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         meaning = PROBLEM_CODES[self.code]
         return {
             "code": self.code,
             "count": self.count,
+            "rows": self.rows,
             "rows_dropped": self.rows_dropped,
             "message": meaning.message,
             "hint": meaning.hint,
@@ -129,6 +133,9 @@ class ValidationReport:
         if summary is None:
             summary = self.problems[problem.code] = ProblemSummary(problem.code)
         summary.count += 1
+        if problem.scope == "row" and (problem.line is None or problem.line != summary.last_line):
+            summary.rows += 1  # a row's problems arrive together: a new line is a new row
+            summary.last_line = problem.line
         if drops_row:
             summary.rows_dropped += 1
         if problem.stops_reading:
@@ -397,7 +404,7 @@ def _write_rows(
     report.total_rows = total
     report.valid_rows = valid
     report.rows_written = True
-    report.content_hash = digest.hexdigest()
+    report.content_hash = digest.hexdigest() if valid else None  # no rows: no content to identify
     if total == 0 and not report.problems:
         report.add(
             Problem(None, None, None, "empty_file", "The file holds no rows.", scope="file"),

@@ -12,22 +12,21 @@ from typing import Any
 from django import forms
 from django.contrib import messages
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import URLPattern, path
 from django.views.decorators.http import require_POST
 
 from accounts.http import add_service_errors, client_ip
 from accounts.models import TeamAPIKey
-from accounts.permissions import TeamAccess, require_perm
+from accounts.permissions import TeamAccess, TeamRequest, require_perm
 from accounts.roles import Perm
 from serving_app import deployments
 from serving_app.deployments import UsageSummary
 from serving_app.models import Deployment, UsageRecord
 from training_app.models import ModelVersion
 
-# The daily usage chart: size, and one color per source (API, playground, arena).
-CHART_WIDTH, CHART_HEIGHT, CHART_LEFT, CHART_TOP, CHART_BOTTOM = 720, 180, 48, 10, 20
+# The daily usage chart: one color per source (API, playground, arena).
 SOURCE_COLORS = {
     UsageRecord.Source.API: "#4f46e5",
     UsageRecord.Source.PLAYGROUND: "#e8590c",
@@ -86,6 +85,26 @@ class DeploymentKeysForm(forms.Form):
         _set_queryset(self, "api_keys", deployments.scopable_keys(access))
 
 
+class DeploymentNameChoiceField(forms.ModelMultipleChoiceField):
+    def label_from_instance(self, obj: Any) -> str:
+        return f"{obj.name} ({obj.model_version})"
+
+
+class KeyDeploymentsForm(forms.Form):
+    """The deployments one team API key may call (its page, ``serving/_key_deployments_form.html``)."""
+
+    deployments = DeploymentNameChoiceField(
+        queryset=Deployment.objects.none(),
+        required=False,
+        label="Deployments this key may call",
+        widget=forms.CheckboxSelectMultiple,
+    )
+
+    def __init__(self, *args: Any, access: TeamAccess, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _set_queryset(self, "deployments", deployments.visible_deployments(access))
+
+
 def _set_queryset(form: forms.Form, name: str, queryset: Any) -> None:
     choice_field = form.fields[name]
     assert isinstance(choice_field, forms.ModelChoiceField)
@@ -95,22 +114,22 @@ def _set_queryset(form: forms.Form, name: str, queryset: Any) -> None:
 # --- views --------------------------------------------------------------------------------------
 
 
-def _access(request: HttpRequest) -> TeamAccess:
-    return request.access  # type: ignore[attr-defined]
-
 
 def _deployment(access: TeamAccess, deployment_id: int) -> Deployment:
     return get_object_or_404(deployments.visible_deployments(access), pk=deployment_id)
 
 
 @require_perm(Perm.VIEW_TEAM)
-def deployment_list(request: HttpRequest, team_slug: str) -> HttpResponse:
+def deployment_list(request: TeamRequest, team_slug: str) -> HttpResponse:
     """The team's deployments; owners and admins publish a model version here (POST)."""
-    access = _access(request)
+    access = request.access
     if request.method == "POST":
         access.require(Perm.MANAGE_DEPLOYMENTS)
     can_manage = access.can(Perm.MANAGE_DEPLOYMENTS)
-    form = DeploymentForm(request.POST or None, access=access) if can_manage else None
+    # ``?version=<id>``: a model version's "Deploy" button chooses it in the form (only one this person may deploy).
+    chosen = request.GET.get("version", "")
+    initial = {"model_version": int(chosen)} if chosen.isdigit() and len(chosen) < 19 else {}
+    form = DeploymentForm(request.POST or None, access=access, initial=initial) if can_manage else None
     if form is not None and form.is_bound and form.is_valid():
         try:
             deployment = deployments.create_deployment(
@@ -124,7 +143,14 @@ def deployment_list(request: HttpRequest, team_slug: str) -> HttpResponse:
         except ValidationError as error:
             add_service_errors(form, error)
         else:
-            messages.success(request, f"“{deployment.name}” is deployed: the keys you chose can call it at /v1.")
+            if form.cleaned_data["api_keys"]:
+                messages.success(request, f"“{deployment.name}” is deployed: the keys you chose can call it at /v1.")
+            else:
+                messages.warning(
+                    request,
+                    f"“{deployment.name}” is deployed, but no API key can call it yet: choose keys below, "
+                    "or open it to a key on that key's page (Team API keys).",
+                )
             return redirect("serving:deployment", team_slug, deployment.pk)
     context = {
         "deployments": deployments.visible_deployments(access),
@@ -136,9 +162,9 @@ def deployment_list(request: HttpRequest, team_slug: str) -> HttpResponse:
 
 
 @require_perm(Perm.VIEW_TEAM)
-def deployment_detail(request: HttpRequest, team_slug: str, deployment_id: int) -> HttpResponse:
+def deployment_detail(request: TeamRequest, team_slug: str, deployment_id: int) -> HttpResponse:
     """A deployment: its model version, the keys that may call it, how to call it, and recent usage."""
-    access = _access(request)
+    access = request.access
     deployment = _deployment(access, deployment_id)
     keys = list(deployments.keys_of(deployment))
     shown = deployments.visible_key_ids(access)
@@ -159,9 +185,9 @@ def deployment_detail(request: HttpRequest, team_slug: str, deployment_id: int) 
 
 @require_POST
 @require_perm(Perm.MANAGE_DEPLOYMENTS)
-def deployment_keys(request: HttpRequest, team_slug: str, deployment_id: int) -> HttpResponse:
+def deployment_keys(request: TeamRequest, team_slug: str, deployment_id: int) -> HttpResponse:
     """Save which team API keys may call the deployment (the checked ones, exactly)."""
-    access = _access(request)
+    access = request.access
     deployment = _deployment(access, deployment_id)
     form = DeploymentKeysForm(request.POST, access=access)
     if not form.is_valid():
@@ -175,10 +201,31 @@ def deployment_keys(request: HttpRequest, team_slug: str, deployment_id: int) ->
     return redirect("serving:deployment", team_slug, deployment.pk)
 
 
+@require_POST
 @require_perm(Perm.MANAGE_DEPLOYMENTS)
-def deployment_delete(request: HttpRequest, team_slug: str, deployment_id: int) -> HttpResponse:
+def key_deployments(request: TeamRequest, team_slug: str, key_id: int) -> HttpResponse:
+    """Save which deployments a team API key may call (the checked ones, exactly), from the key's page."""
+    access = request.access
+    key = get_object_or_404(TeamAPIKey.objects.for_team(access.team), pk=key_id)
+    form = KeyDeploymentsForm(request.POST, access=access)
+    if not form.is_valid():
+        messages.error(request, "Choose deployments of this team (reload the page if one was just deleted).")
+        return redirect("accounts:api_key_detail", team_slug, key.pk)
+    chosen = form.cleaned_data["deployments"]
+    try:
+        deployments.set_key_deployments(access=access, key=key, deployments=chosen, ip=client_ip(request))
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages))
+    else:
+        count = len(chosen)
+        messages.success(request, f"Saved: “{key.name}” may call {count} deployment{'s' if count != 1 else ''}.")
+    return redirect("accounts:api_key_detail", team_slug, key.pk)
+
+
+@require_perm(Perm.MANAGE_DEPLOYMENTS)
+def deployment_delete(request: TeamRequest, team_slug: str, deployment_id: int) -> HttpResponse:
     """Ask, then remove the deployment (its name stops answering at /v1; the model version stays)."""
-    access = _access(request)
+    access = request.access
     deployment = _deployment(access, deployment_id)
     if request.method == "POST":
         deployments.delete_deployment(access=access, deployment=deployment, ip=client_ip(request))
@@ -188,77 +235,23 @@ def deployment_delete(request: HttpRequest, team_slug: str, deployment_id: int) 
 
 
 @require_perm(Perm.VIEW_TEAM)
-def usage(request: HttpRequest, team_slug: str) -> HttpResponse:
+def usage(request: TeamRequest, team_slug: str) -> HttpResponse:
     """Tokens per day over 30 days by source, and /v1 requests and tokens per deployment and per key."""
-    access = _access(request)
+    access = request.access
     summary = deployments.usage_summary(access.team, days=30, visible_keys=deployments.visible_key_ids(access))
     return render(request, "serving/usage.html", {"summary": summary, "chart": daily_chart(summary)})
 
 
 def daily_chart(summary: UsageSummary) -> dict[str, Any]:
-    """Stacked SVG bars of tokens per day (one segment per source), with the numbers as tooltips."""
-    top = max((day.total for day in summary.days), default=0)
-    scale = _nice_ceiling(top)
-    slot = (CHART_WIDTH - CHART_LEFT) / max(len(summary.days), 1)
+    """Tokens per day as the stacked bar chart draws them: the days, and one series of counts per source."""
     labels = dict(UsageRecord.Source.choices)
-    bars = []
-    for index, day in enumerate(summary.days):
-        x = round(CHART_LEFT + index * slot + 1, 1)
-        bottom = float(CHART_TOP + CHART_HEIGHT)
-        segments = []
-        for source, color in SOURCE_COLORS.items():
-            tokens = day.tokens.get(source, 0)
-            if not tokens:
-                continue
-            height = CHART_HEIGHT * tokens / scale
-            bottom -= height
-            segments.append(
-                {
-                    "y": round(bottom, 1),
-                    "height": round(height, 1),
-                    "color": color,
-                    "label": f"{day.day:%b %d}: {tokens:,} {labels[source]} tokens",
-                }
-            )
-        bars.append({"x": x, "width": round(max(slot - 2, 1), 1), "segments": segments, "day": day.day})
     return {
-        "bars": bars,
-        "width": CHART_WIDTH,
-        "height": CHART_HEIGHT,
-        "left": CHART_LEFT,
-        "total_height": CHART_TOP + CHART_HEIGHT + CHART_BOTTOM,
-        "ticks": [
-            {"y": round(CHART_TOP + CHART_HEIGHT * (1 - share), 1), "label": _short(scale * share)}
-            for share in (0, 0.5, 1)
-        ],
-        "first": summary.days[0].day if summary.days else None,
-        "last": summary.days[-1].day if summary.days else None,
-        "legend": [
-            {"label": labels[source], "color": color, "total": summary.totals.get(source, 0)}
+        "days": [f"{day.day:%b %d}" for day in summary.days],
+        "series": [
+            (labels[source], color, [day.tokens.get(source, 0) for day in summary.days])
             for source, color in SOURCE_COLORS.items()
         ],
-        "has_data": top > 0,
-        "summary": "Tokens per day: "
-        + "; ".join(f"{labels[source]} {summary.totals.get(source, 0):,} in total" for source in SOURCE_COLORS),
     }
-
-
-def _nice_ceiling(value: float) -> float:
-    """A round axis maximum at or above ``value`` (1, 2 or 5 times a power of ten)."""
-    if value <= 0:
-        return 1.0
-    power = 10 ** (len(str(int(value))) - 1)
-    for step in (1, 2, 5, 10):
-        if value <= step * power:
-            return float(step * power)
-    return float(10 * power)
-
-
-def _short(value: float) -> str:
-    for size, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if value >= size:
-            return f"{value / size:.3g}{suffix}"
-    return f"{value:.0f}"
 
 
 urlpatterns: list[URLPattern] = [
@@ -266,5 +259,6 @@ urlpatterns: list[URLPattern] = [
     path("deployments/<int:deployment_id>/", deployment_detail, name="deployment"),
     path("deployments/<int:deployment_id>/keys", deployment_keys, name="deployment_keys"),
     path("deployments/<int:deployment_id>/delete", deployment_delete, name="deployment_delete"),
+    path("keys/<int:key_id>/deployments/", key_deployments, name="key_deployments"),
     path("usage/", usage, name="usage"),
 ]

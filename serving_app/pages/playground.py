@@ -7,32 +7,30 @@ caller again on every event.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
-from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import URLPattern, path, reverse
 from django.views.decorators.http import require_POST
 
-from accounts import services as account_services
-from accounts.forms import ShareForm
 from accounts.http import add_service_errors, client_ip
-from accounts.models import Membership
-from accounts.permissions import TeamAccess, require_object_action, require_perm
-from accounts.roles import Perm, Role
-from accounts.views import apply_share_form
+from accounts.permissions import TeamAccess, TeamRequest, require_object_action, require_perm
+from accounts.roles import Perm
+from accounts.views import apply_share_form, sharing_panel
 from serving_app import comparisons
 from serving_app.comparisons import ColumnSettings
 from serving_app.models import Comparison
 from serving_app.mount import frame_url
 
 # Where studio.asgi mounts the Gradio app.
-SHARE_LEVELS = account_services.share_levels_for(Comparison)
+# A model's key in the playground's pickers (``serving_app.catalog``): ``base:<id>`` or ``version:<id>``.
+MODEL_KEY = re.compile(r"(base|version):[1-9][0-9]{0,18}")
 
 
 class PresetForm(forms.Form):
@@ -57,17 +55,6 @@ class PresetForm(forms.Form):
         self.fields["max_tokens"].help_text = f"The longest answer, in tokens (the playground allows at most {limit})."
 
 
-def _access(request: HttpRequest) -> TeamAccess:
-    return request.access  # type: ignore[attr-defined]
-
-
-def _shareable_members(access: TeamAccess, comparison: Comparison) -> QuerySet[Membership]:
-    """Members a comparison can be shared with: not the owners and admins (they see it all), not its author."""
-    members = Membership.objects.filter(team=access.team).exclude(role__in=[Role.OWNER, Role.ADMIN])
-    if comparison.created_by_id is not None:
-        members = members.exclude(user_id=comparison.created_by_id)
-    return members
-
 
 def _comparison(access: TeamAccess, comparison_id: int, action: str = "view") -> tuple[Comparison, set[str]]:
     comparison = get_object_or_404(comparisons.visible_comparisons(access), pk=comparison_id)
@@ -75,11 +62,15 @@ def _comparison(access: TeamAccess, comparison_id: int, action: str = "view") ->
 
 
 @require_perm(Perm.VIEW_TEAM)
-def playground(request: HttpRequest, team_slug: str) -> HttpResponse:
-    """The side-by-side playground in a frame (``?comparison=<id>`` reopens a saved comparison)."""
-    access = _access(request)
+def playground(request: TeamRequest, team_slug: str) -> HttpResponse:
+    """The side-by-side playground in a frame (``?comparison=<id>`` reopens a saved comparison, ``?model=<key>``
+    starts the first column on that model; the frame checks again that this person may use it)."""
+    access = request.access
     reopen = request.GET.get("comparison", "")
     params = {"comparison": reopen} if reopen.isdigit() else {}
+    model = request.GET.get("model", "")
+    if MODEL_KEY.fullmatch(model):
+        params["model"] = model
     context = {
         "frame_url": frame_url(access.team.slug, "compare", **params),
         "can_play": access.can(Perm.USE_PLAYGROUND),
@@ -88,43 +79,40 @@ def playground(request: HttpRequest, team_slug: str) -> HttpResponse:
 
 
 @require_perm(Perm.VIEW_TEAM)
-def comparison_list(request: HttpRequest, team_slug: str) -> HttpResponse:
+def comparison_list(request: TeamRequest, team_slug: str) -> HttpResponse:
     """The saved comparisons this person may open."""
-    access = _access(request)
+    access = request.access
     context = {"comparisons": comparisons.visible_comparisons(access), "can_play": access.can(Perm.USE_PLAYGROUND)}
     return render(request, "serving/comparisons.html", context)
 
 
 @require_perm(Perm.VIEW_TEAM)
-def comparison_detail(request: HttpRequest, team_slug: str, comparison_id: int) -> HttpResponse:
+def comparison_detail(request: TeamRequest, team_slug: str, comparison_id: int) -> HttpResponse:
     """A saved comparison read side by side: each turn's answers with their figures; sharing."""
-    access = _access(request)
+    access = request.access
     comparison, actions = _comparison(access, comparison_id)
-    members = list(Membership.objects.filter(team=access.team).select_related("user"))
-    shares = account_services.shares_of(comparison)
-    author = comparison.created_by_id
     context = {
         "comparison": comparison,
         "actions": actions,
         "transcript": transcript(comparison),
         "can_change_visibility": comparisons.can_change_visibility(access, comparison),
         "can_play": access.can(Perm.USE_PLAYGROUND),
-        # the sharing panel (accounts/_sharing.html)
         # (the author's own view/change/delete are not a share)
-        "shares": [(m, shares[m.user_id]) for m in members if m.user_id in shares and m.user_id != author],
-        "can_share": access.can(Perm.SHARE_OBJECTS),
-        "has_shareable_members": any(m.role not in (Role.OWNER, Role.ADMIN) and m.user_id != author for m in members),
-        "share_form": ShareForm(members=_shareable_members(access, comparison), levels=SHARE_LEVELS),
-        "share_url": reverse("serving:comparison_share", args=[team_slug, comparison.pk]),
+        **sharing_panel(
+            access,
+            comparison,
+            reverse("serving:comparison_share", args=[team_slug, comparison.pk]),
+            not_a_share=comparison.created_by_id,
+        ),
     }
     return render(request, "serving/comparison.html", context)
 
 
 @require_POST
 @require_perm(Perm.USE_PLAYGROUND)
-def comparison_share(request: HttpRequest, team_slug: str, comparison_id: int) -> HttpResponse:
+def comparison_share(request: TeamRequest, team_slug: str, comparison_id: int) -> HttpResponse:
     """Share with a named member (admins), or open to / close from the whole team (``restricted``)."""
-    access = _access(request)
+    access = request.access
     comparison, _ = _comparison(access, comparison_id)
     if "restricted" in request.POST:
         restricted = request.POST["restricted"] == "1"
@@ -144,9 +132,9 @@ def comparison_share(request: HttpRequest, team_slug: str, comparison_id: int) -
 
 
 @require_perm(Perm.USE_PLAYGROUND)
-def comparison_delete(request: HttpRequest, team_slug: str, comparison_id: int) -> HttpResponse:
+def comparison_delete(request: TeamRequest, team_slug: str, comparison_id: int) -> HttpResponse:
     """Ask, then delete a saved comparison (its author or an admin)."""
-    access = _access(request)
+    access = request.access
     comparison, _ = _comparison(access, comparison_id, "delete")
     if request.method == "POST":
         comparisons.delete_comparison(access=access, comparison=comparison, ip=client_ip(request))
@@ -156,9 +144,9 @@ def comparison_delete(request: HttpRequest, team_slug: str, comparison_id: int) 
 
 
 @require_perm(Perm.VIEW_TEAM)
-def preset_list(request: HttpRequest, team_slug: str) -> HttpResponse:
+def preset_list(request: TeamRequest, team_slug: str) -> HttpResponse:
     """The team's prompt presets, and a form to add one (members and above)."""
-    access = _access(request)
+    access = request.access
     form = PresetForm()
     if request.method == "POST":
         access.require(Perm.USE_PLAYGROUND)
@@ -191,9 +179,9 @@ def preset_list(request: HttpRequest, team_slug: str) -> HttpResponse:
 
 @require_POST
 @require_perm(Perm.USE_PLAYGROUND)
-def preset_delete(request: HttpRequest, team_slug: str, preset_id: int) -> HttpResponse:
+def preset_delete(request: TeamRequest, team_slug: str, preset_id: int) -> HttpResponse:
     """Delete a preset (the member who saved it, or an admin)."""
-    access = _access(request)
+    access = request.access
     preset = get_object_or_404(comparisons.team_presets(access), pk=preset_id)
     comparisons.delete_preset(access=access, preset=preset, ip=client_ip(request))
     messages.success(request, f"Preset “{preset.name}” deleted.")

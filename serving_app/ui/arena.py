@@ -21,6 +21,7 @@ prompt, max tokens: opens a battle when the session has none open and streams th
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,7 @@ from serving_app import arena
 from serving_app.catalog import Servable, usable_models
 from serving_app.inference import InferenceError, Sampling, stream_answer
 from serving_app.playground import refuse, team_access
+from serving_app.ui.text import markdown_text
 
 SIDES = ("Model A", "Model B")
 DEFAULT_MAX_TOKENS = 256
@@ -56,6 +58,8 @@ INTRO = (
 )
 
 Chat = list[dict[str, str]]
+LEADING_SPACE = re.compile(r"^[ \t]+", flags=re.MULTILINE)
+NO_BREAK_SPACE = "\u00a0"
 # What a service raises to refuse a call; each becomes a message the person can act on (``_refusal``).
 REFUSALS = (Http404, PermissionDenied, ValidationError)
 
@@ -68,8 +72,9 @@ def build_arena(team: gr.State) -> Callable[[Any], None]:
         label="Models in the arena", info="Choose at least two.", elem_id="arena-models", choices=[]
     )
     with gr.Row(equal_height=True):
-        chat_a = gr.Chatbot(label=SIDES[0], elem_id="arena-a", height=420)
-        chat_b = gr.Chatbot(label=SIDES[1], elem_id="arena-b", height=420)
+        # Model answers are untrusted text: Gradio's HTML sanitizer stays on and no custom tag is kept.
+        chat_a = gr.Chatbot(label=SIDES[0], elem_id="arena-a", height=420, sanitize_html=True, allow_tags=False)
+        chat_b = gr.Chatbot(label=SIDES[1], elem_id="arena-b", height=420, sanitize_html=True, allow_tags=False)
     with gr.Row():
         prompt = gr.Textbox(
             label="Your message", placeholder="Ask both models something…", lines=2, scale=5, elem_id="arena-prompt"
@@ -78,26 +83,31 @@ def build_arena(team: gr.State) -> Callable[[Any], None]:
     with gr.Accordion("Settings", open=False):
         max_tokens = gr.Slider(16, 1024, value=DEFAULT_MAX_TOKENS, step=16, label="Max new tokens per answer")
     status = gr.Markdown(elem_id="arena-status")
+    votable = gr.State(False)  # both answers of the open battle are in and it has no vote yet
     with gr.Row():
         votes = {
-            choice: gr.Button(label, elem_id=f"arena-vote-{'bad' if choice == arena.Vote.BOTH_BAD else choice}")
+            choice: gr.Button(
+                label, elem_id=f"arena-vote-{'bad' if choice == arena.Vote.BOTH_BAD else choice}", interactive=False
+            )
             for choice, label in VOTE_BUTTONS.items()
         }
+    buttons = list(votes.values())
     reveal = gr.Markdown(elem_id="arena-reveal")
     new = gr.Button("New battle", variant="secondary", elem_id="arena-new")
 
-    turn_outputs = [chat_a, chat_b, battle, status, prompt, reveal]
+    turn_outputs = [chat_a, chat_b, battle, status, prompt, reveal, votable]
     # Send opens a battle when the session has none open, and otherwise continues it: one handler decides,
-    # so a click never races two handlers over the same prompt.
+    # so a click never races two handlers over the same prompt. The vote buttons are off while answers stream.
     gr.on(
-        [send.click, prompt.submit],
+        [send.click, prompt.submit], vote_buttons, inputs=None, outputs=buttons, queue=False, api_visibility="private"
+    ).then(
         send_turn,
         inputs=[team, models, prompt, max_tokens, battle],
         outputs=turn_outputs,
         api_name="arena_send",
         concurrency_limit=CONCURRENT_BATTLES,
         show_progress="minimal",
-    )
+    ).then(vote_buttons, inputs=[votable], outputs=buttons, queue=False, api_visibility="private")
     # The same two steps by name, for API clients (hidden buttons: in the page's config, never shown).
     start_api = gr.Button(visible="hidden")
     start_api.click(
@@ -124,8 +134,10 @@ def build_arena(team: gr.State) -> Callable[[Any], None]:
             outputs=[chat_a, chat_b, status, reveal],
             api_name="arena_vote" if number == 0 else f"arena_vote_{choice}",
             api_visibility="public" if number == 0 else "undocumented",
-        )
-    new.click(new_battle, inputs=[team], outputs=[*turn_outputs], api_name="arena_new")
+        ).success(vote_buttons, inputs=None, outputs=buttons, queue=False, api_visibility="private")
+    new.click(new_battle, inputs=[team], outputs=[*turn_outputs], api_name="arena_new").then(
+        vote_buttons, inputs=[votable], outputs=buttons, queue=False, api_visibility="private"
+    )
 
     def ready(loaded: Any) -> None:
         loaded.then(fill_models, inputs=[team], outputs=[models], api_name="arena_models")
@@ -148,6 +160,11 @@ async def fill_models(team_slug: str, request: gr.Request) -> Any:
     else:
         info = "Choose at least two."
     return gr.CheckboxGroup(choices=choices, value=[key for _, key in choices], info=info)
+
+
+def vote_buttons(votable: bool = False) -> tuple[Any, ...]:
+    """The four vote buttons, on only when there is something to vote on (both answers in, no vote yet)."""
+    return tuple(gr.Button(interactive=bool(votable)) for _ in VOTE_BUTTONS)
 
 
 async def send_turn(
@@ -212,7 +229,7 @@ async def cast_vote(team_slug: str, choice: str, battle_id: int | None, request:
         gr.Chatbot(label=f"{SIDES[0]}: {label_a}"),
         gr.Chatbot(label=f"{SIDES[1]}: {label_b}"),
         f"Thanks, your vote is in ({verdict}). Press **New battle** for another pair.",
-        f"**{SIDES[0]}** was **{label_a}**; **{SIDES[1]}** was **{label_b}**.",
+        reveal_line(label_a, label_b),
     )
 
 
@@ -226,7 +243,13 @@ async def new_battle(team_slug: str, request: gr.Request) -> tuple[Any, ...]:
         "",
         gr.skip(),
         "",
+        False,
     )
+
+
+def reveal_line(label_a: str, label_b: str) -> str:
+    """Which model was which, in Markdown (the labels are model names members typed: escaped)."""
+    return f"**{SIDES[0]}** was **{markdown_text(label_a)}**; **{SIDES[1]}** was **{markdown_text(label_b)}**."
 
 
 # --- streaming a turn from both models -----------------------------------------------------------------
@@ -255,10 +278,10 @@ async def _play_turn(
         _Side(SIDES[1], contenders.b, history=list(battle.conversation_b)),
     ]
     sampling = Sampling(max_tokens=max(1, int(max_tokens or DEFAULT_MAX_TOKENS)), temperature=TEMPERATURE)
-    waiting = "Both models are answering…"
-    yield (*_chats(sides, prompt), battle.pk, waiting, "", "")
+    waiting = "Both models are answering… you can vote once both answers are in."
+    yield (*_chats(sides, prompt), battle.pk, waiting, "", "", False)
     async for _ in _race(access, sides, prompt, sampling):
-        yield (*_chats(sides, prompt), battle.pk, waiting, "", "")
+        yield (*_chats(sides, prompt), battle.pk, waiting, "", "", False)
     failed = [side for side in sides if side.error is not None]
     if failed:
         names = " and ".join(side.name for side in failed)
@@ -276,7 +299,7 @@ async def _play_turn(
         except REFUSALS as error:
             raise _refusal(error) from None
         status = "Both answers are in. Keep chatting, or vote below."
-    yield (*_chats(sides, prompt), battle.pk, status, "", "")
+    yield (*_chats(sides, prompt), battle.pk, status, "", "", not failed or turns_before > 0)
 
 
 async def _race(access: TeamAccess, sides: Sequence[_Side], prompt: str, sampling: Sampling) -> AsyncIterator[None]:
@@ -310,14 +333,24 @@ async def _race(access: TeamAccess, sides: Sequence[_Side], prompt: str, samplin
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _chats(sides: Sequence[_Side], prompt: str) -> tuple[Chat, Chat]:
+def _chats(sides: Sequence[_Side], prompt: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Each side's conversation as its chatbot shows it, the answer in progress last."""
     shown = []
     for side in sides:
         answer = side.text if side.error is None else f"⚠️ {side.name} could not answer: {side.error}"
-        history = [turn for turn in side.history if turn.get("role") in ("user", "assistant")]
-        shown.append([*history, {"role": "user", "content": prompt}, {"role": "assistant", "content": answer}])
+        history = [_shown(turn) for turn in side.history if turn.get("role") in ("user", "assistant")]
+        shown.append([*history, {"role": "user", "content": prompt}, _shown({"role": "assistant", "content": answer})])
     return shown[0], shown[1]
+
+
+def _shown(turn: dict[str, str]) -> dict[str, Any]:
+    """A turn as the chatbot shows it, indentation kept: Gradio dedents a plain string (``inspect.cleandoc``) and
+    Markdown drops the spaces that start a line, so an answer's leading spaces become no-break spaces in a text
+    part, which is shown as given. The stored answer keeps its plain spaces."""
+    if turn["role"] != "assistant":
+        return turn
+    text = LEADING_SPACE.sub(lambda match: match.group(0).expandtabs(4).replace(" ", NO_BREAK_SPACE), turn["content"])
+    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
 
 
 def _anonymous(message: str, side: _Side) -> str:
@@ -340,7 +373,7 @@ def _message(prompt: str) -> str:
 
 
 def _unchanged() -> tuple[Any, ...]:
-    return tuple(gr.skip() for _ in range(6))
+    return tuple(gr.skip() for _ in range(7))
 
 
 def _refusal(error: Exception) -> gr.Error:

@@ -31,6 +31,7 @@ from serving_app.comparisons import ColumnSettings, figures_line
 from serving_app.inference import InferenceError, StreamUpdate, stream_answer
 from serving_app.models import Comparison, PromptPreset
 from serving_app.playground import refuse, team_access
+from serving_app.ui.text import markdown_text
 
 logger = logging.getLogger(__name__)
 
@@ -45,14 +46,19 @@ CONCURRENT_COMPARISONS = 8
 REFRESH_SECONDS = 0.05
 DEFAULTS = ColumnSettings()
 WAITING = "Waiting for the first token…"
+# The inference server answers one column at a time per base model: a column whose base model is busy with
+# another column's answer says which one it waits for, instead of showing an empty box.
+WAITING_FOR = "Waiting for column {number}: columns on the same base model answer in turn."
 SETTING_FIELDS = ("system_prompt", "temperature", "top_p", "max_tokens", "seed")
 # What reopening a comparison fills: the notice and the column count; each column's model, chat and
 # figures; each column's settings; the turns a save keeps and the title.
 REOPEN_OUTPUTS = 2 + 3 * COLUMNS + len(SETTING_FIELDS) * COLUMNS + 2
 
 INTRO = (
-    "Pick 2 to 4 models, type one prompt and watch the answers stream in side by side. "
-    "Each column keeps its own conversation, system prompt and sampling settings."
+    "Pick 2 to 4 models and type one prompt: each column answers it with its own conversation, system prompt and "
+    "sampling settings. Columns on different base models answer at the same time; columns on the same base model "
+    "(its fine-tuned versions included) answer in turn, one after another, because the inference server generates "
+    "one answer at a time per base model."
 )
 
 
@@ -64,7 +70,7 @@ class SettingsControls:
     temperature: gr.Slider
     top_p: gr.Slider
     max_tokens: gr.Slider
-    seed: gr.Number
+    seed: gr.Textbox
 
     def preset_fields(self) -> list[Any]:
         """What a preset sets (the seed is left as it is)."""
@@ -238,7 +244,15 @@ def _settings_controls(suffix: str) -> SettingsControls:
             step=1,
             label="Max tokens",
         ),
-        seed=gr.Number(None, label="Seed (empty: a different answer each time)", precision=0, minimum=0),
+        # A text field: Gradio's Number always shows an empty value as 0, which reads as "seed 0". Empty means a
+        # fresh random seed each time; ColumnSettings.clean checks what is typed (a whole number of 0 or more).
+        seed=gr.Textbox(
+            "",
+            label="Seed (empty: a different answer each time)",
+            placeholder="random",
+            max_lines=1,
+            elem_classes="compare-seed",
+        ),
     )
 
 
@@ -255,7 +269,14 @@ def _build_column(number: int) -> ColumnControls:
             choices=[], value=None, label=f"Model {number}", allow_custom_value=True, elem_id=f"compare-model-{number}"
         )
         # Model output is untrusted text: the chatbot keeps its HTML sanitizer on.
-        chatbot = gr.Chatbot(label=f"Answers {number}", height=420, buttons=["copy"], elem_id=f"compare-chat-{number}")
+        chatbot = gr.Chatbot(
+            label=f"Answers {number}",
+            height=420,
+            buttons=["copy"],
+            elem_id=f"compare-chat-{number}",
+            sanitize_html=True,
+            allow_tags=False,
+        )
         figures = gr.Markdown("", elem_id=f"compare-figures-{number}")
         with gr.Accordion("Settings", open=False):
             with gr.Row():
@@ -286,22 +307,38 @@ class ColumnRun:
     history: list[dict[str, str]]
     update: StreamUpdate | None = None
     error: str | None = None
+    done: bool = False
 
     def messages(self, prompt: str) -> list[dict[str, str]]:
         """What the model is sent: the column's system prompt, its own history, then the prompt."""
         system = [{"role": "system", "content": self.settings.system_prompt}] if self.settings.system_prompt else []
         return [*system, *self.history, {"role": "user", "content": prompt}]
 
-    def chat(self, prompt: str) -> list[dict[str, str]]:
-        """The chatbot's messages: the history, the prompt and the answer so far."""
+    def chat(self, prompt: str, waiting_for: int | None = None) -> list[dict[str, Any]]:
+        """The chatbot's messages: the history, the prompt and the answer so far (or which column it waits for:
+        a note ``chat_history`` leaves out of the conversation)."""
         answer = self.update.text if self.update is not None else ""
-        reply = [{"role": "assistant", "content": answer}] if answer else []
+        reply: list[dict[str, Any]] = [{"role": "assistant", "content": answer}] if answer else []
+        if not answer and self.error is None and waiting_for is not None:
+            note = WAITING_FOR.format(number=waiting_for)
+            reply = [{"role": "assistant", "content": note, "metadata": {"title": note, "status": "pending"}}]
         return [*self.history, {"role": "user", "content": prompt}, *reply]
 
-    def figures(self) -> str:
+    def figures(self, waiting_for: int | None = None) -> str:
         if self.error is None and (self.update is None or self.update.time_to_first_token_s is None):
-            return WAITING
-        return figures_line(self.answer())
+            return WAITING_FOR.format(number=waiting_for) if waiting_for is not None else WAITING
+        return column_figures(self.answer())
+
+    def waiting_for(self, runs: list[ColumnRun]) -> int | None:
+        """The column (numbered from 1) whose answer on the same base model is streaming while this one waits."""
+        if self.done or self.error is not None or (self.update is not None and self.update.text):
+            return None
+        busy = (
+            run for run in runs
+            if run is not self and run.servable.base_path == self.servable.base_path and run.update is not None
+            and not run.done
+        )  # fmt: skip
+        return next((run.position + 1 for run in busy), None)
 
     def answer(self) -> dict[str, Any]:
         """The answer as a saved comparison keeps it: text, figures, and the error if it failed."""
@@ -354,13 +391,13 @@ async def stream_compare(
     prompt: str,
     column_count: str,
     model_1: str | None, history_1: list[Any],
-    system_1: str, temperature_1: float, top_p_1: float, max_tokens_1: float, seed_1: float | None,
+    system_1: str, temperature_1: float, top_p_1: float, max_tokens_1: float, seed_1: str | None,
     model_2: str | None, history_2: list[Any],
-    system_2: str, temperature_2: float, top_p_2: float, max_tokens_2: float, seed_2: float | None,
+    system_2: str, temperature_2: float, top_p_2: float, max_tokens_2: float, seed_2: str | None,
     model_3: str | None, history_3: list[Any],
-    system_3: str, temperature_3: float, top_p_3: float, max_tokens_3: float, seed_3: float | None,
+    system_3: str, temperature_3: float, top_p_3: float, max_tokens_3: float, seed_3: str | None,
     model_4: str | None, history_4: list[Any],
-    system_4: str, temperature_4: float, top_p_4: float, max_tokens_4: float, seed_4: float | None,
+    system_4: str, temperature_4: float, top_p_4: float, max_tokens_4: float, seed_4: str | None,
     turns: list[dict[str, Any]] | None,
     request: gr.Request,
 ) -> AsyncIterator[tuple[Any, ...]]:  # fmt: skip
@@ -393,8 +430,9 @@ async def stream_compare(
 
     def outputs() -> tuple[Any, ...]:
         shown = {run.position: run for run in runs}
-        chats = [shown[p].chat(prompt) if p in shown else gr.skip() for p in range(COLUMNS)]
-        lines = [shown[p].figures() if p in shown else gr.skip() for p in range(COLUMNS)]
+        waits = {run.position: run.waiting_for(runs) for run in runs}
+        chats = [shown[p].chat(prompt, waits[p]) if p in shown else gr.skip() for p in range(COLUMNS)]
+        lines = [shown[p].figures(waits[p]) if p in shown else gr.skip() for p in range(COLUMNS)]
         turn = {"prompt": prompt, "answers": [run.answer() for run in runs]}
         return (*chats, *lines, [*earlier, turn], "")
 
@@ -411,6 +449,7 @@ async def stream_compare(
                 position, event = item
                 if event is None:
                     streaming -= 1
+                    runs[position].done = True
                 elif isinstance(event, str):
                     runs[position].error = event
                 else:
@@ -437,14 +476,21 @@ async def stream_compare(
 
 
 async def fill_pickers(team_slug: str, request: gr.Request) -> tuple[Any, ...]:
-    """The models this person may use in every column's picker, and the team's presets."""
+    """The models this person may use in every column's picker, and the team's presets.
+
+    ``?model=<key>`` (a model version's "Open in playground") puts that model in the first column, when this
+    person may use it; the other columns take the other models in order.
+    """
     access = await team_access(request, team_slug)
     models = await sync_to_async(usable_models)(access)
     presets = await sync_to_async(_preset_choices)(access)
     choices = [(model.label, model.key) for model in models]
+    keys = [key for _, key in choices]
+    wanted = str(request.query_params.get("model") or "")
+    if wanted in keys:
+        keys = [wanted, *(key for key in keys if key != wanted)]
     pickers = [
-        gr.Dropdown(choices=choices, value=choices[position % len(choices)][1] if choices else None)
-        for position in range(COLUMNS)
+        gr.Dropdown(choices=choices, value=keys[position % len(keys)] if keys else None) for position in range(COLUMNS)
     ]
     preset_pickers = [gr.Dropdown(choices=presets, value=None) for _ in range(COLUMNS + 1)]
     return (_notice(access, models), *pickers, *preset_pickers)
@@ -466,10 +512,12 @@ async def open_saved_comparison(team_slug: str, request: gr.Request) -> tuple[An
         return (notice, *unchanged[1:])
     columns = comparison.columns[:COLUMNS]
     keys = await sync_to_async(_still_usable)(access, [str(column.get("key", "")) for column in columns])
-    gone = [str(column.get("label", "a model")) for column, key in zip(columns, keys, strict=True) if key is None]
+    gone = [
+        markdown_text(column.get("label", "a model")) for column, key in zip(columns, keys, strict=True) if key is None
+    ]
     turn_count = len(comparison.turns)
     notice = (
-        f"Opened “{comparison.title}” ({turn_count} turn{'s' if turn_count != 1 else ''}): "
+        f"Opened “{markdown_text(comparison.title)}” ({turn_count} turn{'s' if turn_count != 1 else ''}): "
         "continue the conversation, or save it again under a new title."
     )
     if gone:
@@ -486,8 +534,9 @@ async def open_saved_comparison(team_slug: str, request: gr.Request) -> tuple[An
         saved = _saved_settings(columns[position].get("settings"))
         models.append(keys[position])
         chats.append(_saved_chat(comparison.turns, position))
-        lines.append(figures_line(last_answers[position]) if position < len(last_answers) else "")
-        column_settings += [getattr(saved, name) for name in SETTING_FIELDS]
+        lines.append(column_figures(last_answers[position]) if position < len(last_answers) else "")
+        column_settings += [getattr(saved, name) for name in SETTING_FIELDS if name != "seed"]
+        column_settings.append("" if saved.seed is None else str(saved.seed))  # the seed field is text
     turns = [{"prompt": turn.get("prompt", ""), "answers": list(turn.get("answers", []))} for turn in comparison.turns]
     count = str(max(comparisons.MIN_COLUMNS, len(columns)))
     return (notice, count, *models, *chats, *lines, *column_settings, turns, comparison.title)
@@ -499,7 +548,7 @@ async def mark_stopped(
     """After Stop: a column still waiting for its answer says it was stopped (the others keep their figures)."""
     await team_access(request, team_slug)
     return tuple(
-        "Stopped before any answer arrived." if line == WAITING else line
+        "Stopped before any answer arrived." if line == WAITING or line.startswith("Waiting for column") else line
         for line in (figures_1, figures_2, figures_3, figures_4)
     )
 
@@ -523,7 +572,7 @@ async def apply_settings_to_all(
     temperature: float,
     top_p: float,
     max_tokens: float,
-    seed: float | None,
+    seed: str | None,
     request: gr.Request,
 ) -> tuple[Any, ...]:
     """Copy the "every column" settings into each column."""
@@ -565,7 +614,7 @@ async def save_prompt_preset(
     except ValidationError as error:
         raise gr.Error(_message(error)) from None
     presets = await sync_to_async(_preset_choices)(access)
-    status = f"Saved the preset “{preset.name}”: pick it in any column's settings."
+    status = f"Saved the preset “{markdown_text(preset.name)}”: pick it in any column's settings."
     pickers = [gr.Dropdown(choices=presets, value=str(preset.pk))]
     pickers += [gr.Dropdown(choices=presets) for _ in range(COLUMNS)]
     return (status, *pickers)
@@ -577,13 +626,13 @@ async def save_current_comparison(
     open_to_team: bool,
     column_count: str,
     model_1: str | None,
-    system_1: str, temperature_1: float, top_p_1: float, max_tokens_1: float, seed_1: float | None,
+    system_1: str, temperature_1: float, top_p_1: float, max_tokens_1: float, seed_1: str | None,
     model_2: str | None,
-    system_2: str, temperature_2: float, top_p_2: float, max_tokens_2: float, seed_2: float | None,
+    system_2: str, temperature_2: float, top_p_2: float, max_tokens_2: float, seed_2: str | None,
     model_3: str | None,
-    system_3: str, temperature_3: float, top_p_3: float, max_tokens_3: float, seed_3: float | None,
+    system_3: str, temperature_3: float, top_p_3: float, max_tokens_3: float, seed_3: str | None,
     model_4: str | None,
-    system_4: str, temperature_4: float, top_p_4: float, max_tokens_4: float, seed_4: float | None,
+    system_4: str, temperature_4: float, top_p_4: float, max_tokens_4: float, seed_4: str | None,
     turns: list[dict[str, Any]] | None,
     request: gr.Request,
 ) -> str:  # fmt: skip
@@ -618,10 +667,18 @@ async def save_current_comparison(
         raise gr.Error(_message(error)) from None
     url = reverse("serving:comparison", args=[access.team.slug, comparison.pk])
     who = "everyone in the team" if not comparison.restricted else "you and the team's admins"
-    return f"Saved “{comparison.title}”, visible to {who}: [read it side by side]({url})."
+    return f"Saved “{markdown_text(comparison.title)}”, visible to {who}: [read it side by side]({url})."
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+
+def column_figures(answer: dict[str, Any]) -> str:
+    """A column's figures line (Markdown), its error message escaped: it may quote a model's or a member's text."""
+    if answer.get("error"):
+        answer = {**answer, "error": markdown_text(answer["error"])}
+    return figures_line(answer)
+
 
 
 def _require_playground(access: TeamAccess) -> None:
@@ -670,6 +727,8 @@ def chat_history(value: Any) -> list[dict[str, str]]:
     history = []
     for message in value or []:
         if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+            continue
+        if (message.get("metadata") or {}).get("title"):  # a note such as "Waiting for column 1", not an answer
             continue
         text = _text(message.get("content"))
         if text:

@@ -17,13 +17,17 @@ Only the main process (global rank 0) writes reports; every rank watches for the
 
 from __future__ import annotations
 
+import ast
 import errno
 import json
 import math
 import os
+import re
 import resource
+import statistics
 import sys
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -185,23 +189,39 @@ class CancelWatcher:
 
 
 class ProgressClock:
-    """Estimates the time left from the pace of the steps done since training (re)started."""
+    """Estimates the time left from the median duration of the last ``WINDOW`` steps.
+
+    The median ignores a slow first step (loading, compilation, the first evaluation) and a single stall, and
+    follows a lasting change of pace (another job sharing the cores) within half a window, so the ETA neither
+    starts far too high nor swings from one report to the next.
+    """
+
+    WINDOW = 20
 
     def __init__(self) -> None:
-        self.started_at: float | None = None
-        self.first_step = 0
+        self.last_at: float | None = None
+        self.last_step = 0
+        self.durations: deque[float] = deque(maxlen=self.WINDOW)
 
-    def start(self, step: int) -> None:
+    def start(self, step: int, *, now: float | None = None) -> None:
         """Start timing at ``step`` (non-zero when resuming)."""
-        self.started_at = time.monotonic()
-        self.first_step = step
+        self.last_at = time.monotonic() if now is None else now
+        self.last_step = step
+        self.durations.clear()
+
+    def step_done(self, step: int, *, now: float | None = None) -> None:
+        """Record that training reached ``step`` (call it after every optimizer step)."""
+        now = time.monotonic() if now is None else now
+        if self.last_at is None or step <= self.last_step:
+            return
+        self.durations.append((now - self.last_at) / (step - self.last_step))
+        self.last_at, self.last_step = now, step
 
     def eta(self, step: int, max_steps: int) -> float | None:
         """Seconds left, or None before the first step finished."""
-        if self.started_at is None or step <= self.first_step or max_steps <= 0:
+        if not self.durations or max_steps <= 0:
             return None
-        per_step = (time.monotonic() - self.started_at) / (step - self.first_step)
-        return max(0.0, per_step * (max_steps - step))
+        return max(0.0, statistics.median(self.durations) * (max_steps - step))
 
 
 class Failure(NamedTuple):
@@ -329,3 +349,70 @@ def _out_of_memory(config: Any, *, on_gpu: bool) -> Failure:
         options.append("pick a worker pool with more GPU memory")
     suggestion = "; or ".join(options)
     return Failure("out_of_memory", message, suggestion[0].upper() + suggestion[1:] + ".")
+
+
+# ---- the log a person reads -------------------------------------------------------------------------------
+
+_METRIC_LABELS = (
+    ("loss", "loss"),
+    ("eval_loss", "validation loss"),
+    ("learning_rate", "lr"),
+    ("grad_norm", "grad norm"),
+    ("epoch", "epoch"),
+    ("train_loss", "average loss"),
+    ("train_runtime", "ran (s)"),
+)
+# ``path/to/file.py:123: FutureWarning: message`` — what ``warnings.warn`` prints, followed by the source line.
+_WARNING_LINE = re.compile(r"^\S*\.py:\d+: \w*Warning: ")
+_DICT_LINE = re.compile(r"^\{'[a-z_]+': .*\}$")
+_ATTEMPT_LINE = re.compile(r"^=== (attempt \d+ on \S+?):")
+
+
+def _number(value: Any) -> str:
+    number = finite(value)
+    if number is None:
+        return str(value)
+    if number != 0 and abs(number) < 1e-2:
+        mantissa, exponent = f"{number:.1e}".split("e")
+        return f"{mantissa}e{int(exponent)}"
+    return f"{number:.3g}"
+
+
+def describe_metrics(values: dict[str, Any], *, step: int | None = None, max_steps: int | None = None) -> str:
+    """One readable log line for a logging step: ``step 5/40 · loss 2.31 · lr 1.9e-4 · grad norm 0.8``."""
+    parts = [f"step {step}/{max_steps}" if step is not None and max_steps else f"step {step}"] if step else []
+    if "train_loss" in values and "loss" not in values:
+        parts.insert(0, "training finished")
+    parts += [f"{label} {_number(values[key])}" for key, label in _METRIC_LABELS if values.get(key) is not None]
+    return " · ".join(parts)
+
+
+def readable_log(text: str) -> str:
+    """The trainer's log as a person should read it: metric dicts as readable lines, Python warnings (with the
+    server's file paths) dropped, the launch command left out; errors and everything else kept as they are."""
+    lines: list[str] = []
+    skip_source = False
+    for line in text.splitlines():
+        if skip_source:
+            skip_source = False
+            if line.startswith((" ", "\t")):  # the source line ``warnings.warn`` prints under the warning
+                continue
+        if _WARNING_LINE.match(line):
+            skip_source = True
+            continue
+        attempt = _ATTEMPT_LINE.match(line)
+        if attempt:
+            lines.append(f"=== {attempt.group(1)}")
+            continue
+        if _DICT_LINE.match(line.strip()):
+            try:
+                values = ast.literal_eval(line.strip())
+            except (ValueError, SyntaxError):
+                values = None
+            if isinstance(values, dict):
+                described = describe_metrics(values)
+                if described:
+                    lines.append(described)
+                continue
+        lines.append(line)
+    return "\n".join(lines)

@@ -59,6 +59,7 @@ from training_app.engine.reporting import (
     ProgressClock,
     Reporter,
     classify_failure,
+    describe_metrics,
     finite,
     memory_in_use,
     write_json_atomic,
@@ -272,6 +273,7 @@ def _train(
     model = _load_model(config, cuda=cuda)
     callback = _make_callback(config, reporter=reporter, watcher=watcher, run_state=state)
     trainer = _make_trainer(config, args, model, tokenizer, train_rows, eval_rows, callback)
+    trainer.remove_callback(transformers.PrinterCallback)  # it prints raw dicts; ours prints readable lines
     trainable, total = _parameter_counts(trainer.model)
 
     if watcher.requested():
@@ -526,13 +528,16 @@ def _make_trainer(
 
 
 def _parameter_counts(model: Any) -> tuple[int, int]:
+    """(trainable, total): total is the base model's own count, as its page reads it from the safetensors
+    headers, so the LoRA matrices PEFT added are trainable but not part of it ("N trainable of M")."""
     trainable = total = 0
-    for parameter in model.parameters():
+    for name, parameter in model.named_parameters():  # a tied weight is yielded once
         # Under ZeRO-3 a parameter is a placeholder; its real size is ds_numel.
         count = int(getattr(parameter, "ds_numel", 0) or parameter.numel())
-        total += count
         if parameter.requires_grad:
             trainable += count
+        if "lora_" not in name:
+            total += count
     return trainable, total
 
 
@@ -579,6 +584,7 @@ def _make_callback(config: RunConfig, *, reporter: Reporter, watcher: CancelWatc
                 reporter.status("training", step=state.global_step, message="cancelling")
                 return
             now = time.monotonic()
+            clock.step_done(state.global_step, now=now)
             if now - last["status_at"] >= 1.0:
                 last["status_at"] = now
                 reporter.status(
@@ -600,6 +606,8 @@ def _make_callback(config: RunConfig, *, reporter: Reporter, watcher: CancelWatc
             logs = logs or {}
             if "train_loss" in logs and "loss" not in logs:  # the end-of-training summary, not a step
                 run_state.summary = {key: value for key, value in logs.items() if isinstance(value, int | float)}
+                if reporter.enabled:
+                    print(describe_metrics(logs), flush=True)
                 return
             if "loss" in logs:
                 loss = finite(logs["loss"])
@@ -630,6 +638,8 @@ def _make_callback(config: RunConfig, *, reporter: Reporter, watcher: CancelWatc
                 memory_kind=memory_kind,
                 **extra,
             )
+            if reporter.enabled:  # the log a person reads (transformers' own printer is removed)
+                print(describe_metrics(logs, step=state.global_step, max_steps=state.max_steps), flush=True)
 
         def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
             # Every rank wrote its part of the checkpoint (optimizer shards, RNG state) before this barrier.

@@ -1,192 +1,34 @@
-"""Line charts drawn on the server as SVG, and the number formats of the training pages.
+"""The number formats of the training pages that Django has no filter for, and the estimate's memory bar.
 
-No JavaScript library and nothing fetched from elsewhere: a chart is an ``<svg>`` the page (or an htmx
-swap of it) shows as it is, so the live job page redraws by replacing the fragment.
+Charts are ``{% load charts %}`` (``studio.charts``); sizes in bytes are Django's ``filesizeformat`` and
+large counts ``intword``/``intcomma`` (``django.contrib.humanize``). What stays here has no Django
+equivalent: metrics to significant digits (``format_number``, shared with the charts' tooltips), a number
+of seconds in words (``duration``, ``duration_range``: Django's ``timesince`` needs two datetimes),
+percentages (``percent``, ``share``) and the memory bar's segments (``memory_parts``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from django import template
 
+from studio.charts import format_value
+
 register = template.Library()
-
-WIDTH, WIDE_WIDTH, HEIGHT = 560, 1040, 200
-LEFT, RIGHT, TOP, BOTTOM = 56, 14, 10, 24
-# At most this many points per line: a long run's curve keeps its shape, the page stays small.
-MAX_POINTS = 400
-# Few enough points to mark each one (sparse series such as the validation loss).
-MARKED_POINTS = 40
-COLORS = ("#4f46e5", "#e8590c", "#0f7a4a", "#c2255c", "#1c7ed6", "#8a5a00", "#5f3dc4", "#495057")
-
-Point = tuple[float, float]
-
-
-@register.inclusion_tag("training/_line_chart.html")
-def line_chart(
-    series: Mapping[str, Sequence[Sequence[float]]] | Iterable[tuple[str, Sequence[Sequence[float]]]],
-    title: str,
-    unit: str = "",
-    x_label: str = "step",
-    wide: bool = False,
-) -> dict[str, Any]:
-    """A line chart of named series of ``(x, y)`` points: one color per series, min/max ticks, a legend.
-
-    ``series`` is ``{name: [(x, y), ...]}`` (or a list of ``(name, points)``); empty series are left
-    out of the lines but named in the legend as "no data yet", and a chart with no points at all
-    says so instead of drawing empty axes. ``wide`` draws it for a full-width row.
-    """
-    width = WIDE_WIDTH if wide else WIDTH
-    pairs = list(series.items()) if isinstance(series, Mapping) else list(series)
-    cleaned = [(str(name), _finite_points(points)) for name, points in pairs]
-    everything = [point for _, points in cleaned for point in points]
-    context: dict[str, Any] = {"title": title, "unit": unit, "x_label": x_label, "width": width, "height": HEIGHT}
-    legend = []
-    for index, (name, points) in enumerate(cleaned):
-        last = points[-1] if points else None
-        legend.append(
-            {
-                "name": name,
-                "color": COLORS[index % len(COLORS)],
-                "last": format_number(last[1]) if last else None,
-                "last_x": format_number(last[0]) if last else None,
-            }
-        )
-    context["legend"] = legend
-    if not everything:
-        context["lines"] = []
-        context["summary"] = f"{title}: no data yet"
-        return context
-
-    x_low, x_high = _span([x for x, _ in everything])
-    y_low, y_high = _span([y for _, y in everything])
-    plot_width, plot_height = width - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
-
-    def place(point: Point) -> tuple[float, float]:
-        x = LEFT + (point[0] - x_low) / (x_high - x_low) * plot_width
-        y = TOP + (1 - (point[1] - y_low) / (y_high - y_low)) * plot_height
-        return round(x, 1), round(y, 1)
-
-    lines = []
-    for index, (name, points) in enumerate(cleaned):
-        if not points:
-            continue
-        placed = [place(point) for point in _thin(points)]
-        marked = len(points) <= MARKED_POINTS
-        lines.append(
-            {
-                "name": name,
-                "color": COLORS[index % len(COLORS)],
-                "path": "M" + " L".join(f"{x},{y}" for x, y in placed),
-                "markers": [
-                    {"x": x, "y": y, "label": f"{name}: {format_number(px)} {x_label}, {format_number(py)} {unit}"}
-                    for (x, y), (px, py) in zip(placed, _thin(points), strict=True)
-                ]
-                if marked
-                else [],
-                "end": {
-                    "x": placed[-1][0],
-                    "y": placed[-1][1],
-                    "label": f"{name}: {format_number(points[-1][1])} {unit} at {x_label} "
-                    f"{format_number(points[-1][0])}",
-                },
-            }
-        )
-    middle = (y_low + y_high) / 2
-    context.update(
-        {
-            "lines": lines,
-            "left": LEFT,
-            "right": width - RIGHT,
-            "top": TOP,
-            "bottom": HEIGHT - BOTTOM,
-            "center": LEFT + plot_width // 2,
-            "y_ticks": [
-                {"y": place((x_low, value))[1], "label": format_number(value)} for value in (y_high, middle, y_low)
-            ],
-            "x_ticks": [
-                {"x": LEFT, "label": format_number(x_low), "anchor": "start"},
-                {"x": width - RIGHT, "label": format_number(x_high), "anchor": "end"},
-            ],
-            "summary": _summary(title, unit, x_label, cleaned),
-        }
-    )
-    return context
-
-
-def _finite_points(points: Iterable[Sequence[float]]) -> list[Point]:
-    finite = []
-    for point in points:
-        try:
-            x, y = float(point[0]), float(point[1])
-        except (TypeError, ValueError, IndexError):
-            continue
-        if math.isfinite(x) and math.isfinite(y):
-            finite.append((x, y))
-    return sorted(finite)
-
-
-def _span(values: list[float]) -> tuple[float, float]:
-    """The data's range; a flat line gets a little room so it is drawn across the middle."""
-    low, high = min(values), max(values)
-    if high == low:
-        room = abs(low) * 0.05 or 1.0
-        return low - room, high + room
-    return low, high
-
-
-def _thin(points: list[Point]) -> list[Point]:
-    if len(points) <= MAX_POINTS:
-        return points
-    stride = math.ceil(len(points) / MAX_POINTS)
-    kept = points[::stride]
-    return kept if kept[-1] == points[-1] else [*kept, points[-1]]
-
-
-def _summary(title: str, unit: str, x_label: str, series: list[tuple[str, list[Point]]]) -> str:
-    """What a screen reader says for the chart: each line's first and last value."""
-    parts = []
-    for name, points in series:
-        if not points:
-            parts.append(f"{name}: no data yet")
-            continue
-        (x0, y0), (x1, y1) = points[0], points[-1]
-        parts.append(
-            f"{name} from {format_number(y0)} at {x_label} {format_number(x0)} "
-            f"to {format_number(y1)} at {x_label} {format_number(x1)}"
-        )
-    suffix = f" ({unit})" if unit else ""
-    return f"{title}{suffix}: " + "; ".join(parts)
 
 
 # ---- number formats ---------------------------------------------------------------------------------------
 
 
-@register.filter
-def format_number(value: Any) -> str:
-    """A metric as an engineer reads it: 1.234 or 0.1234, 2e-4 for small values, 12.3k for large ones."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return "–"
-    if not math.isfinite(number):
-        return str(number)
-    if number == 0:
-        return "0"
-    magnitude = abs(number)
-    if magnitude >= 10_000:
-        return compact(number)
-    if magnitude < 0.001:
-        mantissa, exponent = f"{number:.2e}".split("e")
-        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-    if number == int(number) and magnitude < 10_000:
-        return str(int(number))
-    return f"{number:.4g}" if magnitude < 1 else f"{number:.3f}".rstrip("0").rstrip(".")
+# A metric as an engineer reads it: 1.234 or 0.1234, 2e-4 for small values, 12.3k for large ones.
+format_number = register.filter("format_number", format_value)
 
 
+# Django's humanize has no short count to three figures (``intword`` says "4.0 million" for 3.95M parameters)
+# and ``filesizeformat`` labels binary sizes "GB": the training pages keep these two, used everywhere they show
+# parameters, tokens and memory, so a page never says 3.95M in one place and 4.0 million in another.
 @register.filter
 def compact(value: Any) -> str:
     """Large counts short: 1.24B, 350M, 12.3k (parameters, tokens)."""
@@ -201,12 +43,15 @@ def compact(value: Any) -> str:
 
 
 @register.filter
-def gib(value: Any) -> str:
-    """Bytes as GiB with two decimals (memory per device)."""
+def memory(value: Any) -> str:
+    """Bytes as memory is counted (binary units, labelled as such): 640 MiB below a GiB, 2.31 GiB above."""
     try:
-        return f"{float(value) / 2**30:,.2f} GiB"
+        size = float(value)
     except (TypeError, ValueError):
         return "–"
+    if size < 2**30:
+        return f"{size / 2**20:,.0f} MiB" if size >= 2**20 else f"{size / 2**10:,.0f} KiB"
+    return f"{size / 2**30:,.2f} GiB"
 
 
 @register.filter
@@ -227,6 +72,22 @@ def duration(value: Any) -> str:
     if hours < 48:
         return f"about {hours} h {rest} min" if rest else f"about {hours} h"
     return f"about {seconds / 86400:.1f} days"
+
+
+@register.filter
+def duration_range(low: Any, high: Any) -> str:
+    """Two durations as one range, in ``duration``'s words: 40–55 s, 5–9 min, 50 min – 2 h 10 min; one figure
+    (``duration``'s) when both round to the same."""
+    first, last = duration(low).removeprefix("about "), duration(high).removeprefix("about ")
+    if "–" in (first, last):
+        return "–"
+    if first == last:
+        return duration(low)
+    for unit in (" s", " min", " days"):
+        start, end = first.removesuffix(unit), last.removesuffix(unit)
+        if start != first and end != last and start.replace(".", "").isdigit() and end.replace(".", "").isdigit():
+            return f"{start}–{last}"
+    return f"{first} – {last}"
 
 
 @register.filter
@@ -279,18 +140,6 @@ def memory_parts(estimate: Any) -> list[dict[str, Any]]:
             {"name": label, "bytes": size, "width": round(100 * size / total, 2) if total else 0, "color": color}
         )
     return parts
-
-
-@register.filter
-def memory(value: Any) -> str:
-    """Bytes as a person reads memory: 640 MiB below a GiB, 2.31 GiB above."""
-    try:
-        size = float(value)
-    except (TypeError, ValueError):
-        return "–"
-    if size < 2**30:
-        return f"{size / 2**20:,.0f} MiB" if size >= 2**20 else f"{size / 2**10:,.0f} KiB"
-    return f"{size / 2**30:,.2f} GiB"
 
 
 def _field(source: Any, name: str) -> Any:

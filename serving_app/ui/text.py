@@ -1,0 +1,24 @@
+"""Member-written text inside the Markdown the playground and the arena show.
+
+``gr.Markdown`` renders Markdown and the HTML inside it (sanitized in the browser, but still markup): a
+model name, preset name, comparison title, team name or an error that quotes one of them must reach it as
+literal text. Model answers and prompts go to ``gr.Chatbot``, which keeps Gradio's HTML sanitizer on
+(``sanitize_html=True``) and preserves no custom tags (``allow_tags=False``); the CSP of /play/ keeps
+anything left inert (no inline script, images only from the studio).
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+# Inline markup: emphasis, code, links and images, strike-through, maths. (Headings, lists, quotes and
+# tables start a line, and the text is kept on one line.) CommonMark honours a backslash before each.
+_INLINE_MARKUP = re.compile(r"([\\`*_\[\]~$])")
+_LINE_BREAKS = re.compile(r"\s*[\r\n]+\s*")
+
+
+def markdown_text(value: object) -> str:
+    """``value`` as literal text on one line of Markdown: HTML special characters as entities, markup escaped."""
+    escaped = html.escape(_LINE_BREAKS.sub(" ", str(value)), quote=False)
+    return _INLINE_MARKUP.sub(r"\\\1", escaped)
