@@ -74,9 +74,10 @@ class DatasetVersion(TeamOwnedModel):
     report = models.JSONField(default=dict, blank=True)
     stats = models.JSONField(default=dict, blank=True)
     progress = models.FloatField(default=0.0)
-    # Set by the validation task that took this version (claim_validation) and renewed as it reports progress:
-    # a second delivery of the task finds it fresh and leaves the version (and its rows file) alone.
-    validation_claimed_at = models.DateTimeField(null=True, blank=True)
+    # Set by the task that took this version to validate or curate it (services.claim_version) and renewed as
+    # it reports progress: a second delivery of the task finds it fresh and leaves the version (and its rows
+    # file) alone.
+    claimed_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)

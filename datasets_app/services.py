@@ -26,6 +26,7 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 from django.db.models import Max, Q, QuerySet, Sum
 from django.http import Http404
+from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 
 from accounts import audit
@@ -60,14 +61,18 @@ def _check_room(team: Team, size: int) -> None:
     limit = settings.DATASET_UPLOAD_MAX_BYTES
     if size > limit:
         raise ValidationError(
-            {"file": f"The file is {_mb(size)}; uploads are limited to {_mb(limit)}. Split it or filter it first."}
+            {
+                "file": f"The file is {filesizeformat(size)}; uploads are limited to {filesizeformat(limit)}. "
+                "Split it or filter it first."
+            }
         )
     used, quota = storage_used(team), team.storage_quota
     if used + size > quota:
         raise ValidationError(
             {
-                "file": f"This upload ({_mb(size)}) would exceed the team's storage quota: {_mb(used)} of "
-                f"{_mb(quota)} used. Delete datasets you no longer need, or ask an operator for more room."
+                "file": f"This upload ({filesizeformat(size)}) would exceed the team's storage quota: "
+                f"{filesizeformat(used)} of {filesizeformat(quota)} used. Delete datasets you no longer need, "
+                "or ask an operator for more room."
             }
         )
 
@@ -82,10 +87,6 @@ def _check_format(upload: UploadedFile) -> None:
         detect_format(upload.name or "", head)
     except UnsupportedFormat as error:
         raise ValidationError({"file": f"{error}."}) from None
-
-
-def _mb(size: int) -> str:
-    return f"{size / 1024 / 1024:,.1f} MB"
 
 
 def _store_upload(upload: UploadedFile, destination: Path) -> int:
@@ -226,27 +227,28 @@ class _Progress:
             self.last_write = now
             value = self.start + (self.end - self.start) * min(done / total, 1.0)
             DatasetVersion.objects.unscoped().filter(pk=self.version_id).update(
-                progress=value, validation_claimed_at=timezone.now()
+                progress=value, claimed_at=timezone.now()
             )
 
 
-def claim_validation(version_id: int) -> DatasetVersion | None:
-    """Take a ``validating`` version for this task (one conditional UPDATE); None when another delivery holds it.
+def claim_version(version_id: int, status: VersionStatus) -> DatasetVersion | None:
+    """Take a version in ``status`` (validating or processing) for this task, as ``runner.claim`` takes a job.
 
-    A claim older than ``DATASET_VALIDATION_LEASE_SECONDS`` (its task died: the claim is renewed with each
-    progress write) can be taken over, so a re-delivered task still finishes the work.
+    One conditional UPDATE: None when the version is not in ``status`` any more (done, or deleted) or another
+    delivery of the task holds it. A claim older than ``DATASET_TASK_LEASE_SECONDS`` (its task died: the
+    claim is renewed with each progress write) can be taken over, so a re-delivered task still does the work.
     """
     now = timezone.now()
-    stale = now - timedelta(seconds=settings.DATASET_VALIDATION_LEASE_SECONDS)
+    stale = now - timedelta(seconds=settings.DATASET_TASK_LEASE_SECONDS)
     taken = (
         DatasetVersion.objects.unscoped()
-        .filter(pk=version_id, status=VersionStatus.VALIDATING)
-        .filter(Q(validation_claimed_at__isnull=True) | Q(validation_claimed_at__lt=stale))
-        .update(validation_claimed_at=now)
+        .filter(pk=version_id, status=status)
+        .filter(Q(claimed_at__isnull=True) | Q(claimed_at__lt=stale))
+        .update(claimed_at=now)
     )
     if not taken:
         return None
-    return DatasetVersion.objects.unscoped().select_related("dataset").get(pk=version_id)
+    return DatasetVersion.objects.unscoped().select_related("dataset", "parent").get(pk=version_id)
 
 
 def run_validation(version_id: int) -> None:
@@ -255,7 +257,7 @@ def run_validation(version_id: int) -> None:
     Idempotent: a version that is no longer ``validating`` (done, or deleted), or that another delivery of
     the task is validating right now, is left alone.
     """
-    version = claim_validation(version_id)
+    version = claim_version(version_id, VersionStatus.VALIDATING)
     if version is None:
         return
     try:
@@ -339,7 +341,7 @@ def set_mapping(
             status=VersionStatus.VALIDATING,
             progress=0.0,
             error="",
-            validation_claimed_at=None,
+            claimed_at=None,
         )
         audit.record(
             "dataset.mapped",
@@ -583,9 +585,13 @@ def curate(
 
 
 def run_curation(version_id: int) -> None:
-    """Apply a version's curation recipe to its parent's rows (task body; idempotent)."""
-    child = DatasetVersion.objects.unscoped().select_related("parent").filter(pk=version_id).first()
-    if child is None or child.status != VersionStatus.PROCESSING or child.parent is None:
+    """Apply a version's curation recipe to its parent's rows (task body).
+
+    Idempotent: a version that is no longer ``processing`` (done, or deleted), or that another delivery of
+    the task is writing right now, is left alone.
+    """
+    child = claim_version(version_id, VersionStatus.PROCESSING)
+    if child is None or child.parent is None:
         return
     parent, recipe = child.parent, dict(child.recipe)
     step = recipe.pop("step")

@@ -146,22 +146,16 @@ def set_deployment_keys(
     if deployment.team_id != access.team.pk:
         raise ValidationError({"deployment": "That deployment does not belong to this team."})
     keys = {key.pk: key for key in _team_keys(access, api_keys)}
-    links = _key_links()
     with transaction.atomic():
         # Lock the deployment row: two admins saving at once apply one after the other.
         Deployment.objects.for_team(access.team).select_for_update().filter(pk=deployment.pk).first()
-        current = dict(links.objects.filter(deployment=deployment).values_list("teamapikey_id", "teamapikey__prefix"))
-        added = [key for pk, key in keys.items() if pk not in current]
-        removed = [pk for pk in current if pk not in keys]
-        if not added and not removed:
-            return deployment
-        links.objects.filter(deployment=deployment, teamapikey_id__in=removed).delete()
-        links.objects.bulk_create(links(deployment=deployment, teamapikey=key) for key in added)
-        audit.record(
-            "deployment.keys_changed", access=access, target=deployment, ip=ip,
-            added=[key.display_prefix for key in added],
-            removed=[f"{TeamAPIKey.KIND}_{current[pk]}…" for pk in removed],
-        )  # fmt: skip
+        added, removed = _relink("deployment", deployment, "teamapikey", keys, label="prefix")
+        if added or removed:
+            audit.record(
+                "deployment.keys_changed", access=access, target=deployment, ip=ip,
+                added=[key.display_prefix for key in added],
+                removed=[f"{TeamAPIKey.KIND}_{prefix}…" for prefix in removed],
+            )  # fmt: skip
     return deployment
 
 
@@ -179,29 +173,37 @@ def set_key_deployments(
     chosen = {deployment.pk: deployment for deployment in deployments}
     if any(deployment.team_id != access.team.pk for deployment in chosen.values()):
         raise ValidationError({"deployments": "Choose deployments of this team."})
-    links = _key_links()
     with transaction.atomic():
         # Lock the key row: two admins saving the same key's deployments apply one after the other.
         TeamAPIKey.objects.for_team(access.team).select_for_update().filter(pk=key.pk).first()
-        current = dict(links.objects.filter(teamapikey=key).values_list("deployment_id", "deployment__name"))
-        added = [deployment for pk, deployment in chosen.items() if pk not in current]
-        removed = [pk for pk in current if pk not in chosen]
-        if not added and not removed:
-            return key
-        links.objects.filter(teamapikey=key, deployment_id__in=removed).delete()
-        links.objects.bulk_create(
-            (links(deployment=deployment, teamapikey=key) for deployment in added), ignore_conflicts=True
-        )
-        audit.record(
-            "apikey.deployments_changed", access=access, target=key, ip=ip,
-            added=sorted(deployment.name for deployment in added), removed=sorted(current[pk] for pk in removed),
-        )  # fmt: skip
+        added, removed = _relink("teamapikey", key, "deployment", chosen, label="name")
+        if added or removed:
+            audit.record(
+                "apikey.deployments_changed", access=access, target=key, ip=ip,
+                added=sorted(deployment.name for deployment in added), removed=sorted(removed),
+            )  # fmt: skip
     return key
 
 
 def _key_links() -> KeyLinks:
     # The through table directly: the key and deployment managers refuse queries without a team scope.
     return Deployment.api_keys.through
+
+
+def _relink(side: str, owner: Any, other: str, chosen: dict[int, Any], *, label: str) -> tuple[list[Any], list[str]]:
+    """Make exactly ``chosen`` (pk → row) the ``other`` rows linked to ``owner`` in the key↔deployment table.
+
+    ``side`` and ``other`` are the table's two columns (``deployment``, ``teamapikey``). Returns the rows
+    added and the ``label`` field of those removed (for the audit trail); both empty when nothing changed.
+    Call inside the transaction that locks ``owner``.
+    """
+    links = _key_links()
+    current = dict(links.objects.filter(**{side: owner}).values_list(f"{other}_id", f"{other}__{label}"))
+    added = [row for pk, row in chosen.items() if pk not in current]
+    removed = [pk for pk in current if pk not in chosen]
+    links.objects.filter(**{side: owner, f"{other}_id__in": removed}).delete()
+    links.objects.bulk_create((links(**{side: owner, other: row}) for row in added), ignore_conflicts=True)
+    return added, [current[pk] for pk in removed]
 
 
 def _check_name(name: str) -> None:

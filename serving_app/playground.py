@@ -19,7 +19,7 @@ from django.http import Http404
 from accounts.permissions import TeamAccess, resolve_access, teams_of
 from accounts.sessions import auser_from_cookies
 from serving_app.mount import VIEWS
-from serving_app.ui.text import markdown_text
+from serving_app.ui.text import markdown_text, refusal
 
 # The site's look, with system fonts only: teams run the studio air-gapped (no Google Fonts, no CDN).
 THEME = gr.themes.Base(
@@ -40,7 +40,7 @@ async def current_user(request: gr.Request) -> Any:
     """The Django user behind a Gradio event; raises if the session ended since the page loaded."""
     user = await auser_from_cookies(dict(request.cookies))
     if user is None:
-        raise gr.Error("Your session has ended: sign in to the studio again.")
+        raise refusal("Your session has ended: sign in to the studio again.")
     return user
 
 
@@ -59,14 +59,14 @@ async def team_access(request: gr.Request, team_slug: str) -> TeamAccess:
     try:
         return await _resolve_access(user, str(team_slug or ""))
     except Http404:
-        raise gr.Error("No such team: open the playground from your team's pages.") from None
+        raise refusal("No such team: open the playground from your team's pages.") from None
 
 
 def refuse(error: Exception) -> gr.Error:
     """A permission or existence error as the message a person sees (the same for 'absent' and 'not yours')."""
     if isinstance(error, PermissionDenied):
-        return gr.Error(str(error) or "Your role does not allow this.")
-    return gr.Error("That model does not exist or you may not use it.")
+        return refusal(str(error) or "Your role does not allow this.")
+    return refusal("That model does not exist or you may not use it.")
 
 
 @sync_to_async

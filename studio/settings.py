@@ -302,9 +302,9 @@ TRAINING_POOLS: dict[str, dict[str, Any]] = env_json(
 # A worker renews a running job's lease every second; the beat reaper requeues a job whose lease
 # expired (its worker died), and it resumes from the latest complete checkpoint.
 TRAINING_LEASE_SECONDS = env_int("TRAINING_LEASE_SECONDS", 60, minimum=10)
-# A dataset validation task renews its claim with each progress write (about once a second); a claim
-# older than this belongs to a task that died, and a re-delivered task may take the version over.
-DATASET_VALIDATION_LEASE_SECONDS = env_int("DATASET_VALIDATION_LEASE_SECONDS", 300, minimum=10)
+# A dataset task (validation, curation) renews its claim on a version with each progress write (about once
+# a second); a claim older than this belongs to a task that died, and a re-delivered task may take it over.
+DATASET_TASK_LEASE_SECONDS = env_int("DATASET_TASK_LEASE_SECONDS", 300, minimum=10)
 # A cancelled trainer gets this long to stop at a step boundary before its process group gets SIGTERM.
 TRAINING_CANCEL_GRACE_SECONDS = env_int("TRAINING_CANCEL_GRACE_SECONDS", 5, minimum=1)
 # How many times a job is restarted after its worker died before it is failed.
@@ -367,8 +367,10 @@ LOGGING = {
     "loggers": {"axes": {"level": "WARNING"}},
 }
 
+# Whether a request came over HTTPS is the ASGI scope's scheme: uvicorn takes it from X-Forwarded-Proto
+# only when a proxy in ATELIER_TRUSTED_PROXIES sent it (studio/serve.py). No SECURE_PROXY_SSL_HEADER: with
+# one, Django would believe that header from any client, and a direct client could pass as HTTPS.
 if PRODUCTION:
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000, minimum=0)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True

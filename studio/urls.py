@@ -6,6 +6,9 @@ from django.urls import include, path, re_path
 from studio.api import api, not_found
 from studio.dashboard import team_dashboard
 
+# A request Django refuses before any view (too large, too many fields) gets a page saying why.
+handler400 = "studio.errors.bad_request"
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),

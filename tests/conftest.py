@@ -239,6 +239,29 @@ def charlie(globex: Any) -> Any:
 
 
 @pytest.fixture
+def owner(acme: Any, alice: Any) -> Any:
+    """Alice's access to acme as its owner: what the services take as ``access``."""
+    from accounts.permissions import resolve_access
+
+    return resolve_access(alice, acme.slug)
+
+
+@pytest.fixture
+def model_version(acme: Any, alice: Any, base_model_row: Any) -> Any:
+    """A version "support" of a succeeded chat job on ``base_model_row`` (rows only: nothing to serve)."""
+    from tests.factories import finished_job, sample_version
+
+    _, version = finished_job(acme, alice, base_model_row, sample_version(acme, alice, "chat"), name="support")
+    return version
+
+
+@pytest.fixture
+def key(owner: Any) -> Any:
+    """An active team API key of acme, "support widget" (the row; its secret is not kept)."""
+    return services.create_team_api_key(access=owner, name="support widget")[0]
+
+
+@pytest.fixture
 def user_in_role(acme: Any) -> Callable[[str], Any]:
     """Make a member of acme with the given role."""
     return lambda role: member(acme, role, f"acme-{role}-{UserFactory._meta.model.objects.count()}")

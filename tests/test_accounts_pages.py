@@ -269,6 +269,13 @@ def test_not_found_page_is_the_sites_own(charlie: Any, acme: Any, login: Any) ->
     assert "There is nothing here, or you do not have access to it." in response.content.decode()
 
 
+def test_a_form_over_the_size_limit_gets_a_413_page_saying_what_to_do(alice: Any, login: Any, settings: Any) -> None:
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1024
+    response = login(alice).post("/t/acme/keys/", {"name": "x" * 2048})
+    assert response.status_code == 413
+    assert "larger than the studio accepts in a form (1.0\xa0KB" in response.content.decode()
+
+
 def test_api_accepts_the_browser_session_but_requires_csrf_for_writes(alice: Any) -> None:
     client = Client(enforce_csrf_checks=True)
     client.force_login(alice, backend="django.contrib.auth.backends.ModelBackend")

@@ -54,6 +54,15 @@ def test_key_naming_an_overflowing_deployment_id_gets_422(alice: Any, bearer: An
     assert response.json()["detail"][0]["loc"] == ["body", "body", "deployments", 0]
 
 
+def test_body_over_the_upload_limit_gets_413_saying_so(alice: Any, bearer: Any, settings: Any) -> None:
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1024
+    response = bearer(alice).post(
+        "/api/v1/teams/acme/keys/", data=json.dumps({"name": "x" * 2048}), content_type="application/json"
+    )
+    assert response.status_code == 413
+    assert response.json() == {"detail": "The request body is too large."}
+
+
 @pytest.mark.parametrize("junk", ["0{}", "%09{}", "+{}", "{}%20"])
 def test_path_id_that_is_not_plain_digits_is_refused(
     alice: Any, acme: Team, bearer: Any, base_model_row: BaseModel, junk: str

@@ -35,22 +35,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def owner(acme: Team, alice: Any) -> TeamAccess:
-    return resolve_access(alice, acme.slug)
-
-
-@pytest.fixture
-def model_version(acme: Team, alice: Any, base_model_row: BaseModel) -> ModelVersion:
-    _, version = finished_job(acme, alice, base_model_row, sample_version(acme, alice, "chat"), name="support")
-    return version
-
-
-@pytest.fixture
-def key(owner: TeamAccess) -> TeamAPIKey:
-    return account_services.create_team_api_key(access=owner, name="support widget")[0]
-
-
-@pytest.fixture
 def deployment(owner: TeamAccess, model_version: ModelVersion, key: TeamAPIKey) -> Deployment:
     return deployments.create_deployment(access=owner, name="support-bot", version=model_version, api_keys=[key])
 

@@ -419,7 +419,7 @@ def test_a_run_that_fits_says_how_much_of_the_device_it_takes() -> None:
     result = estimate(config, ModelShape.from_config(LLAMA_1B), H100, dataset_rows=100, dataset_tokens=204_800)
 
     assert result.fits
-    assert result.verdict.startswith("Fits: about ") and result.verdict.endswith("of 80.0 GiB per GPU.")
+    assert result.verdict.startswith("Fits: about ") and result.verdict.endswith("of 80.00 GiB per GPU.")
 
 
 def test_a_run_that_does_not_fit_names_changes_that_would_fit() -> None:
@@ -485,7 +485,7 @@ def test_a_cpu_pool_never_suggests_qlora_and_counts_the_process_baseline() -> No
 
     assert result.memory_breakdown["runtime"] == CPU_RUNTIME_BYTES
     assert not result.fits
-    assert "QLoRA" not in result.verdict and "per process needed, 16.0 GiB available" in result.verdict
+    assert "QLoRA" not in result.verdict and "per process needed, 16.00 GiB available" in result.verdict
     assert "gradient checkpointing (about " in result.verdict
 
 

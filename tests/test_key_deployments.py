@@ -13,28 +13,11 @@ from django.test import Client
 
 from accounts import services as account_services
 from accounts.models import AuditEvent, Team, TeamAPIKey
-from accounts.permissions import TeamAccess, resolve_access
+from accounts.permissions import TeamAccess
 from serving_app.models import Deployment
-from tests.factories import finished_job, sample_version
-from training_app.models import BaseModel, ModelVersion
+from training_app.models import ModelVersion
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def owner(acme: Team, alice: Any) -> TeamAccess:
-    return resolve_access(alice, acme.slug)
-
-
-@pytest.fixture
-def model_version(acme: Team, alice: Any, base_model_row: BaseModel) -> ModelVersion:
-    _, version = finished_job(acme, alice, base_model_row, sample_version(acme, alice, "chat"), name="support")
-    return version
-
-
-@pytest.fixture
-def key(owner: TeamAccess) -> TeamAPIKey:
-    return account_services.create_team_api_key(access=owner, name="support widget")[0]
 
 
 @pytest.fixture

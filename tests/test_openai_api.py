@@ -30,11 +30,6 @@ HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Tell me 
 
 
 @pytest.fixture
-def owner(acme: Team, alice: Any) -> TeamAccess:
-    return resolve_access(alice, acme.slug)
-
-
-@pytest.fixture
 def deployment(owner: TeamAccess, starter_model: BaseModel, lora_adapters: list[Path]) -> Deployment:
     version = adapter_model_version(owner.team, owner.user, starter_model, lora_adapters[0], name="support")
     return deployments.create_deployment(access=owner, name="support-bot", version=version)

@@ -6,9 +6,10 @@ from typing import Any
 
 import gradio as gr
 from asgiref.sync import async_to_sync
+from django.core.exceptions import PermissionDenied, ValidationError
 
-from serving_app.playground import _team_names, build_playground
-from serving_app.ui.arena import reveal_line
+from serving_app.playground import _team_names, build_playground, refuse
+from serving_app.ui.arena import _refusal, reveal_line
 from serving_app.ui.compare import column_figures
 from serving_app.ui.text import markdown_text
 from tests.factories import MembershipFactory, TeamFactory
@@ -38,6 +39,14 @@ def test_arena_reveal_escapes_model_names() -> None:
 def test_compare_figures_escape_an_error_quoting_a_model_name() -> None:
     line = column_figures({"error": f"model {PAYLOAD} is not loaded"})
     assert line == f"**No answer:** model {ESCAPED} is not loaded"
+
+
+def test_error_toasts_show_member_text_as_text() -> None:
+    """Gradio renders a ``gr.Error`` message as HTML: a name a member typed must arrive escaped."""
+    assert _refusal(ValidationError(f"The preset “{PAYLOAD}” already exists.")).message == (
+        f"The preset “{ESCAPED}” already exists."
+    )
+    assert refuse(PermissionDenied(f"Role {PAYLOAD}")).message == f"Role {ESCAPED}"
 
 
 def test_session_line_escapes_team_names(alice: Any) -> None:

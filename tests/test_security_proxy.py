@@ -30,14 +30,22 @@ async def echo_client_app(scope: dict[str, Any], receive: Any, send: Any) -> Non
     await send({"type": "http.response.body", "body": body})
 
 
+async def echo_scheme_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """An ASGI app answering the scheme (http or https) uvicorn gives it."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": scope["scheme"].encode()})
+
+
 @contextlib.contextmanager
-def served_echo(trusted_proxies: str) -> Iterator[str]:
-    """``python -m studio.serve`` serving ``echo_client_app`` with ``ATELIER_TRUSTED_PROXIES`` set; its URL."""
+def served_echo(trusted_proxies: str, app: str = "echo_client_app") -> Iterator[str]:
+    """``python -m studio.serve`` serving ``app`` (of this module) with ``ATELIER_TRUSTED_PROXIES`` set; its URL."""
     from tests.conftest import free_port
 
     port = free_port()
     env = {**os.environ, "ATELIER_TRUSTED_PROXIES": trusted_proxies}
-    command = [sys.executable, "-m", "studio.serve", "--app", f"{__name__}:echo_client_app", "--port", str(port)]
+    command = [sys.executable, "-m", "studio.serve", "--app", f"{__name__}:{app}", "--port", str(port)]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -69,6 +77,25 @@ def test_forwarded_for_from_loopback_is_ignored_by_default() -> None:
 def test_forwarded_for_from_a_trusted_proxy_is_used() -> None:
     with served_echo("127.0.0.1") as base:
         assert httpx.get(base, headers={"X-Forwarded-For": SPOOFED}).text == SPOOFED
+
+
+@pytest.mark.parametrize("trusted, scheme", [("", "http"), ("127.0.0.1", "https")])
+def test_forwarded_proto_makes_a_request_https_only_from_a_trusted_proxy(trusted: str, scheme: str) -> None:
+    with served_echo(trusted, app="echo_scheme_app") as base:
+        assert httpx.get(base, headers={"X-Forwarded-Proto": "https"}).text == scheme
+
+
+def test_production_sends_a_plain_http_client_claiming_https_to_https(tmp_path: Path) -> None:
+    """Django itself does not believe X-Forwarded-Proto (the server does, from trusted proxies only)."""
+    from tests.test_settings import PRODUCTION_ENV, manage
+
+    probe = (
+        "from django.test import Client; "
+        "r = Client().get('/accounts/login/', HTTP_HOST='atelier.example.com', HTTP_X_FORWARDED_PROTO='https'); "
+        "print(r.status_code, r.get('Location'))"
+    )
+    result = manage("shell", "--no-imports", "-c", probe, env=PRODUCTION_ENV, tmp_path=tmp_path)
+    assert result.stdout.split() == ["301", "https://atelier.example.com/accounts/login/"], result.stderr
 
 
 @pytest.mark.django_db(transaction=True)

@@ -21,12 +21,13 @@ from django.urls import reverse
 from accounts.models import Membership, Team
 from accounts.permissions import resolve_access
 from accounts.roles import Role
+from studio.units import count as compact
 from tests.factories import finished_job, sample_version
 from training_app import jobs, presets
 from training_app.engine.reporting import describe_metrics
 from training_app.forms import field_name, initial_values
 from training_app.models import JobMetric, JobStatus, ModelVersion, TrainingJob
-from training_app.templatetags.training_charts import compact, duration_range, format_number
+from training_app.templatetags.training_charts import duration_range, format_number
 
 Login = Callable[[Any], Client]
 

@@ -91,6 +91,7 @@ import statistics
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from studio import units
 from training_app.engine.config import CONTEXT_KEYS
 
 GIB = 1024**3
@@ -444,18 +445,20 @@ def estimate_memory(
     elif state["gradients"] > forward_backward:
         parts.update(gradients=state["gradients"], optimizer=state["optimizer"])
         notes.append(
-            f"The peak comes with the full gradients ({_gib(state['gradients'])}) at the optimizer step; the "
-            f"activations and loss ({_gib(forward_backward)}) are freed by then."
+            f"The peak comes with the full gradients ({units.memory(state['gradients'])}) at the optimizer step; the "
+            f"activations and loss ({units.memory(forward_backward)}) are freed by then."
         )
     else:
         parts.update(optimizer=state["optimizer"], activations=activations, logits=head, weight_casts=casts)
         notes.append(
-            f"The peak comes at the start of the backward pass; the gradients ({_gib(state['gradients'])}) "
+            f"The peak comes at the start of the backward pass; the gradients ({units.memory(state['gradients'])}) "
             "replace the activations as it proceeds, so they are not added."
         )
     parts.update(buffers=buffers, runtime=runtime)
     if run.offload:
-        notes.append(f"ZeRO-3 offload keeps {_gib(weights['host'] + state['host'])} in host memory per process.")
+        notes.append(
+            f"ZeRO-3 offload keeps {units.memory(weights['host'] + state['host'])} in host memory per process."
+        )
     breakdown = {name: math.ceil(value) for name, value in parts.items() if value > 0}
     return MemoryEstimate(breakdown=breakdown, host_bytes=int(weights["host"] + state["host"]), notes=notes)
 
@@ -789,11 +792,11 @@ def _verdict(config: dict[str, Any], shape: ModelShape, pool: Pool, memory: int,
     limit = FIT_SHARE * pool.memory_bytes
     where = f"per {pool.device_word}"
     if memory <= limit:
-        return f"Fits: about {_gib(memory)} of {_gib(pool.memory_bytes)} {where}."
+        return f"Fits: about {units.memory(memory)} of {units.memory(pool.memory_bytes)} {where}."
     fixes = _fixes(config, shape, pool, tokens_per_row, limit)
     advice = "; or ".join(fixes) if fixes else "pick a worker pool with more memory per device"
     return (
-        f"Does not fit: about {_gib(memory)} {where} needed, {_gib(pool.memory_bytes)} available "
+        f"Does not fit: about {units.memory(memory)} {where} needed, {units.memory(pool.memory_bytes)} available "
         f"({FIT_SHARE:.0%} usable). Try: {advice}."
     )
 
@@ -821,7 +824,7 @@ def _fixes(config: dict[str, Any], shape: ModelShape, pool: Pool, tokens_per_row
             break
     found.sort()
     return [
-        " and ".join(candidates[index][0] for index in combination) + f" (about {_gib(total)})"
+        " and ".join(candidates[index][0] for index in combination) + f" (about {units.memory(total)})"
         for _, total, combination in found[:3]
     ]
 
@@ -863,7 +866,3 @@ def _first(values: dict[str, Any], *keys: str) -> Any:
         if values.get(key):
             return values[key]
     return None
-
-
-def _gib(value: float) -> str:
-    return f"{value / GIB:.1f} GiB"

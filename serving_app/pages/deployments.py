@@ -114,7 +114,6 @@ def _set_queryset(form: forms.Form, name: str, queryset: Any) -> None:
 # --- views --------------------------------------------------------------------------------------
 
 
-
 def _deployment(access: TeamAccess, deployment_id: int) -> Deployment:
     return get_object_or_404(deployments.visible_deployments(access), pk=deployment_id)
 

@@ -55,7 +55,6 @@ class PresetForm(forms.Form):
         self.fields["max_tokens"].help_text = f"The longest answer, in tokens (the playground allows at most {limit})."
 
 
-
 def _comparison(access: TeamAccess, comparison_id: int, action: str = "view") -> tuple[Comparison, set[str]]:
     comparison = get_object_or_404(comparisons.visible_comparisons(access), pk=comparison_id)
     return comparison, require_object_action(access, comparison, action)

@@ -37,7 +37,7 @@ from serving_app import arena
 from serving_app.catalog import Servable, usable_models
 from serving_app.inference import InferenceError, Sampling, stream_answer
 from serving_app.playground import refuse, team_access
-from serving_app.ui.text import markdown_text
+from serving_app.ui.text import markdown_text, refusal
 
 SIDES = ("Model A", "Model B")
 DEFAULT_MAX_TOKENS = 256
@@ -218,7 +218,7 @@ async def cast_vote(team_slug: str, choice: str, battle_id: int | None, request:
     """Record the vote on the session's battle, then name both models (arena_vote)."""
     access = await team_access(request, team_slug)
     if battle_id is None:
-        raise gr.Error("Start a battle first: choose models, type a message and press Send.")
+        raise refusal("Start a battle first: choose models, type a message and press Send.")
     try:
         battle = await sync_to_async(arena.vote)(access=access, battle_id=battle_id, choice=str(choice))
         label_a, label_b = await sync_to_async(arena.reveal)(access=access, battle_id=battle.pk)
@@ -366,9 +366,9 @@ def _anonymous(message: str, side: _Side) -> str:
 def _message(prompt: str) -> str:
     text = (prompt or "").strip()
     if not text:
-        raise gr.Error("Type a message for both models first.")
+        raise refusal("Type a message for both models first.")
     if len(text) > MAX_PROMPT:
-        raise gr.Error(f"Your message has {len(text):,} characters; the arena takes up to {MAX_PROMPT:,}. Shorten it.")
+        raise refusal(f"Your message has {len(text):,} characters; the arena takes up to {MAX_PROMPT:,}. Shorten it.")
     return text
 
 
@@ -377,9 +377,9 @@ def _unchanged() -> tuple[Any, ...]:
 
 
 def _refusal(error: Exception) -> gr.Error:
-    """The message a person sees for a refused arena call (Gradio shows ``gr.Error`` text as it is)."""
+    """The message a person sees for a refused arena call (as literal text: see ``refusal``)."""
     if isinstance(error, arena.NoSuchBattle):
-        return gr.Error("No such battle of yours: press New battle to start one.")
+        return refusal("No such battle of yours: press New battle to start one.")
     if isinstance(error, ValidationError):
-        return gr.Error(" ".join(error.messages))
+        return refusal(" ".join(error.messages))
     return refuse(error)

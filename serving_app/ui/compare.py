@@ -31,7 +31,7 @@ from serving_app.comparisons import ColumnSettings, figures_line
 from serving_app.inference import InferenceError, StreamUpdate, stream_answer
 from serving_app.models import Comparison, PromptPreset
 from serving_app.playground import refuse, team_access
-from serving_app.ui.text import markdown_text
+from serving_app.ui.text import markdown_text, refusal
 
 logger = logging.getLogger(__name__)
 
@@ -422,9 +422,9 @@ async def stream_compare(
     ]
     prompt = (prompt or "").strip()
     if not prompt:
-        raise gr.Error("Type a prompt first.")
+        raise refusal("Type a prompt first.")
     if len(prompt) > MAX_PROMPT:
-        raise gr.Error(f"Keep the prompt under {MAX_PROMPT} characters (it has {len(prompt)}).")
+        raise refusal(f"Keep the prompt under {MAX_PROMPT} characters (it has {len(prompt)}).")
 
     earlier = list(turns or [])
 
@@ -612,7 +612,7 @@ async def save_prompt_preset(
             access=access, name=name or "", column=column, ip=_client_ip(request)
         )
     except ValidationError as error:
-        raise gr.Error(_message(error)) from None
+        raise refusal(_message(error)) from None
     presets = await sync_to_async(_preset_choices)(access)
     status = f"Saved the preset “{markdown_text(preset.name)}”: pick it in any column's settings."
     pickers = [gr.Dropdown(choices=presets, value=str(preset.pk))]
@@ -664,7 +664,7 @@ async def save_current_comparison(
             ip=_client_ip(request),
         )
     except ValidationError as error:
-        raise gr.Error(_message(error)) from None
+        raise refusal(_message(error)) from None
     url = reverse("serving:comparison", args=[access.team.slug, comparison.pk])
     who = "everyone in the team" if not comparison.restricted else "you and the team's admins"
     return f"Saved “{markdown_text(comparison.title)}”, visible to {who}: [read it side by side]({url})."
@@ -678,7 +678,6 @@ def column_figures(answer: dict[str, Any]) -> str:
     if answer.get("error"):
         answer = {**answer, "error": markdown_text(answer["error"])}
     return figures_line(answer)
-
 
 
 def _require_playground(access: TeamAccess) -> None:
@@ -696,7 +695,7 @@ def _column_count(value: Any) -> int:
     except (TypeError, ValueError):
         count = 0
     if not comparisons.MIN_COLUMNS <= count <= COLUMNS:
-        raise gr.Error(f"Choose {comparisons.MIN_COLUMNS} to {COLUMNS} columns.")
+        raise refusal(f"Choose {comparisons.MIN_COLUMNS} to {COLUMNS} columns.")
     return count
 
 
@@ -704,7 +703,7 @@ async def _resolve(access: TeamAccess, keys: list[str | None]) -> list[Servable]
     """Every column's model, checked for this person now; a refusal generates nothing."""
     for number, key in enumerate(keys, start=1):
         if not key:
-            raise gr.Error(f"Pick a model for column {number}.")
+            raise refusal(f"Pick a model for column {number}.")
     try:
         return await sync_to_async(resolve_models)(access, [str(key) for key in keys])
     except (Http404, PermissionDenied) as error:
@@ -719,7 +718,7 @@ def _column_settings(
             system_prompt=system_prompt, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed
         )
     except ValidationError as error:
-        raise gr.Error(f"Column {number}: {_message(error)}") from None
+        raise refusal(f"Column {number}: {_message(error)}") from None
 
 
 def chat_history(value: Any) -> list[dict[str, str]]:
@@ -775,7 +774,7 @@ async def _preset_fields(access: TeamAccess, preset_id: Any) -> tuple[Any, ...]:
     _require_playground(access)
     preset = await sync_to_async(_team_preset)(access, preset_id)
     if preset is None:
-        raise gr.Error("Pick one of the team's presets first (it may have been deleted: reload the page).")
+        raise refusal("Pick one of the team's presets first (it may have been deleted: reload the page).")
     values = ColumnSettings.of_preset(preset)
     return (values.system_prompt, values.temperature, values.top_p, values.max_tokens)
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import html
 import re
 
+import gradio as gr
+
 # Inline markup: emphasis, code, links and images, strike-through, maths. (Headings, lists, quotes and
 # tables start a line, and the text is kept on one line.) CommonMark honours a backslash before each.
 _INLINE_MARKUP = re.compile(r"([\\`*_\[\]~$])")
@@ -22,3 +24,13 @@ def markdown_text(value: object) -> str:
     """``value`` as literal text on one line of Markdown: HTML special characters as entities, markup escaped."""
     escaped = html.escape(_LINE_BREAKS.sub(" ", str(value)), quote=False)
     return _INLINE_MARKUP.sub(r"\\\1", escaped)
+
+
+def refusal(message: str) -> gr.Error:
+    """``gr.Error(message)`` with ``message`` as literal text.
+
+    Gradio renders an error's message as (sanitized) HTML in its toast; messages here quote preset names,
+    comparison titles and validation errors that repeat what a member typed, so markup in them must show
+    as the characters typed, not become a link or an image.
+    """
+    return gr.Error(html.escape(message, quote=False))

@@ -14,6 +14,7 @@ from typing import Any
 
 from django import template
 
+from studio import units
 from studio.charts import format_value
 
 register = template.Library()
@@ -26,32 +27,9 @@ register = template.Library()
 format_number = register.filter("format_number", format_value)
 
 
-# Django's humanize has no short count to three figures (``intword`` says "4.0 million" for 3.95M parameters)
-# and ``filesizeformat`` labels binary sizes "GB": the training pages keep these two, used everywhere they show
-# parameters, tokens and memory, so a page never says 3.95M in one place and 4.0 million in another.
-@register.filter
-def compact(value: Any) -> str:
-    """Large counts short: 1.24B, 350M, 12.3k (parameters, tokens)."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return "–"
-    for size, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if abs(number) >= size:
-            return f"{number / size:.3g}{suffix}"
-    return f"{number:.0f}"
-
-
-@register.filter
-def memory(value: Any) -> str:
-    """Bytes as memory is counted (binary units, labelled as such): 640 MiB below a GiB, 2.31 GiB above."""
-    try:
-        size = float(value)
-    except (TypeError, ValueError):
-        return "–"
-    if size < 2**30:
-        return f"{size / 2**20:,.0f} MiB" if size >= 2**20 else f"{size / 2**10:,.0f} KiB"
-    return f"{size / 2**30:,.2f} GiB"
+# Parameters, tokens and memory: the studio's own formats (studio/units.py says why not humanize's).
+register.filter("compact", units.count)
+register.filter("memory", units.memory)
 
 
 @register.filter
