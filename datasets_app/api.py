@@ -61,6 +61,15 @@ class UploadFields(Schema):
     name: str = Field("", max_length=120, description="Defaults to the file's name.")
     description: str = Field("", max_length=2000)
     restricted: bool = False
+    text_split: Literal["paragraphs", "lines"] = Field(
+        "paragraphs", description="How a plain text file (.txt, .md) is cut into rows."
+    )
+
+
+class VersionFields(Schema):
+    text_split: Literal["paragraphs", "lines"] = Field(
+        "paragraphs", description="How a plain text file (.txt, .md) is cut into rows."
+    )
 
 
 class DatasetPatch(RequestBody):
@@ -90,7 +99,7 @@ class CurateIn(RequestBody):
 
 
 class SampleIn(RequestBody):
-    sample: Literal["chat", "instruction", "preference", "text"]
+    sample: Literal["chat", "instruction", "preference", "feedback", "tools", "text"]
 
 
 class MixSource(Schema):
@@ -107,7 +116,7 @@ class MixIn(RequestBody):
 
 
 class MappingIn(RequestBody):
-    kind: Literal["chat", "instruction", "preference", "text"]
+    kind: Literal["chat", "instruction", "preference", "feedback", "text"]
     mapping: dict[str, str] = Field(description="Normalized field → column of the file, e.g. {'prompt': 'question'}.")
 
 
@@ -251,12 +260,18 @@ def delete_dataset(request: HttpRequest, slug: str, dataset_id: ObjectId) -> Sta
     "teams/{slug}/datasets/{dataset_id}/versions/", response={201: VersionOut, 400: Error, 403: Error, 404: Error}
 )
 def upload_version(
-    request: HttpRequest, slug: str, dataset_id: ObjectId, file: UploadedFile | None = File(None)
+    request: HttpRequest,
+    slug: str,
+    dataset_id: ObjectId,
+    fields: Form[VersionFields],
+    file: UploadedFile | None = File(None),
 ) -> Status:
     """Upload a corrected file as the dataset's next version."""
     access = team_access(request, slug)
     dataset = _dataset(access, dataset_id, "change")
-    version = services.upload_new_version(access=access, dataset=dataset, upload=_required(file), ip=client_ip(request))
+    version = services.upload_new_version(
+        access=access, dataset=dataset, upload=_required(file), ip=client_ip(request), **fields.dict()
+    )
     return Status(201, _version_out(version))
 
 

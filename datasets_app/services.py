@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -34,8 +35,9 @@ from accounts.models import Team
 from accounts.permissions import TeamAccess, require_object_action, visible_objects
 from accounts.roles import Perm
 from datasets_app.engine import curation
-from datasets_app.engine.formats import UnsupportedFormat, detect_format
+from datasets_app.engine.formats import Problem, TextSplit, UnsupportedFormat, detect_format, iter_records
 from datasets_app.engine.rows import Kind, Row, read_rows_file, write_rows_file
+from datasets_app.engine.schemas import check_mapping, normalize
 from datasets_app.engine.stats import compute_stats
 from datasets_app.engine.validate import validate_file
 from datasets_app.models import Dataset, DatasetVersion, VersionStatus
@@ -130,13 +132,17 @@ def upload_dataset(
     upload: UploadedFile,
     description: str = "",
     restricted: bool = False,
+    text_split: str = "",
     ip: str | None = None,
 ) -> DatasetVersion:
-    """Create a dataset from an uploaded file; validation runs in the background (queue ``default``)."""
+    """Create a dataset from an uploaded file; validation runs in the background (queue ``default``).
+
+    ``text_split`` ("paragraphs", the default, or "lines") says how a plain text file is cut into rows."""
     access.require(Perm.UPLOAD_DATASETS)
     name = name.strip() or Path(upload.name or "dataset").stem[:120]
     _check_room(access.team, upload.size or 0)
     _check_format(upload)
+    split = _text_split(text_split)
     with _atomic_with_files() as folders:
         dataset = Dataset.objects.create(
             team=access.team,
@@ -145,7 +151,7 @@ def upload_dataset(
             restricted=restricted,
             created_by=access.user,
         )
-        version = _new_upload_version(access, dataset, upload, folders)
+        version = _new_upload_version(access, dataset, upload, folders, split)
         audit.record(
             "dataset.uploaded",
             access=access,
@@ -159,15 +165,16 @@ def upload_dataset(
 
 
 def upload_new_version(
-    *, access: TeamAccess, dataset: Dataset, upload: UploadedFile, ip: str | None = None
+    *, access: TeamAccess, dataset: Dataset, upload: UploadedFile, text_split: str = "", ip: str | None = None
 ) -> DatasetVersion:
     """Add a version to a dataset from a corrected file (the "fix and re-upload" path)."""
     access.require(Perm.UPLOAD_DATASETS)
     require_object_action(access, dataset, "change")
     _check_room(access.team, upload.size or 0)
     _check_format(upload)
+    split = _text_split(text_split)
     with _atomic_with_files() as folders:
-        version = _new_upload_version(access, dataset, upload, folders)
+        version = _new_upload_version(access, dataset, upload, folders, split)
         audit.record(
             "dataset.uploaded",
             access=access,
@@ -187,15 +194,27 @@ def _next_number(dataset: Dataset) -> int:
     return int(latest or 0) + 1
 
 
+def _text_split(value: str) -> TextSplit:
+    try:
+        return TextSplit(value or TextSplit.PARAGRAPHS)
+    except ValueError:
+        raise ValidationError(
+            {"text_split": f"Choose how plain text is split: {', '.join(split.value for split in TextSplit)}."}
+        ) from None
+
+
 def _new_upload_version(
-    access: TeamAccess, dataset: Dataset, upload: UploadedFile, folders: list[Path]
+    access: TeamAccess, dataset: Dataset, upload: UploadedFile, folders: list[Path], text_split: TextSplit
 ) -> DatasetVersion:
+    recipe: dict[str, Any] = {"step": "upload", "filename": upload.name}
+    if text_split is not TextSplit.PARAGRAPHS:
+        recipe["text_split"] = text_split.value
     version = DatasetVersion.objects.create(
         team=access.team,
         dataset=dataset,
         number=_next_number(dataset),
         created_by=access.user,
-        recipe={"step": "upload", "filename": upload.name},
+        recipe=recipe,
         source_name=(upload.name or "upload")[:255],
     )
     folders.append(version.folder())
@@ -269,6 +288,7 @@ def run_validation(version_id: int) -> None:
             max_row_chars=MAX_ROW_CHARS,
             out_path=version.rows_path,
             progress=_Progress(version_id, 0.0, 0.7),
+            text_split=version.recipe.get("text_split", TextSplit.PARAGRAPHS),
         )
     except OSError as error:
         log.exception("validation of dataset version %s failed", version_id)
@@ -278,7 +298,9 @@ def run_validation(version_id: int) -> None:
     if report.needs_mapping:
         _finish(version_id, status=VersionStatus.NEEDS_MAPPING, report=data)
         return
-    complete = report.valid_rows == report.total_rows and report.total_rows
+    # Ready only when every row of the whole file was read and kept: a file whose reading stopped early (a
+    # JSON array cut off, plain text that stops being UTF-8) is not Ready, even if the rows read are fine.
+    complete = report.complete and report.valid_rows == report.total_rows and report.total_rows
     has_rows = report.valid_rows > 0 and version.rows_path.exists()
     _finish(
         version_id,
@@ -328,12 +350,7 @@ def set_mapping(
     require_object_action(access, version.dataset, "change")
     if not can_map(version):
         raise ValidationError({"kind": "This version's columns are already understood."})
-    if kind not in KIND_VALUES:
-        raise ValidationError({"kind": f"Choose one of: {', '.join(KIND_VALUES)}."})
-    columns = set(version.report.get("columns", []))
-    unknown = sorted(set(mapping.values()) - columns) if columns else []
-    if unknown:
-        raise ValidationError({"mapping": f"No column named {', '.join(unknown)} in the file."})
+    _check_choice(version, kind, mapping)
     with transaction.atomic():
         DatasetVersion.objects.for_team(access.team).filter(pk=version.pk).update(
             kind=kind,
@@ -355,6 +372,113 @@ def set_mapping(
         _enqueue_validation(version)
     version.refresh_from_db()
     return version
+
+
+def _check_choice(version: DatasetVersion, kind: str, mapping: dict[str, str]) -> None:
+    if kind not in KIND_VALUES:
+        raise ValidationError({"kind": f"Choose one of: {', '.join(KIND_VALUES)}."})
+    columns = set(version.report.get("columns", []))
+    unknown = sorted(set(mapping.values()) - columns) if columns else []
+    if unknown:
+        raise ValidationError({"mapping": f"No column named {', '.join(unknown)} in the file."})
+
+
+def can_remap(version: DatasetVersion) -> bool:
+    """Whether an upload that validation already read can be read another way (another kind or columns, e.g.
+    to use a column it reported unused) as a new version; the version itself never changes."""
+    return (
+        version.recipe.get("step") == "upload"
+        and version.status in (VersionStatus.READY, VersionStatus.INVALID)
+        and bool(version.report.get("columns"))
+        and version.source_path.exists()
+    )
+
+
+def remap_as_new_version(
+    *, access: TeamAccess, version: DatasetVersion, kind: str, mapping: dict[str, str], ip: str | None = None
+) -> DatasetVersion:
+    """Validate the same uploaded file again with a person's kind and columns, as the dataset's next version
+    (its parent is ``version``, which stays as it is: jobs may have trained on it)."""
+    access.require(Perm.UPLOAD_DATASETS)
+    require_object_action(access, version.dataset, "change")
+    if not can_remap(version):
+        raise ValidationError({"kind": "Only a validated upload can be read another way."})
+    _check_choice(version, kind, mapping)
+    _check_room(access.team, version.source_size)
+    recipe = {**version.recipe, "remapped_from": version.number}
+    with _atomic_with_files() as folders:
+        child = DatasetVersion.objects.create(
+            team=access.team,
+            dataset=version.dataset,
+            number=_next_number(version.dataset),
+            parent=version,
+            created_by=access.user,
+            recipe=recipe,
+            source_name=version.source_name,
+            kind=kind,
+            mapping=mapping,
+        )
+        folders.append(child.folder())
+        child.folder().mkdir(parents=True, exist_ok=True)
+        try:  # the same bytes: a hard link costs no room when the file system allows it
+            os.link(version.source_path, child.source_path)
+        except OSError:
+            shutil.copyfile(version.source_path, child.source_path)
+        child.source_size = version.source_size
+        child.save(update_fields=["source_size"])
+        audit.record(
+            "dataset.remapped",
+            access=access,
+            target=version.dataset,
+            ip=ip,
+            version=child.number,
+            parent=version.number,
+            kind=kind,
+            mapping=mapping,
+        )
+        _enqueue_validation(child)
+    return child
+
+
+def preview_mapping(
+    *, access: TeamAccess, version: DatasetVersion, kind: str, mapping: dict[str, str], rows: int = 3
+) -> list[dict[str, Any]]:
+    """The first ``rows`` records of the upload as ``kind`` with ``mapping`` would normalize them, before the
+    mapping is applied: each ``{"line", "row"}`` or ``{"line", "problems": [sentences]}``. Read-only."""
+    access.require(Perm.UPLOAD_DATASETS)
+    require_object_action(access, version.dataset, "change")
+    _check_choice(version, kind, mapping)
+    errors = check_mapping(Kind(kind), mapping)
+    if errors:
+        raise ValidationError({"mapping": errors})
+    with version.source_path.open("rb") as handle:
+        head = handle.read(64 * 1024)
+    try:
+        fmt = detect_format(version.source_name, head)
+    except UnsupportedFormat as error:
+        raise ValidationError({"file": f"{error}."}) from None
+    split = TextSplit(version.recipe.get("text_split", TextSplit.PARAGRAPHS))
+    shown: list[dict[str, Any]] = []
+    records = iter_records(version.source_path, fmt, text_split=split)
+    try:
+        for item in records:
+            if isinstance(item, Problem):
+                if item.scope == "row":
+                    shown.append({"line": item.line, "problems": [item.message]})
+                elif item.stops_reading:
+                    shown.append({"line": item.line, "problems": [item.message]})
+                    break
+            else:
+                result = normalize(item, Kind(kind), mapping)
+                if isinstance(result, list):
+                    shown.append({"line": item.line, "problems": [problem.message for problem in result]})
+                else:
+                    shown.append({"line": item.line, "row": result})
+            if len(shown) >= rows:
+                break
+    finally:
+        records.close()
+    return shown
 
 
 def _child_version(access: TeamAccess, version: DatasetVersion, **fields: Any) -> DatasetVersion:
@@ -419,6 +543,8 @@ SAMPLES: dict[str, tuple[str, str]] = {
     "chat": ("Sample: support chats", "chat.jsonl"),
     "instruction": ("Sample: instructions", "instruction.jsonl"),
     "preference": ("Sample: preferences", "preference.jsonl"),
+    "feedback": ("Sample: answer feedback", "feedback.jsonl"),
+    "tools": ("Sample: tool calls", "tools.jsonl"),
     "text": ("Sample: raw text", "raw_text.jsonl"),
 }
 

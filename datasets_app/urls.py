@@ -18,6 +18,7 @@ urlpatterns = [
     path("<int:dataset_id>/v<int:number>/", views.version_detail, name="version"),
     path("<int:dataset_id>/v<int:number>/rows/", views.version_rows, name="rows"),
     path("<int:dataset_id>/v<int:number>/mapping/", views.version_mapping, name="mapping"),
+    path("<int:dataset_id>/v<int:number>/mapping/preview/", views.version_mapping_preview, name="mapping_preview"),
     path("<int:dataset_id>/v<int:number>/keep-valid/", views.version_keep_valid, name="keep_valid"),
     path("<int:dataset_id>/v<int:number>/curate/", views.version_curate, name="curate"),
     path("<int:dataset_id>/v<int:number>/source/", views.version_source, name="source"),

@@ -25,7 +25,6 @@ from datasets_app.models import Dataset, DatasetVersion, VersionStatus
 ROWS_PER_PAGE = 20
 
 
-
 def _dataset(access: TeamAccess, dataset_id: int, action: str = "view") -> tuple[Dataset, set[str]]:
     dataset = get_object_or_404(Dataset.objects.for_team(access.team), pk=dataset_id)
     return dataset, require_object_action(access, dataset, action)
@@ -75,6 +74,7 @@ def dataset_list(request: TeamRequest, team_slug: str) -> HttpResponse:
                     name=data["name"],
                     description=data["description"],
                     restricted=data["restricted"],
+                    text_split=data["text_split"],
                     ip=client_ip(request),
                 )
             except ValidationError as error:
@@ -125,14 +125,20 @@ def version_detail(request: TeamRequest, team_slug: str, dataset_id: int, number
             response["HX-Refresh"] = "true"  # validation finished: show the whole page
         return response
     dataset = version.dataset
+    can_change = "change" in actions and access.can(Perm.UPLOAD_DATASETS)
     context = {
         "dataset": dataset,
         "version": version,
         "versions": services.versions_of(dataset),
         "actions": actions,
-        "can_change": "change" in actions and access.can(Perm.UPLOAD_DATASETS),
+        "can_change": can_change,
         "can_export": access.can(Perm.EXPORT_DATASETS),
-        "mapping_form": MappingForm(report=version.report) if services.can_map(version) else None,
+        # An ambiguous upload shows its mapping form to everyone (viewers see why it waits); reading a validated
+        # upload another way is offered to those who may change the dataset.
+        "mapping_form": MappingForm(report=version.report)
+        if services.can_map(version) or (can_change and services.can_remap(version))
+        else None,
+        "remap": not services.can_map(version),
         "upload_form": VersionUploadForm(),
         "edit_form": DatasetEditForm(
             initial={"name": dataset.name, "description": dataset.description, "restricted": dataset.restricted}
@@ -161,6 +167,10 @@ def _charts(stats: dict[str, Any]) -> dict[str, Any]:
         "turns": bins(stats.get("turns")),
         "roles": [(role, count) for role, count in (stats.get("roles") or {}).items() if count],
         "pii": sorted((kind, found) for kind, found in (stats.get("pii") or {}).items() if found["count"]),
+        "labels": [("thumbs up", labels["good"]), ("thumbs down", labels["bad"])]
+        if (labels := stats.get("labels"))
+        else [],
+        "tool_calls": list(((stats.get("tool_calls") or {}).get("calls") or {}).items()),
     }
 
 
@@ -237,7 +247,11 @@ def version_upload(request: TeamRequest, team_slug: str, dataset_id: int) -> Htt
     elif form.is_valid():
         try:
             version = services.upload_new_version(
-                access=access, dataset=dataset, upload=form.cleaned_data["file"], ip=client_ip(request)
+                access=access,
+                dataset=dataset,
+                upload=form.cleaned_data["file"],
+                text_split=form.cleaned_data["text_split"],
+                ip=client_ip(request),
             )
         except ValidationError as error:
             messages.error(request, " ".join(error.messages))
@@ -257,12 +271,44 @@ def version_mapping(request: TeamRequest, team_slug: str, dataset_id: int, numbe
     form = MappingForm(request.POST, report=version.report)
     if form.is_valid():
         try:
-            services.set_mapping(access=access, version=version, ip=client_ip(request), **form.mapping())
+            if services.can_map(version):
+                services.set_mapping(access=access, version=version, ip=client_ip(request), **form.mapping())
+            else:  # a validated upload read another way: a new version, this one stays as it is
+                child = services.remap_as_new_version(
+                    access=access, version=version, ip=client_ip(request), **form.mapping()
+                )
+                return redirect("datasets:version", team_slug, dataset_id, child.number)
         except ValidationError as error:
             messages.error(request, " ".join(error.messages))
     else:
         messages.error(request, " ".join(_error_sentences(form)))
     return redirect("datasets:version", team_slug, dataset_id, number)
+
+
+@require_POST
+@require_perm(Perm.UPLOAD_DATASETS)
+def version_mapping_preview(request: TeamRequest, team_slug: str, dataset_id: int, number: int) -> HttpResponse:
+    """The first three rows as the mapping form's current choice would make them (htmx fragment)."""
+    access = request.access
+    version, _ = _version(access, dataset_id, number, "change")
+    form = MappingForm(request.POST, report=version.report)
+    context: dict[str, Any] = {
+        "errors": [],
+        "previews": [],
+        "kind": request.POST.get("kind", ""),
+        "unit": version.report.get("line_unit", "line"),
+    }
+    if not services.can_map(version) and not services.can_remap(version):
+        context["errors"] = ["This version's columns are already understood."]
+    elif form.is_valid():
+        chosen = form.mapping()
+        try:
+            context["previews"] = services.preview_mapping(access=access, version=version, **chosen)
+        except ValidationError as error:
+            context["errors"] = error.messages
+    else:
+        context["errors"] = _error_sentences(form)
+    return render(request, "datasets/_mapping_preview.html", context)
 
 
 def _error_sentences(form: Form) -> list[str]:

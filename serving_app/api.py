@@ -1,8 +1,10 @@
-"""REST endpoints for deployments and usage under /api/v1/teams/<slug>/ (the /v1 OpenAI API is separate).
+"""REST endpoints for deployments, usage and feedback under /api/v1/teams/<slug>/ (the /v1 OpenAI API is separate).
 
 ``POST deployments`` publishes a model version under a name, ``PATCH deployments/{id}/keys`` sets which
-team API keys may call it, ``GET usage`` returns the numbers of the usage page. Access is resolved as
-in the other routers: a member's token, or a team API key acting in its own team with its role.
+team API keys may call it, ``GET usage`` returns the numbers of the usage page, ``POST
+playground/feedback/export`` turns the playground's thumbs up/down votes into a feedback dataset version.
+Access is resolved as in the other routers: a member's token, or a team API key acting in its own team with
+its role.
 
 No ``from __future__ import annotations`` here: django-ninja reads the annotations at runtime.
 """
@@ -20,7 +22,7 @@ from accounts.http import client_ip
 from accounts.models import TeamAPIKey
 from accounts.permissions import TeamAccess
 from accounts.roles import Perm
-from serving_app import deployments
+from serving_app import deployments, feedback
 from serving_app.deployments import UsageRow
 from serving_app.models import Deployment
 
@@ -94,6 +96,15 @@ class UsageOut(Schema):
 
 class UsageFilters(Schema):
     days: int = Field(30, ge=1, le=366, description="How many days back, today included.")
+
+
+class FeedbackExportOut(Schema):
+    dataset_id: int = Field(description="The team's “Playground feedback” dataset.")
+    number: int = Field(description="The new version's number (GET datasets/{dataset_id}/versions/{number}).")
+    status: str = Field(description="The new version's validation status: it is validated in the background.")
+    exported: int = Field(description="Votes that became rows (and are marked exported).")
+    left_out: int = Field(description="Votes with an empty conversation or answer: they cannot make a row.")
+    restricted: int = Field(description="Votes on a restricted model version: kept, not exported.")
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -227,3 +238,27 @@ def usage(request: HttpRequest, slug: str, filters: Query[UsageFilters]) -> dict
         "deployments": [_row_out(row) for row in summary.by_deployment],
         "keys": [_row_out(row) for row in summary.by_key],
     }
+
+
+# --- playground feedback ------------------------------------------------------------------------
+
+
+@router.post(
+    "teams/{slug}/playground/feedback/export",
+    response={201: FeedbackExportOut, 400: Error, 403: Error, 404: Error},
+    summary="Export playground votes as a feedback dataset",
+)
+def export_feedback(request: HttpRequest, slug: str) -> Status:
+    """Turn the thumbs up/down votes not exported yet into a new version of the "Playground feedback" dataset.
+
+    The rows are prompt, completion and label (TRL's unpaired preference format, for KTO); the version is
+    validated in the background like any upload. 400 when there is nothing new to export.
+    """
+    access = team_access(request, slug)
+    result = feedback.export_feedback(access=access, ip=client_ip(request))
+    version = result.version
+    out = {
+        "dataset_id": version.dataset_id, "number": version.number, "status": version.status,
+        "exported": result.exported, "left_out": result.left_out, "restricted": result.restricted,
+    }  # fmt: skip
+    return Status(201, out)

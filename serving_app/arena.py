@@ -19,7 +19,6 @@ of the team's "Arena preferences" dataset, made and validated like any upload.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
@@ -28,20 +27,17 @@ from typing import Any
 
 import numpy as np
 from django.core.exceptions import ValidationError
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import transaction
 from django.http import Http404
 from django.utils import timezone
 
 from accounts import audit
 from accounts.models import Team
-from accounts.permissions import TeamAccess, object_actions
+from accounts.permissions import TeamAccess
 from accounts.roles import Perm
-from datasets_app import services as dataset_services
-from datasets_app.models import DatasetVersion
 from serving_app.catalog import Servable, resolve_model, resolve_models
+from serving_app.exports import ExportResult, restricted_model_keys, upload_rows, version_pk
 from serving_app.models import ArenaBattle
-from training_app.models import ModelVersion
 from training_app.services import visible_versions
 
 Vote = ArenaBattle.Vote
@@ -59,6 +55,7 @@ CONFIDENCE = 0.95
 VIRTUAL_TIES = 1.0
 EXPORT_DATASET_NAME = "Arena preferences"
 EXPORT_FILENAME = "arena-preferences.jsonl"
+EXPORT_DESCRIPTION = "Votes from the arena: the winner's answer as chosen, the loser's as rejected (for DPO)."
 HIDDEN_MODEL_LABEL = "A restricted model"
 BATTLE_OVER = "This battle is over (you voted): press New battle to start another."
 
@@ -289,10 +286,10 @@ def team_leaderboard(access: TeamAccess) -> list[LeaderboardRow]:
 
 def hidden_model_keys(access: TeamAccess, keys: Iterable[str]) -> set[str]:
     """The keys among ``keys`` of restricted model versions of the team that ``access`` may not see."""
-    restricted = _restricted_model_keys(access.team, keys)
+    restricted = restricted_model_keys(access.team, keys)
     if not restricted:
         return set()
-    visible = visible_versions(access, "view").filter(pk__in=[_version_pk(key) for key in restricted])
+    visible = visible_versions(access, "view").filter(pk__in=[version_pk(key) for key in restricted])
     return restricted - {f"version:{pk}" for pk in visible.values_list("pk", flat=True)}
 
 
@@ -388,16 +385,6 @@ def _to_score(strength: float) -> float:
 # --- exporting votes as preference data ----------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ExportResult:
-    """What an export made: the new dataset version and how many votes became rows or were left out."""
-
-    version: DatasetVersion
-    exported: int
-    left_out: int
-    restricted: int
-
-
 def pending_exports(team: Team) -> int:
     """How many decisive votes of the team are not exported yet."""
     return ArenaBattle.objects.for_team(team).filter(vote__in=DECISIVE_VOTES, exported_at__isnull=True).count()
@@ -445,7 +432,7 @@ def export_preferences(*, access: TeamAccess, ip: str | None = None) -> ExportRe
             .select_for_update()
             .order_by("voted_at", "pk")
         )
-        restricted = _restricted_model_keys(access.team, [key for b in battles for key in (b.model_a, b.model_b)])
+        restricted = restricted_model_keys(access.team, [key for b in battles for key in (b.model_a, b.model_b)])
         rows, exported, held_back, left_out = [], [], 0, 0
         for battle in battles:
             if {battle.model_a, battle.model_b} & restricted:
@@ -461,7 +448,9 @@ def export_preferences(*, access: TeamAccess, ip: str | None = None) -> ExportRe
             raise ValidationError(
                 {"battles": _nothing_to_export(left_out=left_out, restricted=held_back)}, code="nothing_to_export"
             )
-        version = _upload_rows(access, rows, ip)
+        version = upload_rows(
+            access, rows, name=EXPORT_DATASET_NAME, filename=EXPORT_FILENAME, description=EXPORT_DESCRIPTION, ip=ip
+        )
         ArenaBattle.objects.for_team(access.team).filter(pk__in=exported).update(exported_at=timezone.now())
         audit.record(
             "arena.exported",
@@ -483,34 +472,3 @@ def _nothing_to_export(*, left_out: int, restricted: int) -> str:
     if restricted:
         message += f" {restricted} vote(s) involve a restricted model version and are not exported."
     return message
-
-
-def _restricted_model_keys(team: Team, keys: Iterable[str]) -> set[str]:
-    """The keys among ``keys`` that name a restricted model version of ``team``."""
-    pks = {pk for pk in map(_version_pk, keys) if pk is not None}
-    if not pks:
-        return set()
-    restricted = ModelVersion.objects.for_team(team).filter(pk__in=pks, restricted=True).values_list("pk", flat=True)
-    return {f"version:{pk}" for pk in restricted}
-
-
-def _version_pk(key: str) -> int | None:
-    kind, _, pk = key.partition(":")
-    return int(pk) if kind == "version" and pk.isdigit() else None
-
-
-def _upload_rows(access: TeamAccess, rows: list[dict[str, list[Message]]], ip: str | None) -> DatasetVersion:
-    """Upload ``rows`` as a new version of the arena dataset the person may change, or as a new dataset."""
-    body = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode()
-    upload = SimpleUploadedFile(EXPORT_FILENAME, body, content_type="application/jsonl")
-    existing = dataset_services.visible_datasets(access).filter(name=EXPORT_DATASET_NAME).order_by("-created_at")
-    dataset = next((d for d in existing if "change" in object_actions(access, d)), None)
-    if dataset is not None:
-        return dataset_services.upload_new_version(access=access, dataset=dataset, upload=upload, ip=ip)
-    return dataset_services.upload_dataset(
-        access=access,
-        name=EXPORT_DATASET_NAME,
-        upload=upload,
-        description="Votes from the arena: the winner's answer as chosen, the loser's as rejected (for DPO).",
-        ip=ip,
-    )

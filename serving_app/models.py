@@ -1,4 +1,5 @@
-"""Serving: deployments behind /v1, saved comparisons, prompt presets, arena battles, usage and prompt logs.
+"""Serving: deployments behind /v1, saved comparisons, prompt presets, arena battles, playground votes, usage and
+prompt logs.
 
 Models are referred to by a *model key* across the playground and the arena: ``base:<pk>`` for a base
 model, ``version:<pk>`` for a model version (``serving_app.catalog`` resolves a key for one person,
@@ -133,6 +134,36 @@ class ArenaBattle(TeamOwnedModel):
 
     def __str__(self) -> str:
         return f"Battle {self.pk}: {self.model_a_label} vs {self.model_b_label}"
+
+
+class PlaygroundVote(TeamOwnedModel):
+    """A thumbs up or down on one playground answer: what the model was sent, what it answered, the verdict.
+
+    One vote per person per answer: ``fingerprint`` hashes the model key, the conversation and the answer,
+    so voting again on the same answer changes the label (until the vote is exported as feedback data).
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    model = models.CharField(max_length=40, help_text="The key of the model that answered (version:<id>, base:<id>).")
+    model_label = models.CharField(max_length=200)
+    # The conversation up to the answer, as the model was sent it: [{"role": "system"|"user"|"assistant", ...}].
+    prompt = models.JSONField(default=list)
+    answer = models.TextField()
+    label = models.BooleanField(help_text="True: thumbs up (a good answer); False: thumbs down (one to avoid).")
+    fingerprint = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    exported_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering: ClassVar = ["-created_at"]
+        constraints: ClassVar = [
+            models.UniqueConstraint(fields=["team", "user", "fingerprint"], name="one_vote_per_answer_per_person")
+        ]
+        indexes: ClassVar = [models.Index(fields=["team", "exported_at"])]
+
+    def __str__(self) -> str:
+        return f"{'Thumbs up' if self.label else 'Thumbs down'} on {self.model_label}"
 
 
 class UsageRecord(TeamOwnedModel):

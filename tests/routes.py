@@ -17,6 +17,7 @@ from serving_app.models import (
     Comparison,
     ComparisonUserObjectPermission,
     Deployment,
+    PlaygroundVote,
     PromptPreset,
     UsageRecord,
 )
@@ -114,6 +115,7 @@ def team_state(team: Team) -> dict[str, Any]:
         ),
         "presets": sorted(PromptPreset.objects.for_team(team).values_list("pk", "name", "system_prompt")),
         "battles": sorted(ArenaBattle.objects.for_team(team).values_list("pk", "vote", "exported_at")),
+        "playground_votes": sorted(PlaygroundVote.objects.for_team(team).values_list("pk", "label", "exported_at")),
         "usage": UsageRecord.objects.for_team(team).count(),
         "audit_events": AuditEvent.objects.for_team(team).count(),
     }

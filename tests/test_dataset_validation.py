@@ -204,8 +204,8 @@ def test_a_single_json_object_is_not_an_array(tmp_path: Path) -> None:
         ([{"role": "user", "content": "Hi"}, {"role": "bot", "content": "Hello"}], "unknown_role", "messages[1]",
          "Turn 2 has the role 'bot'; allowed roles: " + ", ".join(ROLES)),
         ([{"role": "user", "content": "Hi"}], "no_assistant_turn_at_end", "messages", "ends with a user turn (turn 1)"),
-        ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": 7}], "wrong_type", "messages[1]",
-         "content of type a number"),
+        ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": {"x": 7}}], "wrong_type",
+         "messages[1]", "content of type an object"),
         ([], "empty_conversation", "messages", "no turns"),
         ("not a list", "wrong_type", "messages", "must be a list of turns, not text"),
         ([{"speaker": "user", "text": "Hi"}], "missing_field", "messages[0]", "no role and content"),
@@ -378,7 +378,7 @@ def test_only_the_first_twenty_examples_are_kept(tmp_path: Path) -> None:
 
 # --- Fuzzing -----------------------------------------------------------------------------------------------
 
-EXTENSIONS = ["data.jsonl", "data.json", "data.csv", "data.parquet", "upload"]
+EXTENSIONS = ["data.jsonl", "data.json", "data.csv", "data.parquet", "notes.txt", "upload"]
 json_scalars = st.one_of(
     st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20)
 )
@@ -387,17 +387,56 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12,
 )
+# Content as text, as OpenAI's list of parts (text, reasoning, media, unknown), or any JSON value.
+content_parts = st.lists(
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(["text", "reasoning", "thinking", "image_url", "mystery"])},
+        optional={"text": st.text(max_size=10), "value": json_values},
+    ),
+    max_size=3,
+)
+tool_calls = st.lists(
+    st.fixed_dictionaries(
+        {"function": st.fixed_dictionaries({"name": st.sampled_from(["get_weather", "nope", ""])},
+                                           optional={"arguments": st.one_of(json_values, st.just('{"city": "Oslo"}'),
+                                                                            st.just("{broken"))})},
+        optional={"id": st.sampled_from(["c1", "c2"]), "type": st.just("function")},
+    ),
+    max_size=2,
+)  # fmt: skip
+tools = st.one_of(
+    st.just([{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]),
+    st.just('[{"name": "get_weather", "parameters": {"type": "bogus"}}]'),
+    json_values,
+)  # fmt: skip
 turns = st.lists(
     st.fixed_dictionaries(
         {
-            "role": st.sampled_from(["user", "assistant", "system", "tool", "gpt", "robot", ""]),
-            "content": st.text(max_size=30),
-        }
+            "role": st.sampled_from(["user", "assistant", "system", "tool", "gpt", "robot", "function_call", ""]),
+            "content": st.one_of(st.text(max_size=30), content_parts, json_values),
+        },
+        optional={
+            "tool_calls": tool_calls,
+            "tool_call_id": st.sampled_from(["c1", "c9"]),
+            "loss_weight": st.one_of(st.sampled_from([0, 1, -1, 0.5]), json_values),
+            "reasoning_content": json_values,
+        },
     ),
     max_size=4,
 )
 rows = st.one_of(
     st.fixed_dictionaries({"messages": turns}),
+    st.fixed_dictionaries({"messages": turns, "tools": tools}),
+    st.fixed_dictionaries({"conversations": turns, "chosen": json_values, "rejected": json_values}),
+    st.fixed_dictionaries({"messages": turns, "label": json_values}),
+    st.fixed_dictionaries(
+        {"input": json_values, "preferred_output": json_values, "non_preferred_output": json_values}
+    ),
+    st.fixed_dictionaries(
+        {"instruction": st.text(max_size=10), "output": st.text(max_size=10), "history": json_values},
+        optional={"system": json_values, "images": json_values},
+    ),
     st.fixed_dictionaries({"prompt": st.text(max_size=20), "completion": st.text(max_size=20)}),
     st.fixed_dictionaries({"text": json_values}),
     st.dictionaries(

@@ -498,8 +498,8 @@ def test_mapping_pickers_name_the_kinds_that_use_them(alice: Any, login: Any) ->
     rows = [{"question": f"Q{n}?", "answer": f"A{n}."} for n in range(3)]
     version = upload(resolve_access(alice, "acme"), jsonl(rows), name="qa.jsonl")
     html = login(alice).get(f"/t/acme/datasets/{version.dataset_id}/v1/").content.decode()
-    assert 'data-kinds="instruction preference" id="id_column_prompt"' in html
-    assert 'data-kinds="text" id="id_column_text"' in html and "js/mapping-form.js" in html
+    assert 'name="column_prompt" data-kinds="instruction preference feedback"' in html
+    assert 'name="column_text" data-kinds="text"' in html and "js/mapping-form.js" in html
 
 
 def test_mapping_can_be_tried_again_after_it_left_problems(alice: Any, login: Any) -> None:
@@ -518,16 +518,15 @@ def test_mapping_can_be_tried_again_after_it_left_problems(alice: Any, login: An
     assert "Try another mapping" not in client.get(url).content.decode()
 
 
-def test_plain_text_upload_is_refused_naming_the_accepted_formats(alice: Any, login: Any) -> None:
+def test_a_word_document_is_refused_naming_the_accepted_formats(alice: Any, login: Any) -> None:
     response = login(alice).post(
         "/t/acme/datasets/",
-        {"name": "Notes", "file": upload_file("notes.txt", b"first document\nsecond document\n")},
+        {"name": "Notes", "file": upload_file("notes.docx", b"PK\x03\x04 a zipped document")},
         headers={"X-Requested-With": "XMLHttpRequest"},
     )
     assert response.status_code == 400 and not DatasetVersion.objects.unscoped().exists()
     assert response.json()["errors"]["file"] == [
-        "notes.txt is not a supported format; upload JSON Lines, JSON, CSV or Parquet (for raw text, save one "
-        'document per line as JSON Lines: {"text": "…"}).'
+        "notes.docx is not a supported format; upload JSON Lines, JSON, CSV, Parquet or plain text."
     ]
 
 

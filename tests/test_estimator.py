@@ -32,6 +32,7 @@ from training_app.estimator import (
     achieved_flops_per_second,
     estimate,
     estimate_memory,
+    flops_per_token,
     trainable_parameters,
 )
 
@@ -342,6 +343,26 @@ def test_steps_tokens_time_and_cost_of_a_hand_computed_case() -> None:
     assert result.throughput_source.startswith("assumed 20% of peak")
     assert result.total_parameters == 1_235_814_400
     json.dumps(result.to_dict())
+
+
+def test_kto_counts_its_reference_and_kl_forwards_and_a_full_runs_reference_copy() -> None:
+    shape = ModelShape.from_config(LLAMA_1B)
+    config = {"method": "lora", "per_device_batch_size": 4, "max_seq_length": 1024, "epochs": 1.0}
+
+    sft = estimate(config, shape, H100, dataset_rows=1000, dataset_tokens=500_000)
+    kto = estimate({**config, "stage": "kto"}, shape, H100, dataset_rows=1000, dataset_tokens=500_000)
+
+    # The same steps; 6N more FLOPs per token: the reference on the answer, policy and reference on the KL answer.
+    assert kto.optimizer_steps == sft.optimizer_steps
+    assert flops_per_token(shape, "lora", 500, stage="kto") - flops_per_token(shape, "lora", 500) == 6 * 1_235_814_400
+    attention = 6 * 16 * 2048 * 500
+    assert kto.seconds / sft.seconds == pytest.approx(
+        (10 * 1_235_814_400 + attention) / (4 * 1_235_814_400 + attention), rel=0.01
+    )
+    full = {**config, "method": "full"}
+    full_sft = estimate_memory(full, shape, H100, tokens_per_row=500)
+    full_kto = estimate_memory({**full, "stage": "kto"}, shape, H100, tokens_per_row=500)
+    assert full_kto.breakdown["weights"] == 2 * full_sft.breakdown["weights"]  # the frozen reference model
 
 
 def test_packing_devices_and_max_steps_by_hand() -> None:

@@ -42,7 +42,7 @@ from accounts.models import (
 from accounts.permissions import resolve_access
 from accounts.roles import Role
 from datasets_app.models import DatasetVersion
-from serving_app.models import ArenaBattle, Comparison, Deployment, PromptPreset
+from serving_app.models import ArenaBattle, Comparison, Deployment, PlaygroundVote, PromptPreset
 from tests.factories import finished_job, member, ready_version
 from tests.routes import API_ROOT, api_team_operations, page_team_routes, team_state
 from training_app import presets
@@ -222,6 +222,7 @@ SWEEP: dict[Route, Probe] = {
     "datasets:version": Probe(params=_version),
     "datasets:rows": Probe(params=_version),
     "datasets:mapping": Probe(params=_version, body=lambda o: {"kind": "text", "column_text": "text"}),
+    "datasets:mapping_preview": Probe(params=_version, body=lambda o: {"kind": "text", "column_text": "text"}),
     "datasets:keep_valid": Probe(params=_version),
     "datasets:curate": Probe(params=_version, body=lambda o: {"step": "redact_pii"}),
     "datasets:source": Probe(params=_version),
@@ -279,6 +280,7 @@ SWEEP: dict[Route, Probe] = {
     "serving:comparison_delete": Probe(params=_comparison_id),
     "serving:presets": Probe(body=lambda o: PLANTED_PRESET),
     "serving:preset_delete": Probe(params=_preset_id),
+    "serving:feedback_export": Probe(),
     "serving:arena": Probe(),
     "serving:leaderboard": Probe(),
     "serving:arena_export": Probe(),
@@ -299,6 +301,7 @@ SWEEP: dict[Route, Probe] = {
     ),
     ("DELETE", "/api/v1/teams/{slug}/deployments/{deployment_id}"): Probe(params=_deployment_id),
     ("GET", "/api/v1/teams/{slug}/usage"): Probe(),
+    ("POST", "/api/v1/teams/{slug}/playground/feedback/export"): Probe(),
 }
 
 PAGE_ROUTES = sorted(name for name in SWEEP if isinstance(name, str))
@@ -370,6 +373,11 @@ def make_team_objects(team: Team, owner: Any, member_user: Any) -> TeamObjects:
         model_b=f"base:{model.pk}",
         model_b_label=model.name,
     )
+    # A playground vote not exported yet: what an export by the wrong team would take.
+    PlaygroundVote.objects.create(
+        team=team, user=owner, model=f"version:{model_version.pk}", model_label=str(model_version),
+        prompt=[{"role": "user", "content": "Hi"}], answer="Hello!", label=True, fingerprint=f"{team.slug}-vote",
+    )  # fmt: skip
     return TeamObjects(
         team=team, member=membership, invitation=invitation, key=key, version=version, model=model, job=job,
         model_version=model_version, deployment=deployment, comparison=comparison, preset=preset, battle=battle,

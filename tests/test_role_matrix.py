@@ -24,7 +24,7 @@ from accounts.models import Invitation, Membership, Team, TeamAPIKey
 from accounts.permissions import resolve_access
 from accounts.roles import ROLE_PERMISSIONS, Perm, Role
 from datasets_app.models import Dataset, DatasetVersion
-from serving_app.models import ArenaBattle, Deployment, PromptPreset
+from serving_app.models import ArenaBattle, Deployment, PlaygroundVote, PromptPreset
 from tests.factories import finished_job, member, sample_version, starter_like_base_model
 from tests.routes import page_team_routes, team_state
 from training_app import presets
@@ -81,6 +81,11 @@ def scenes(module_db: Any, module_media_root: Path) -> dict[str, Scene]:
             conversation_a=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! Need help?"}],
             conversation_b=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "hi hi hi"}],
             voted_at=timezone.now(),
+        )  # fmt: skip
+        # One thumbs up in the playground: something for "export playground votes" to turn into feedback data.
+        PlaygroundVote.objects.create(
+            team=acme, user=alice, model=f"version:{model_version.pk}", model_label=str(model_version),
+            prompt=[{"role": "user", "content": "Hi"}], answer="Hello! Need help?", label=True, fingerprint="vote",
         )  # fmt: skip
         deployment = Deployment.objects.create(
             team=acme, name="live-bot", model_version=model_version, created_by=alice
@@ -310,6 +315,12 @@ ACTIONS: dict[str, Action] = {
         None,
         done=lambda s: Dataset.objects.for_team(s.team).filter(name="Arena preferences").exists(),
     ),
+    "export_playground_votes": Action(
+        Perm.UPLOAD_DATASETS,
+        page_post("serving:feedback_export", no_data),
+        api_call("POST", "playground/feedback/export"),
+        done=lambda s: Dataset.objects.for_team(s.team).filter(name="Playground feedback").exists(),
+    ),
     "list_deployments": Action(Perm.VIEW_TEAM, page_get("serving:deployments"), api_call("GET", "deployments")),
     "create_deployment": Action(
         Perm.MANAGE_DEPLOYMENTS,
@@ -356,6 +367,7 @@ DOCUMENTED_MATRIX: dict[str, tuple[bool, bool, bool, bool]] = {
     "save_prompt_preset": (True, True, True, False),
     "read_leaderboard": (True, True, True, True),
     "export_arena_votes": (True, True, True, False),
+    "export_playground_votes": (True, True, True, False),
     "list_deployments": (True, True, True, True),
     "create_deployment": (True, True, False, False),
     "change_key_deployments": (True, True, False, False),

@@ -88,6 +88,49 @@ def test_chat_template_renders_roles_and_generation_prompt(tokenizer: PreTrained
     assert rendered == expected
 
 
+def test_chat_template_renders_tools_calls_results_and_reasoning_like_the_corpus(
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather «now».",
+              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]  # fmt: skip
+    call = {"type": "function", "id": "c1", "function": {"name": "get_weather", "arguments": {"city": "Zürich"}}}
+    messages = [
+        {"role": "user", "content": "Weather in Zürich?"},
+        {"role": "assistant", "content": "", "reasoning_content": " Check first. ", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "name": "get_weather", "content": '{"celsius": 4}'},
+        {"role": "assistant", "content": "It is 4 degrees.", "loss_weight": 0},
+    ]
+
+    rendered = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
+
+    assert rendered == "<|begin_of_text|>" + format_chat(messages, tools)
+    assert '{"name": "get_weather", "description": "Weather «now».", "parameters":' in rendered
+    assert (
+        "<|start_header_id|>assistant<|end_header_id|>\n\n<think>Check first.</think>\n"
+        '<tool_call>{"name": "get_weather", "arguments": {"city": "Zürich"}}</tool_call><|eot_id|>'
+        '<|start_header_id|>tool<|end_header_id|>\n\n{"celsius": 4}<|eot_id|>'
+    ) in rendered
+
+
+def test_an_answer_continues_the_generation_prompts_tokens(tokenizer: PreTrainedTokenizerBase) -> None:
+    """The newlines that end the prompt are the same token whether or not an answer follows."""
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
+    )
+
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(prompt + "<tool_call>{}</tool_call>", add_special_tokens=False)["input_ids"]
+
+    assert answer_ids[: len(prompt_ids)] == prompt_ids
+
+
+def test_the_tool_calling_sample_is_held_out_of_the_corpus() -> None:
+    texts = corpus_texts()
+
+    assert not [text for text in texts if "get_weather" in text or "convert_currency" in text]
+    assert [text for text in texts if '<tool_call>{"name": "set_reminder"' in text]  # the format itself is taught
+
+
 def test_chat_template_markers_are_single_special_tokens(tokenizer: PreTrainedTokenizerBase) -> None:
     ids = tokenizer.apply_chat_template(
         [{"role": "user", "content": "Hello"}], tokenize=True, add_generation_prompt=True, return_dict=False

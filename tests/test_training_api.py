@@ -99,6 +99,12 @@ def test_settings_list_every_setting_preset_and_pool(alice: Any, bearer: Bearer)
         "group": "LoRA",
     }  # fmt: skip
     assert {"value": "dpo", "label": "Preference tuning (DPO)"} in settings["stage"]["choices"]
+    assert {"value": "kto", "label": "Feedback tuning (KTO)"} in settings["stage"]["choices"]
+    assert (settings["train_reasoning"]["kind"], settings["train_reasoning"]["default"]) == ("bool", True)
+    assert (settings["kto_desirable_weight"]["kind"], settings["kto_desirable_weight"]["default"]) == (
+        "optional_float",
+        None,
+    )
     assert options["pools"][0]["name"] == options["default_pool"] == "cpu"
     presets = {preset["slug"]: preset for preset in options["presets"]}
     assert presets["quick-lora"]["available"] and presets["quick-lora"]["values"]["lora.rank"] == 16
@@ -164,6 +170,7 @@ def test_launch_queues_a_job_with_the_settings_stored_nested(
         ({"learning_rate": -1}, "learning_rate"),
         ({"max_seq_length": 1_000_000}, "max_seq_length"),
         ({"stage": "dpo"}, "stage"),  # a chat dataset has no chosen/rejected pairs
+        ({"stage": "kto"}, "stage"),  # nor answers labelled desirable or undesirable
         ({"deepspeed": "custom", "deepspeed_custom": {"not_a_key": 1}}, "deepspeed_custom"),
         ({"no_such_setting": 1}, "no_such_setting"),
     ],

@@ -401,6 +401,18 @@ def test_continued_pretraining_on_raw_text(tiny: dict[str, str], tmp_path: Path,
     assert losses[-1] < losses[0]
 
 
+def test_chat_sft_with_packing_trains_the_packed_conversations(
+    tiny: dict[str, str], tmp_path: Path, one_thread: None
+) -> None:
+    config = make_config(tiny, tmp_path, packing=True, max_steps=4, save_steps=4)
+
+    outcome = run(config)
+
+    assert outcome.exit_code == 0, outcome.failure
+    losses = training_losses(config)
+    assert len(losses) == 4 and losses[-1] < losses[0]
+
+
 # ---- cancel, SIGTERM, resume ----------------------------------------------------------------------------
 
 
@@ -494,7 +506,7 @@ def test_a_checkpoint_with_a_missing_or_truncated_file_is_not_complete(tmp_path:
 
 
 def test_invalid_configs_get_field_level_errors(tiny: dict[str, str], tmp_path: Path) -> None:
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"lora": {"rank": 0}}, "lora.rank"),
         ({"learning_rate": -1e-4}, "learning_rate"),
         ({"max_seq_length": 4096}, "max_seq_length"),
@@ -523,6 +535,19 @@ def test_invalid_configs_get_field_level_errors(tiny: dict[str, str], tmp_path: 
     }
     preset = make_config(tiny, tmp_path, deepspeed="custom", deepspeed_custom={"zero_optimization": {"stage": 3}})
     assert preset.validate(cuda_available=False) == {}
+
+
+def test_feedback_data_and_kto_settings_get_field_level_errors(tiny: dict[str, str], tmp_path: Path) -> None:
+    def errors(**overrides: Any) -> dict[str, str]:
+        return make_config(tiny, tmp_path, **overrides).validate(cuda_available=False)
+
+    assert "choose the KTO goal" in errors(kind="feedback", stage="sft")["kind"]
+    assert "choose the KTO goal" in errors(kind="feedback", stage="dpo")["kind"]
+    assert "labelled desirable or undesirable" in errors(kind="chat", stage="kto")["kind"]
+    assert "micro-batch of 2" in errors(kind="feedback", stage="kto", per_device_batch_size=1)["per_device_batch_size"]
+    assert "packing" in errors(kind="feedback", stage="kto", packing=True)
+    assert "kto_desirable_weight" in errors(kind="feedback", stage="kto", kto_desirable_weight=-1.0)
+    assert errors(kind="feedback", stage="kto", kto_undesirable_weight=2.0) == {}
 
 
 def test_a_run_with_invalid_settings_fails_with_the_field_errors(tiny: dict[str, str], tmp_path: Path) -> None:

@@ -1,8 +1,8 @@
 """Training jobs end to end: a real Celery worker on Redis and PostgreSQL runs the real trainer on CPU.
 
-Four runs go through the whole stack (the starter model, TRL, PEFT, DeepSpeed ZeRO-2 through
-``accelerate launch``): the happy path, cancel, a worker killed mid-run that resumes from its
-checkpoint, and a duplicate delivery. They check what a user would see: the job's status, its metrics,
+Five runs go through the whole stack (the starter model, TRL, PEFT, DeepSpeed ZeRO-2 through
+``accelerate launch``): the happy path, KTO on feedback rows, cancel, a worker killed mid-run that resumes
+from its checkpoint, and a duplicate delivery. They check what a user would see: the job's status, its metrics,
 the registered model version (which must load), the audit trail.
 
 What the trainer does with each stage, method and failure (full fine-tune with ZeRO-3, DPO, continued
@@ -182,6 +182,30 @@ def test_lora_sft_with_zero2_produces_a_loadable_adapter(celery_worker: None, al
     assert_loadable(model_version)
     actions = set(AuditEvent.objects.for_team(version.team).values_list("action", flat=True))
     assert {"job.launched", "job.succeeded", "model_version.registered"} <= actions
+
+
+# Answers labelled desirable (a colour) or undesirable (a refusal), two of one for each of the other: KTO
+# balances the weights from those counts.
+FEEDBACK_ROWS = [
+    {"prompt": [{"role": "user", "content": f"What colour is the {thing}?"}],
+     "completion": [{"role": "assistant", "content": f"The {thing} is {colour}." if good else "I will not say."}],
+     "label": good}
+    for thing, colour in [("sky", "blue"), ("grass", "green"), ("sun", "yellow"), ("snow", "white")]
+    for good in (True, True, False)
+] * 4  # fmt: skip
+
+
+@REAL_RUN
+def test_kto_on_feedback_rows_produces_a_loadable_adapter(celery_worker: None, alice: Any, starter_model: Any) -> None:
+    team = alice.memberships.first().team
+    version = ready_version(team, alice, FEEDBACK_ROWS, kind="feedback", name="Colour feedback")
+    job = wait_finished(launch(alice, version, starter_model, stage="kto", name="kto helper", learning_rate=5e-3))
+
+    assert job.status == JobStatus.SUCCEEDED, (job.failure, job.log_tail)
+    assert job.result["stage"] == "kto" and job.result["perplexity_after"] is None
+    assert losses(job)[-1] < losses(job)[0]
+    assert job.model_version.kind == ModelVersion.Kind.ADAPTER
+    assert_loadable(job.model_version)
 
 
 # ---- cancel, failures ------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from accounts.models import Membership, Team
 from accounts.permissions import resolve_access
 from accounts.roles import Role
 from studio.units import count as compact
-from tests.factories import finished_job, sample_version
+from tests.factories import finished_job, ready_version, sample_version
 from training_app import jobs, presets
 from training_app.engine.reporting import describe_metrics
 from training_app.forms import field_name, initial_values
@@ -219,6 +219,7 @@ INVALID_SETTINGS = [
     pytest.param({"learning_rate": "-0.001"}, "learning_rate", "positive number", id="negative-learning-rate"),
     pytest.param({"max_seq_length": "4096"}, "max_seq_length", "context of 1024", id="longer-than-context"),
     pytest.param({"stage": "dpo"}, "stage", "DPO learns from preference pairs", id="dpo-on-chat"),
+    pytest.param({"stage": "kto"}, "stage", "KTO learns from answers labelled", id="kto-on-chat"),
     pytest.param(
         {"deepspeed": "custom", "deepspeed_custom": '{"no_such_key": 1}'},
         "deepspeed_custom",
@@ -252,6 +253,51 @@ def test_estimate_lists_what_to_fix_instead_of_numbers(
     html = login(bob).post(url("estimate"), form_data(base_model_row, chat_version, **overrides)).content.decode()
     assert "to see the estimate" in html and message in html and f'href="#field-{field}"' in html
     assert "Memory per device" not in html
+
+
+@pytest.fixture
+def feedback_version(acme: Any, alice: Any) -> Any:
+    rows = [
+        {"prompt": [{"role": "user", "content": f"Is {number} even?"}],
+         "completion": [{"role": "assistant", "content": "Yes." if number % 2 == 0 else "No idea."}],
+         "label": number % 2 == 0}
+        for number in range(12)
+    ]  # fmt: skip
+    return ready_version(acme, alice, rows, kind="feedback", name="Answer ratings")
+
+
+def test_feedback_data_picked_for_sft_asks_for_the_kto_goal(
+    bob: Any, login: Login, base_model_row: Any, feedback_version: Any
+) -> None:
+    response = login(bob).post(url("new"), form_data(base_model_row, feedback_version, stage="sft"))
+
+    assert response.status_code == 400
+    assert "trains with KTO; choose the KTO goal" in field_html(response.content, "stage")
+    assert not acme_jobs().exists()
+
+
+def test_kto_on_feedback_data_launches_with_an_estimate(
+    bob: Any, login: Login, base_model_row: Any, feedback_version: Any
+) -> None:
+    response = login(bob).post(
+        url("new"), form_data(base_model_row, feedback_version, stage="kto", kto_desirable_weight="1.5")
+    )
+
+    job = acme_jobs().get()
+    assert response.status_code == 302
+    assert (job.config["stage"], job.config["kto_beta"], job.config["kto_desirable_weight"]) == ("kto", 0.1, 1.5)
+    assert job.config["kto_undesirable_weight"] is None  # balanced from the label counts by the trainer
+    assert job.estimate["optimizer_steps"] > 0 and job.estimate["memory_bytes"] > 0
+
+
+def test_form_offers_kto_and_explains_the_reasoning_setting(alice: Any, login: Login, base_model_row: Any) -> None:
+    response = login(alice).get(url("new"))
+
+    html = response.content.decode()
+    assert "Feedback tuning (KTO)" in html
+    reasoning = field_html(response.content, "train_reasoning")
+    assert "Train on reasoning" in reasoning and "kept as context but not learned" in reasoning
+    assert "Default: on." in reasoning
 
 
 def test_valid_launch_queues_a_job_and_opens_its_page(

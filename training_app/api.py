@@ -86,7 +86,9 @@ class ChoiceOut(Schema):
 
 class SettingOut(Schema):
     key: str = Field(description="Flat key to send in ``settings`` (dotted for LoRA's: ``lora.rank``).")
-    kind: str = Field(description="int, float, bool, choice, text, json or optional_int (null allowed).")
+    kind: str = Field(
+        description="int, float, bool, choice, text, json, optional_int or optional_float (null allowed)."
+    )
     default: Any
     label: str
     help: str

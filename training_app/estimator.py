@@ -379,10 +379,12 @@ def trainable_parameters(shape: ModelShape, method: str, lora: dict[str, Any]) -
 
 def flops_per_token(shape: ModelShape, method: str, sequence_length: float | None, *, stage: str = "sft") -> float:
     """Training FLOPs per token: 6·N full, 4·N adapters (PERF.md), + causal attention 6·L·q·s, + DPO's
-    reference forward 2·N. ``sequence_length`` None leaves the attention term out."""
+    reference forward 2·N, or KTO's 6·N (the reference on the answer, and the policy and the reference on the
+    mismatched answer its KL term reads, all without gradients). ``sequence_length`` None leaves the attention
+    term out."""
     dense = (6 if method == "full" else 4) * shape.parameter_count
     attention = 6 * shape.layers * shape.query_width * (sequence_length or 0)
-    reference = 2 * shape.parameter_count if stage == "dpo" else 0
+    reference = {"dpo": 2, "kto": 6}.get(stage, 0) * shape.parameter_count
     return float(dense + attention + reference)
 
 
@@ -490,7 +492,7 @@ class _Run:
     kbit_fp32: bool  # prepare_model_for_kbit_training: non-quantized weights and the residual stream in fp32
     autocast_casts: bool
     trainable: int
-    dpo: bool
+    dpo: bool  # a preference stage (DPO or KTO): a frozen reference model beside a full fine-tune
 
     @property
     def tokens(self) -> int:
@@ -558,7 +560,7 @@ class _Run:
             kbit_fp32=kbit_fp32,
             autocast_casts=method == "full" and mixed and not stage,
             trainable=trainable_parameters(shape, method, lora),
-            dpo=config.get("stage") == "dpo",
+            dpo=config.get("stage") in ("dpo", "kto"),
         )
 
 
@@ -573,7 +575,7 @@ def _weights(run: _Run) -> dict[str, float]:
     else:
         total = run.frozen_bytes * shape.parameter_count
     if run.dpo and run.method == "full":
-        total *= 2  # TRL's frozen reference model (adapters use the base with the adapter switched off)
+        total *= 2  # TRL's frozen reference model for DPO and KTO (adapters switch the adapter off instead)
     if run.zero_stage != 3:
         return {"device": total, "host": 0.0}
     gathered = 2 * max(shape.layer_linear_parameters(), shape.embedding_parameters()) * min(run.frozen_bytes, 2.0)

@@ -62,6 +62,8 @@ def setting_field(setting: presets.Setting) -> forms.Field:
         return forms.IntegerField(**{**common, "required": True})
     if setting.kind == "optional_int":
         return forms.IntegerField(**common)
+    if setting.kind == "optional_float":
+        return forms.FloatField(**common)
     if setting.kind == "float":
         return forms.FloatField(**{**common, "required": True})
     if setting.kind == "bool":
@@ -140,7 +142,7 @@ class JobForm(forms.Form):
         values: dict[str, Any] = {}
         for setting in presets.SETTINGS:
             value = self.cleaned_data.get(field_name(setting.key))
-            if setting.kind == "optional_int" and value in ("", None):
+            if setting.kind in ("optional_int", "optional_float") and value in ("", None):
                 value = None
             values[setting.key] = value
         return values

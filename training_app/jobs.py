@@ -33,7 +33,7 @@ from accounts.roles import Perm
 from datasets_app import services as dataset_services
 from datasets_app.models import DatasetVersion
 from training_app import estimator, presets
-from training_app.engine.config import ConfigError, RunConfig
+from training_app.engine.config import CONVERSATION_KINDS, ConfigError, RunConfig
 from training_app.models import ACTIVE_STATUSES, BaseModel, JobMetric, JobStatus, ModelVersion, TrainingJob
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def check_settings(
     if (
         base_model is not None
         and dataset_version is not None
-        and dataset_version.kind in ("chat", "preference")
+        and dataset_version.kind in CONVERSATION_KINDS
         and not base_model.chat_template
     ):
         errors.setdefault("base_model", f"{base_model.name} has no chat template, so it cannot read conversations")

@@ -19,7 +19,7 @@ class Setting:
     """One run setting: its key (dotted for LoRA's), kind of value, default, label and one-line help."""
 
     key: str
-    kind: str  # "int", "float", "bool", "choice", "text", "json", "optional_int"
+    kind: str  # "int", "float", "bool", "choice", "text", "json", "optional_int", "optional_float"
     default: Any
     label: str
     help: str
@@ -31,6 +31,7 @@ STAGES = (
     ("sft", "Instruction / chat tuning (SFT)"),
     ("pretrain", "Continued pretraining on raw text"),
     ("dpo", "Preference tuning (DPO)"),
+    ("kto", "Feedback tuning (KTO)"),
 )
 METHODS = (
     ("lora", "LoRA: small adapter, base frozen"),
@@ -89,6 +90,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("packing", "bool", False, "Packing", "Concatenate short rows into full sequences: faster, same loss."),
     Setting(
+        "train_reasoning",
+        "bool",
+        True,
+        "Train on reasoning",
+        "Chat tuning: learn the assistant's reasoning too; off, it is kept as context but not learned.",
+    ),
+    Setting(
         "gradient_checkpointing",
         "bool",
         False,
@@ -128,6 +136,25 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("seed", "int", 42, "Seed", "Makes the run repeatable."),
     Setting(
         "dpo_beta", "float", 0.1, "DPO beta", "How far DPO may move from the base model; 0.1 is usual.", group="DPO"
+    ),
+    Setting(
+        "kto_beta", "float", 0.1, "KTO beta", "How far KTO may move from the base model; 0.1 is usual.", group="KTO"
+    ),
+    Setting(
+        "kto_desirable_weight",
+        "optional_float",
+        None,
+        "Desirable weight",
+        "Loss weight of answers labelled desirable; empty: balanced from the label counts.",
+        group="KTO",
+    ),
+    Setting(
+        "kto_undesirable_weight",
+        "optional_float",
+        None,
+        "Undesirable weight",
+        "Loss weight of answers labelled undesirable; empty: balanced from the label counts.",
+        group="KTO",
     ),
     Setting(
         "merge_adapter",

@@ -1,10 +1,12 @@
-"""Streaming readers for uploaded datasets: JSON Lines, JSON (an array of objects), CSV and Parquet.
+"""Streaming readers for uploaded datasets: JSON Lines, JSON (an array of objects), CSV, Parquet and plain text.
 
 Every reader yields, in file order, a ``Record`` for each row it could read or a ``Problem`` saying why
 it could not. No reader loads the whole file: JSON Lines and CSV hold one physical line at a time (at
 most ``max_row_bytes``), a JSON array one element at a time, Parquet one record batch at a time (a
 Parquet row group is the unit pyarrow decompresses, so a file written with huge row groups costs that
-much). Malformed input never raises: it becomes a ``Problem`` with a code from ``PROBLEM_CODES``.
+much). A plain text file (``.txt``, ``.md``) becomes one ``{"text": …}`` record per paragraph (blank lines
+between them) or per line (``TextSplit``), held one record at a time. Malformed input never raises: it
+becomes a ``Problem`` with a code from ``PROBLEM_CODES``.
 
 Where a problem sits is given by ``line``, whose unit depends on the format (``LINE_UNITS``): the
 physical line for JSON Lines and CSV (the header is line 1), the 1-based element number for a JSON
@@ -43,6 +45,14 @@ class Format(StrEnum):
     JSON = "json"
     CSV = "csv"
     PARQUET = "parquet"
+    TEXT = "text"
+
+
+class TextSplit(StrEnum):
+    """How a plain text file is cut into rows for continued pretraining."""
+
+    PARAGRAPHS = "paragraphs"
+    LINES = "lines"
 
 
 LINE_UNITS: dict[Format, str] = {
@@ -50,6 +60,7 @@ LINE_UNITS: dict[Format, str] = {
     Format.JSON: "element",
     Format.CSV: "line",
     Format.PARQUET: "row",
+    Format.TEXT: "line",
 }
 """What ``Record.line`` and ``Problem.line`` count, per format (for the column heading in a report)."""
 
@@ -67,7 +78,8 @@ PROBLEM_CODES: dict[str, ProblemCode] = {
     # Reading the file.
     "unsupported_format": ProblemCode(
         "The file is not in a supported format.",
-        "Upload JSON Lines (.jsonl), JSON (.json, an array of objects), CSV (.csv) or Parquet (.parquet).",
+        "Upload JSON Lines (.jsonl), JSON (.json, an array of objects), CSV (.csv), Parquet (.parquet) or "
+        "plain text (.txt, .md).",
     ),
     "encoding": ProblemCode(
         "The text is not valid UTF-8.",
@@ -168,6 +180,45 @@ PROBLEM_CODES: dict[str, ProblemCode] = {
         "The chosen and rejected answers are identical, so the row teaches nothing.",
         "Give a worse rejected answer, or remove the row.",
         ("row with identical answers", "rows with identical answers"),
+    ),
+    "needs_media": ProblemCode(
+        "The row needs images, audio or video, and this studio trains text-only models.",
+        "Remove the media columns, parts and <image>-style tags (and the text that talks about them), or train "
+        "this data with a multimodal tool.",
+        ("row that needs media", "rows that need media"),
+    ),
+    "bad_tool_schema": ProblemCode(
+        "A tool declaration is malformed.",
+        'Declare each tool as {"type": "function", "function": {"name": …, "description": …, "parameters": '
+        "<a JSON schema object>}}.",
+        ("row with a malformed tool declaration", "rows with malformed tool declarations"),
+    ),
+    "bad_tool_call": ProblemCode(
+        "A tool call is malformed.",
+        'Write calls as tool_calls: [{"type": "function", "function": {"name": …, "arguments": {…}}}] on an '
+        "assistant turn (ShareGPT: a function_call turn whose value is that JSON).",
+        ("row with a malformed tool call", "rows with malformed tool calls"),
+    ),
+    "unknown_tool": ProblemCode(
+        "A turn calls a tool the row does not declare.",
+        "Declare every tool the conversation calls in the row's 'tools' column, or fix the tool's name.",
+        ("row calling an undeclared tool", "rows calling undeclared tools"),
+    ),
+    "bad_tool_arguments": ProblemCode(
+        "A tool call's arguments do not match the tool's parameters.",
+        "Fix the arguments (a JSON object with the required properties of the right types), or the tool's "
+        "parameter schema.",
+        ("row with wrong tool arguments", "rows with wrong tool arguments"),
+    ),
+    "bad_loss_weight": ProblemCode(
+        "A turn's loss weight is not a number of 0 or more.",
+        "Use loss_weight 0 for turns that are context only and 1 (or leave it out) for turns to learn.",
+        ("row with a bad loss weight", "rows with bad loss weights"),
+    ),
+    "bad_label": ProblemCode(
+        "A feedback label is not true or false.",
+        "Label each answer true (a good answer) or false (an answer to avoid); 1/0 and yes/no are read too.",
+        ("row with a bad label", "rows with bad labels"),
     ),
     "row_too_long": ProblemCode(
         "The row's text is longer than the length limit.",
@@ -304,6 +355,10 @@ _EXTENSIONS = {
     "tsv": Format.CSV,
     "parquet": Format.PARQUET,
     "pq": Format.PARQUET,
+    "txt": Format.TEXT,
+    "text": Format.TEXT,
+    "md": Format.TEXT,
+    "markdown": Format.TEXT,
 }
 _COMPRESSED = {"gz", "zip", "bz2", "xz", "zst", "7z", "tar", "tgz"}
 
@@ -318,9 +373,7 @@ def detect_format(filename: str, head: bytes) -> Format:
     """
     name = filename.rsplit("/", 1)[-1]
     extension = name.rsplit(".", 1)[-1].lower() if "." in name else ""
-    unsupported = f"{name or 'The file'} is not a supported format; upload JSON Lines, JSON, CSV or Parquet"
-    if extension in {"txt", "text", "md"}:  # plain text has no rows to tell apart: say how to make some
-        unsupported += ' (for raw text, save one document per line as JSON Lines: {"text": "…"})'
+    unsupported = f"{name or 'The file'} is not a supported format; upload JSON Lines, JSON, CSV, Parquet or plain text"
     if head.startswith(b"PAR1"):
         return Format.PARQUET
     if head.startswith(b"\x1f\x8b") or head.startswith(b"PK\x03\x04") or extension in _COMPRESSED:
@@ -384,6 +437,7 @@ def iter_records(
     *,
     max_row_bytes: int = DEFAULT_MAX_ROW_BYTES,
     progress: ReadProgress | None = None,
+    text_split: TextSplit = TextSplit.PARAGRAPHS,
 ) -> Generator[Record | Problem, None, None]:
     """Yield every row of the file as a ``Record``, or a ``Problem`` where a row or the file is unusable.
 
@@ -413,6 +467,8 @@ def iter_records(
             yield from _iter_jsonl(stream, max_row_bytes, tracker)
         elif fmt is Format.CSV:
             yield from _iter_csv(stream, max_row_bytes, tracker)
+        elif fmt is Format.TEXT:
+            yield from _iter_text(stream, max_row_bytes, tracker, TextSplit(text_split))
         else:
             yield from _JsonArrayReader(stream, max_row_bytes, tracker).rows()
 
@@ -633,6 +689,75 @@ def _sniff_delimiter(header_line: str) -> str:
     counts = {delimiter: header_line.count(delimiter) for delimiter in (",", ";", "\t")}
     best = max(counts, key=lambda delimiter: counts[delimiter])
     return best if counts[best] > counts[","] else ","
+
+
+# --- Plain text -------------------------------------------------------------------------------------------
+
+
+def _iter_text(
+    stream: IO[bytes], max_row_bytes: int, tracker: ReadProgress, split: TextSplit
+) -> Iterator[Record | Problem]:
+    """One ``{"text": …}`` record per paragraph (lines up to a blank line) or per non-blank line.
+
+    Text that is not UTF-8 stops the reading with a message naming the line: a wrongly decoded corpus would
+    teach the model mojibake, so there is no partial result. A paragraph holds its line breaks but not the
+    final one. At most ``max_row_bytes`` of a paragraph is held; a longer one is ``row_too_large``.
+    """
+    if stream.read(3) == _BOM:
+        tracker.bytes_read += 3
+    else:
+        stream.seek(0)
+    paragraph: list[str] = []
+    start = size = number = 0
+
+    def flush() -> Iterator[Record | Problem]:
+        if size > max_row_bytes:
+            yield Problem(
+                line=start,
+                column=None,
+                field=None,
+                code="row_too_large",
+                message=f"The {'line' if split is TextSplit.LINES else 'paragraph'} starting here is {_mib(size)}; "
+                f"the limit is {_mib(max_row_bytes)}.",
+                hint="Put blank lines between paragraphs, or choose to split the file by lines.",
+            )
+        elif paragraph:
+            yield Record(start, {"text": "".join(paragraph).rstrip("\r\n")}, size)
+
+    while True:
+        raw, skipped = _read_line(stream, max_row_bytes, tracker)
+        if not raw and not skipped:
+            break
+        number += 1
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            yield Problem(
+                line=number,
+                column=error.start + 1,
+                field=None,
+                code="encoding",
+                message=f"Line {number}, byte {error.start + 1} is not valid UTF-8 "
+                f"(0x{raw[error.start : error.start + 1].hex()}); a plain text file must be UTF-8 throughout.",
+                scope="file",
+                stops_reading=True,
+            )
+            return
+        if not skipped and not line.strip():
+            yield from flush()
+            paragraph, size = [], 0
+            continue
+        if not paragraph and not size:
+            start = number
+        size += skipped or len(raw)
+        if size <= max_row_bytes:
+            paragraph.append(line)
+        else:
+            paragraph.clear()
+        if split is TextSplit.LINES:
+            yield from flush()
+            paragraph, size = [], 0
+    yield from flush()
 
 
 # --- JSON (one array) ---------------------------------------------------------------------------------
@@ -933,6 +1058,7 @@ __all__ = [
     "ReadProgress",
     "Record",
     "RowError",
+    "TextSplit",
     "UnsupportedFormat",
     "detect_format",
     "iter_records",

@@ -1,12 +1,31 @@
 """The normalized row shapes: one per dataset kind, stored once per version as JSON Lines.
 
-They are TRL's own dataset formats, so training reads a version's rows without converting them:
+They are TRL's own dataset formats, so training reads a version's rows with little conversion:
 
-- ``chat``        ``{"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}, ...]}``
-- ``instruction`` ``{"prompt": str, "completion": str}``  (Alpaca ``instruction`` + ``input`` → ``prompt``)
+- ``chat``        ``{"messages": [Message, ...], "tools": [Tool, ...]}`` (``tools`` only when the upload
+                  declared tools)
+- ``instruction`` ``{"prompt": str, "completion": str}``  (Alpaca ``instruction`` + ``input`` → ``prompt``);
+                  when the upload has Alpaca's ``system`` or ``history`` columns, every row is
+                  conversational instead: ``{"prompt": [Message, ...], "completion": [Message]}`` (the
+                  prompt holds the system turn, the history's user/assistant pairs and the new user turn)
 - ``preference``  ``{"prompt": [Message...], "chosen": [Message...], "rejected": [Message...]}``
                   (plain strings become ``[{"role": "user", ...}]`` / ``[{"role": "assistant", ...}]``)
+- ``feedback``    ``{"prompt": [Message...], "completion": [Message...], "label": bool}``: one answer
+                  labelled desirable (True) or undesirable (False), TRL's unpaired preference format (KTO)
 - ``text``        ``{"text": str}``  (raw corpora for continued pretraining)
+
+A ``Message`` always has ``role`` (``system``, ``user``, ``assistant`` or ``tool``) and ``content`` (text;
+``""`` for an assistant turn that only calls tools). Optional keys, present only when the upload had them:
+
+- ``reasoning_content`` (assistant): the model's reasoning before its answer (OpenAI ``reasoning`` or
+  ``thinking`` content parts); a job setting says whether it is trained on or masked.
+- ``tool_calls`` (assistant): ``[{"type": "function", "id": str (optional), "function": {"name": str,
+  "arguments": {...}}}]``; ``arguments`` is a JSON object that matches the declared tool's parameters.
+- ``tool_call_id`` and ``name`` (tool): which call this turn answers.
+- ``loss_weight`` (assistant): ``0`` means the turn is context only, never trained on; absent means 1.
+
+A ``Tool`` is an OpenAI function schema: ``{"type": "function", "function": {"name": str, "description":
+str, "parameters": <JSON schema object>}}``.
 """
 
 from __future__ import annotations
@@ -18,13 +37,14 @@ import re
 from collections.abc import Iterable, Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 
 class Kind(StrEnum):
     CHAT = "chat"
     INSTRUCTION = "instruction"
     PREFERENCE = "preference"
+    FEEDBACK = "feedback"
     TEXT = "text"
 
 
@@ -34,24 +54,38 @@ ROLES = ("system", "user", "assistant", "tool")
 class Message(TypedDict):
     role: str
     content: str
+    reasoning_content: NotRequired[str]
+    tool_calls: NotRequired[list[dict[str, Any]]]
+    tool_call_id: NotRequired[str]
+    name: NotRequired[str]
+    loss_weight: NotRequired[float]
 
 
 Row = dict[str, Any]
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
 
 def row_texts(row: Row) -> list[str]:
-    """Every piece of text in a normalized row, in order (for statistics, PII scans, dedupe keys)."""
+    """Every piece of text in a normalized row, in order (for statistics, PII scans, dedupe keys): contents,
+    reasoning, and tool calls as JSON (tool declarations are left out: they repeat across rows)."""
     texts: list[str] = []
     for key in ("text", "prompt", "completion", "messages", "chosen", "rejected"):
         value = row.get(key)
         if isinstance(value, str):
             texts.append(value)
         elif isinstance(value, list):
-            texts.extend(str(message.get("content", "")) for message in value if isinstance(message, dict))
+            for message in value:
+                if not isinstance(message, dict):
+                    continue
+                if message.get("reasoning_content"):
+                    texts.append(str(message["reasoning_content"]))
+                texts.append(str(message.get("content", "")))
+                if message.get("tool_calls"):
+                    texts.append(_ENCODER.encode([call.get("function") for call in message["tool_calls"]]))
     return texts
 
 
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 # JSON allows these raw inside strings, but str.splitlines() and some JSON Lines readers split rows on them.
 _UNUSUAL_LINE_BREAKS = re.compile("[\u0085\u2028\u2029]")
 

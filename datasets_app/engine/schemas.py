@@ -3,14 +3,18 @@
 ``detect_schema`` looks at column names only (from the first records) and either names one kind with
 its column mapping, or, when the columns fit several kinds or none, returns ``kind=None`` with the
 candidates and a suggested mapping for the column-mapping form. ``normalize`` then converts one record
-with a kind and a mapping, returning the row or every problem it found in it.
+with a kind and a mapping, returning the row or every problem it found in it, and notes the record's
+fields that the row does not carry (``unused``), so the report can list them.
 
-A mapping maps a normalized field name (``FIELDS``: ``messages``, ``prompt``, ``input``, ``completion``,
-``chosen``, ``rejected``, ``text``) to a source column name. ShareGPT conversations (``from``/``value``)
-and OpenAI ones (``role``/``content``) both map to ``messages``; Alpaca's ``instruction`` and optional
-``input`` map to ``prompt`` and ``input`` and become one prompt. A column holding JSON text (a CSV cell,
-a Parquet string column) is parsed where a list of turns is expected, with the same strict rules as a
-JSON file.
+A mapping maps a normalized field name (``FIELDS``) to a source column name. The layouts other tools
+write are recognised without a form: OpenAI chat (``messages``, ``tools``) and ShareGPT
+(``conversations`` with ``from``/``value``, ``system``, ``tools``); Alpaca (``instruction``, ``input``,
+``output``, optionally ``system`` and ``history``); preference pairs as ``chosen``/``rejected`` (text,
+turn lists, or ShareGPT single turns beside ``conversations``), ``chosen_messages``/``rejected_messages``
+and OpenAI's ``input``/``preferred_output``/``non_preferred_output``; unpaired feedback as a conversation
+or ``prompt``/``completion`` with a boolean ``label`` (KTO); raw text. A column holding JSON text (a CSV
+cell, a Parquet string column) is parsed where a list of turns is expected, with the same strict rules as
+a JSON file. Turns, content parts, tool calls and tool declarations are read by ``turns.RowReader``.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from datasets_app.engine.formats import Problem, Record, RowError, loads_strict, type_name
-from datasets_app.engine.rows import ROLES, Kind, Message, Row, row_texts
+from datasets_app.engine.formats import Problem, Record, type_name
+from datasets_app.engine.rows import Kind, Message, Row, row_texts
+from datasets_app.engine.turns import MEDIA_COLUMNS, RowReader, is_filled
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,11 +40,15 @@ class FieldSpec:
 FIELDS: dict[Kind, tuple[FieldSpec, ...]] = {
     Kind.CHAT: (
         FieldSpec("messages", True, "The conversation: a list of {role, content} (or ShareGPT {from, value}) turns."),
+        FieldSpec("system", False, "A system prompt put before the conversation (ShareGPT's 'system' column)."),
+        FieldSpec("tools", False, "The tools the assistant may call: a list of JSON-schema function declarations."),
     ),
     Kind.INSTRUCTION: (
         FieldSpec("prompt", True, "The instruction or question."),
         FieldSpec("input", False, "Extra input appended to the prompt after a blank line (Alpaca's 'input')."),
         FieldSpec("completion", True, "The answer the model should learn to give."),
+        FieldSpec("system", False, "A system prompt for every turn (Alpaca's 'system')."),
+        FieldSpec("history", False, "Earlier [question, answer] pairs of the conversation (Alpaca's 'history')."),
     ),
     Kind.PREFERENCE: (
         FieldSpec(
@@ -51,10 +60,18 @@ FIELDS: dict[Kind, tuple[FieldSpec, ...]] = {
         FieldSpec("chosen", True, "The better answer (text or assistant turns)."),
         FieldSpec("rejected", True, "The worse answer (text or assistant turns)."),
     ),
+    Kind.FEEDBACK: (
+        FieldSpec(
+            "messages", False, "The conversation, ending with the answer being judged (or use prompt and completion)."
+        ),
+        FieldSpec("prompt", False, "The prompt, as text or turns (with completion, instead of a conversation)."),
+        FieldSpec("completion", False, "The answer being judged, as text or assistant turns."),
+        FieldSpec("label", True, "true for an answer to learn from, false for one to avoid."),
+    ),
     Kind.TEXT: (FieldSpec("text", True, "The document text, for continued pretraining."),),
 }
 
-KIND_ORDER: tuple[Kind, ...] = (Kind.PREFERENCE, Kind.CHAT, Kind.INSTRUCTION, Kind.TEXT)
+KIND_ORDER: tuple[Kind, ...] = (Kind.PREFERENCE, Kind.FEEDBACK, Kind.CHAT, Kind.INSTRUCTION, Kind.TEXT)
 
 # Column names the suggestion looks for, best first, per normalized field.
 _SYNONYMS: dict[str, tuple[str, ...]] = {
@@ -62,32 +79,30 @@ _SYNONYMS: dict[str, tuple[str, ...]] = {
     "prompt": ("prompt", "instruction", "question", "query", "user", "human", "context", "source", "input"),
     "input": ("input",),
     "completion": ("completion", "output", "response", "answer", "assistant", "gpt", "target", "reply"),
-    "chosen": ("chosen", "accepted", "preferred", "better", "positive"),
-    "rejected": ("rejected", "dispreferred", "worse", "negative"),
+    "chosen": ("chosen", "chosen_messages", "preferred_output", "accepted", "preferred", "better", "positive"),
+    "rejected": ("rejected", "rejected_messages", "non_preferred_output", "dispreferred", "worse", "negative"),
     "text": ("text", "content", "document", "body", "passage", "raw"),
+    "system": ("system", "system_prompt"),
+    "tools": ("tools", "functions"),
+    "history": ("history",),
+    "label": ("label", "labels", "kto_tag", "desirable", "thumbs_up", "feedback"),
 }
+# Where a kind reads a field differently: a preference prompt is often a whole conversation column.
+_KIND_SYNONYMS: dict[Kind, dict[str, tuple[str, ...]]] = {
+    Kind.PREFERENCE: {"prompt": (*_SYNONYMS["prompt"], "conversations", "messages")},
+}
+# Pairs of columns that make a file a preference dataset, and the prompt column each layout uses.
+_PREFERENCE_PAIRS = (
+    ("chosen", "rejected"),
+    ("chosen_messages", "rejected_messages"),
+    ("preferred_output", "non_preferred_output"),
+)
+_PREFERENCE_PROMPTS = ("prompt", "conversations", "messages", "input")
 # Columns that say "this row is a task", so a ``text`` column beside them is not clearly a corpus.
 _TASK_COLUMNS = frozenset(
     {"messages", "conversations", "prompt", "completion", "instruction", "output", "response", "question",
-     "answer", "chosen", "rejected", "query"}
+     "answer", "chosen", "rejected", "query", "label"}
 )  # fmt: skip
-
-ROLE_ALIASES: dict[str, str] = {
-    "system": "system",
-    "developer": "system",
-    "user": "user",
-    "human": "user",
-    "assistant": "assistant",
-    "gpt": "assistant",
-    "model": "assistant",
-    "function_call": "assistant",
-    "tool": "tool",
-    "function": "tool",
-    "observation": "tool",
-}
-"""Roles accepted in a conversation (compared case-insensitively) and the role each becomes."""
-
-_ALLOWED_ROLES = f"{', '.join(ROLES)} (ShareGPT: system, human, gpt, tool)"
 
 
 @dataclass(frozen=True)
@@ -120,21 +135,35 @@ def columns_of(sample: Iterable[Mapping[str, Any]]) -> list[str]:
 
 
 def _full_matches(columns: set[str]) -> list[tuple[Kind, dict[str, str]]]:
-    """Kinds whose own column names are all present, with the mapping each would use."""
+    """Kinds whose own column names are all present, with the mapping each would use.
+
+    Chosen/rejected pairs and a feedback ``label`` settle the kind on their own: the conversation column
+    beside them is the prompt (or the conversation being judged), not a chat dataset of its own.
+    """
+    for pair in _PREFERENCE_PAIRS:
+        if pair[0] in columns or pair[1] in columns:
+            mapping = {
+                name: column for name, column in zip(("chosen", "rejected"), pair, strict=True) if column in columns
+            }
+            prompt = next((name for name in _PREFERENCE_PROMPTS if name in columns), None)
+            if prompt is not None:
+                mapping["prompt"] = prompt
+            return [(Kind.PREFERENCE, mapping)]
+    conversation = next((name for name in ("messages", "conversations") if name in columns), None)
+    label = next((name for name in ("label", "kto_tag") if name in columns), None)
+    if label is not None:
+        if conversation is not None:
+            return [(Kind.FEEDBACK, {"messages": conversation, "label": label})]
+        if {"prompt", "completion"} <= columns:
+            return [(Kind.FEEDBACK, {"prompt": "prompt", "completion": "completion", "label": label})]
     matches: list[tuple[Kind, dict[str, str]]] = []
-    if "chosen" in columns or "rejected" in columns:
-        mapping = {"chosen": "chosen", "rejected": "rejected"}
-        if "prompt" in columns:
-            mapping["prompt"] = "prompt"
-        matches.append((Kind.PREFERENCE, mapping))
-    for name in ("messages", "conversations"):
-        if name in columns:
-            matches.append((Kind.CHAT, {"messages": name}))
-            break
+    if conversation is not None:
+        mapping = {"messages": conversation}
+        mapping.update({name: name for name in ("system", "tools") if name in columns})
+        matches.append((Kind.CHAT, mapping))
     if {"instruction", "output"} <= columns:
         mapping = {"prompt": "instruction", "completion": "output"}
-        if "input" in columns:
-            mapping["input"] = "input"
+        mapping.update({name: name for name in ("input", "system", "history") if name in columns})
         matches.append((Kind.INSTRUCTION, mapping))
     elif {"prompt", "completion"} <= columns:
         matches.append((Kind.INSTRUCTION, {"prompt": "prompt", "completion": "completion"}))
@@ -150,7 +179,7 @@ def suggest_mapping(kind: Kind, columns: Iterable[str]) -> dict[str, str]:
     used: set[str] = set()
     mapping: dict[str, str] = {}
     for spec in FIELDS[kind]:
-        for synonym in _SYNONYMS[spec.name]:
+        for synonym in _KIND_SYNONYMS.get(kind, {}).get(spec.name, _SYNONYMS[spec.name]):
             column = lowered.get(synonym)
             if column is not None and column not in used:
                 mapping[spec.name] = column
@@ -228,6 +257,7 @@ def _explain(kind: Kind, mapping: Mapping[str, str]) -> str:
         Kind.CHAT: "a chat dataset",
         Kind.INSTRUCTION: "an instruction dataset",
         Kind.PREFERENCE: "a preference dataset",
+        Kind.FEEDBACK: "a feedback dataset (answers labelled good or bad)",
         Kind.TEXT: "a raw-text corpus",
     }
     return f"Recognised {names[kind]} from its columns ({pairs})."
@@ -245,6 +275,18 @@ def check_mapping(kind: Kind, mapping: Mapping[str, Any]) -> list[str]:
     for spec in FIELDS[kind]:
         if spec.required and not mapping.get(spec.name):
             errors.append(f"Choose the column that holds '{spec.name}'.")
+    if kind is Kind.FEEDBACK:
+        has_conversation = bool(mapping.get("messages"))
+        has_pair = bool(mapping.get("prompt")) and bool(mapping.get("completion"))
+        if has_conversation and (mapping.get("prompt") or mapping.get("completion")):
+            errors.append(
+                "Choose either the column holding the conversation ('messages') or the 'prompt' and 'completion' "
+                "columns, not both."
+            )
+        elif not has_conversation and not has_pair:
+            errors.append(
+                "Choose the column holding the conversation ('messages'), or the 'prompt' and 'completion' columns."
+            )
     columns = [column for name, column in mapping.items() if name in known and isinstance(column, str)]
     repeated = sorted({column for column in columns if columns.count(column) > 1})
     if repeated:
@@ -255,141 +297,7 @@ def check_mapping(kind: Kind, mapping: Mapping[str, Any]) -> list[str]:
 # --- Normalizing one record ---------------------------------------------------------------------------
 
 
-class _Row:
-    """Problems found so far in one record, and the helpers that name fields in messages."""
-
-    def __init__(self, record: Record, mapping: Mapping[str, str]) -> None:
-        self.record = record
-        self.mapping = mapping
-        self.problems: list[Problem] = []
-
-    def problem(self, code: str, field_name: str | None, message: str) -> None:
-        self.problems.append(Problem(line=self.record.line, column=None, field=field_name, code=code, message=message))
-
-    def column(self, name: str) -> str:
-        return self.mapping.get(name, name)
-
-    def describe(self, name: str) -> str:
-        column = self.column(name)
-        return f"'{name}'" if column == name else f"'{name}' (column '{column}')"
-
-    def get(self, name: str) -> Any:
-        """The mapped value, or None when the field is not mapped or the cell is absent or null."""
-        column = self.mapping.get(name)
-        return None if column is None else self.record.data.get(column)
-
-    def missing(self, name: str) -> None:
-        present = [str(key) for key, value in self.record.data.items() if value is not None]
-        has = ", ".join(present[:12]) + (", …" if len(present) > 12 else "") if present else "no fields"
-        self.problem(
-            "missing_field", self.column(name), f"The field {self.describe(name)} is missing; this row has: {has}."
-        )
-
-    def text(self, name: str, role: str, turn: int) -> str | None:
-        """A required text field (numbers are taken as their text); problems recorded, None when unusable."""
-        value = self.get(name)
-        if value is None:
-            self.missing(name)
-            return None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            value = str(value)
-        if not isinstance(value, str):
-            self.problem(
-                "wrong_type",
-                self.column(name),
-                f"The field {self.describe(name)} must be text, not {type_name(value)}.",
-            )
-            return None
-        if not value.strip():
-            self.problem(
-                "empty_turn", self.column(name), f"Turn {turn} ({role}): the field {self.describe(name)} is empty."
-            )
-            return None
-        return value
-
-    def turns(self, name: str, value: Any) -> list[Message] | None:
-        """A list of turns (JSON text is parsed) with roles mapped; problems recorded, None when unusable."""
-        column = self.column(name)
-        if isinstance(value, str) and value.lstrip().startswith("["):
-            try:
-                value = loads_strict(value)
-            except RowError as error:
-                code = "wrong_type" if error.code == "json" else error.code
-                self.problem(
-                    code,
-                    column,
-                    f"The field {self.describe(name)} holds text that is not a valid JSON list: {error.detail}.",
-                )
-                return None
-        if not isinstance(value, list):
-            self.problem(
-                "wrong_type",
-                column,
-                f"The field {self.describe(name)} must be a list of turns, not {type_name(value)}.",
-            )
-            return None
-        turns: list[Message] = []
-        usable = True
-        for number, turn in enumerate(value, 1):
-            where = f"{column}[{number - 1}]"
-            if not isinstance(turn, dict):
-                self.problem(
-                    "wrong_type",
-                    where,
-                    f"Turn {number} must be an object with a role and content, not {type_name(turn)}.",
-                )
-                usable = False
-                continue
-            if "role" in turn or "content" in turn:
-                role_value, content = turn.get("role"), turn.get("content")
-            elif "from" in turn or "value" in turn:
-                role_value, content = turn.get("from"), turn.get("value")
-            else:
-                keys = ", ".join(map(str, list(turn)[:8])) or "none"
-                self.problem(
-                    "missing_field",
-                    where,
-                    f"Turn {number} has no role and content (or from and value); its keys: {keys}.",
-                )
-                usable = False
-                continue
-            role = ROLE_ALIASES.get(role_value.strip().lower()) if isinstance(role_value, str) else None
-            if role is None:
-                shown = "no role" if role_value is None else f"the role {role_value!r}"[:80]
-                self.problem("unknown_role", where, f"Turn {number} has {shown}; allowed roles: {_ALLOWED_ROLES}.")
-                usable = False
-                continue
-            text = _content_text(content)
-            if text is None:
-                self.problem(
-                    "wrong_type",
-                    where,
-                    f"Turn {number} ({role}) has content of type {type_name(content)}; it must be text.",
-                )
-                usable = False
-            elif not text.strip():
-                empty = "null" if content is None else "empty"
-                self.problem("empty_turn", where, f"Turn {number} ({role}) is {empty}.")
-                usable = False
-            else:
-                turns.append({"role": role, "content": text})
-        return turns if usable else None
-
-
-def _content_text(content: Any) -> str | None:
-    """Turn content as text: a string, OpenAI's list of text parts (joined), or "" for null; None if not text."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list) and all(
-        isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str) for part in content
-    ):
-        return "\n".join(part["text"] for part in content)
-    return None
-
-
-def _end_with_assistant(row: _Row, field_name: str, turns: list[Message]) -> bool:
+def _end_with_assistant(row: RowReader, field_name: str, turns: list[Message]) -> bool:
     if turns and turns[-1]["role"] != "assistant":
         row.problem(
             "no_assistant_turn_at_end",
@@ -401,27 +309,73 @@ def _end_with_assistant(row: _Row, field_name: str, turns: list[Message]) -> boo
     return True
 
 
-def _normalize_chat(row: _Row) -> Row | None:
+def _system_turn(row: RowReader) -> list[Message] | None:
+    """The mapped system prompt as a turn ([] when the row has none), None when it is not text."""
+    value = row.get("system")
+    if not is_filled(value):
+        return []
+    if not isinstance(value, str):
+        row.problem(
+            "wrong_type",
+            row.column("system"),
+            f"The field {row.describe('system')} must be text, not {type_name(value)}.",
+        )
+        return None
+    return [{"role": "system", "content": value}] if value.strip() else []
+
+
+def _normalize_chat(row: RowReader) -> Row | None:
     value = row.get("messages")
     if value is None:
         row.missing("messages")
         return None
     turns = row.turns("messages", value)
-    if turns is None:
+    system = _system_turn(row)
+    tools = row.tools("tools")
+    if turns is None or system is None or tools is None:
         return None
     if not turns:
         row.problem("empty_conversation", row.column("messages"), "The conversation has no turns.")
         return None
-    if not _end_with_assistant(row, "messages", turns):
+    if system and turns[0]["role"] == "system":
+        row.unused.add(f"{row.column('system')} (the conversation has its own system turn)")
+        system = []
+    if not _end_with_assistant(row, "messages", turns) or not row.check_calls("messages", turns, tools):
         return None
-    return {"messages": turns}
+    result: Row = {"messages": system + turns}
+    if tools:
+        result["tools"] = tools
+    return result
 
 
-def _normalize_instruction(row: _Row) -> Row | None:
+def _history(row: RowReader) -> list[Message] | None:
+    """Alpaca's ``history``: earlier [question, answer] pairs as user/assistant turns ([] when none)."""
+    value = row.json_value("history", row.get("history"), "[")
+    if not is_filled(value):
+        return []
+    if not isinstance(value, list):
+        row.problem(
+            "wrong_type",
+            row.column("history"),
+            f"The field {row.describe('history')} must be a list of [question, answer] pairs, not {type_name(value)}.",
+        )
+        return None
+    turns: list[Message] = []
+    for number, pair in enumerate(value, 1):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(t, str) and t.strip() for t in pair)):
+            row.problem(
+                "wrong_type",
+                f"{row.column('history')}[{number - 1}]",
+                f"History item {number} must be a [question, answer] pair of two non-empty texts.",
+            )
+            return None
+        turns += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    return turns
+
+
+def _normalize_instruction(row: RowReader) -> Row | None:
     prompt = row.text("prompt", "user", 1)
     completion = row.text("completion", "assistant", 2)
-    if prompt is None or completion is None:
-        return None
     extra = row.get("input")
     if isinstance(extra, int | float) and not isinstance(extra, bool):
         extra = str(extra)
@@ -432,45 +386,67 @@ def _normalize_instruction(row: _Row) -> Row | None:
             f"The field {row.describe('input')} must be text, not {type_name(extra)}.",
         )
         return None
+    conversational = "system" in row.mapping or "history" in row.mapping
+    system = _system_turn(row) if conversational else []
+    history = _history(row) if conversational else []
+    if prompt is None or completion is None or system is None or history is None:
+        return None
     if extra and extra.strip():
         prompt = f"{prompt}\n\n{extra}"
-    return {"prompt": prompt, "completion": completion}
+    if not conversational:
+        return {"prompt": prompt, "completion": completion}
+    return {
+        "prompt": [*system, *history, {"role": "user", "content": prompt}],
+        "completion": [{"role": "assistant", "content": completion}],
+    }
 
 
-def _preference_side(row: _Row, name: str) -> list[Message] | None:
+def _answer_turns(row: RowReader, name: str, code: str, what: str) -> list[Message] | None:
+    """An answer field: text (one assistant turn), one turn object (ShareGPT) or a list of turns."""
     value = row.get(name)
     if value is None or value == [] or (isinstance(value, str) and not value.strip()):
-        row.problem(
-            "missing_chosen_or_rejected",
-            row.column(name),
-            f"The {name} answer ({row.describe(name)}) is missing or empty.",
-        )
+        row.problem(code, row.column(name), f"The {what} ({row.describe(name)}) is missing or empty.")
         return None
-    if isinstance(value, str) and not value.lstrip().startswith("["):
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, str) and not value.lstrip().startswith(("[", "{")):
         return [{"role": "assistant", "content": value}]
+    value = row.json_value(name, value, "{")
+    if isinstance(value, dict):
+        value = [value]
     return row.turns(name, value)
 
 
-def _normalize_preference(row: _Row) -> Row | None:
-    prompt: list[Message] | None = None
-    if "prompt" in row.mapping:
-        value = row.get("prompt")
-        if value is None:
-            row.missing("prompt")
-        elif isinstance(value, str) and not value.lstrip().startswith("["):
-            if value.strip():
-                prompt = [{"role": "user", "content": value}]
-            else:
-                row.problem(
-                    "empty_turn", row.column("prompt"), f"Turn 1 (user): the field {row.describe('prompt')} is empty."
-                )
-        else:
-            prompt = row.turns("prompt", value)
-            if prompt == []:
-                row.problem("empty_turn", row.column("prompt"), f"The prompt {row.describe('prompt')} has no turns.")
-                prompt = None
-    chosen = _preference_side(row, "chosen")
-    rejected = _preference_side(row, "rejected")
+def _prompt_turns(row: RowReader) -> list[Message] | None:
+    """The mapped prompt: text (one user turn), a list of turns, or OpenAI's ``{"messages": [...]}`` input."""
+    value = row.get("prompt")
+    if value is None:
+        row.missing("prompt")
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, str) and not value.lstrip().startswith(("[", "{")):
+        if value.strip():
+            return [{"role": "user", "content": value}]
+        row.problem("empty_turn", row.column("prompt"), f"Turn 1 (user): the field {row.describe('prompt')} is empty.")
+        return None
+    value = row.json_value("prompt", value, "{")
+    if isinstance(value, dict) and "messages" in value:  # OpenAI's preference input
+        for key, extra in value.items():
+            if key != "messages" and is_filled(extra):
+                row.unused.add(f"{row.column('prompt')}.{key}")
+        value = value["messages"]
+    prompt = row.turns("prompt", value)
+    if prompt == []:
+        row.problem("empty_turn", row.column("prompt"), f"The prompt {row.describe('prompt')} has no turns.")
+        return None
+    return prompt
+
+
+def _normalize_preference(row: RowReader) -> Row | None:
+    prompt = _prompt_turns(row) if "prompt" in row.mapping else None
+    chosen = _answer_turns(row, "chosen", "missing_chosen_or_rejected", "chosen answer")
+    rejected = _answer_turns(row, "rejected", "missing_chosen_or_rejected", "rejected answer")
     if chosen is None or rejected is None or row.problems:
         return None
     if prompt is None:  # an implicit prompt: the turns both conversations start with
@@ -495,7 +471,65 @@ def _normalize_preference(row: _Row) -> Row | None:
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
-def _normalize_text(row: _Row) -> Row | None:
+_TRUE_LABELS = frozenset({"true", "1", "yes", "y", "good", "desirable", "positive", "up"})
+_FALSE_LABELS = frozenset({"false", "0", "no", "n", "bad", "undesirable", "negative", "down"})
+
+
+def _label(row: RowReader) -> bool | None:
+    value = row.get("label")
+    if value is None:
+        row.missing("label")
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE_LABELS | _FALSE_LABELS:
+        return value.strip().lower() in _TRUE_LABELS
+    row.problem(
+        "bad_label",
+        row.column("label"),
+        f"The label {row.describe('label')} is {str(value)[:40]!r}; use true (a good answer) or false (one to avoid).",
+    )
+    return None
+
+
+def _normalize_feedback(row: RowReader) -> Row | None:
+    label = _label(row)
+    prompt: list[Message] | None
+    completion: list[Message] | None
+    if row.mapping.get("messages"):
+        value = row.get("messages")
+        if value is None:
+            row.missing("messages")
+            return None
+        turns = row.turns("messages", value)
+        if turns is None:
+            return None
+        if not turns:
+            row.problem("empty_conversation", row.column("messages"), "The conversation has no turns.")
+            return None
+        if not _end_with_assistant(row, "messages", turns):
+            return None
+        if len(turns) < 2:
+            row.problem(
+                "missing_field",
+                row.column("messages"),
+                "The conversation holds only the answer; the prompt it answers must come before it.",
+            )
+            return None
+        prompt, completion = turns[:-1], turns[-1:]
+    else:
+        prompt = _prompt_turns(row)
+        completion = _answer_turns(row, "completion", "missing_field", "answer")
+        if completion is not None and not _end_with_assistant(row, "completion", completion):
+            return None
+    if prompt is None or completion is None or label is None or row.problems:
+        return None
+    return {"prompt": prompt, "completion": completion, "label": label}
+
+
+def _normalize_text(row: RowReader) -> Row | None:
     value = row.get("text")
     if value is None:
         row.missing("text")
@@ -515,21 +549,37 @@ _NORMALIZERS = {
     Kind.CHAT: _normalize_chat,
     Kind.INSTRUCTION: _normalize_instruction,
     Kind.PREFERENCE: _normalize_preference,
+    Kind.FEEDBACK: _normalize_feedback,
     Kind.TEXT: _normalize_text,
 }
 
 
 def normalize(
-    record: Record, kind: Kind, mapping: Mapping[str, str], *, max_row_chars: int | None = None
+    record: Record,
+    kind: Kind,
+    mapping: Mapping[str, str],
+    *,
+    max_row_chars: int | None = None,
+    unused: dict[str, int] | None = None,
 ) -> Row | list[Problem]:
     """Convert one record into the normalized row of ``kind`` (``rows``), or return all its problems.
 
     ``mapping`` should have passed ``check_mapping``. Conversations must end with an assistant turn
     (they are for supervised fine-tuning); ``max_row_chars`` caps the row's total text length
-    (``row_too_long``). Never raises for bad content.
+    (``row_too_long``). ``unused``, when given, counts (per field name) the records that hold a value the
+    normalized row does not carry: unmapped columns and unknown keys of turns. Never raises for bad content.
     """
-    row = _Row(record, mapping)
-    result = _NORMALIZERS[kind](row)
+    row = RowReader(record, mapping, tools_allowed=kind is Kind.CHAT)
+    row.check_media()
+    result = None if row.problems else _NORMALIZERS[kind](row)
+    if unused is not None:
+        mapped = set(mapping.values())
+        for column, value in record.data.items():
+            name = str(column)
+            if name not in mapped and name.lower() not in MEDIA_COLUMNS and is_filled(value):
+                row.unused.add(name)
+        for name in row.unused:
+            unused[name] = unused.get(name, 0) + 1
     if result is None or row.problems:
         return row.problems or [
             Problem(line=record.line, column=None, field=None, code="wrong_type", message="The row could not be read.")
@@ -553,7 +603,6 @@ def normalize(
 __all__ = [
     "FIELDS",
     "KIND_ORDER",
-    "ROLE_ALIASES",
     "FieldSpec",
     "SchemaGuess",
     "check_mapping",

@@ -225,6 +225,9 @@ def compute_stats(
     - ``tokens``: ``distribution`` of tokens per row (summed over the row's texts) plus ``counter``;
     - ``turns``: ``distribution`` of messages per conversation (every role counted), chat only, else None;
     - ``roles``: messages per role (every role of ``rows.ROLES``, plus any other role met), chat only, else None;
+    - ``labels``: ``{"good", "bad"}`` answers per feedback label, feedback only, else None;
+    - ``tool_calls``: ``{"rows", "calls": {tool name: calls}}``, rows with at least one call and calls per tool,
+      chat only, else None;
     - ``exact_duplicates``: ``{"count", "examples": [{"row", "duplicate_of"}]}``, rows identical to an earlier
       one (``row_fingerprint``);
     - ``near_duplicates``: ``{"count", "threshold", "examples": [{"row", "duplicate_of", "similarity"}]}``,
@@ -243,6 +246,9 @@ def compute_stats(
     exact: dict[str, Any] = {"count": 0, "examples": []}
     near: dict[str, Any] = {"count": 0, "threshold": near_duplicate_threshold, "examples": []}
     pii: dict[str, dict[str, Any]] = {name: {"count": 0, "rows": 0, "examples": []} for name in PII_KINDS}
+    labels = {"good": 0, "bad": 0}
+    calls: Counter[str] = Counter()
+    rows_with_calls = 0
     row_count = 0
 
     for index, row in enumerate(rows):
@@ -253,6 +259,11 @@ def compute_stats(
             messages = [message for message in row.get("messages") or [] if isinstance(message, dict)]
             turns[len(messages)] += 1
             roles.update(str(message.get("role")) for message in messages)
+            called = [call["function"]["name"] for message in messages for call in message.get("tool_calls") or ()]
+            calls.update(called)
+            rows_with_calls += bool(called)
+        elif dataset_kind is Kind.FEEDBACK:
+            labels["good" if row.get("label") else "bad"] += 1
 
         if (first := exact_index.match_or_add(index, row)) is not None:
             exact["count"] += 1
@@ -284,6 +295,8 @@ def compute_stats(
         },
         "turns": distribution(turns) if is_chat else None,
         "roles": dict(roles) if is_chat else None,
+        "labels": labels if dataset_kind is Kind.FEEDBACK else None,
+        "tool_calls": {"rows": rows_with_calls, "calls": dict(calls.most_common())} if is_chat else None,
         "exact_duplicates": exact,
         "near_duplicates": near,
         "pii": pii,

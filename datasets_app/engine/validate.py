@@ -27,6 +27,7 @@ from datasets_app.engine.formats import (
     Problem,
     ReadProgress,
     Record,
+    TextSplit,
     UnsupportedFormat,
     detect_format,
     iter_records,
@@ -111,6 +112,9 @@ class ValidationReport:
     content_hash: str | None = None
     bytes_read: int = 0
     max_row_chars: int = DEFAULT_MAX_ROW_CHARS
+    # Fields of the upload the normalized rows do not carry (unmapped columns, unknown keys of turns), with
+    # how many records held a value in each: the report lists them, so nothing is dropped unseen.
+    unused: dict[str, int] = field(default_factory=dict)
 
     @property
     def dropped_rows(self) -> int:
@@ -177,7 +181,15 @@ class ValidationReport:
         for example in self.file_problems:
             stop = " Reading stopped there." if not self.complete and example is self.file_problems[-1] else ""
             sentences.append(f"{example['detail']}{stop}")
+        if self.unused:
+            sentences.append(f"Not used in training: {self.unused_summary}.")
         return " ".join(sentences)
+
+    @property
+    def unused_summary(self) -> str:
+        """The unused fields in words, most common first: "'label' (300 rows), 'images' (12 rows)"."""
+        ranked = sorted(self.unused.items(), key=lambda item: (-item[1], item[0]))
+        return ", ".join(f"'{name}' ({rows:,} {'row' if rows == 1 else 'rows'})" for name, rows in ranked)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types only, for the version's stored report and the API."""
@@ -200,6 +212,7 @@ class ValidationReport:
             "bytes_read": self.bytes_read,
             "total_bytes": self.total_bytes,
             "max_row_chars": self.max_row_chars,
+            "unused": dict(sorted(self.unused.items(), key=lambda item: (-item[1], item[0]))),
             "summary": self.summary,
         }
 
@@ -235,6 +248,7 @@ def validate_file(
     max_row_chars: int = DEFAULT_MAX_ROW_CHARS,
     max_row_bytes: int = DEFAULT_MAX_ROW_BYTES,
     progress: ProgressCallback | None = None,
+    text_split: TextSplit | str = TextSplit.PARAGRAPHS,
 ) -> ValidationReport:
     """Read the upload at ``path`` once, write its valid normalized rows to ``out_path``, report the rest.
 
@@ -243,7 +257,8 @@ def validate_file(
     matched by name. When that is ambiguous, or the mapping given does not fit, the report has
     ``needs_mapping`` set and nothing is written: ask the user, then call again with ``kind`` and
     ``mapping``. Otherwise ``out_path`` receives the rows atomically (a temporary file in the same
-    folder, then ``os.replace``) and ``content_hash`` is the SHA-256 of its bytes. Bad content never
+    folder, then ``os.replace``) and ``content_hash`` is the SHA-256 of its bytes. ``text_split`` says how a
+    plain text file is cut into rows (paragraphs or lines). Bad content never
     raises; I/O errors (disk full, missing file) do, and leave no partial ``out_path``.
     """
     total_bytes = os.path.getsize(path)
@@ -260,7 +275,9 @@ def validate_file(
         return report
     tracker = ReadProgress()
     throttle = _Throttle(progress, tracker, total_bytes)
-    records = iter_records(path, report.format, max_row_bytes=max_row_bytes, progress=tracker)
+    records = iter_records(
+        path, report.format, max_row_bytes=max_row_bytes, progress=tracker, text_split=TextSplit(text_split)
+    )
     try:
         chosen_kind = Kind(kind) if kind is not None else None
         pending: list[Record | Problem] = []
@@ -362,7 +379,7 @@ def _write_rows(
                 if total <= SAMPLE_ROWS and not sampled:
                     _note_columns(report, item)
                 assert kind is not None  # a file with records always has a kind by now (S101 is allowed)
-                result = normalize(item, kind, mapping, max_row_chars=max_row_chars)
+                result = normalize(item, kind, mapping, max_row_chars=max_row_chars, unused=report.unused)
                 if isinstance(result, list):
                     for position, problem in enumerate(result):
                         report.add(problem, drops_row=position == 0)

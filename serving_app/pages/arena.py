@@ -7,6 +7,9 @@ Each view: authorize (``request.access`` comes from ``TeamScopeMiddleware``), ca
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.http import HttpResponse
@@ -17,7 +20,7 @@ from django.views.decorators.http import require_POST
 from accounts.http import client_ip
 from accounts.permissions import TeamRequest, require_perm
 from accounts.roles import Perm
-from serving_app import arena
+from serving_app import arena, feedback
 from serving_app.arena import LeaderboardRow
 from serving_app.mount import frame_url
 
@@ -33,7 +36,8 @@ def arena_page(request: TeamRequest, team_slug: str) -> HttpResponse:
 
 @require_perm(Perm.VIEW_TEAM)
 def leaderboard(request: TeamRequest, team_slug: str) -> HttpResponse:
-    """The team's models ranked by their arena votes (Bradley–Terry, 95% bootstrap intervals)."""
+    """The team's models ranked by their arena votes (Bradley–Terry, 95% bootstrap intervals), and the exports of
+    the arena's votes (preference pairs) and of the playground's thumbs up/down (feedback)."""
     access = request.access
     rows = arena.team_leaderboard(access)
     context = {
@@ -41,6 +45,7 @@ def leaderboard(request: TeamRequest, team_slug: str) -> HttpResponse:
         "chart": interval_chart(rows),
         "can_export": access.can(Perm.UPLOAD_DATASETS),
         "pending": arena.pending_exports(access.team),
+        "feedback_pending": feedback.pending_exports(access.team),
     }
     return render(request, "serving/leaderboard.html", context)
 
@@ -49,8 +54,13 @@ def leaderboard(request: TeamRequest, team_slug: str) -> HttpResponse:
 @require_perm(Perm.UPLOAD_DATASETS)
 def arena_export(request: TeamRequest, team_slug: str) -> HttpResponse:
     """Turn the decisive votes not exported yet into a new version of the team's preference dataset."""
+    return run_export(request, team_slug, arena.export_preferences)
+
+
+def run_export(request: TeamRequest, team_slug: str, export: Callable[..., Any]) -> HttpResponse:
+    """Run a votes export (arena or playground) and open the dataset version it made, or say why none."""
     try:
-        result = arena.export_preferences(access=request.access, ip=client_ip(request))
+        result = export(access=request.access, ip=client_ip(request))
     except ValidationError as error:
         messages.info(request, " ".join(error.messages))
         return redirect("serving:leaderboard", team_slug)

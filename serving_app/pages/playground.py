@@ -1,8 +1,9 @@
-"""The playground pages under /t/<team>/: the Compare view (Gradio, in a frame), saved comparisons and presets.
+"""The playground pages under /t/<team>/: the Compare view (Gradio, in a frame), saved comparisons, presets, and
+the export of the answers' thumbs up/down votes as a feedback dataset (offered on the arena leaderboard's page).
 
 Each view: authorize (``request.access`` comes from ``TeamScopeMiddleware``), call one service of
-``serving_app.comparisons``, respond. Chatting happens in the Gradio app, whose handlers check the
-caller again on every event.
+``serving_app.comparisons`` (or ``serving_app.feedback``), respond. Chatting and voting happen in the Gradio
+app, whose handlers check the caller again on every event.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from accounts.http import add_service_errors, client_ip
 from accounts.permissions import TeamAccess, TeamRequest, require_object_action, require_perm
 from accounts.roles import Perm
 from accounts.views import apply_share_form, sharing_panel
-from serving_app import comparisons
+from serving_app import comparisons, feedback
 from serving_app.comparisons import ColumnSettings
 from serving_app.models import Comparison
 from serving_app.mount import frame_url
+from serving_app.pages.arena import run_export
 
 # Where studio.asgi mounts the Gradio app.
 # A model's key in the playground's pickers (``serving_app.catalog``): ``base:<id>`` or ``version:<id>``.
@@ -187,6 +189,13 @@ def preset_delete(request: TeamRequest, team_slug: str, preset_id: int) -> HttpR
     return redirect("serving:presets", team_slug)
 
 
+@require_POST
+@require_perm(Perm.UPLOAD_DATASETS)
+def feedback_export(request: TeamRequest, team_slug: str) -> HttpResponse:
+    """Turn the playground votes not exported yet into a new version of the team's feedback dataset."""
+    return run_export(request, team_slug, feedback.export_feedback)
+
+
 def transcript(comparison: Comparison) -> dict[str, Any]:
     """A saved comparison as its page shows it: the columns, then each turn's answers side by side."""
     columns = comparison.columns
@@ -217,4 +226,5 @@ urlpatterns: list[URLPattern] = [
     path("playground/saved/<int:comparison_id>/delete", comparison_delete, name="comparison_delete"),
     path("playground/presets/", preset_list, name="presets"),
     path("playground/presets/<int:preset_id>/delete", preset_delete, name="preset_delete"),
+    path("playground/feedback/export", feedback_export, name="feedback_export"),
 ]

@@ -5,7 +5,8 @@ takes the team slug (the ``gr.State`` the page load filled) first and the ``gr.R
 the caller with ``team_access`` and resolves every model key it is given with ``catalog.resolve_models``:
 anyone can call a handler through Gradio's API, so the pickers' choices are a convenience, never a
 permission. Answers stream through ``inference.stream_answer``, which meters each one and keeps prompts
-only where the team asked for it.
+only where the team asked for it. Under each complete answer, Thumbs up / Thumbs down record a vote on it
+(``serving_app.ui.feedback``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from serving_app.comparisons import ColumnSettings, figures_line
 from serving_app.inference import InferenceError, StreamUpdate, stream_answer
 from serving_app.models import Comparison, PromptPreset
 from serving_app.playground import refuse, team_access
+from serving_app.ui.feedback import ASK, FeedbackControls, build_feedback, vote_subject, wire_feedback
 from serving_app.ui.text import markdown_text, refusal
 
 logger = logging.getLogger(__name__)
@@ -91,6 +93,7 @@ class ColumnControls:
     settings: SettingsControls
     preset: gr.Dropdown
     apply_preset: gr.Button
+    feedback: FeedbackControls
 
 
 def build_compare(team: gr.State) -> Callable[[Any], None]:
@@ -133,16 +136,20 @@ def build_compare(team: gr.State) -> Callable[[Any], None]:
         save_status = gr.Markdown(elem_id="compare-save-status")
     # Every turn with each column's answer and figures: what "Save comparison" keeps.
     turns = gr.State([])
+    # Per column, the complete answer a vote would be about (model key, conversation, answer), or None.
+    answered = gr.State([None] * COLUMNS)
 
     chats = [column.chatbot for column in columns]
     figures = [column.figures for column in columns]
+    feedback_rows = [column.feedback.row for column in columns]
+    feedback_notes = [column.feedback.note for column in columns]
     column_settings = [field for column in columns for field in column.settings.all()]
 
     generate_inputs: list[Any] = [team, prompt, column_count]
     for column in columns:
         generate_inputs += [column.model, column.chatbot, *column.settings.all()]
     generate_inputs.append(turns)
-    generate_outputs = [*chats, *figures, turns, prompt]
+    generate_outputs = [*chats, *figures, turns, prompt, answered, *feedback_rows, *feedback_notes]
     sent = send.click(
         stream_compare,
         inputs=generate_inputs,
@@ -160,7 +167,13 @@ def build_compare(team: gr.State) -> Callable[[Any], None]:
     stop.click(None, cancels=[sent, submitted]).then(
         mark_stopped, inputs=[team, *figures], outputs=figures, api_name="stop"
     )
-    clear.click(clear_conversation, inputs=[team], outputs=[*chats, *figures, turns, save_status], api_name="clear")
+    clear.click(
+        clear_conversation,
+        inputs=[team],
+        outputs=[*chats, *figures, turns, save_status, answered, *feedback_rows],
+        api_name="clear",
+    )
+    wire_feedback(team, answered, [column.feedback for column in columns])
 
     column_count.change(
         show_columns,
@@ -278,6 +291,7 @@ def _build_column(number: int) -> ColumnControls:
             allow_tags=False,
         )
         figures = gr.Markdown("", elem_id=f"compare-figures-{number}")
+        feedback = build_feedback(number)
         with gr.Accordion("Settings", open=False):
             with gr.Row():
                 preset = _preset_picker("Prompt preset", f"compare-preset-{number}")
@@ -291,6 +305,7 @@ def _build_column(number: int) -> ColumnControls:
         settings=controls,
         preset=preset,
         apply_preset=apply,
+        feedback=feedback,
     )
 
 
@@ -356,6 +371,13 @@ class ColumnRun:
         if self.error is not None:
             answer["error"] = self.error
         return answer
+
+    def votable(self, prompt: str) -> dict[str, Any] | None:
+        """What a vote on this column's answer records, once the answer is complete (None before, or if it failed)."""
+        text = self.update.text if self.update is not None else ""
+        if not self.done or self.error is not None or not text.strip():
+            return None
+        return vote_subject(self.servable.key, self.servable.label, self.messages(prompt), text)
 
 
 # What a column's task puts on the shared queue: (position, an update | an error message | None when done).
@@ -427,14 +449,21 @@ async def stream_compare(
         raise refusal(f"Keep the prompt under {MAX_PROMPT} characters (it has {len(prompt)}).")
 
     earlier = list(turns or [])
+    asked = False  # each column's voting row asks afresh once, when the new answers start
 
     def outputs() -> tuple[Any, ...]:
+        nonlocal asked
         shown = {run.position: run for run in runs}
         waits = {run.position: run.waiting_for(runs) for run in runs}
         chats = [shown[p].chat(prompt, waits[p]) if p in shown else gr.skip() for p in range(COLUMNS)]
         lines = [shown[p].figures(waits[p]) if p in shown else gr.skip() for p in range(COLUMNS)]
         turn = {"prompt": prompt, "answers": [run.answer() for run in runs]}
-        return (*chats, *lines, [*earlier, turn], "")
+        answered = [shown[p].votable(prompt) if p in shown else None for p in range(COLUMNS)]
+        rows = [gr.Row(visible=entry is not None) for entry in answered]
+        # Later updates leave the notes alone: a vote cast while other columns still stream keeps its answer.
+        notes = [gr.skip() if asked else ASK for _ in range(COLUMNS)]
+        asked = True
+        return (*chats, *lines, [*earlier, turn], "", answered, *rows, *notes)
 
     queue: asyncio.Queue[ColumnEvent] = asyncio.Queue()
     tasks = [asyncio.create_task(_generate(run, prompt, access, queue)) for run in runs]
@@ -554,9 +583,10 @@ async def mark_stopped(
 
 
 async def clear_conversation(team_slug: str, request: gr.Request) -> tuple[Any, ...]:
-    """Start over: every column's conversation and figures, and the turns a save would keep."""
+    """Start over: every column's conversation and figures, the turns a save would keep, and the voting rows."""
     await team_access(request, team_slug)
-    return (*([] for _ in range(COLUMNS)), *("" for _ in range(COLUMNS)), [], "")
+    hidden = (gr.Row(visible=False) for _ in range(COLUMNS))
+    return (*([] for _ in range(COLUMNS)), *("" for _ in range(COLUMNS)), [], "", [None] * COLUMNS, *hidden)
 
 
 async def show_columns(team_slug: str, column_count: str, request: gr.Request) -> tuple[gr.Column, gr.Column]:

@@ -21,8 +21,8 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 
-KINDS = ("chat", "instruction", "preference", "text")
-STAGES = ("sft", "pretrain", "dpo")
+KINDS = ("chat", "instruction", "preference", "feedback", "text")
+STAGES = ("sft", "pretrain", "dpo", "kto")
 METHODS = ("lora", "qlora", "full")
 DEEPSPEED_CHOICES = ("none", "zero2", "zero3", "zero3_offload", "custom")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -37,8 +37,16 @@ LR_SCHEDULERS = (
     "cosine_with_min_lr",
     "warmup_stable_decay",
 )
-# Which dataset kinds each stage can train on: DPO needs chosen/rejected pairs, pretraining needs raw text.
-STAGE_KINDS = {"sft": ("chat", "instruction", "text"), "pretrain": ("text",), "dpo": ("preference",)}
+# Which dataset kinds each stage can train on: DPO needs chosen/rejected pairs, KTO answers labelled
+# desirable or not, pretraining raw text.
+STAGE_KINDS = {
+    "sft": ("chat", "instruction", "text"),
+    "pretrain": ("text",),
+    "dpo": ("preference",),
+    "kto": ("feedback",),
+}
+# Dataset kinds made of conversations: the base model needs a chat template to read them.
+CONVERSATION_KINDS = ("chat", "preference", "feedback")
 # Keys of a model's config.json that give its context length, most specific first.
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
 
@@ -89,6 +97,8 @@ class RunConfig:
     gradient_checkpointing: bool = False
     max_seq_length: int = 512
     packing: bool = False
+    # Chat SFT: whether an assistant turn's reasoning (``reasoning_content``) is trained on or only read.
+    train_reasoning: bool = True
     # None: evaluate only before and after training (when there is an eval file).
     eval_steps: int | None = None
     # Checkpoint interval in optimizer steps, and how many complete checkpoints to keep.
@@ -98,6 +108,10 @@ class RunConfig:
     seed: int = 42
     precision: str = "fp32"
     dpo_beta: float = 0.1
+    kto_beta: float = 0.1
+    # KTO's loss weights for desirable and undesirable answers; None balances them from the label counts.
+    kto_desirable_weight: float | None = None
+    kto_undesirable_weight: float | None = None
     merge_adapter: bool = False
     use_cpu: bool = False
     # End-of-run evaluation: loss on at most this many eval rows, generations on this many prompts.
@@ -216,6 +230,8 @@ class RunConfig:
             errors["kind"] = _stage_kind_message(self.stage, self.kind)
         if self.packing and self.stage == "dpo":
             errors["packing"] = "DPO compares whole chosen/rejected answers and cannot pack rows; turn packing off"
+        if self.packing and self.stage == "kto":
+            errors["packing"] = "KTO scores whole answers and cannot pack rows; turn packing off"
         if self.merge_adapter and self.method == "full":
             errors["merge_adapter"] = "a full fine-tune has no adapter to merge; the saved model is already whole"
         for name in ("model_path", "train_path", "output_dir", "run_dir"):
@@ -235,6 +251,7 @@ class RunConfig:
             ("logging_steps", self.logging_steps >= 1, "must be at least 1 step"),
             ("seed", self.seed >= 0, "must be 0 or more"),
             ("dpo_beta", self.dpo_beta > 0, "must be positive (0.1 is usual)"),
+            ("kto_beta", self.kto_beta > 0, "must be positive (0.1 is usual)"),
             ("max_eval_rows", self.max_eval_rows >= 1, "must be at least 1"),
             ("generation_prompts", 0 <= self.generation_prompts <= 16, "must be between 0 and 16"),
             ("generation_max_new_tokens", 1 <= self.generation_max_new_tokens <= 1024, "must be between 1 and 1024"),
@@ -247,6 +264,18 @@ class RunConfig:
             )
         if self.eval_steps is not None:
             checks.append(("eval_steps", self.eval_steps >= 1, "must be at least 1 step (or empty)"))
+        for name in ("kto_desirable_weight", "kto_undesirable_weight"):
+            weight = getattr(self, name)
+            if weight is not None:
+                checks.append((name, 0 < weight <= 100, "must be a positive number (or empty: balanced from the data)"))
+        if self.stage == "kto" and self.per_device_batch_size < 2:
+            checks.append(
+                (
+                    "per_device_batch_size",
+                    False,
+                    "KTO compares each answer with the others of its micro-batch: use a micro-batch of 2 or more",
+                )
+            )
         for name, ok, message in checks:
             if not ok:
                 errors[name] = message
@@ -278,7 +307,7 @@ class RunConfig:
                     f"{self.max_seq_length} tokens is longer than the model's context of {context} tokens; "
                     f"use {context} or less"
                 )
-            if self.kind in ("chat", "preference") and not has_chat_template(self.model_path):
+            if self.kind in CONVERSATION_KINDS and not has_chat_template(self.model_path):
                 errors.setdefault(
                     "kind",
                     "this model has no chat template, so it cannot read conversations; "
@@ -354,8 +383,15 @@ def _qlora_unavailable_reason(cuda_available: bool | None) -> str | None:
 
 
 def _stage_kind_message(stage: str, kind: str) -> str:
+    if kind == "feedback":
+        return "feedback data (answers labelled desirable or undesirable) trains with KTO; choose the KTO goal"
     if stage == "dpo":
         return f"DPO learns from preference pairs (prompt, chosen, rejected); this dataset is {kind} data"
+    if stage == "kto":
+        return (
+            "KTO learns from answers labelled desirable or undesirable (prompt, completion, label); "
+            f"this dataset is {kind} data"
+        )
     if stage == "pretrain":
         return f"continued pretraining reads raw text; this dataset is {kind} data (use SFT instead)"
     return "preference data trains with DPO; choose the DPO stage"

@@ -2,9 +2,11 @@
 
 ``corpus_texts()`` returns a few hundred kilobytes of documents: explanations, how-to lists, dialogues,
 questions and answers and short stories generated from the topics and vocabulary below with a seeded
-random generator, chat exchanges rendered with the chat markers (``format_chat``), and every row of the
-sample datasets in ``datasets_app/samples/``. The same seed always gives the same list, so the corpus
-hash recorded with the starter model identifies it. Nothing is downloaded; nothing here imports Django.
+random generator, chat exchanges rendered with the chat markers (``format_chat``), some of them calling
+generic tools or reasoning before they answer, and every row of the sample datasets in
+``datasets_app/samples/`` except the tool-calling one (``tools.jsonl`` is held out, so that a model tuned on
+it can be compared with a base model that never saw it). The same seed always gives the same list, so the
+corpus hash recorded with the starter model identifies it. Nothing is downloaded; nothing here imports Django.
 
 The chat rendering must stay byte-identical to the starter tokenizer's chat template (without its leading
 ``<|begin_of_text|>``): the model learns the markers from this text. A test checks the two agree.
@@ -18,6 +20,7 @@ import random
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 BEGIN_OF_TEXT = "<|begin_of_text|>"
 END_OF_TEXT = "<|end_of_text|>"
@@ -28,13 +31,25 @@ PAD = "<|pad|>"
 SPECIAL_TOKENS = (BEGIN_OF_TEXT, END_OF_TEXT, START_HEADER, END_HEADER, END_OF_TURN, PAD)
 """The starter tokenizer's special tokens, in id order (ids 0 to 5)."""
 
+# Plain-text markers (not special tokens): the corpus uses them often enough for the tokenizer to learn them.
+THINK_START, THINK_END = "<think>", "</think>"
+TOOL_CALL_START, TOOL_CALL_END = "<tool_call>", "</tool_call>"
+TOOLS_PREAMBLE = (
+    "You can call these tools, described one per line as JSON. To call one, answer with "
+    '<tool_call>{"name": ..., "arguments": {...}}</tool_call>.'
+)
+"""The text that opens the system turn listing a conversation's tools (before one JSON schema per line)."""
+
 SAMPLES_DIR = Path(__file__).resolve().parents[2] / "datasets_app" / "samples"
 """The sample datasets whose rows join the generated text."""
+
+HELD_OUT_SAMPLES = frozenset({"tools.jsonl"})
+"""Sample files kept out of the corpus: tuning on them must teach the starter model something new."""
 
 DEFAULT_DOCUMENTS = 900
 """Generated documents in the default corpus (about 500 KB of text with the sample rows)."""
 
-Message = Mapping[str, str]
+Message = Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -811,19 +826,83 @@ _STORY_ENDINGS = (
     "They agreed to meet again the following week.",
 )  # fmt: skip
 
+_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
+def _tool(name: str, description: str, properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    schema = {"type": "object", "properties": properties, "required": required}
+    return {"type": "function", "function": {"name": name, "description": description, "parameters": schema}}
+
+
+# Generic tools for the generated tool-calling chats: the model learns the call format from them, not the
+# tools of the held-out sample (weather, currencies, calendar).
+_GENERIC_TOOLS = {
+    "look_up": _tool(
+        "look_up", "Look up a short fact about a subject.",
+        {"subject": {"type": "string", "description": "What to look up."}}, ["subject"],
+    ),
+    "list_steps": _tool(
+        "list_steps", "List the steps to reach a goal.",
+        {"goal": {"type": "string", "description": "What the user wants to do."}}, ["goal"],
+    ),
+    "set_reminder": _tool(
+        "set_reminder", "Remind the user to do something on a day of the week.",
+        {"task": {"type": "string"}, "day": {"type": "string", "enum": list(_DAYS)}}, ["task", "day"],
+    ),
+}  # fmt: skip
+_REASONS = {
+    "look_up": "The user asks about {name}. I should look up a fact before I answer.",
+    "list_steps": "The user wants to {goal}. The list_steps tool gives the steps.",
+    "set_reminder": "The user wants a reminder on {day}, so I call set_reminder.",
+}
+_REMINDER_REQUESTS = ("Remind me to {task} on {day}.", "Can you remind me on {day} to {task}?",
+                      "Please set a reminder for {day}: {task}.")  # fmt: skip
+
 _KEEP_CAPITAL = frozenset({"I", "Python", "Git", "LoRA", "HTTP", "LED", "The Moon", "Moon", "Earth"})
 
 
-def format_chat(messages: Iterable[Message]) -> str:
+def format_chat(messages: Iterable[Message], tools: Iterable[Mapping[str, Any]] | None = None) -> str:
     """Render messages with the starter model's chat markers, as its chat template does after the BOS token.
 
     Each message becomes ``<|start_header_id|>ROLE<|end_header_id|>\\n\\nCONTENT<|eot_id|>`` with the
-    content stripped of surrounding whitespace; any role is accepted (system, user, assistant, tool).
+    content stripped of surrounding whitespace; any role is accepted (system, user, assistant, tool). With
+    ``tools``, a system turn comes first: ``TOOLS_PREAMBLE`` and one JSON schema per line. An assistant turn
+    is its reasoning as ``<think>…</think>``, its text, then one ``<tool_call>{"name": …, "arguments": …}
+    </tool_call>`` per call, joined by newlines (arguments given as a JSON string are written as they are).
     """
-    return "".join(
-        f"{START_HEADER}{message['role']}{END_HEADER}\n\n{message['content'].strip()}{END_OF_TURN}"
-        for message in messages
-    )
+    turns: list[str] = []
+    schemas = list(tools or [])
+    if schemas:
+        listing = "".join("\n" + _to_json(tool.get("function", tool)) for tool in schemas)
+        turns.append(f"{START_HEADER}system{END_HEADER}\n\n{TOOLS_PREAMBLE}{listing}{END_OF_TURN}")
+    for message in messages:
+        content = message.get("content")
+        text = content.strip() if isinstance(content, str) else ""
+        if message["role"] == "assistant":
+            text = "\n".join(_assistant_parts(message, text))
+        turns.append(f"{START_HEADER}{message['role']}{END_HEADER}\n\n{text}{END_OF_TURN}")
+    return "".join(turns)
+
+
+def _assistant_parts(message: Message, text: str) -> list[str]:
+    parts: list[str] = []
+    reasoning = message.get("reasoning_content")
+    if isinstance(reasoning, str) and reasoning.strip():
+        parts.append(f"{THINK_START}{reasoning.strip()}{THINK_END}")
+    if text:
+        parts.append(text)
+    for call in message.get("tool_calls") or []:
+        function = call.get("function", call)
+        arguments = function.get("arguments", {})
+        arguments = arguments if isinstance(arguments, str) else _to_json(arguments)
+        call_json = f'{{"name": {_to_json(function["name"])}, "arguments": {arguments}}}'
+        parts.append(f"{TOOL_CALL_START}{call_json}{TOOL_CALL_END}")
+    return parts
+
+
+def _to_json(value: Any) -> str:
+    """JSON as the chat template's ``tojson`` filter writes it (transformers': no ASCII escaping, ", " and ": ")."""
+    return json.dumps(value, ensure_ascii=False)
 
 
 def corpus_texts(seed: int = 0, documents: int = DEFAULT_DOCUMENTS) -> list[str]:
@@ -848,13 +927,16 @@ def corpus_hash(texts: Iterable[str]) -> str:
 
 
 def sample_dataset_texts(samples_dir: Path = SAMPLES_DIR) -> Iterator[str]:
-    """Yield one text per row of the sample datasets (``*.jsonl`` in ``samples_dir``, sorted by file name).
+    """Yield one text per row of the sample datasets (``*.jsonl`` in ``samples_dir``, sorted by file name),
+    except the held-out ones (``HELD_OUT_SAMPLES``).
 
-    Rows are read as data: ``messages`` become a chat, ``instruction``/``input``/``output`` and
-    ``prompt`` with ``completion`` or ``chosen`` (never ``rejected``) become a user/assistant exchange,
+    Rows are read as data: ``messages`` (with their ``tools``) become a chat, ``instruction``/``input``/``output``
+    and ``prompt`` with ``completion`` or ``chosen`` (never ``rejected``) become a user/assistant exchange,
     ``text`` is used as it is. Rows of any other shape are skipped.
     """
     for path in sorted(samples_dir.glob("*.jsonl")):
+        if path.name in HELD_OUT_SAMPLES:
+            continue
         with path.open(encoding="utf-8") as lines:
             for line in lines:
                 if line.strip():
@@ -866,10 +948,10 @@ def sample_dataset_texts(samples_dir: Path = SAMPLES_DIR) -> Iterator[str]:
 def _row_text(row: dict[str, object]) -> str | None:
     messages = row.get("messages")
     if isinstance(messages, list):
+        tools = row.get("tools")
         return format_chat(
-            {"role": str(message["role"]), "content": str(message["content"])}
-            for message in messages
-            if isinstance(message, dict) and isinstance(message.get("content"), str)
+            (message for message in messages if isinstance(message, dict) and isinstance(message.get("role"), str)),
+            tools if isinstance(tools, list) else None,
         )
     if isinstance(row.get("instruction"), str) and isinstance(row.get("output"), str):
         prompt = str(row["instruction"])
@@ -885,7 +967,8 @@ def _row_text(row: dict[str, object]) -> str | None:
 
 def _generate_document(rng: random.Random, topic: Topic) -> str:
     kind = rng.choices(
-        (_explainer, _howto, _dialogue, _questions_and_answers, _story, _chat), weights=(3, 2, 2, 2, 3, 4)
+        (_explainer, _howto, _dialogue, _questions_and_answers, _story, _chat, _tool_chat),
+        weights=(3, 2, 2, 2, 3, 4, 2),
     )[0]
     return kind(rng, topic)
 
@@ -992,3 +1075,43 @@ def _chat(rng: random.Random, topic: Topic) -> str:
             {"role": "assistant", "content": rng.choice(_WELCOME)},
         ]
     return format_chat(messages)
+
+
+def _tool_chat(rng: random.Random, topic: Topic) -> str:
+    """A chat that offers generic tools: the assistant calls one, reads its result and answers (or, now and
+    then, answers without a call); some assistant turns reason first."""
+    name = rng.choice(("look_up", "list_steps", "set_reminder", "none"))
+    others = [tool for key, tool in _GENERIC_TOOLS.items() if key != name]
+    tools = ([_GENERIC_TOOLS[name]] if name in _GENERIC_TOOLS else []) + rng.sample(others, rng.randint(1, 2))
+    rng.shuffle(tools)
+    if name == "none":
+        answer = _with_connectors(rng, _facts(rng, topic, 1, 3))
+        messages = [{"role": "user", "content": rng.choice(topic.questions)}, {"role": "assistant", "content": answer}]
+        return format_chat(messages, tools)
+    day = rng.choice(_DAYS)
+    task = _lower_first(rng.choice(topic.steps)).rstrip(".")
+    if name == "look_up":
+        question, arguments = rng.choice(topic.questions), {"subject": topic.name}
+        fact = rng.choice(topic.facts)
+        result: dict[str, Any] = {"subject": topic.name, "fact": fact}
+        answer = fact
+    elif name == "list_steps":
+        question, arguments = rng.choice(_HOWTO_TITLES).format(goal=topic.goal) + "?", {"goal": topic.goal}
+        steps = list(topic.steps[: rng.randint(3, len(topic.steps))])
+        result = {"goal": topic.goal, "steps": steps}
+        answer = f"Here are the steps to {topic.goal}:\n\n{_numbered(steps)}"
+    else:
+        question, arguments = rng.choice(_REMINDER_REQUESTS).format(task=task, day=day), {"task": task, "day": day}
+        result = {"ok": True, "day": day}
+        answer = f"Done. I will remind you on {day} to {task}."
+    call: dict[str, Any] = {"role": "assistant", "content": ""}
+    if rng.random() < 0.3:
+        call["reasoning_content"] = _REASONS[name].format(name=topic.name, goal=topic.goal, day=day)
+    call["tool_calls"] = [{"type": "function", "id": "call_1", "function": {"name": name, "arguments": arguments}}]
+    messages = [
+        {"role": "user", "content": question},
+        call,
+        {"role": "tool", "tool_call_id": "call_1", "name": name, "content": _to_json(result)},
+        {"role": "assistant", "content": answer},
+    ]
+    return format_chat(messages, tools)

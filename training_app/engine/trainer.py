@@ -1,4 +1,4 @@
-"""One training run: TRL SFT or DPO on a local safetensors model, with PEFT LoRA/QLoRA or full weights.
+"""One training run: TRL SFT, DPO or KTO on a local safetensors model, with PEFT LoRA/QLoRA or full weights.
 
 ``run(config)`` is what ``python -m training_app.engine --config run.json`` executes in every process of
 a launch (one per GPU, or per CPU process with gloo). It never raises: it returns a ``RunResult`` whose
@@ -13,8 +13,12 @@ What happens, in order:
    truncated, is never resumed from. The callback also rotates old checkpoints, but only after the new one
    is complete (transformers' own rotation deletes old ones before the new one is known to be whole).
 3. Build the training arguments first (with DeepSpeed, ZeRO-3 must be configured before the model loads),
-   then the tokenizer, the datasets (``datasets`` JSON loader on the JSON Lines rows) and the model
-   (``trust_remote_code=False``, ``use_safetensors=True``), and TRL's ``SFTTrainer`` or ``DPOTrainer``.
+   then the tokenizer, the datasets and the model (``trust_remote_code=False``, ``use_safetensors=True``),
+   and TRL's ``SFTTrainer``, ``DPOTrainer`` or ``KTOTrainer``. Conversations for SFT (chat rows, and
+   instruction rows whose prompt is a message list) are tokenized here (``conversations``): the loss is
+   taken on the assistant's turns only. Preference and feedback rows are read with Python's ``json`` into
+   ``datasets``' Json columns, so messages of different shapes (tool calls, reasoning) stay as written; plain
+   text and string prompt/completion rows go through the ``datasets`` JSON loader.
 4. Evaluate once before training, train (``resume_from_checkpoint``), evaluate once after.
 5. Save the adapter (``output_dir/adapter``) or the whole model (``output_dir/model``) with the tokenizer,
    atomically (written to a ``.partial`` folder, then renamed).
@@ -31,7 +35,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import gc
+import hashlib
 import json
 import math
 import os
@@ -75,8 +81,11 @@ KIND_COLUMNS = {
     "chat": ("messages",),
     "instruction": ("prompt", "completion"),
     "preference": ("prompt", "chosen", "rejected"),
+    "feedback": ("prompt", "completion", "label"),
     "text": ("text",),
 }
+# Bump when the tokenization of conversations changes: it is part of the cached datasets' fingerprint.
+TOKENIZATION_VERSION = 1
 
 
 class Terminated(BaseException):
@@ -268,8 +277,8 @@ def _train(
     cuda = torch.cuda.is_available() and not config.use_cpu
     reporter.status("loading", message="loading the tokenizer, the data and the model")
     args = _training_arguments(config, cuda=cuda, resuming=resumed_from is not None)
-    tokenizer = _load_tokenizer(config.model_path)
-    train_rows, eval_rows = _load_datasets(config)
+    tokenizer = load_tokenizer(config.model_path)
+    train_rows, eval_rows = load_datasets(config, tokenizer)
     model = _load_model(config, cuda=cuda)
     callback = _make_callback(config, reporter=reporter, watcher=watcher, run_state=state)
     trainer = _make_trainer(config, args, model, tokenizer, train_rows, eval_rows, callback)
@@ -347,8 +356,8 @@ def _train(
 
 
 def _perplexity(config: RunConfig, loss: float | None) -> float | None:
-    # DPO's loss is a preference loss, not a language-modelling one: it has no perplexity.
-    if loss is None or config.stage == "dpo" or loss > 50:
+    # DPO's and KTO's losses are preference losses, not language-modelling ones: they have no perplexity.
+    if loss is None or config.stage in ("dpo", "kto") or loss > 50:
         return None
     return round(math.exp(loss), 4)
 
@@ -357,8 +366,8 @@ def _perplexity(config: RunConfig, loss: float | None) -> float | None:
 
 
 def _training_arguments(config: RunConfig, *, cuda: bool, resuming: bool) -> Any:
-    """SFTConfig or DPOConfig from the run config (creates the DeepSpeed/distributed state)."""
-    from trl import DPOConfig, SFTConfig
+    """SFTConfig, DPOConfig or KTOConfig from the run config (creates the DeepSpeed/distributed state)."""
+    from trl import DPOConfig, KTOConfig, SFTConfig
 
     deepspeed = deepspeed_configs.build(config.deepspeed, config.deepspeed_custom, cuda=cuda)
     has_eval = bool(config.eval_path)
@@ -405,6 +414,12 @@ def _training_arguments(config: RunConfig, *, cuda: bool, resuming: bool) -> Any
         common["accelerator_config"] = {"use_configured_state": True}
     if config.stage == "dpo":
         return DPOConfig(**common, beta=config.dpo_beta)
+    if config.stage == "kto":
+        desirable, undesirable = kto_weights(config)
+        if global_rank() == 0:
+            print(f"KTO loss weights: desirable answers {desirable:g}, undesirable answers {undesirable:g}", flush=True)
+        # KTO estimates its KL term from the other answers of each micro-batch, in the dataset's order.
+        return KTOConfig(**common, beta=config.kto_beta, desirable_weight=desirable, undesirable_weight=undesirable)
     return SFTConfig(
         **common,
         packing=config.packing,
@@ -430,7 +445,8 @@ def _cpu_deepspeed_state() -> None:
         del os.environ["ACCELERATE_USE_DEEPSPEED"]
 
 
-def _load_tokenizer(model_path: str) -> Any:
+def load_tokenizer(model_path: str) -> Any:
+    """The model's tokenizer (never remote code), with the end-of-sequence token as padding if it has none."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=False)
@@ -439,8 +455,51 @@ def _load_tokenizer(model_path: str) -> Any:
     return tokenizer
 
 
-def _load_datasets(config: RunConfig) -> tuple[Any, Any]:
-    """The train and eval datasets (eval capped at ``max_eval_rows``), only the kind's columns kept."""
+def kto_weights(config: RunConfig) -> tuple[float, float]:
+    """KTO's (desirable, undesirable) loss weights: the configured ones, else balanced from the training rows'
+    labels so that both sides weigh the same in total (the KTO paper asks for a desirable-to-undesirable ratio
+    between 1 and 4/3 of weight × count); the side with more rows keeps weight 1."""
+    if config.kto_desirable_weight is not None or config.kto_undesirable_weight is not None:
+        return config.kto_desirable_weight or 1.0, config.kto_undesirable_weight or 1.0
+    desirable, undesirable = feedback_label_counts(config.train_path)
+    if not desirable or not undesirable:
+        missing = "undesirable (label false)" if desirable else "desirable (label true)"
+        raise DataError(
+            f"KTO learns from both desirable and undesirable answers, but the training rows have no {missing} one"
+        )
+    if desirable < undesirable:
+        return round(undesirable / desirable, 4), 1.0
+    return 1.0, round(desirable / undesirable, 4)
+
+
+def feedback_label_counts(path: str | Path) -> tuple[int, int]:
+    """(desirable, undesirable) rows of a feedback JSON Lines file."""
+    desirable = undesirable = 0
+    for row in _json_rows(path):
+        if row.get("label") is True:
+            desirable += 1
+        elif row.get("label") is False:
+            undesirable += 1
+    return desirable, undesirable
+
+
+def _json_rows(path: str | Path) -> Iterator[dict[str, Any]]:
+    with Path(path).open(encoding="utf-8") as lines:
+        for line in lines:
+            if line.strip():
+                yield json.loads(line)
+
+
+def load_datasets(config: RunConfig, tokenizer: Any) -> tuple[Any, Any]:
+    """The train and eval datasets (eval capped at ``max_eval_rows``), only the kind's columns kept.
+
+    Conversations for SFT become token ids and labels (``conversations``); preference and feedback rows
+    keep their messages as written (Json columns); the rest goes through the ``datasets`` JSON loader.
+    """
+    if _tokenized_here(config):
+        return _tokenized_datasets(config, tokenizer)
+    if config.kind in ("preference", "feedback"):
+        return _message_datasets(config)
     from datasets import load_dataset
 
     files = {"train": config.train_path}
@@ -461,6 +520,120 @@ def _load_datasets(config: RunConfig) -> tuple[Any, Any]:
         eval_rows = loaded["eval"].select_columns(list(columns))
         eval_rows = eval_rows.select(range(min(len(eval_rows), config.max_eval_rows)))
     return train, eval_rows
+
+
+def _tokenized_here(config: RunConfig) -> bool:
+    """Whether SFT rows are conversations the engine tokenizes itself: chat rows, and instruction rows whose
+    prompt is a message list (the whole version is one shape or the other)."""
+    if config.stage != "sft" or config.kind not in ("chat", "instruction"):
+        return False
+    if config.kind == "chat":
+        return True
+    first = next(_json_rows(config.train_path), {})
+    return isinstance(first.get("prompt"), list)
+
+
+def _splits(config: RunConfig) -> dict[str, tuple[str, int | None]]:
+    """Each split's file and the most rows read from it."""
+    splits: dict[str, tuple[str, int | None]] = {"train": (config.train_path, None)}
+    if config.eval_path:
+        splits["eval"] = (config.eval_path, config.max_eval_rows)
+    return splits
+
+
+def _rows_of(path: str, limit: int | None, *, split: str, kind: str) -> Iterator[dict[str, Any]]:
+    """A split's rows (at most ``limit``), each checked for the kind's fields; a ``DataError`` names the row."""
+    columns = KIND_COLUMNS[kind]
+    for number, row in enumerate(_json_rows(path), start=1):
+        if limit is not None and number > limit:
+            return
+        missing = [name for name in columns if name not in row]
+        if missing:
+            raise DataError(f"{split} row {number} has no {', '.join(missing)} field ({kind} data expected)")
+        yield row
+
+
+def _tokenized_datasets(config: RunConfig, tokenizer: Any) -> tuple[Any, Any]:
+    """Chat and conversational instruction rows as ``input_ids`` and ``labels`` (-100 where not trained).
+
+    Written once per split to Arrow files under ``run_dir`` (a resumed run finds them), keyed by the data
+    file, the model's tokenizer and the settings that change the labels.
+    """
+    from datasets import Dataset
+
+    cache = Path(config.run_dir) / "datasets-cache"
+    loaded: dict[str, Any] = {}
+    for split, (path, limit) in _splits(config).items():
+        stat = Path(path).stat()
+        key = [TOKENIZATION_VERSION, split, path, stat.st_size, stat.st_mtime_ns, config.model_path,
+               config.kind, config.train_reasoning, limit]  # fmt: skip
+        fingerprint = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]
+        try:
+            rows = functools.partial(_tokenized_split, config, tokenizer, path, limit, split)
+            loaded[split] = Dataset.from_generator(rows, cache_dir=str(cache), fingerprint=fingerprint)
+        except Exception as error:  # ``datasets`` wraps what the generator raised
+            data_error = _data_error_in(error)
+            if data_error is not None:
+                raise data_error from error
+            raise
+    return loaded["train"], loaded.get("eval")
+
+
+def _tokenized_split(
+    config: RunConfig, tokenizer: Any, path: str, limit: int | None, split: str
+) -> Iterator[dict[str, list[int]]]:
+    from training_app.engine.conversations import IGNORE_INDEX, tokenized_rows
+
+    rows = trained = 0
+    source = _rows_of(path, limit, split=split, kind=config.kind)
+    for row in tokenized_rows(tokenizer, source, kind=config.kind, train_reasoning=config.train_reasoning, split=split):
+        rows += 1
+        trained += any(label != IGNORE_INDEX for label in row["labels"])
+        yield row
+    if rows == 0:
+        raise DataError(f"the {split} file has no rows")
+    if trained == 0:
+        raise DataError(f"no {split} row has an assistant turn to learn from (every answer has loss_weight 0)")
+
+
+def _message_datasets(config: RunConfig) -> tuple[Any, Any]:
+    """Preference or feedback rows with their message lists in Json columns (exactly as written: no nulls
+    for the keys other rows have). KTO's rows are shuffled once (seeded): it reads them in order, and each
+    micro-batch should hold both desirable and undesirable answers."""
+    from datasets import Dataset, Features
+
+    columns = KIND_COLUMNS[config.kind]
+    loaded: dict[str, Any] = {}
+    for split, (path, limit) in _splits(config).items():
+        rows = [{name: row[name] for name in columns} for row in _rows_of(path, limit, split=split, kind=config.kind)]
+        if not rows:
+            raise DataError(f"the {split} file has no rows")
+        features = Features({name: _column_feature(rows, name) for name in columns})
+        loaded[split] = Dataset.from_list(rows, features=features)
+    train = loaded["train"]
+    if config.stage == "kto":
+        train = train.shuffle(seed=config.seed).flatten_indices()
+    return train, loaded.get("eval")
+
+
+def _column_feature(rows: list[dict[str, Any]], name: str) -> Any:
+    """The column's type: bool for KTO's label, string for plain text, Json for message lists."""
+    from datasets import Json, Value
+
+    if name == "label":
+        return Value("bool")
+    return Value("string") if all(isinstance(row[name], str) for row in rows) else Json()
+
+
+def _data_error_in(error: BaseException) -> DataError | None:
+    current: BaseException | None = error
+    for _ in range(10):
+        if current is None:
+            return None
+        if isinstance(current, DataError):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _load_model(config: RunConfig, *, cuda: bool) -> Any:
@@ -512,10 +685,10 @@ def _make_trainer(
     eval_rows: Any,
     callback: Any,
 ) -> Any:
-    from trl import DPOTrainer, SFTTrainer
+    from trl import DPOTrainer, KTOTrainer, SFTTrainer
 
     peft_config = _peft_config(config) if config.uses_adapter else None
-    trainer_class = DPOTrainer if config.stage == "dpo" else SFTTrainer
+    trainer_class = {"dpo": DPOTrainer, "kto": KTOTrainer}.get(config.stage, SFTTrainer)
     return trainer_class(
         model=model,
         args=args,
@@ -729,20 +902,25 @@ def _tail(lines: Any, *, from_end: bool) -> Iterator[str]:
 
 
 def _prompt_text(kind: str, row: dict[str, Any], tokenizer: Any) -> str | None:
+    """The prompt of a row as the model reads it: conversations through the chat template (with the row's
+    tools), ending with an open assistant turn."""
+    tools = row.get("tools") if isinstance(row.get("tools"), list) else None
+
+    def conversation(messages: list[dict[str, Any]]) -> str | None:
+        if not messages:
+            return None
+        return str(tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False))
+
     if kind == "chat":
         messages = list(row.get("messages") or [])
         while messages and messages[-1].get("role") == "assistant":
             messages.pop()
-        if not messages:
-            return None
-        return str(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
-    if kind == "preference":
+        return conversation(messages)
+    if kind in ("preference", "feedback", "instruction"):
         prompt = row.get("prompt")
-        if isinstance(prompt, list) and prompt:
-            return str(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False))
+        if isinstance(prompt, list):
+            return conversation(prompt)
         return str(prompt) if prompt else None
-    if kind == "instruction":
-        return str(row.get("prompt") or "") or None
     words = str(row.get("text") or "").split()
     return " ".join(words[: max(3, min(12, len(words) // 2))]) or None
 
