@@ -299,10 +299,11 @@ def version_rows(
 def set_mapping(
     request: HttpRequest, slug: str, dataset_id: ObjectId, number: ObjectId, body: MappingIn
 ) -> dict[str, Any]:
-    """Say which columns hold what for a file whose layout was ambiguous; validation runs again."""
+    """Say which columns hold what: in place for a file whose layout was ambiguous (validation runs again), or,
+    for a validated upload, as a new version that reads the same file this way (the one returned)."""
     access = team_access(request, slug)
     version = _version(access, dataset_id, number, "change")
-    version = services.set_mapping(
+    version = services.apply_mapping(
         access=access, version=version, kind=body.kind, mapping=body.mapping, ip=client_ip(request)
     )
     return _version_out(version)

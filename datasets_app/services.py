@@ -420,7 +420,7 @@ def remap_as_new_version(
         )
         folders.append(child.folder())
         child.folder().mkdir(parents=True, exist_ok=True)
-        try:  # the same bytes: a hard link costs no room when the file system allows it
+        try:  # the same bytes: a hard link costs no disk when the file system allows it
             os.link(version.source_path, child.source_path)
         except OSError:
             shutil.copyfile(version.source_path, child.source_path)
@@ -438,6 +438,17 @@ def remap_as_new_version(
         )
         _enqueue_validation(child)
     return child
+
+
+def apply_mapping(
+    *, access: TeamAccess, version: DatasetVersion, kind: str, mapping: dict[str, str], ip: str | None = None
+) -> DatasetVersion:
+    """A person's kind and columns for an upload: in place while it waits for (or failed with) a mapping
+    (``set_mapping``), else as a new version read that way (``remap_as_new_version``). Returns the version
+    being validated."""
+    if can_map(version):
+        return set_mapping(access=access, version=version, kind=kind, mapping=mapping, ip=ip)
+    return remap_as_new_version(access=access, version=version, kind=kind, mapping=mapping, ip=ip)
 
 
 def preview_mapping(

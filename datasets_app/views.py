@@ -271,13 +271,8 @@ def version_mapping(request: TeamRequest, team_slug: str, dataset_id: int, numbe
     form = MappingForm(request.POST, report=version.report)
     if form.is_valid():
         try:
-            if services.can_map(version):
-                services.set_mapping(access=access, version=version, ip=client_ip(request), **form.mapping())
-            else:  # a validated upload read another way: a new version, this one stays as it is
-                child = services.remap_as_new_version(
-                    access=access, version=version, ip=client_ip(request), **form.mapping()
-                )
-                return redirect("datasets:version", team_slug, dataset_id, child.number)
+            mapped = services.apply_mapping(access=access, version=version, ip=client_ip(request), **form.mapping())
+            return redirect("datasets:version", team_slug, dataset_id, mapped.number)
         except ValidationError as error:
             messages.error(request, " ".join(error.messages))
     else:

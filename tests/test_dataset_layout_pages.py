@@ -162,3 +162,20 @@ def test_a_viewer_is_not_offered_another_reading(alice: Any, login: Any) -> None
     viewer = member(access.team, "viewer")
 
     assert "Read this file another way" not in page(login(viewer), version)
+
+
+def test_the_api_reads_a_validated_upload_another_way_as_a_new_version(alice: Any, login: Any) -> None:
+    rows = [{"prompt": "2+2?", "completion": "4", "label": True}]
+    version = upload(resolve_access(alice, "acme"), jsonl(rows), name="rated.jsonl")
+    body = {"kind": "instruction", "mapping": {"prompt": "prompt", "completion": "completion"}}
+
+    response = login(alice).post(
+        f"/api/v1/teams/acme/datasets/{version.dataset_id}/versions/1/mapping",
+        json.dumps(body),
+        content_type="application/json",
+    )
+
+    assert response.status_code == 200, response.content
+    assert (response.json()["number"], response.json()["kind"]) == (2, "instruction")
+    version.refresh_from_db()
+    assert version.kind == "feedback"
