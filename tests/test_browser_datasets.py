@@ -289,3 +289,128 @@ def test_mapping_form_shows_only_the_column_pickers_of_the_chosen_kind(
         expect(form.get_by_label(f"Column for “{field}”")).to_be_hidden()
     screenshot(page, tmp_path, "dataset-mapping-preference")
     context.close()
+
+
+# The layouts other tools write, uploaded as files: tool calls in ShareGPT's spelling, answers rated good or bad.
+WEATHER = {
+    "name": "get_weather",
+    "description": "Current weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+TIMER = {
+    "name": "set_timer",
+    "description": "Start a kitchen timer.",
+    "parameters": {"type": "object", "properties": {"minutes": {"type": "integer"}}, "required": ["minutes"]},
+}
+CITIES = ("Paris", "Lagos", "Lima", "Oslo", "Pune", "Quito")
+FEEDBACK_ROWS = 24  # half of them rated good
+
+
+def sharegpt_tools_jsonl() -> str:
+    """Six weather questions and six timers, each a call, the tool's answer and the reply (``tools`` a string)."""
+    rows = []
+    for n, city in enumerate(CITIES):
+        call = {"name": "get_weather", "arguments": {"city": city}}
+        rows.append([f"Weather in {city}?", call, {"temp_c": 10 + n}, f"It is {10 + n} °C in {city}."])
+        call = {"name": "set_timer", "arguments": {"minutes": n + 2}}
+        rows.append([f"Set a {n + 2} minute timer.", call, {"ok": True}, f"Your {n + 2} minute timer runs."])
+    return "".join(
+        json.dumps({
+            "tools": json.dumps([WEATHER, TIMER]),
+            "conversations": [
+                {"from": "human", "value": question},
+                {"from": "function_call", "value": json.dumps(call)},
+                {"from": "observation", "value": json.dumps(result)},
+                {"from": "gpt", "value": reply},
+            ],
+        }) + "\n"
+        for question, call, result, reply in rows
+    )  # fmt: skip
+
+
+def feedback_jsonl() -> str:
+    """Answers to sums, the right ones labelled good and the wrong ones bad, with a field the studio does not use."""
+    rows = []
+    for n in range(FEEDBACK_ROWS):
+        good = n % 2 == 0
+        answer = f"{n} + {n} = {2 * n}." if good else f"{n} + {n} = {2 * n + 1}."
+        messages = [{"role": "user", "content": f"What is {n} + {n}?"}, {"role": "assistant", "content": answer}]
+        rows.append({"messages": messages, "label": good, "annotator": f"rater-{n % 3}"})
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+def upload_file(page: Page, name: str, body: str) -> None:
+    """Choose ``name`` with the page's file picker and upload it; wait for the validated version."""
+    page.goto("/t/acme/datasets/")
+    page.locator("#id_file").set_input_files({"name": name, "mimeType": "application/jsonl", "buffer": body.encode()})
+    expect(page.get_by_label("Name", exact=True)).to_have_value(name.rsplit(".", 1)[0])
+    page.get_by_role("button", name="Upload and validate").click()
+    expect(page).to_have_url(re.compile(r"/t/acme/datasets/\d+/v1/$"))
+    expect(version_status(page).locator(".pill")).to_have_text("Ready", timeout=BACKGROUND_WORK_MS)
+
+
+def test_tool_calls_and_rated_answers_show_as_cards_and_labels_and_train_with_kto(
+    alice: Any, starter_model: Any, celery_worker: None, studio_server: str, browser: Browser, tmp_path: Path
+) -> None:
+    from tests.test_browser_training import TRAINING_MS
+
+    context, page = new_page(browser, studio_server, height=900)
+    script_errors: list[str] = []
+    page.on("pageerror", lambda error: script_errors.append(str(error)))
+    log_in(page, "alice")
+
+    # 1. A ShareGPT tool-call file: the calls show as cards under the tools the row declares.
+    upload_file(page, "kitchen-tools.jsonl", sharegpt_tools_jsonl())
+    expect(fact(page, "Kind")).to_contain_text("Chat")
+    expect(fact(page, "Rows")).to_have_text("12")
+    expect(page.locator("#unused")).to_have_count(0)  # every field of the file is carried
+    first = page.locator("#rows .row-card").first
+    expect(first.locator("details.tools summary")).to_have_text("2 tools declared: get_weather, set_timer")
+    call = first.locator(".bubble.assistant .tool-call").first
+    expect(call.locator(".tool-call-name")).to_contain_text("calls get_weather")
+    expect(call.locator("pre")).to_contain_text('"city": "Paris"')
+    expect(first.locator(".bubble.tool .role")).to_have_text("tool result · get_weather")
+    expect(first.locator(".bubble.assistant").last).to_contain_text("It is 10 °C in Paris.")
+    chart = page.locator("svg[role=img][aria-label^='Calls by tool']")
+    expect(chart).to_be_visible()
+    expect(page.locator("#stats")).to_contain_text("12 rows with tool calls.")
+    screenshot(page, tmp_path, "datasets-tool-calls")
+
+    # 2. A feedback file: each answer says in words whether it is one to learn from; the balance is drawn,
+    #    and the field the studio does not train on is listed, not dropped in silence.
+    upload_file(page, "sum-ratings.jsonl", feedback_jsonl())
+    expect(fact(page, "Kind")).to_contain_text("Feedback")
+    rows = page.locator("#rows")
+    expect(rows.locator(".feedback.good h4").first).to_have_text("Thumbs up: a good answer, learn from it")
+    expect(rows.locator(".feedback.bad h4").first).to_have_text("Thumbs down: an answer to avoid")
+    expect(rows.locator(".row-card").nth(1).locator(".feedback.bad")).to_contain_text("1 + 1 = 3.")
+    expect(page.locator("#label-balance")).to_contain_text("12 good and 12 bad answers.")
+    expect(page.locator("#label-balance svg[role=img]")).to_be_visible()
+    expect(page.locator("#unused")).to_contain_text("annotator")
+    expect(page.locator("#unused")).to_contain_text(str(FEEDBACK_ROWS))
+    screenshot(page, tmp_path, "datasets-feedback")
+
+    # 3. "Fine-tune on this version" opens the form on the goal that trains on rated answers: KTO; the
+    #    estimate repeats what the data leaves out.
+    page.get_by_role("link", name="Fine-tune on this version").click()
+    expect(page.get_by_label("Feedback tuning (KTO)")).to_be_checked()
+    page.get_by_label("Name").fill("sums with feedback")
+    page.locator("#advanced summary").click()
+    page.locator("[name=max_steps]").fill("6")
+    page.locator("[name=max_seq_length]").fill("64")
+    page.locator("[name=max_seq_length]").dispatch_event("change")
+    estimate = page.locator("#estimate")
+    expect(estimate).to_contain_text("6 optimizer steps", timeout=15_000)
+    expect(estimate.locator("#data-unused")).to_contain_text(f"annotator ({FEEDBACK_ROWS} rows)")
+    screenshot(page, tmp_path, "training-new-kto")
+    page.get_by_role("button", name="Launch fine-tune").click()
+
+    # 4. The KTO job runs in the worker to the end and its loss is drawn.
+    expect(page).to_have_url(re.compile(r"/t/acme/training/\d+/$"))
+    expect(page.locator("h1")).to_contain_text("sums with feedback")
+    expect(page.locator("main")).to_contain_text("KTO")
+    expect(page.locator(".pill.large")).to_have_text("Succeeded", timeout=TRAINING_MS)
+    expect(page.locator("#charts svg path").first).to_be_attached()
+    screenshot(page, tmp_path, "training-kto-done")
+    assert script_errors == []
+    context.close()

@@ -30,7 +30,7 @@ def test_tool_calls_are_drawn_as_cards_with_their_arguments(alice: Any, login: A
     assert "<code>get_weather</code>(city, unit (optional))" in rows
     assert 'calls <code>get_weather</code> <span class="muted">(call_1)</span>' in rows
     assert "&quot;city&quot;: &quot;Lyon&quot;" in rows
-    assert 'class="bubble tool"' in rows and "tool result" in rows
+    assert "tool result · get_weather" in rows  # the result names the call it answers (by its id)
 
 
 def test_reasoning_and_untrained_turns_are_marked(alice: Any, login: Any) -> None:

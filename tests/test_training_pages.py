@@ -290,6 +290,31 @@ def test_kto_on_feedback_data_launches_with_an_estimate(
     assert job.estimate["optimizer_steps"] > 0 and job.estimate["memory_bytes"] > 0
 
 
+def test_estimate_names_the_fields_the_chosen_version_does_not_use(
+    alice: Any, login: Login, base_model_row: Any, chat_version: Any
+) -> None:
+    chat_version.report = {**chat_version.report, "unused": {"label": 300, "images": 12}}  # as validation stores it
+    chat_version.save(update_fields=["report"])
+
+    html = login(alice).post(url("estimate"), form_data(base_model_row, chat_version)).content.decode()
+
+    unused = html[html.index('id="data-unused"') :]
+    assert "<code>label</code> (300 rows), <code>images</code> (12 rows)" in unused
+    version_page = f"/t/acme/datasets/{chat_version.dataset_id}/v{chat_version.number}/#unused"
+    assert f'href="{version_page}"' in unused
+
+
+def test_a_feedback_version_in_the_address_starts_the_form_on_kto(
+    alice: Any, login: Login, base_model_row: Any, chat_version: Any, feedback_version: Any
+) -> None:
+    response = login(alice).get(url("new") + f"?dataset_version={feedback_version.pk}")
+
+    assert response.context["form"].initial["stage"] == "kto"
+    html = response.content.decode()
+    for version in (feedback_version, chat_version):  # the page switches goals with them
+        assert re.search(rf'<option value="{version.pk}"[^>]* data-kind="{version.kind}"', html), version.kind
+
+
 def test_form_offers_kto_and_explains_the_reasoning_setting(alice: Any, login: Login, base_model_row: Any) -> None:
     response = login(alice).get(url("new"))
 

@@ -41,7 +41,21 @@ class BaseModelChoiceField(forms.ModelChoiceField):
         return f"{model.name} ({', '.join(facts)})" if facts else model.name
 
 
+class KindSelect(forms.Select):
+    """A select whose options carry their dataset version's kind (``data-kind``), so the page can switch the
+    goal to one that trains on it (job-form.js)."""
+
+    def create_option(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        option: dict[str, Any] = super().create_option(*args, **kwargs)
+        version = getattr(option["value"], "instance", None)
+        if version is not None and version.kind:
+            option["attrs"]["data-kind"] = version.kind
+        return option
+
+
 class DatasetVersionChoiceField(forms.ModelChoiceField):
+    widget = KindSelect
+
     def label_from_instance(self, obj: Any) -> str:
         version: DatasetVersion = obj
         rows = f"{version.row_count:,} rows" if version.row_count is not None else "rows unknown"

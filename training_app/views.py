@@ -27,6 +27,7 @@ from accounts.views import apply_share_form, sharing_panel
 from datasets_app import services as dataset_services
 from datasets_app.models import DatasetVersion
 from training_app import hub, jobs, presets, registry, services
+from training_app.engine.config import STAGE_KINDS, stage_for_kind
 from training_app.engine.reporting import readable_log
 from training_app.estimator import GIB
 from training_app.forms import (
@@ -46,7 +47,6 @@ JOBS_PER_PAGE = 50
 MAX_COMPARED = 8
 DEFAULT_PRESET = presets.PRESETS[0].slug
 CUDA_ONLY_REASON = "needs an NVIDIA GPU with CUDA; this studio's workers are CPU-only"
-
 
 
 def _int(value: str | None) -> int | None:
@@ -139,6 +139,7 @@ def job_new(request: TeamRequest, team_slug: str) -> HttpResponse:
             }
             for preset in presets.PRESETS
         },
+        "stage_kinds": STAGE_KINDS,
         **_estimate_context(access, estimate_form),
     }
     return render(request, "training/new.html", context, status=400 if form.is_bound else 200)
@@ -155,7 +156,11 @@ def job_estimate(request: TeamRequest, team_slug: str) -> HttpResponse:
 def _estimate_context(access: TeamAccess, form: JobForm) -> dict[str, Any]:
     """Parameters, memory against the pool, tokens, time and cost; or what to fix first."""
     context: dict[str, Any] = {"estimate": None, "estimate_errors": [], "team": access.team}
-    if form.is_valid():
+    # Fields of the upload that the rows do not carry, shown beside the estimate so nobody trains on a version
+    # without seeing what it left out (the version page lists the same, with a way to map them).
+    valid = form.is_valid()
+    context["data_version"] = form.cleaned_data.get("dataset_version") if form.is_bound else None
+    if valid:
         data = form.cleaned_data
         config, errors = jobs.check_settings(
             base_model=data["base_model"],
@@ -230,6 +235,9 @@ def _initial(access: TeamAccess, query: QueryDict) -> tuple[dict[str, Any], list
             notices.append(f"“{card['name']}” {card['reason']}; the form starts from “Quick LoRA” instead.")
         slug = DEFAULT_PRESET
     initial.update(initial_values(presets.apply_preset(slug)), preset=slug)
+    version = versions.filter(pk=initial["dataset_version"]).first() if initial["dataset_version"] else None
+    if version is not None and version.kind:
+        initial["stage"] = stage_for_kind(version.kind, preferred=initial.get("stage"))
     return initial, notices
 
 

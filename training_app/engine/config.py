@@ -45,6 +45,15 @@ STAGE_KINDS = {
     "dpo": ("preference",),
     "kto": ("feedback",),
 }
+
+
+def stage_for_kind(kind: str, preferred: str | None = None) -> str:
+    """``preferred`` when it trains on ``kind``, else the first stage that does (SFT for unknown kinds)."""
+    if preferred in STAGE_KINDS and kind in STAGE_KINDS[preferred]:
+        return preferred
+    return next((stage for stage, kinds in STAGE_KINDS.items() if kind in kinds), "sft")
+
+
 # Dataset kinds made of conversations: the base model needs a chat template to read them.
 CONVERSATION_KINDS = ("chat", "preference", "feedback")
 # Keys of a model's config.json that give its context length, most specific first.
