@@ -221,6 +221,48 @@ def test_each_layout_is_recognised_and_normalized(layout: str, fmt: str, tmp_pat
     assert rows == expected
 
 
+def test_rows_with_tools_are_written_as_the_plain_json_encoder_writes_them(tmp_path: Path) -> None:
+    """Declarations are encoded once per distinct value; the bytes (and so the content hash) must not change."""
+    out = tmp_path / "rows.jsonl"
+    validate(LAYOUTS / "openai_tools.jsonl", out=out)
+
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 2 and all('"tools":[{"type":"function"' in line for line in lines)
+    assert lines == [json.dumps(json.loads(line), ensure_ascii=False, separators=(",", ":")) for line in lines]
+
+
+# (turn, whether the shortcut takes it): it takes plain text turns only and must read them as the reader does.
+PLAIN_TURNS = [
+    ({"role": "user", "content": "Hello"}, True),
+    ({"from": "gpt", "value": "Hi there"}, True),
+    ({"role": "developer", "content": "Be brief."}, True),
+    ({"role": "user", "content": "a < b is true"}, True),
+    ({"role": "User", "content": "Capitalised role"}, False),
+    ({"role": "user", "content": "   "}, False),
+    ({"role": "user", "content": "Look: <image>"}, False),
+    ({"role": "tool", "content": "42"}, False),
+    ({"from": "function_call", "value": '{"name": "f", "arguments": {}}'}, False),
+    ({"role": "assistant", "content": "Hi", "loss_weight": 0}, False),
+    ({"role": "assistant", "content": 7}, False),
+    ({"role": "robot", "content": "beep"}, False),
+]
+
+
+@pytest.mark.parametrize(("turn", "taken"), PLAIN_TURNS)
+def test_the_plain_turn_shortcut_reads_a_turn_as_the_full_reader_does(turn: dict[str, Any], taken: bool) -> None:
+    from datasets_app.engine.formats import Record
+    from datasets_app.engine.turns import RowReader, plain_turn
+
+    reader = RowReader(Record(1, {"messages": [turn]}), {"messages": "messages"})
+    full = reader.turn("messages[0]", 1, turn, unused_prefix="messages[]")
+
+    shortcut = plain_turn(turn)
+
+    assert (shortcut is not None) == taken
+    if taken:
+        assert shortcut == full
+
+
 def test_columns_the_rows_do_not_carry_are_listed_with_their_row_counts(tmp_path: Path) -> None:
     report, _ = validate(LAYOUTS / "feedback.jsonl", out=tmp_path / "rows.jsonl")
 

@@ -28,7 +28,7 @@ from jsonschema import Draft202012Validator, SchemaError
 from jsonschema.exceptions import best_match
 
 from datasets_app.engine.formats import Problem, Record, RowError, loads_strict, type_name
-from datasets_app.engine.rows import ROLES, Message
+from datasets_app.engine.rows import ROLES, EncodedList, Message, encode_json
 
 ROLE_ALIASES: dict[str, str] = {
     "system": "system",
@@ -77,6 +77,30 @@ _EMPTY_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}}
 def is_filled(value: Any) -> bool:
     """Whether a cell holds something (not null, not an empty string, list or object)."""
     return value is not None and value != "" and value != [] and value != {}
+
+
+# Exact role spellings of plain text turns (no tool turns: those carry ids and names to check).
+_PLAIN_ROLES = {alias: role for alias, role in ROLE_ALIASES.items() if role != "tool" and alias != "function_call"}
+
+
+def plain_turn(turn: Any) -> Message | None:
+    """The most common turn, ``{"role": "user", "content": "text"}`` (or ShareGPT's ``from``/``value``) and
+    nothing else, normalized without the general checks; None for anything else (``RowReader.turn`` reads it).
+
+    It returns exactly what ``RowReader.turn`` would, so it is only a shortcut: a role spelled exactly, text
+    that is not blank, and no media tag.
+    """
+    if type(turn) is not dict or len(turn) != 2:
+        return None
+    role_value, content = (
+        (turn.get("role"), turn.get("content")) if "role" in turn else (turn.get("from"), turn.get("value"))
+    )
+    if type(content) is not str or type(role_value) is not str:
+        return None
+    role = _PLAIN_ROLES.get(role_value)
+    if role is None or not content.strip() or ("<" in content and _MEDIA_TAG.search(content)):
+        return None
+    return {"role": role, "content": content}
 
 
 class RowReader:
@@ -195,7 +219,9 @@ class RowReader:
         turns: list[Message] = []
         usable = True
         for number, turn in enumerate(value, 1):
-            message = self.turn(f"{column}[{number - 1}]", number, turn, unused_prefix=f"{column}[]")
+            message = plain_turn(turn)
+            if message is None:
+                message = self.turn(f"{column}[{number - 1}]", number, turn, unused_prefix=f"{column}[]")
             if message is None:
                 usable = False
             else:
@@ -474,7 +500,7 @@ class RowReader:
             return None
         self.validators = declaration.validators
         self.fast_checks = declaration.fast_checks
-        return list(declaration.tools)
+        return EncodedList(declaration.tools, declaration.json_text)
 
     def check_calls(self, name: str, messages: list[Message], tools: list[dict[str, Any]]) -> bool:
         """Every call names a declared tool and passes its parameter schema; problems recorded."""
@@ -515,6 +541,7 @@ class _Declaration:
     validators: Mapping[str, Draft202012Validator] = field(default_factory=dict)
     fast_checks: Mapping[str, Callable[[dict[str, Any]], bool]] = field(default_factory=dict)
     error: tuple[str, int | None, str] | None = None
+    json_text: str = "[]"  # the tools as the normalized row's JSON carries them
 
 
 _last_declaration: tuple[Any, _Declaration] = (None, _Declaration())
@@ -575,7 +602,7 @@ def _declaration(text: str) -> _Declaration:
         fast = _fast_check(parameters)
         if fast is not None:
             fast_checks[name] = fast
-    return _Declaration(tuple(tools), validators, fast_checks)
+    return _Declaration(tuple(tools), validators, fast_checks, json_text=encode_json(tools))
 
 
 # JSON types of the flat parameter schemas most tools declare, as Python checks (bool is not a number in JSON).
