@@ -127,7 +127,9 @@ def test_streamed_chat_sends_text_chunks_then_done(server: str) -> None:
     assert [c["choices"][0]["finish_reason"] for c in finishing] in (["length"], ["stop"])
     assert chunks[-1]["choices"] == []
     assert chunks[-1]["usage"]["completion_tokens"] <= MAX_TOKENS
-    assert chunks[-1]["usage"]["total_tokens"] == chunks[-1]["usage"]["prompt_tokens"] + MAX_TOKENS
+    usage = chunks[-1]["usage"]
+    assert usage["completion_tokens"] >= 1  # an answer may stop before MAX_TOKENS (finish reason "stop")
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
 
 
 def test_client_streams_the_same_text_as_a_whole_answer_with_timings(server: str, expected: dict[str, str]) -> None:
