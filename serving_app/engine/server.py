@@ -8,20 +8,31 @@ shows what is loaded; the server listens on loopback only and the studio fronts 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field, ValidationError
 
 from serving_app.engine.generation import GenerationResult, SamplingParams
+from serving_app.engine.params import (
+    BUILTIN_CHAT_PARAMS,
+    BUILTIN_COMPLETION_PARAMS,
+    CHAT_PARAMS,
+    COMPLETION_PARAMS,
+    listing,
+    unknown_params,
+)
 from serving_app.engine.pool import Event, LoadedBase, ModelPool, ModelUnavailable, QueueFull
 from serving_app.engine.registry import Registry, ServedModel
+from serving_app.engine.vllm_server import Unavailable, VllmServer, VllmSupervisor, adapter_problem
 
 # The most new tokens one request may ask for, whatever the model's context allows.
 MAX_TOKENS_CEILING = 4096
@@ -33,19 +44,30 @@ class ApiError(Exception):
 
     def __init__(
         self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
-        code: str | None = None,
+        code: str | None = None, headers: dict[str, str] | None = None,
     ) -> None:  # fmt: skip
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers
 
     def response(self) -> JSONResponse:
         body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status)
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+# Per endpoint: the parameters it takes on vLLM, and on the in-process engine.
+ENDPOINT_PARAMS = {
+    "/v1/chat/completions": (CHAT_PARAMS, BUILTIN_CHAT_PARAMS),
+    "/v1/completions": (COMPLETION_PARAMS, BUILTIN_COMPLETION_PARAMS),
+}
 
 
 class ChatMessage(BaseModel):
     role: str
     content: str | list[dict[str, Any]] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
 
 
 class StreamOptions(BaseModel):
@@ -73,9 +95,28 @@ class CompletionRequest(CompletionParams):
     prompt: str | list[str]
 
 
-def create_app(registry: Registry, pool: ModelPool, *, max_tokens_ceiling: int = MAX_TOKENS_CEILING) -> FastAPI:
-    """The FastAPI application serving ``registry``'s models from ``pool``."""
-    app = FastAPI(title="Atelier inference server", docs_url=None, redoc_url=None, openapi_url=None)
+def create_app(
+    registry: Registry,
+    pool: ModelPool,
+    *,
+    max_tokens_ceiling: int = MAX_TOKENS_CEILING,
+    vllm: VllmSupervisor | None = None,
+    preload: bool = False,
+) -> FastAPI:
+    """The FastAPI application serving ``registry``'s models: on ``vllm`` where it can (see ``_route``), else
+    from ``pool`` in this process. ``preload``: start the vLLM servers of the registry's bases at once."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if vllm is not None and preload:
+            for base in sorted({served.base for served in registry.models().values()}):
+                await vllm.server(base)
+        yield
+        if vllm is not None:
+            await vllm.close()
+
+    app = FastAPI(title="Atelier inference server", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    known = {"models": registry.models()}  # the registry last seen, to unload adapters it dropped
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -99,6 +140,7 @@ def create_app(registry: Registry, pool: ModelPool, *, max_tokens_ceiling: int =
     @app.post("/admin/reload")
     async def reload_registry() -> dict[str, Any]:
         registry.reload()
+        await _forget_dropped_adapters()
         return {"models": sorted(registry.models()), "problem": registry.problem}
 
     @app.get("/admin/status")
@@ -106,6 +148,8 @@ def create_app(registry: Registry, pool: ModelPool, *, max_tokens_ceiling: int =
         stats = pool.stats
         return {
             "loaded": pool.loaded(),
+            "vllm": vllm.status() if vllm is not None else None,
+            "engines": {name: _engine_choice(served)[1] for name, served in registry.models().items()},
             "registry_problem": registry.problem,
             "generations": stats.generations,
             "cancelled": stats.cancelled,
@@ -113,8 +157,12 @@ def create_app(registry: Registry, pool: ModelPool, *, max_tokens_ceiling: int =
         }
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(body: ChatRequest) -> JSONResponse | StreamingResponse:
-        served, base = await _resolve(body.model)
+    async def chat_completions(request: Request) -> Response:
+        body, served, forwarded = await _take(request, ChatRequest, "/v1/chat/completions")
+        if forwarded is not None:
+            return forwarded
+        _check_builtin_messages(body.messages)
+        base = await _load_base(served)
         if base.tokenizer.chat_template is None:
             raise ApiError(400, f"{body.model} has no chat template; use /v1/completions", param="messages")
         messages = [{"role": m.role, "content": _message_text(m)} for m in body.messages]
@@ -126,26 +174,82 @@ def create_app(registry: Registry, pool: ModelPool, *, max_tokens_ceiling: int =
         return await _respond(body, served, base, prompt_ids, chat=True)
 
     @app.post("/v1/completions", response_model=None)
-    async def completions(body: CompletionRequest) -> JSONResponse | StreamingResponse:
+    async def completions(request: Request) -> Response:
+        body, served, forwarded = await _take(request, CompletionRequest, "/v1/completions")
+        if forwarded is not None:
+            return forwarded
         prompt = body.prompt
         if isinstance(prompt, list):
             if len(prompt) != 1:
                 raise ApiError(400, "send one prompt per request", param="prompt")
             prompt = prompt[0]
-        served, base = await _resolve(body.model)
+        base = await _load_base(served)
         prompt_ids = base.tokenizer(prompt)["input_ids"]
         return await _respond(body, served, base, prompt_ids, chat=False)
 
-    async def _resolve(name: str) -> tuple[ServedModel, LoadedBase]:
+    async def _take(
+        request: Request, shape: type[CompletionParams], path: str
+    ) -> tuple[Any, ServedModel, Response | None]:
+        """The request's body and model, and vLLM's answer when vLLM serves it (else None: answer in-process).
+
+        Parameters are checked against what the chosen engine takes (``ENDPOINT_PARAMS``).
+        """
+        raw = await _json_body(request)
+        body = _parse(shape, raw)
+        served = await _served(body.model)
+        on_vllm, in_process = ENDPOINT_PARAMS[path]
+        server = await _route(served)
+        if server is None:
+            _check_params(raw, in_process, path, builtin=True)
+            return body, served, None
+        _check_params(raw, on_vllm, path)
+        return body, served, await _forward(server, served, path, raw, max_tokens_ceiling)
+
+    async def _served(name: str) -> ServedModel:
+        if registry.models() is not known["models"]:  # the file changed: unload the adapters it dropped
+            await _forget_dropped_adapters()
         served = registry.get(name)
         if served is None:
             raise ApiError(404, f"The model '{name}' does not exist", param="model", code="model_not_found")
+        return served
+
+    async def _load_base(served: ServedModel) -> LoadedBase:
         try:
-            return served, await pool.base(served.base)
+            return await pool.base(served.base)
         except ModelUnavailable as exc:
             raise ApiError(
-                500, f"{name} cannot be served: {exc}", type="server_error", code="model_unavailable"
+                500, f"{served.name} cannot be served: {exc}", type="server_error", code="model_unavailable"
             ) from exc
+
+    def _engine_choice(served: ServedModel) -> tuple[bool, str]:
+        """(served by vLLM?, in words: the engine and, for the in-process one, why)."""
+        if vllm is None:
+            return False, "in-process (vLLM is not installed or is turned off)"
+        failure = vllm.failure(served.base)
+        if failure is not None:
+            return False, f"in-process (vLLM could not serve the base model: {failure.splitlines()[0]})"
+        if served.adapter is not None:
+            problem = adapter_problem(served.adapter, vllm.settings.max_lora_rank)
+            if problem is not None:
+                return False, f"in-process (vLLM cannot serve this adapter: {problem})"
+        return True, "vllm"
+
+    async def _route(served: ServedModel) -> VllmServer | None:
+        """The vLLM server to forward to, or None for the in-process engine."""
+        if not _engine_choice(served)[0]:
+            return None
+        assert vllm is not None
+        server = await vllm.server(served.base)
+        return None if server.state == "failed" else server
+
+    async def _forget_dropped_adapters() -> None:
+        models = known["models"] = registry.models()
+        if vllm is None:
+            return
+        for server in list(vllm.servers.values()):
+            for name, folder in list(server.adapters.items()):
+                if name not in models or models[name].adapter != folder:
+                    await server.forget(name)
 
     async def _respond(
         body: CompletionParams, served: ServedModel, base: LoadedBase, prompt_ids: list[int], *, chat: bool
@@ -176,6 +280,97 @@ def create_app(registry: Registry, pool: ModelPool, *, max_tokens_ceiling: int =
         return JSONResponse(shape.whole("".join(text), result))
 
     return app
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    try:
+        raw = json.loads(await request.body() or b"null")
+    except ValueError as exc:
+        raise ApiError(400, f"the body is not valid JSON ({exc})", code="invalid_json") from exc
+    if not isinstance(raw, dict):
+        raise ApiError(400, "the body must be a JSON object with the request's parameters", code="invalid_json")
+    return raw
+
+
+def _parse(model: type[BaseModel], raw: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(part) for part in first.get("loc", ())) or None
+        message = f"{param}: {first.get('msg', 'invalid value')}" if param else str(first.get("msg"))
+        raise ApiError(400, message, param=param) from exc
+
+
+def _check_params(raw: dict[str, Any], allowed: frozenset[str], endpoint: str, *, builtin: bool = False) -> None:
+    """A 400 naming every parameter this endpoint (or the in-process engine) does not take."""
+    unknown = unknown_params(raw, allowed)
+    if not unknown:
+        return
+    names = listing(unknown)
+    if builtin and all(key in CHAT_PARAMS | COMPLETION_PARAMS for key in unknown):
+        message = (f"This model is served by the in-process engine, which does not support {names}; "
+                   "install vLLM (make vllm) to use them, or leave them out.")  # fmt: skip
+    else:
+        message = f"{endpoint} does not take {names}; leave {'it' if len(unknown) == 1 else 'them'} out."
+    raise ApiError(400, message, param=unknown[0], code="unsupported_parameter")
+
+
+def _check_builtin_messages(messages: list[ChatMessage]) -> None:
+    for position, message in enumerate(messages):
+        if message.tool_calls or message.tool_call_id or message.role == "tool":
+            raise ApiError(
+                400, "This model is served by the in-process engine, which does not take tool calls or tool "
+                "results in messages; install vLLM (make vllm) to use tools.", param=f"messages.{position}",
+                code="unsupported_parameter",
+            )  # fmt: skip
+
+
+async def _forward(server: VllmServer, served: ServedModel, path: str, raw: dict[str, Any], ceiling: int) -> Response:
+    """Send the request on to ``server`` under vLLM's name for the model, and relay its answer as it comes."""
+    for param in ("max_tokens", "max_completion_tokens"):
+        requested = raw.get(param)
+        if isinstance(requested, int) and requested > ceiling:
+            raise ApiError(400, f"{param} is {requested}; this server allows at most {ceiling}", param=param)
+    try:
+        name = await server.model_name(served.name, served.adapter)
+        request = server.client.build_request("POST", f"{server.url}{path}", json={**raw, "model": name})
+        upstream = await server.client.send(request, stream=True)
+    except Unavailable as exc:
+        raise _unavailable(served.name, str(exc), exc.retry_after) from exc
+    except httpx.TransportError as exc:
+        raise _unavailable(served.name, f"its vLLM server is not answering ({exc.__class__.__name__})") from exc
+    # vLLM names the base model ``atelier-base`` (or its own name, when run elsewhere); the client asked for
+    # its served name.
+    rename = (f'"model":{json.dumps(server.base_name)}'.encode(), f'"model":{json.dumps(served.name)}'.encode())
+    streaming = upstream.headers.get("content-type", "").startswith("text/event-stream")
+    if not streaming:
+        body = await upstream.aread()
+        await upstream.aclose()
+        if served.adapter is None:
+            body = body.replace(rename[0], rename[1])
+        return Response(body, status_code=upstream.status_code, media_type="application/json")
+
+    async def relay() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in upstream.aiter_raw():
+                yield chunk.replace(rename[0], rename[1]) if served.adapter is None else chunk
+        except httpx.TransportError:  # the server died mid-answer: say so in the stream, as OpenAI does
+            error = {"message": "the model's server stopped mid-answer; retry", "type": "server_error"}
+            yield f"data: {json.dumps({'error': error})}\n\n".encode()
+        finally:
+            await upstream.aclose()
+
+    return StreamingResponse(
+        relay(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+
+
+def _unavailable(name: str, reason: str, retry_after: int = 10) -> ApiError:
+    return ApiError(
+        503, f"{name} cannot answer right now: {reason}", type="server_error", code="model_starting",
+        headers={"Retry-After": str(retry_after)},
+    )  # fmt: skip
 
 
 def _message_text(message: ChatMessage) -> str:

