@@ -58,7 +58,7 @@ run: $(STAMP) $(VLLM_STAMP)
 	$(VENV)/bin/celery -A studio worker -Q default --concurrency 1 --hostname cpu@%h --loglevel INFO & \
 	$(VENV)/bin/celery -A studio worker -Q gpu --concurrency 1 --hostname gpu@%h --loglevel INFO & \
 	$(VENV)/bin/celery -A studio beat --loglevel WARNING --schedule var/celerybeat-schedule & \
-	$(PY) -m serving_app.engine --registry $(INFERENCE_REGISTRY) --port $(INFERENCE_PORT) & \
+	$(PY) -m serving_app.engine --registry $(INFERENCE_REGISTRY) --port $(INFERENCE_PORT) --preload & \
 	ATELIER_INFERENCE_URL=http://127.0.0.1:$(INFERENCE_PORT) ATELIER_INFERENCE_REGISTRY=$(INFERENCE_REGISTRY) \
 		$(PY) -m studio.serve --host $(HOST) --port $(PORT)
 

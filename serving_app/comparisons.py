@@ -2,8 +2,9 @@
 
 A comparison is private to its author (and the team's owners and admins) until an admin shares it with
 named members (``accounts.services.share_object``) or its author opens it to the whole team
-(``restricted=False``). A prompt preset is a system prompt with sampling settings that every member of
-the team can apply to a playground column: a way to customize a model without training it.
+(``restricted=False``). It keeps each column's settings, its JSON schema and tools included. A prompt preset
+is a system prompt with sampling settings that every member of the team can apply to a playground column: a
+way to customize a model without training it.
 
 Each service is a plain function taking keyword arguments, running in one transaction and writing one
 audit event. Bad input raises ``ValidationError`` keyed by the field to fix.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -22,15 +24,21 @@ from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 from guardian.shortcuts import assign_perm
+from jsonschema import Draft202012Validator, SchemaError
 
 from accounts import audit
 from accounts.permissions import TeamAccess, require_object_action, visible_objects
 from accounts.roles import Perm
-from serving_app.inference import Sampling
+from serving_app.inference import ENGINE_LABELS, Sampling
 from serving_app.models import Comparison, PromptPreset
 
 MIN_COLUMNS, MAX_COLUMNS = 2, 4
 MAX_SYSTEM_PROMPT = 8000
+MAX_JSON_SETTING = 20_000  # characters of a column's JSON schema or tools
+# OpenAI's rule for a function's name; vLLM's tool parsers expect the same.
+TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+JSON_SCHEMA_EXAMPLE = '{"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}'
+TOOL_EXAMPLE = '{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", …}}}'
 # A saved comparison is read back whole on its page: keep it to a size a page can show.
 MAX_SAVED_BYTES = 1_000_000
 AUTHOR_ACTIONS = ("view", "change", "delete")
@@ -38,13 +46,19 @@ AUTHOR_ACTIONS = ("view", "change", "delete")
 
 @dataclass(frozen=True)
 class ColumnSettings:
-    """One column's system prompt and sampling settings, checked: what a preset or a saved column holds."""
+    """One column's system prompt and sampling settings, checked: what a preset or a saved column holds.
+
+    ``json_schema`` and ``tools`` are JSON text as typed ("" when unused): a schema the answer must match,
+    and a list of OpenAI function declarations the model may call. A preset keeps neither.
+    """
 
     system_prompt: str = ""
     temperature: float = 0.7
     top_p: float = 1.0
     max_tokens: int = 256
     seed: int | None = None
+    json_schema: str = ""
+    tools: str = ""
 
     @classmethod
     def clean(
@@ -55,12 +69,20 @@ class ColumnSettings:
         top_p: Any = 1.0,
         max_tokens: Any = 256,
         seed: Any = None,
+        json_schema: Any = "",
+        tools: Any = "",
     ) -> ColumnSettings:
         """Check values as they come from a form or the playground; ``max_tokens`` is capped at the studio's limit.
 
-        Raises ``ValidationError`` keyed by the setting to fix.
+        Raises ``ValidationError`` keyed by the setting to fix; each message names its field.
         """
         errors: dict[str, str] = {}
+        schema_text, tools_text = str(json_schema or "").strip(), str(tools or "").strip()
+        for field, text, check in (("json_schema", schema_text, parse_json_schema), ("tools", tools_text, parse_tools)):
+            try:
+                check(text)
+            except ValidationError as error:
+                errors[field] = " ".join(error.messages)
         system = str(system_prompt or "").strip()
         if len(system) > MAX_SYSTEM_PROMPT:
             errors["system_prompt"] = (
@@ -89,6 +111,8 @@ class ColumnSettings:
             top_p=top_p_value,
             max_tokens=min(int(tokens), settings.PLAYGROUND_MAX_TOKENS),
             seed=int(seed_value) if seed_value is not None else None,
+            json_schema=schema_text,
+            tools=tools_text,
         )
 
     @classmethod
@@ -101,10 +125,85 @@ class ColumnSettings:
         )
 
     def sampling(self) -> Sampling:
-        return Sampling(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p, seed=self.seed)
+        return Sampling(
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            seed=self.seed,
+            json_schema=parse_json_schema(self.json_schema),
+            tools=tuple(parse_tools(self.tools)),
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def parse_json_schema(text: str) -> dict[str, Any] | None:
+    """The JSON schema typed in a column's "JSON schema" field (None when empty).
+
+    Raises ``ValidationError`` whose message names the field, says what is wrong and how to fix it.
+    """
+    if not text.strip():
+        return None
+    schema = _json_value("JSON schema", text)
+    if not isinstance(schema, dict):
+        raise ValidationError(f"JSON schema: write one JSON object, e.g. {JSON_SCHEMA_EXAMPLE}.")
+    _check_schema("JSON schema: this is", schema)
+    return schema
+
+
+def parse_tools(text: str) -> list[dict[str, Any]]:
+    """The tools typed in a column's "Tools" field, in OpenAI's shape ([] when empty).
+
+    A declaration is ``{"type": "function", "function": {"name", "description", "parameters"}}``, or the
+    ``function`` part alone. Raises ``ValidationError`` whose message names the field and the tool at fault.
+    """
+    if not text.strip():
+        return []
+    value = _json_value("Tools", text)
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise ValidationError(f"Tools: write a JSON list of function declarations, e.g. [{TOOL_EXAMPLE}].")
+    tools: list[dict[str, Any]] = []
+    for number, item in enumerate(value, start=1):
+        function = item.get("function", item) if isinstance(item, dict) else None
+        if not isinstance(function, dict) or (isinstance(item, dict) and item.get("type", "function") != "function"):
+            raise ValidationError(f"Tools: tool {number} is not a function declaration; write it as {TOOL_EXAMPLE}.")
+        name = function.get("name")
+        if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
+            raise ValidationError(
+                f"Tools: tool {number} needs a name of 1 to 64 letters, digits, _ or - (it has {json.dumps(name)})."
+            )
+        if any(tool["function"]["name"] == name for tool in tools):
+            raise ValidationError(f"Tools: “{name}” is declared twice; give each tool its own name.")
+        parameters = function.get("parameters", {"type": "object", "properties": {}})
+        if not isinstance(parameters, dict):
+            raise ValidationError(f"Tools: the parameters of “{name}” must be a JSON schema object.")
+        _check_schema(f"Tools: the parameters of “{name}” are", parameters)
+        tools.append({"type": "function", "function": {**function, "parameters": parameters}})
+    return tools
+
+
+def _json_value(field: str, text: str) -> Any:
+    if len(text) > MAX_JSON_SETTING:
+        raise ValidationError(f"{field}: keep it under {MAX_JSON_SETTING} characters (it has {len(text)}).")
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        detail = getattr(error, "msg", str(error))
+        where = f" at line {error.lineno}, column {error.colno}" if isinstance(error, json.JSONDecodeError) else ""
+        raise ValidationError(
+            f"{field}: this is not valid JSON ({detail}{where}). Check the quotes and commas, or leave it empty."
+        ) from None
+
+
+def _check_schema(what: str, schema: dict[str, Any]) -> None:
+    """``what`` starts the message: "JSON schema: this is", "Tools: the parameters of “f” are"."""
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as error:
+        raise ValidationError(f"{what} not a valid JSON schema ({str(error.message)[:200]}).") from None
 
 
 def _number(value: Any) -> float | None:
@@ -213,18 +312,26 @@ def delete_comparison(*, access: TeamAccess, comparison: Comparison, ip: str | N
         Comparison.objects.for_team(access.team).filter(pk=comparison.pk).delete()
 
 
-def figures_line(answer: dict[str, Any]) -> str:
-    """An answer's figures in one line: "TTFT 0.12 s · 185 tok/s · 64 tokens"."""
+def figures_line(answer: dict[str, Any], *, streaming: bool = False) -> str:
+    """An answer's figures in one line: "TTFT 0.12 s · 185 tok/s · 64 tokens · served by vLLM".
+
+    ``streaming``: the answer is still arriving ("12 tokens so far").
+    """
     if answer.get("error"):
         return f"**No answer:** {answer['error']}"
     ttft, rate, tokens = answer.get("ttft_s"), answer.get("tokens_per_second"), answer.get("tokens") or 0
     parts = [
         f"TTFT {ttft:.2f} s" if isinstance(ttft, int | float) else "TTFT –",
         f"{rate:.0f} tok/s" if isinstance(rate, int | float) else "– tok/s",
-        f"{tokens} token{'s' if tokens != 1 else ''}",
+        f"{tokens} token{'s' if tokens != 1 else ''}{' so far' if streaming else ''}",
     ]
     if answer.get("finish_reason") == "length":
         parts.append("stopped at max tokens")
+    calls = len(answer.get("tool_calls") or [])
+    if calls:
+        parts.append(f"{calls} tool call{'s' if calls != 1 else ''}")
+    if answer.get("engine") in ENGINE_LABELS:
+        parts.append(ENGINE_LABELS[answer["engine"]])
     return " · ".join(parts)
 
 

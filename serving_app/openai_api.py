@@ -1,15 +1,22 @@
-"""The OpenAI-compatible API on the studio's own host: ``GET /v1/models`` and ``POST /v1/chat/completions``.
+"""The OpenAI-compatible API on the studio's own host: ``GET /v1/models``, ``POST /v1/chat/completions`` and
+``POST /v1/completions``.
 
     client = OpenAI(base_url="https://studio.example/v1", api_key="atk_…")
     client.chat.completions.create(model="support-bot", messages=[...], stream=True)
+    client.completions.create(model="support-bot", prompt="Once upon a time", max_tokens=32)
 
 Only team API keys (``Authorization: Bearer atk_…``) are accepted, never cookies: a key reaches the
 deployments it is scoped to (``Deployment.api_keys``), by name; anything else reads as "no such model".
-Each chat request is metered and counted against the key's per-minute limit before any work is done
+Each generation request is metered and counted against the key's per-minute limit before any work is done
 (``serving_app.deployments.start_api_request``), its ``max_tokens`` is held to the key's ceiling, and the
 answer is relayed from the inference server that serves the model (``inference.server_url``: the loopback
 engine, or a route of ``INFERENCE_ROUTES``) with the deployment's name as ``model``. A client
 that disconnects closes the relay, which closes the inference server's stream and stops the generation.
+
+A parameter the endpoint does not take is refused with a 400 naming it, never ignored; the ones it takes
+(``serving_app.engine.params``: tools, response_format, logprobs, n, …) go on to the inference server as
+sent, which refuses those its engine cannot honour. The inference server is always asked for a stream:
+a non-streamed answer is assembled here from it (every choice, its text, tool calls and log-probabilities).
 
 Errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}`` so the official clients
 raise their usual exceptions (401 ``AuthenticationError``, 404 ``NotFoundError``, 429 ``RateLimitError``…).
@@ -30,16 +37,19 @@ from asgiref.sync import sync_to_async
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from accounts.models import PersonalAccessToken, TeamAPIKey
 from accounts.services import authenticate_team_api_key
 from serving_app import deployments
 from serving_app.catalog import Servable, publish, servable_version
+from serving_app.engine.params import CHAT_PARAMS, COMPLETION_PARAMS, listing, unknown_params
 from serving_app.inference import server_url
 from serving_app.models import Deployment, UsageRecord
 
+# The most answers one request may ask for (``n``): each is generated in full, up to ``max_tokens``.
+MAX_CHOICES = 8
 # Seeds the decode loop accepts (a 64-bit generator seed).
 SEED_RANGE = (-(2**63), 2**64 - 1)
 ENGINE_TIMEOUT = httpx.Timeout(300.0, connect=5.0)
@@ -138,30 +148,68 @@ async def authenticate(request: HttpRequest) -> TeamAPIKey:
 
 # --- the request body ---------------------------------------------------------------------------
 
+MESSAGE_FIELDS = frozenset({"role", "content", "name", "tool_calls", "tool_call_id"})
+
+
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    arguments: str
+
+
+class ToolCall(BaseModel):
+    """A call an assistant message made, as the client sends it back with the conversation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
 
 class ChatMessage(BaseModel):
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields_only(cls, data: Any) -> Any:
+        # As for the request's parameters, a null field counts as absent (clients send back ``refusal: null``).
+        if isinstance(data, dict) and (unknown := unknown_params(data, MESSAGE_FIELDS)):
+            raise ValueError(f"a message does not take {listing(unknown)}; leave it out")
+        return data
+
+    @model_validator(mode="after")
+    def _tool_fields_fit_the_role(self) -> ChatMessage:
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a `tool` message needs `tool_call_id`, the id of the call it answers")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only `assistant` messages carry `tool_calls`")
+        return self
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
-    """The parameters of ``POST /v1/chat/completions`` the studio honours (others are ignored)."""
+class GenerationRequest(BaseModel):
+    """The parameters the studio checks itself. The endpoint's other parameters (``Endpoint.params``: unknown
+    ones are refused before this model sees them) are kept as sent and passed on to the inference server."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1, max_length=200)
-    messages: list[ChatMessage] = Field(min_length=1, max_length=1000)
     max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
-    n: int | None = None
+    n: int | None = Field(default=None, ge=1, le=MAX_CHOICES)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
 
@@ -172,29 +220,92 @@ class ChatCompletionRequest(BaseModel):
     @property
     def requested_tokens(self) -> tuple[str, int] | None:
         """(parameter, value) of the new-token limit the client asked for, if any."""
-        if self.max_completion_tokens is not None:
-            return "max_completion_tokens", self.max_completion_tokens
         if self.max_tokens is not None:
             return "max_tokens", self.max_tokens
         return None
 
+    def engine_payload(self, served_name: str, max_tokens: int | None) -> dict[str, Any]:
+        """The request for the inference server: as sent, under the served name, always streamed with usage."""
+        payload = self.model_dump(exclude_none=True, exclude={"max_tokens", "max_completion_tokens", "stream_options"})
+        payload.update(model=served_name, stream=True, stream_options={"include_usage": True})  # usage: the meter
+        if max_tokens is not None:
+            payload["max_tokens"] = max_tokens
+        return payload
 
-def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
-    """The request body, validated; 400 naming the parameter to fix."""
+
+class ChatCompletionRequest(GenerationRequest):
+    messages: list[ChatMessage] = Field(min_length=1, max_length=1000)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+
+    @property
+    def requested_tokens(self) -> tuple[str, int] | None:
+        if self.max_completion_tokens is not None:
+            return "max_completion_tokens", self.max_completion_tokens
+        return super().requested_tokens
+
+
+class CompletionRequest(GenerationRequest):
+    prompt: str | list[str]
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, prompt: str | list[str]) -> str | list[str]:
+        if isinstance(prompt, list) and len(prompt) != 1:
+            raise ValueError("send one prompt per request: a string, or a list of one string")
+        return prompt
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A generation endpoint: its path, the parameters it takes, and the object its whole answer is."""
+
+    path: str
+    params: frozenset[str]
+    request: type[GenerationRequest]
+    answer_object: str
+
+    @property
+    def chat(self) -> bool:
+        return self.request is ChatCompletionRequest
+
+
+CHAT = Endpoint("/v1/chat/completions", CHAT_PARAMS, ChatCompletionRequest, "chat.completion")
+COMPLETIONS = Endpoint("/v1/completions", COMPLETION_PARAMS, CompletionRequest, "text_completion")
+
+
+def _invalid_json(endpoint: Endpoint) -> OpenAIError:
+    needs = "`messages`" if endpoint.chat else "`prompt`"
+    return OpenAIError(
+        400, f"We could not parse the JSON body of your request: send a JSON object with `model` and {needs}.",
+        code="invalid_json",
+    )  # fmt: skip
+
+
+def parse_request(raw: bytes, endpoint: Endpoint) -> GenerationRequest:
+    """The request body, validated; 400 naming every parameter the endpoint does not take, or the one to fix."""
     try:
-        return ChatCompletionRequest.model_validate_json(raw or b"")
+        data = json.loads(raw or b"null")
+    except ValueError as error:
+        raise _invalid_json(endpoint) from error
+    if not isinstance(data, dict):
+        raise _invalid_json(endpoint)
+    if unknown := unknown_params(data, endpoint.params):
+        raise OpenAIError(
+            400, f"{endpoint.path} does not take {listing(unknown)}; leave {'it' if len(unknown) == 1 else 'them'} "
+            "out.", param=unknown[0], code="unsupported_parameter",
+        )  # fmt: skip
+    try:
+        return endpoint.request.model_validate(data)
     except PydanticValidationError as error:
         first = error.errors()[0]
-        if first["type"] in ("json_invalid", "json_type") or not first["loc"]:
-            raise OpenAIError(
-                400, "We could not parse the JSON body of your request: send a JSON object with `model` and "
-                "`messages`.", code="invalid_json",
-            ) from error  # fmt: skip
-        param = ".".join(str(part) for part in first["loc"])
-        raise OpenAIError(400, f"{param}: {first['msg']}", param=param, code="invalid_value") from error
+        param = ".".join(str(part) for part in first["loc"]) or None
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise OpenAIError(
+            400, f"{param}: {message}" if param else message, param=param, code="invalid_value"
+        ) from error
 
 
-def _check_token_ceiling(body: ChatCompletionRequest, key: TeamAPIKey) -> None:
+def _check_token_ceiling(body: GenerationRequest, key: TeamAPIKey) -> None:
     asked = body.requested_tokens
     if asked is not None and asked[1] > key.max_tokens:
         param, value = asked
@@ -250,8 +361,20 @@ async def unknown_endpoint(request: HttpRequest, path: str = "") -> HttpResponse
     """Any other /v1 path: OpenAI's 404, saying what this studio serves."""
     raise OpenAIError(
         404, f"Unknown endpoint {request.method} {request.path}. This studio serves GET /v1/models, "
-        "GET /v1/models/{model} and POST /v1/chat/completions.", code="unknown_url",
+        "GET /v1/models/{model}, POST /v1/chat/completions and POST /v1/completions.", code="unknown_url",
     )  # fmt: skip
+
+
+@openai_endpoint
+async def chat_completions(request: HttpRequest) -> HttpResponseBase:
+    """``POST /v1/chat/completions``: stream (SSE) or return one answer from a deployment the key may call."""
+    return await _generate(request, CHAT)
+
+
+@openai_endpoint
+async def completions(request: HttpRequest) -> HttpResponseBase:
+    """``POST /v1/completions``: continue a text prompt, streamed (SSE) or whole, as chat completions do."""
+    return await _generate(request, COMPLETIONS)
 
 
 @dataclass(frozen=True)
@@ -267,12 +390,11 @@ def _target(key: TeamAPIKey, name: str) -> _Target | None:
     return _Target(deployment, servable_version(deployment.model_version))
 
 
-@openai_endpoint
-async def chat_completions(request: HttpRequest) -> HttpResponseBase:
-    """``POST /v1/chat/completions``: stream (SSE) or return one answer from a deployment the key may call."""
+async def _generate(request: HttpRequest, endpoint: Endpoint) -> HttpResponseBase:
+    """Authenticate, find the deployment, meter the request and relay the inference server's answer."""
     _require_method(request, "POST")
     key = await authenticate(request)
-    body = parse_chat_request(request.body)
+    body = parse_request(request.body, endpoint)
     target = await sync_to_async(_target)(key, body.model)
     if target is None:
         raise _model_not_found(body.model)
@@ -287,7 +409,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     try:
         _check_token_ceiling(body, key)
         await sync_to_async(publish)([target.servable])
-        relay = await _open_relay(body, key, target)
+        relay = await _open_relay(body, key, target, endpoint)
     except BaseException:
         await meter.finish()
         raise
@@ -298,7 +420,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
         return response
-    return JsonResponse(await _whole_answer(relay, meter))
+    return JsonResponse(await _whole_answer(relay, meter, endpoint))
 
 
 # --- relaying the inference server's stream ----------------------------------------------------
@@ -318,12 +440,21 @@ class _Meter:
         if self.done:
             return
         self.done = True
-        # No usage chunk (the client went away): each content delta is at least one token.
+        # No usage chunk (the client went away): each delta is at least one token.
         completion = self.usage.get("completion_tokens", self.deltas)
         prompt = self.usage.get("prompt_tokens", 0)
         finish = sync_to_async(deployments.finish_api_request)
         # Shielded: a request cancelled by a client disconnect still records what it used.
         await asyncio.shield(finish(self.record, ok=self.ok, prompt_tokens=prompt, completion_tokens=completion))
+
+    def observe(self, chunk: dict[str, Any]) -> None:
+        """Take the usage (all choices together) from the chunk that carries it; count the deltas until then."""
+        if chunk.get("usage"):
+            self.usage = {name: int(chunk["usage"].get(name) or 0) for name in ("prompt_tokens", "completion_tokens")}
+        for choice in chunk.get("choices", []):
+            delta = choice.get("delta") or {}
+            if delta.get("content") or delta.get("tool_calls") or choice.get("text"):
+                self.deltas += 1
 
 
 @dataclass
@@ -358,23 +489,7 @@ class _Relay:
         return message.replace(self.served_name, self.name)
 
 
-def _engine_payload(body: ChatCompletionRequest, servable: Servable, max_tokens: int | None) -> dict[str, Any]:
-    payload: dict[str, Any] = {
-        "model": servable.served_name,
-        "messages": [message.model_dump(exclude_none=True) for message in body.messages],
-        "stream": True,
-        "stream_options": {"include_usage": True},  # always: the usage row needs the counts
-    }
-    if max_tokens is not None:
-        payload["max_tokens"] = max_tokens
-    for name in ("temperature", "top_p", "stop", "seed", "n"):
-        value = getattr(body, name)
-        if value is not None:
-            payload[name] = value
-    return payload
-
-
-async def _open_relay(body: ChatCompletionRequest, key: TeamAPIKey, target: _Target) -> _Relay:
+async def _open_relay(body: GenerationRequest, key: TeamAPIKey, target: _Target, endpoint: Endpoint) -> _Relay:
     """Start the generation on the inference server; raises ``OpenAIError`` for a refusal before the first token.
 
     Without a ``max_tokens`` from the client, the key's ceiling is asked for. When that does not fit the
@@ -387,22 +502,25 @@ async def _open_relay(body: ChatCompletionRequest, key: TeamAPIKey, target: _Tar
         max_tokens: int | None = asked[1]
     else:
         max_tokens = None if context and key.max_tokens >= context else key.max_tokens
+    served_name = target.servable.served_name
     client = httpx.AsyncClient(timeout=ENGINE_TIMEOUT)
     try:
         try:
-            response = await _send(client, _engine_payload(body, target.servable, max_tokens), target)
+            response = await _send(client, endpoint, body.engine_payload(served_name, max_tokens), target)
         except OpenAIError as error:
             if not (asked is None and max_tokens is not None and error.code == "context_length_exceeded"):
                 raise
-            response = await _send(client, _engine_payload(body, target.servable, None), target)
+            response = await _send(client, endpoint, body.engine_payload(served_name, None), target)
     except BaseException:
         await client.aclose()
         raise
-    return _Relay(client, response, target.deployment.name, target.servable.served_name)
+    return _Relay(client, response, target.deployment.name, served_name)
 
 
-async def _send(client: httpx.AsyncClient, payload: dict[str, Any], target: _Target) -> httpx.Response:
-    url = f"{server_url(target.servable).rstrip('/')}/v1/chat/completions"
+async def _send(
+    client: httpx.AsyncClient, endpoint: Endpoint, payload: dict[str, Any], target: _Target
+) -> httpx.Response:
+    url = f"{server_url(target.servable).rstrip('/')}{endpoint.path}"
     try:
         response = await client.send(client.build_request("POST", url, json=payload), stream=True)
     except httpx.TransportError as error:
@@ -426,11 +544,18 @@ def _engine_error(response: httpx.Response, target: _Target) -> OpenAIError:
     except (ValueError, KeyError, TypeError, AttributeError):
         message, param, code = response.text[:500] or response.reason_phrase, None, None
     message = message.replace(target.servable.served_name, target.deployment.name)
+    code = code if isinstance(code, str) else None  # vLLM puts the HTTP status there
     status = response.status_code
     if status == 400:
         return OpenAIError(400, message, param=param, code=code)
     if status == 429:  # the model's queue is full: a short wait helps
         return OpenAIError(429, message, type="requests", code="engine_overloaded", headers={"Retry-After": "2"})
+    if status == 503:  # the model's vLLM server is starting or restarting: it says how long to wait
+        retry_after = response.headers.get("Retry-After", "10")
+        return OpenAIError(
+            503, f"The deployment `{target.deployment.name}` is starting: {message}", type="server_error",
+            code="model_starting", headers={"Retry-After": retry_after},
+        )  # fmt: skip
     return OpenAIError(
         503 if status == 404 else 500, f"The deployment `{target.deployment.name}` cannot answer now: {message}. "
         "Retry shortly; if this lasts, ask a team admin to check the deployment's model.",
@@ -449,7 +574,7 @@ async def _event_stream(relay: _Relay, meter: _Meter, *, include_usage: bool) ->
             if "error" in chunk:
                 yield _sse(chunk)
                 return
-            _observe(chunk, meter)
+            meter.observe(chunk)
             if not include_usage:
                 if not chunk.get("choices"):
                     continue  # the usage-only chunk the studio asked for itself
@@ -465,20 +590,76 @@ async def _event_stream(relay: _Relay, meter: _Meter, *, include_usage: bool) ->
         await meter.finish()
 
 
-async def _whole_answer(relay: _Relay, meter: _Meter) -> dict[str, Any]:
-    """A non-streamed ``chat.completion``, assembled from the stream (so a disconnect still stops it)."""
-    text: list[str] = []
+@dataclass
+class _Choice:
+    """One choice of a whole answer, assembled from its stream deltas."""
+
+    index: int
+    text: list[str] = field(default_factory=list)  # a text completion's pieces
+    message: dict[str, str] = field(default_factory=dict)  # a chat message's string fields, concatenated
+    tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
+    logprobs: dict[str, list[Any]] | None = None
+    finish_reason: str | None = None
+
+    def add(self, part: dict[str, Any]) -> None:
+        """Fold in one chunk's part for this choice."""
+        for name, value in (part.get("delta") or {}).items():
+            if name == "tool_calls":
+                for call in value or []:
+                    self._add_tool_call(call)
+            elif name != "role" and isinstance(value, str):  # content, and reasoning where the server sends it
+                self.message[name] = self.message.get(name, "") + value
+        if isinstance(part.get("text"), str):
+            self.text.append(part["text"])
+        if part.get("logprobs"):  # chat: {"content": [...]}; text: {"tokens": [...], "token_logprobs": [...], …}
+            self.logprobs = self.logprobs or {}
+            for name, value in part["logprobs"].items():
+                if isinstance(value, list):
+                    self.logprobs.setdefault(name, []).extend(value)
+        self.finish_reason = part.get("finish_reason") or self.finish_reason
+
+    def _add_tool_call(self, delta: dict[str, Any]) -> None:
+        # The first delta of a call brings its id, type and function name; the next ones its arguments, in pieces.
+        call = self.tool_calls.setdefault(
+            int(delta.get("index", len(self.tool_calls))),
+            {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+        )
+        for name in ("id", "type"):
+            if delta.get(name):
+                call[name] = delta[name]
+        function = delta.get("function") or {}
+        if function.get("name"):
+            call["function"]["name"] = function["name"]
+        call["function"]["arguments"] += function.get("arguments") or ""
+
+    def whole(self, *, chat: bool) -> dict[str, Any]:
+        if not chat:
+            return {"index": self.index, "text": "".join(self.text), "logprobs": self.logprobs,
+                    "finish_reason": self.finish_reason}  # fmt: skip
+        fields = dict(self.message)
+        content = fields.pop("content", None)
+        message: dict[str, Any] = {"role": "assistant", "content": content or ("" if not self.tool_calls else None)}
+        message.update(fields)
+        if self.tool_calls:
+            message["tool_calls"] = [self.tool_calls[index] for index in sorted(self.tool_calls)]
+        return {"index": self.index, "message": message, "logprobs": self.logprobs, "finish_reason": self.finish_reason}
+
+
+async def _whole_answer(relay: _Relay, meter: _Meter, endpoint: Endpoint) -> dict[str, Any]:
+    """A non-streamed answer (``chat.completion`` or ``text_completion``), assembled from the stream (so a
+    disconnect still stops it): every choice by index with its text, tool calls, log-probabilities and
+    finish reason, and the usage of them all."""
     first: dict[str, Any] = {}
-    finish_reason = None
+    choices: dict[int, _Choice] = {}
     try:
         async for chunk in relay.chunks():
             if "error" in chunk:
                 raise OpenAIError(500, chunk["error"]["message"], type="server_error")
             first = first or chunk
-            _observe(chunk, meter)
-            for choice in chunk.get("choices", []):
-                text.append(choice.get("delta", {}).get("content") or "")
-                finish_reason = choice.get("finish_reason") or finish_reason
+            meter.observe(chunk)
+            for part in chunk.get("choices", []):
+                index = int(part.get("index", 0))
+                choices.setdefault(index, _Choice(index)).add(part)
         meter.ok = True
     except (httpx.HTTPError, ValueError) as error:
         raise OpenAIError(500, f"The generation stopped: {error}", type="server_error") from error
@@ -488,17 +669,9 @@ async def _whole_answer(relay: _Relay, meter: _Meter) -> dict[str, Any]:
     prompt, completion = meter.usage.get("prompt_tokens", 0), meter.usage.get("completion_tokens", meter.deltas)
     return {
         "id": first.get("id", ""),
-        "object": "chat.completion",
+        "object": endpoint.answer_object,
         "created": first.get("created", int(time.time())),
         "model": relay.name,
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": "".join(text)}, "finish_reason": finish_reason}
-        ],
+        "choices": [choices[index].whole(chat=endpoint.chat) for index in sorted(choices)],
         "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
     }
-
-
-def _observe(chunk: dict[str, Any], meter: _Meter) -> None:
-    if chunk.get("usage"):
-        meter.usage = {name: int(chunk["usage"].get(name, 0)) for name in ("prompt_tokens", "completion_tokens")}
-    meter.deltas += sum(1 for choice in chunk.get("choices", []) if choice.get("delta", {}).get("content"))

@@ -131,6 +131,10 @@ def _model_version_id(o: TeamObjects) -> dict[str, Any]:
     return {"version_id": o.model_version.pk}
 
 
+def _model_version_key(o: TeamObjects) -> dict[str, Any]:
+    return {"key": f"version:{o.model_version.pk}"}
+
+
 def _deployment_id(o: TeamObjects) -> dict[str, Any]:
     return {"deployment_id": o.deployment.pk}
 
@@ -274,6 +278,7 @@ SWEEP: dict[Route, Probe] = {
     ("GET", "/api/v1/teams/{slug}/model-versions/{version_id}/download"): Probe(params=_model_version_id),
     ("DELETE", "/api/v1/teams/{slug}/model-versions/{version_id}"): Probe(params=_model_version_id),
     "serving:playground": Probe(),
+    "serving:model_engine": Probe(params=_model_version_key),
     "serving:comparisons": Probe(),
     "serving:comparison": Probe(params=_comparison_id),
     "serving:comparison_share": Probe(params=_comparison_id, body=lambda o: {"member": o.member.pk, "level": "change"}),

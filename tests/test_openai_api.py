@@ -14,7 +14,11 @@ import httpx
 import openai
 import pytest
 from openai import OpenAI
-from openai.types.chat import ChatCompletionMessageParam
+from openai.types.chat import (
+    ChatCompletionFunctionToolParam,
+    ChatCompletionMessageFunctionToolCallParam,
+    ChatCompletionMessageParam,
+)
 
 from accounts import services as account_services
 from accounts.models import Team, TeamAPIKey
@@ -27,6 +31,14 @@ from training_app.models import BaseModel
 pytestmark = pytest.mark.django_db(transaction=True)
 
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Tell me about the sea."}]
+WEATHER_TOOL: ChatCompletionFunctionToolParam = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
 
 
 @pytest.fixture
@@ -140,7 +152,72 @@ def test_without_max_tokens_the_answer_stays_within_the_context_and_the_keys_cei
     assert answer.usage is not None and answer.usage.completion_tokens <= context - answer.usage.prompt_tokens < 16
 
 
+def test_text_completion_answers_whole_and_is_metered(
+    studio_server: str, owner: TeamAccess, deployment: Deployment
+) -> None:
+    _, key = make_key(owner, deployment)
+    answer = client(studio_server, key).completions.create(
+        model="support-bot", prompt="Once upon a time", max_tokens=8, temperature=0
+    )
+    assert (answer.object, answer.model) == ("text_completion", "support-bot")
+    assert answer.choices[0].text and answer.choices[0].finish_reason in ("stop", "length")
+    assert answer.usage is not None and 0 < answer.usage.completion_tokens <= 8
+    (row,) = usage_rows(deployment)
+    assert (row.status, row.completion_tokens) == ("ok", answer.usage.completion_tokens)
+
+
+def test_streamed_text_completion_arrives_in_chunks_under_the_deployments_name(
+    studio_server: str, owner: TeamAccess, deployment: Deployment
+) -> None:
+    _, key = make_key(owner, deployment)
+    chunks = list(
+        client(studio_server, key).completions.create(
+            model="support-bot", prompt=["Once upon a time"], max_tokens=8, temperature=0, stream=True
+        )
+    )
+    assert "".join(chunk.choices[0].text for chunk in chunks if chunk.choices).strip()
+    assert {chunk.model for chunk in chunks} == {"support-bot"}
+
+
+def test_tool_results_in_messages_reach_the_engine_which_says_what_it_cannot_take(
+    studio_server: str, owner: TeamAccess, deployment: Deployment
+) -> None:
+    _, key = make_key(owner, deployment)
+    call: ChatCompletionMessageFunctionToolCallParam = {
+        "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}
+    }  # fmt: skip
+    conversation: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "Rain, 9 °C"}]},
+    ]
+    with pytest.raises(openai.BadRequestError, match="in-process engine, which does not take tool calls") as refused:
+        client(studio_server, key).chat.completions.create(model="support-bot", messages=conversation)
+    assert refused.value.param == "messages.1"
+
+
 # --- refusals -----------------------------------------------------------------------------------
+
+
+def test_unknown_parameters_get_400_naming_each_of_them_and_nothing_is_metered(
+    studio_server: str, owner: TeamAccess, deployment: Deployment
+) -> None:
+    _, key = make_key(owner, deployment)
+    with pytest.raises(openai.BadRequestError, match="does not take `best_of`, `temperatures`") as refused:
+        client(studio_server, key).chat.completions.create(
+            model="support-bot", messages=HELLO, extra_body={"temperatures": 0.5, "best_of": 2}
+        )
+    assert (refused.value.param, refused.value.code) == ("best_of", "unsupported_parameter")
+    assert usage_rows(deployment) == []
+
+
+def test_tools_on_a_model_served_in_process_get_400_saying_the_engine_does_not_support_them(
+    studio_server: str, owner: TeamAccess, deployment: Deployment
+) -> None:
+    _, key = make_key(owner, deployment)
+    with pytest.raises(openai.BadRequestError, match="in-process engine, which does not support `tools`") as refused:
+        client(studio_server, key).chat.completions.create(model="support-bot", messages=HELLO, tools=[WEATHER_TOOL])
+    assert refused.value.param == "tools"
 
 
 def test_revoked_key_gets_401(studio_server: str, owner: TeamAccess, deployment: Deployment) -> None:

@@ -26,7 +26,8 @@ from accounts.roles import Role
 from serving_app import comparisons
 from serving_app.catalog import Servable
 from serving_app.comparisons import ColumnSettings
-from serving_app.engine.client import StreamUpdate
+from serving_app.engine.client import StreamUpdate, ToolCall
+from serving_app.inference import EngineInfo
 from serving_app.models import Comparison, PromptPreset, UsageRecord
 from serving_app.playground import build_playground
 from serving_app.ui import compare
@@ -38,6 +39,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 PROMPT = "Tell me about the sea."
 MAX_TOKENS = 12
+# A complete answer's figures line, without the engine that served it.
+FIGURES = r"TTFT \d+\.\d\d s · (\d+|–) tok/s · \d+ tokens?( · stopped at max tokens)?"
 
 
 # --- the real stack: a LoRA model version, a signed-in client, a playground session ------------
@@ -106,22 +109,28 @@ def column(
     system: str = "",
     temperature: float = 0.0,
     seed: str | None = None,
+    json_schema: str = "",
+    tools: str = "",
 ) -> list[Any]:
-    """One column's inputs to ``compare``: model, history, system prompt, temperature, top-p, max tokens, seed."""
-    return [key, history or [], system, temperature, 1.0, MAX_TOKENS, seed]
+    """One column's inputs to ``compare``: model, history, system prompt, temperature, top-p, max tokens, seed,
+    then its JSON schema and tools (which ``compare_data`` moves after every column's other inputs)."""
+    return [key, history or [], system, temperature, 1.0, MAX_TOKENS, seed, json_schema, tools]
 
 
 def compare_data(prompt: str, *columns: list[Any]) -> list[Any]:
     """``compare``'s inputs for the first columns; the other pre-built columns are left empty."""
-    unused = [column(None) for _ in range(4 - len(columns))]
-    return [prompt, str(len(columns)), *[value for values in [*columns, *unused] for value in values]]
+    every = [*columns, *(column(None) for _ in range(4 - len(columns)))]
+    inline = [value for values in every for value in values[:-2]]
+    return [prompt, str(len(columns)), *inline, *(value for values in every for value in values[-2:])]
 
 
-def save_data(title: str, keys: list[str], *, open_to_team: bool = False) -> list[Any]:
-    """``save_comparison``'s inputs: title, team-wide flag, column count, then per column model and settings."""
+def save_data(title: str, keys: list[str], *, open_to_team: bool = False, tools: str = "") -> list[Any]:
+    """``save_comparison``'s inputs: title, team-wide flag, column count, per column model and settings, then
+    each column's JSON schema and tools."""
     columns = [[key, "", 0.0, 1.0, MAX_TOKENS, None] for key in keys]
     columns += [[None, "", 0.7, 1.0, 256, None] for _ in range(4 - len(keys))]
-    return [title, open_to_team, str(len(keys)), *[value for values in columns for value in values]]
+    formats = ["", tools] * len(keys) + ["", ""] * (4 - len(keys))
+    return [title, open_to_team, str(len(keys)), *[value for values in columns for value in values], *formats]
 
 
 def last_answer(chat: list[dict[str, Any]]) -> str:
@@ -151,7 +160,7 @@ def test_two_models_stream_different_answers_side_by_side_with_figures(
     assert base_answer and tuned_answer
     assert base_answer != tuned_answer
     for line in figures[:2]:
-        assert re.fullmatch(r"TTFT \d+\.\d\d s · (\d+|–) tok/s · \d+ tokens?( · stopped at max tokens)?", line), line
+        assert re.fullmatch(FIGURES + r" · served by the in-process engine", line), line
     assert any(event == "generating" for event, _ in events), "the answers should arrive as a stream"
     records = UsageRecord.objects.for_team(lora_version.team)
     assert sorted(records.values_list("source", "status")) == [("playground", "ok"), ("playground", "ok")]
@@ -318,6 +327,7 @@ def test_saved_comparison_keeps_models_settings_answers_and_figures(
     assert saved.columns[0]["settings"]["max_tokens"] == MAX_TOKENS
     [turn] = saved.turns
     assert turn["prompt"] == PROMPT
+
     # (the chatbot shows each answer without its leading space, and a space after a line break dropped)
     def words(text: str) -> list[str]:
         return text.split()
@@ -543,26 +553,50 @@ def test_comparisons_list_and_transcript_show_answers_side_by_side_with_figures(
     assert "Open to the whole team" in page
 
 
-# --- columns on one base model answer in turn ---------------------------------------------------
+# --- which engine serves a column: on the in-process one, columns on one base model answer in turn --------------
+
+IN_PROCESS = EngineInfo("in-process", "in-process (vLLM is not installed or is turned off)")
+VLLM = EngineInfo("vllm", "vLLM")
 
 
-def column_run(position: int, base: str) -> compare.ColumnRun:
+def column_run(position: int, base: str, engine: EngineInfo = IN_PROCESS) -> compare.ColumnRun:
     servable = Servable(f"base:{position}", f"model {position}", f"served-{position}", base, None)
-    return compare.ColumnRun(position, servable, ColumnSettings(), history=[])
+    return compare.ColumnRun(position, servable, ColumnSettings(), history=[], engine=engine)
 
 
-def test_column_waiting_on_the_same_base_model_says_which_column_it_waits_for() -> None:
+def test_column_waiting_on_the_in_process_engine_says_which_column_it_waits_for() -> None:
     first, second, other = column_run(0, "/models/starter"), column_run(1, "/models/starter"), column_run(2, "/x")
     first.update = StreamUpdate("The", "The", 0.1, 0.1, 1)
     runs = [first, second, other]
     waiting = second.waiting_for(runs)
     assert waiting == 1 and other.waiting_for(runs) is None
-    note = "Waiting for column 1: columns on the same base model answer in turn."
+    note = "Waiting for column 1: the in-process engine answers one column at a time per base model."
     assert second.chat("Hi", waiting)[-1]["content"] == note
-    assert second.figures(waiting) == compare.WAITING_FOR.format(number=1)
-    assert other.figures(None) == compare.WAITING
+    assert second.figures(waiting) == f"{note} · served by the in-process engine"
+    assert other.figures(None) == f"{compare.WAITING} · served by the in-process engine"
     first.done = True
     assert second.waiting_for(runs) is None
+
+
+def test_columns_on_vllm_never_wait_for_each_other() -> None:
+    first, second = column_run(0, "/models/starter", VLLM), column_run(1, "/models/starter", VLLM)
+    first.update = StreamUpdate("The", "The", 0.1, 0.1, 1)
+    assert second.waiting_for([first, second]) is None
+    assert second.figures(None) == f"{compare.WAITING} · served by vLLM"
+
+
+def test_a_column_on_vllm_does_not_hold_up_one_on_the_in_process_engine() -> None:
+    on_vllm, in_process = column_run(0, "/models/starter", VLLM), column_run(1, "/models/starter")
+    on_vllm.update = StreamUpdate("The", "The", 0.1, 0.1, 1)
+    assert in_process.waiting_for([on_vllm, in_process]) is None
+
+
+def test_streaming_figures_say_so_far_and_name_the_engine_until_the_answer_is_complete() -> None:
+    run = column_run(0, "/models/starter", VLLM)
+    run.update = StreamUpdate(" sea", "The sea", 0.1, 0.2, 2)
+    assert run.figures().endswith("2 tokens so far · served by vLLM")
+    run.done = True
+    assert run.figures().endswith("2 tokens · served by vLLM")
 
 
 def test_waiting_note_is_not_sent_to_the_model_as_an_answer() -> None:
@@ -573,11 +607,131 @@ def test_waiting_note_is_not_sent_to_the_model_as_an_answer() -> None:
     ]
 
 
-def test_playground_says_that_columns_on_one_base_model_answer_in_turn() -> None:
+def test_playground_intro_is_true_for_both_engines() -> None:
     config = build_playground().get_config_file()
     notice = next(c for c in config["components"] if c["props"].get("elem_id") == "compare-notice")
     text = notice["props"]["value"]
-    assert "columns on the same base model (its fine-tuned versions included) answer in turn" in text
+    assert "On vLLM every column answers at the same time" in text
+    assert "where the in-process engine serves a model, columns on the same base model" in text
+
+
+# --- JSON schema and tools per column -----------------------------------------------------------
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+def refusal_of(**values: str) -> str:
+    """The message column 2 gets for these settings (nothing is generated)."""
+    settings = {"json_schema": "", "tools": "", **values}
+    with pytest.raises(gr.Error) as error:
+        compare._column_settings(2, "", 0.7, 1.0, 64, "", settings["json_schema"], settings["tools"])
+    return str(error.value.message)
+
+
+def test_json_schema_that_is_not_json_is_refused_naming_the_column_and_the_field() -> None:
+    message = refusal_of(json_schema='{"type": "object",}')
+    assert message.startswith("Column 2: JSON schema: this is not valid JSON (")
+    assert "line 1, column 19" in message and "Check the quotes and commas" in message
+
+
+def test_json_schema_that_is_not_a_schema_is_refused_saying_why() -> None:
+    assert refusal_of(json_schema='["city"]').startswith("Column 2: JSON schema: write one JSON object")
+    message = refusal_of(json_schema='{"type": "objekt"}')
+    assert message.startswith("Column 2: JSON schema: this is not a valid JSON schema (")
+
+
+def test_tools_that_are_not_json_are_refused_naming_the_column_and_the_field() -> None:
+    assert refusal_of(tools="[{name: get_weather}]").startswith("Column 2: Tools: this is not valid JSON (")
+
+
+def test_tools_without_a_name_or_declared_twice_are_refused_naming_the_tool() -> None:
+    assert refusal_of(tools='[{"type": "function", "function": {}}]').startswith(
+        "Column 2: Tools: tool 1 needs a name of 1 to 64 letters"
+    )
+    assert "“get_weather” is declared twice" in refusal_of(tools=json.dumps([WEATHER_TOOL, WEATHER_TOOL]))
+    bad_parameters = {"name": "f", "parameters": {"type": 3}}
+    assert refusal_of(tools=json.dumps([bad_parameters])).startswith(
+        "Column 2: Tools: the parameters of “f” are not a valid JSON schema ("
+    )
+
+
+def test_schema_and_tools_reach_the_request_in_openais_shape() -> None:
+    bare_function = WEATHER_TOOL["function"]  # the "function" part alone is accepted too
+    column = ColumnSettings.clean(json_schema='{"type": "object"}', tools=json.dumps([bare_function]))
+    sampling = column.sampling()
+    assert sampling.response_format() == {
+        "type": "json_schema",
+        "json_schema": {"name": "answer", "schema": {"type": "object"}},
+    }
+    assert list(sampling.tools) == [WEATHER_TOOL]
+    assert ColumnSettings().sampling().response_format() is None and ColumnSettings().sampling().tools == ()
+
+
+def test_tool_calls_show_as_cards_kept_out_of_the_conversation() -> None:
+    run = column_run(0, "/models/starter", VLLM)
+    call = ToolCall(0, "call_1", "get_weather", '{"city": "Oslo"}')
+    run.update = StreamUpdate("", "", 0.1, 0.2, 5, done=True, finish_reason="tool_calls", tool_calls=(call,))
+    run.done = True
+    card = run.chat("Weather?")[-1]
+    assert card["metadata"] == {"title": "Tool call: get\\_weather"}
+    assert card["content"] == '```json\n{\n  "city": "Oslo"\n}\n```'
+    assert compare.chat_history(run.chat("Weather?")) == [{"role": "user", "content": "Weather?"}]
+    assert run.answer()["tool_calls"] == [
+        {"index": 0, "id": "call_1", "name": "get_weather", "arguments": '{"city": "Oslo"}'}
+    ]
+    assert run.figures().endswith("5 tokens · 1 tool call · served by vLLM")
+
+
+def test_a_schema_or_tools_on_the_in_process_engine_show_why_in_the_column(
+    studio_server: str, acme: Any, alice: Any, starter_model: Any
+) -> None:
+    client = signed_in(studio_server, "alice")
+    session = open_playground(client, "acme")
+    key = f"base:{starter_model.pk}"
+    with_schema, with_tools = (
+        column(key, json_schema='{"type": "object"}'),
+        column(key, tools=json.dumps([WEATHER_TOOL])),
+    )
+    outputs = completed(call(client, session, "compare", compare_data(PROMPT, with_schema, with_tools)))
+    for line in outputs[4:6]:
+        assert line.startswith("**No answer:** This model is served by the in-process engine, which does not support")
+        assert "install vLLM" in line
+    assert "\\`response\\_format\\`" in outputs[4] and "\\`tools\\`" in outputs[5]
+
+
+def test_bad_tools_json_is_refused_through_the_api_and_nothing_is_generated(
+    studio_server: str, alice: Any, starter_model: Any
+) -> None:
+    client = signed_in(studio_server, "alice")
+    session = open_playground(client, "acme")
+    key = f"base:{starter_model.pk}"
+    message = refused(call(client, session, "compare", compare_data(PROMPT, column(key), column(key, tools="[{"))))
+    assert message.startswith("Column 2: Tools: this is not valid JSON (")
+    assert "Traceback" not in message
+    assert usage_count() == 0
+
+
+def test_saved_comparison_keeps_each_columns_tools_and_reopens_with_them(
+    studio_server: str, alice: Any, acme: Any, starter_model: Any
+) -> None:
+    client = signed_in(studio_server, "alice")
+    session = open_playground(client, "acme")
+    keys = [f"base:{starter_model.pk}"] * 2
+    completed(call(client, session, "compare", compare_data(PROMPT, *(column(key) for key in keys))))
+    tools = json.dumps([WEATHER_TOOL])
+    completed(call(client, session, "save_comparison", save_data("With tools", keys, tools=tools)))
+    saved = Comparison.objects.for_team(acme).get()
+    assert [column["settings"]["tools"] for column in saved.columns] == [tools, tools]
+    assert saved.columns[0]["settings"]["json_schema"] == ""
+    reopened = completed(call(client, open_playground(client, "acme"), "load_comparison", [], comparison=str(saved.pk)))
+    first_column = reopened[14 : 14 + len(compare.SETTING_FIELDS)]
+    assert dict(zip(compare.SETTING_FIELDS, first_column, strict=True))["tools"] == tools
 
 
 def test_open_in_playground_puts_the_model_version_in_the_first_column(
@@ -589,3 +743,31 @@ def test_open_in_playground_puts_the_model_version_in_the_first_column(
     first, second = outputs[1], outputs[2]
     assert first["value"] == key
     assert second["value"] == f"base:{starter_model.pk}"
+
+
+# ---- which engine serves a model, on its page ----------------------------------------------------------------
+
+
+def test_a_model_versions_page_shows_which_engine_serves_it(
+    alice: Any, login: Any, model_version: ModelVersion, inference_server: str
+) -> None:
+    client = login(alice)
+    fragment = reverse("serving:model_engine", args=[model_version.team.slug, f"version:{model_version.pk}"])
+
+    page = client.get(reverse("training:version", args=[model_version.team.slug, model_version.pk]))
+    answer = client.get(fragment)
+
+    assert f'hx-get="{fragment}"' in page.content.decode()
+    text = answer.content.decode()
+    assert answer.status_code == 200 and "in-process" in text
+    assert "vLLM is not installed or is turned off" in text  # the session's inference server runs --engine builtin
+
+
+def test_the_engine_of_another_teams_version_reads_as_no_such_model(
+    charlie: Any, login: Any, model_version: ModelVersion
+) -> None:
+    url = reverse("serving:model_engine", args=[model_version.team.slug, f"version:{model_version.pk}"])
+    own_team = reverse("serving:model_engine", args=["globex", f"version:{model_version.pk}"])
+
+    assert login(charlie).get(url).status_code == 404
+    assert login(charlie).get(own_team).status_code == 404

@@ -1,4 +1,5 @@
-"""The Gradio app at /play/: its security headers, and Gradio's file routes closed (real ASGI app under uvicorn)."""
+"""The Gradio app at /play/: its security headers, Gradio's file routes closed (real ASGI app under uvicorn), and a
+model's tool calls shown as text."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
+from serving_app.engine.client import ToolCall
+from serving_app.ui.compare import tool_call_message
+from serving_app.ui.text import code_block
 from tests.test_gradio_mount import signed_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -54,3 +58,26 @@ def test_no_user_downloads_a_file_by_path(studio_server: str, alice: Any, bob: A
     response = signed_in(studio_server, "alice").get(f"/play/gradio_api/file={path}")
     assert response.status_code == 404
     assert b"private notes" not in response.content
+
+
+# --- a model's tool calls are its text: shown, never rendered ------------------------------------------------
+
+PAYLOAD = "<img src=x onerror=alert(1)>"
+
+
+def test_a_tool_calls_name_is_escaped_in_its_card_title() -> None:
+    card = tool_call_message(ToolCall(0, "call_1", f"look_up{PAYLOAD}", "{}"))
+    assert card["metadata"]["title"] == "Tool call: look\\_up&lt;img src=x onerror=alert(1)&gt;"
+
+
+def test_a_tool_calls_arguments_stay_inside_their_code_block() -> None:
+    arguments = '{"subject": "```\\n</code><script>alert(1)</script>"}'
+    card = tool_call_message(ToolCall(0, "call_1", "look_up", arguments), complete=False)
+    fence, body = card["content"].split("\n", 1)
+    assert fence == "````json"  # longer than any run of backticks in the arguments
+    assert body == f"{arguments}\n````"
+
+
+def test_a_code_block_fence_outlasts_any_backticks_in_its_text() -> None:
+    assert code_block("plain") == "```\nplain\n```"
+    assert code_block("a ````` b", "json") == "``````json\na ````` b\n``````"

@@ -19,9 +19,11 @@ from typing import Any
 
 import httpx
 import pytest
+from openai import OpenAI
 
-from tests.conftest import VLLM_START_S, vllm_servers, wait_for_vllm
+from tests.conftest import VLLM_START_S, running_inference_server, vllm_servers, wait_for_vllm
 from tests.test_inference_server import MAX_TOKENS, PROMPT, _greedy_in_process, _write_registry
+from training_app.engine import tool_samples
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +47,9 @@ def server(vllm_inference_server: str) -> str:
 
 
 def vllm_status(url: str) -> dict[str, Any]:
-    servers = vllm_servers(url)
-    assert len(servers) == 1, servers
-    return servers[0]
+    """The status of the starter model's vLLM server (other tests start others)."""
+    (server,) = [server for server in vllm_servers(url) if Path(server["base"]).name == "atelier-starter"]
+    return server
 
 
 def chat(url: str, model: str, **extra: Any) -> httpx.Response:
@@ -61,8 +63,21 @@ def answer(url: str, model: str, **extra: Any) -> str:
     return str(response.json()["choices"][0]["message"]["content"])
 
 
-def test_base_and_adapters_served_at_once_answer_what_peft_gives(server: str, expected: dict[str, str]) -> None:
+def test_base_and_adapters_served_at_once_answer_what_peft_gives(
+    server: str, vllm_registry: Path, served: dict[str, dict[str, Any]], expected: dict[str, str], tmp_path: Path
+) -> None:
+    # More adapters than vLLM has slots have been in use (a copy of beta under a third name): vLLM's CPU
+    # kernels once read a base token's slot -1 as the last slot, holding whichever adapter came last.
+    copy = shutil.copytree(served["beta"]["adapter"], tmp_path / "delta")
+    entries = json.loads(vllm_registry.read_text(encoding="utf-8"))
+    _write_registry(vllm_registry, {**entries, "delta": {**served["beta"], "adapter": str(copy)}})
+    try:
+        for name in ("delta", "alpha", "beta", "delta"):
+            answer(server, name)
+    finally:
+        _write_registry(vllm_registry, entries)
     names = sorted(expected)
+
     with ThreadPoolExecutor(len(names) * 2) as pool:  # interleaved: no adapter's answer leaks into another's
         answers = list(pool.map(lambda name: (name, answer(server, name)), names * 2))
 
@@ -131,6 +146,60 @@ def test_a_json_schema_answer_validates(server: str) -> None:
 
     value = json.loads(text)
     assert set(value) == {"city", "rain"} and isinstance(value["rain"], bool)
+
+
+def test_a_vllm_server_run_elsewhere_is_attached_to_and_left_running(
+    server: str, vllm_registry: Path, starter_model_path: Path, expected: dict[str, str], tmp_path: Path
+) -> None:
+    running = vllm_status(server)["url"]  # stands for compose's vLLM service
+    options = (
+        "--engine", "vllm", "--vllm-python", "/nonexistent", "--preload",
+        "--vllm-url", f"{starter_model_path}={running}",
+    )  # fmt: skip
+
+    with running_inference_server(vllm_registry, tmp_path / "attached.log", *options) as attached:
+        wait_for_vllm(attached, tmp_path)
+        (status,) = vllm_servers(attached)
+        assert status["external"] and status["pid"] is None
+        assert answer(attached, "beta") == expected["beta"]
+
+    assert vllm_status(server)["state"] == "ready"  # the inference server that attached did not stop it
+    assert answer(server, "starter") == expected["starter"]
+
+
+def test_a_tool_tuned_full_fine_tune_is_served_as_its_own_model_and_streams_tool_calls(
+    server: str, vllm_registry: Path, tool_tuned_model_path: Path, tmp_path: Path
+) -> None:
+    entries = json.loads(vllm_registry.read_text(encoding="utf-8"))
+    _write_registry(vllm_registry, {**entries, "tool-tuned": {"base": str(tool_tuned_model_path), "adapter": None}})
+    client = OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+    case = tool_samples.held_out_cases()[0]
+    try:
+        refused = chat(server, "tool-tuned")  # its own vLLM server starts on the first request
+        assert refused.status_code == 503 and int(refused.headers["Retry-After"]) > 0
+        wait_for_vllm(server, tmp_path)
+
+        stream = client.chat.completions.create(  # type: ignore[call-overload]  # the case's plain dicts
+            model="tool-tuned", messages=case.messages, tools=case.tools, tool_choice="auto",
+            stream=True, temperature=0, max_tokens=96,
+        )  # fmt: skip
+        calls: dict[int, dict[str, str]] = {}
+        finish = None
+        for chunk in stream:
+            for delta in chunk.choices[0].delta.tool_calls or []:
+                call = calls.setdefault(delta.index, {"name": "", "arguments": ""})
+                call["name"] += (delta.function and delta.function.name) or ""
+                call["arguments"] += (delta.function and delta.function.arguments) or ""
+            finish = chunk.choices[0].finish_reason or finish
+    finally:
+        _write_registry(vllm_registry, entries)
+
+    declared = {tool["function"]["name"]: tool for tool in case.tools}
+    assert finish == "tool_calls" and len(calls) == 1, calls
+    assert calls[0]["name"] in declared
+    assert tool_samples.arguments_fit(json.loads(calls[0]["arguments"]), declared[calls[0]["name"]])
+    bases = {Path(status["base"]).name for status in vllm_servers(server)}
+    assert bases == {"atelier-starter", tool_tuned_model_path.name}
 
 
 def test_a_crashed_vllm_answers_503_with_retry_after_then_is_restarted(

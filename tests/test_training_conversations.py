@@ -270,37 +270,15 @@ def tool_call_rates(model: Any, tokenizer: Any, cases: list[tool_samples.HeldOut
     return counts
 
 
-def test_tuning_on_the_tool_sample_teaches_well_formed_tool_calls(starter_model_path: Path, tmp_path: Path) -> None:
+def test_tuning_on_the_tool_sample_teaches_well_formed_tool_calls(
+    starter_model_path: Path, tool_tuned_model_path: Path
+) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    config = make_config(
-        starter_model_path, tmp_path, kind="chat", stage="sft", train_path=str(tool_samples.SAMPLE_PATH),
-        **TOOL_RUN,
-    )  # fmt: skip
-
-    outcome = run(config)
-
-    assert outcome.status == "succeeded", outcome.failure
-    tuned_folder = (outcome.result or {})["artifacts"]["model"]
-    tokenizer = AutoTokenizer.from_pretrained(tuned_folder)
+    tokenizer = AutoTokenizer.from_pretrained(tool_tuned_model_path)
     cases = tool_samples.held_out_cases()
     base = tool_call_rates(AutoModelForCausalLM.from_pretrained(starter_model_path), tokenizer, cases)
-    tuned = tool_call_rates(AutoModelForCausalLM.from_pretrained(tuned_folder), tokenizer, cases)
+    tuned = tool_call_rates(AutoModelForCausalLM.from_pretrained(tool_tuned_model_path), tokenizer, cases)
     print(f"\ntool calls on {len(cases)} held-out requests: base {base}, tuned {tuned}")
     assert tuned["parsed"] >= 1
     assert tuned["well_formed"] > base["well_formed"]
-
-
-# Measured settings (2-core CPU, about a minute): a short full fine-tune at a high rate teaches the tiny starter
-# model the call format and which tool a request needs (well-formed calls for 24 of 24 requests at 2e-3, 16 at
-# 1.5e-3, 7 at 1e-3, against none for the base model); copying a city or an amount from the request into the
-# arguments is beyond it.
-TOOL_RUN: dict[str, Any] = {
-    "method": "full",
-    "max_steps": 120,
-    "learning_rate": 2e-3,
-    "per_device_batch_size": 4,
-    "max_seq_length": 640,
-    "warmup_ratio": 0.0,
-    "logging_steps": 10,
-}

@@ -3,6 +3,10 @@
     async for update in stream_chat("http://127.0.0.1:8008", "starter", [{"role": "user", "content": "Hi"}]):
         show(update.text)            # the whole answer so far; update.delta is the new part
     update.time_to_first_token_s, update.tokens_per_second, update.finish_reason
+    update.tool_calls                # the function calls so far (with ``tools=``), arguments as streamed
+
+``response_format`` and ``tools`` / ``tool_choice`` are passed on as OpenAI's parameters; the in-process
+engine refuses them (a 400 that says so), vLLM serves them.
 
 Errors from the server (unknown model, bad parameters, busy) raise ``InferenceError`` with OpenAI's message.
 """
@@ -27,6 +31,40 @@ class InferenceError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """One function call in an answer. ``arguments`` is the JSON text the model wrote: complete once the answer is."""
+
+    index: int
+    id: str
+    name: str
+    arguments: str
+
+
+def add_tool_call_deltas(calls: tuple[ToolCall, ...], deltas: list[dict[str, Any]]) -> tuple[ToolCall, ...]:
+    """``calls`` with one chunk's ``delta.tool_calls`` applied, as OpenAI streams them.
+
+    Each delta names its call by ``index``: the first one of a call brings its ``id`` and function name, the
+    later ones pieces of its arguments, which are concatenated in order.
+    """
+    by_index = {call.index: call for call in calls}
+    for position, delta in enumerate(deltas):
+        if not isinstance(delta, dict):
+            continue
+        index = delta.get("index")
+        index = index if isinstance(index, int) else position
+        function = delta.get("function")
+        function = function if isinstance(function, dict) else {}
+        call = by_index.get(index, ToolCall(index, "", "", ""))
+        by_index[index] = ToolCall(
+            index=index,
+            id=str(delta.get("id") or call.id),
+            name=str(function.get("name") or call.name),
+            arguments=call.arguments + str(function.get("arguments") or ""),
+        )
+    return tuple(by_index[index] for index in sorted(by_index))
+
+
+@dataclass(frozen=True)
 class StreamUpdate:
     """One step of a streamed answer. ``done`` on the last one, which carries the finish reason and token count."""
 
@@ -38,6 +76,7 @@ class StreamUpdate:
     done: bool = False
     finish_reason: str | None = None
     prompt_tokens: int = 0
+    tool_calls: tuple[ToolCall, ...] = ()
 
     @property
     def tokens_per_second(self) -> float | None:
@@ -66,9 +105,17 @@ async def stream_chat(
     top_p: float = 1.0,
     stop: list[str] | None = None,
     seed: int | None = None,
+    response_format: dict[str, Any] | None = None,
+    tools: list[dict[str, Any]] | None = None,
+    tool_choice: str | dict[str, Any] | None = None,
     client: httpx.AsyncClient | None = None,
 ) -> AsyncIterator[StreamUpdate]:
-    """Stream one chat completion. Stopping the iteration closes the connection, which stops the generation."""
+    """Stream one chat completion. Stopping the iteration closes the connection, which stops the generation.
+
+    With ``tools``, ``tool_choice`` defaults to "auto" (the model decides); pass "required" or
+    ``{"type": "function", "function": {"name": …}}`` to force a call. An update comes with each piece of
+    text or of a tool call.
+    """
     body: dict[str, Any] = {
         "model": model,
         "messages": messages,
@@ -82,9 +129,17 @@ async def stream_chat(
         body["stop"] = stop
     if seed is not None:
         body["seed"] = seed
+    if response_format is not None:
+        body["response_format"] = response_format
+    if tools:
+        body["tools"] = tools
+        body["tool_choice"] = tool_choice or "auto"
+    elif tool_choice is not None:
+        body["tool_choice"] = tool_choice
     started = time.monotonic()
     first: float | None = None
     text, chunks, finish_reason, usage_tokens, prompt_tokens = "", 0, None, None, 0
+    calls: tuple[ToolCall, ...] = ()
     async with (
         _client(client) as http,
         http.stream("POST", f"{base_url.rstrip('/')}/v1/chat/completions", json=body) as response,
@@ -106,13 +161,16 @@ async def stream_chat(
                 prompt_tokens = chunk["usage"].get("prompt_tokens", 0)
             for choice in chunk.get("choices", []):
                 finish_reason = choice.get("finish_reason") or finish_reason
-                delta = choice.get("delta", {}).get("content") or ""
-                if delta:
+                message = choice.get("delta") or {}
+                delta = message.get("content") or ""
+                call_deltas = message.get("tool_calls") or []
+                if delta or call_deltas:
                     now = time.monotonic() - started
                     first = now if first is None else first
                     chunks += 1
                     text += delta
-                    yield StreamUpdate(delta, text, first, now, chunks)
+                    calls = add_tool_call_deltas(calls, call_deltas)
+                    yield StreamUpdate(delta, text, first, now, chunks, tool_calls=calls)
     yield StreamUpdate(
         "",
         text,
@@ -122,6 +180,7 @@ async def stream_chat(
         done=True,
         finish_reason=finish_reason,
         prompt_tokens=prompt_tokens,
+        tool_calls=calls,
     )
 
 

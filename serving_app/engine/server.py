@@ -340,21 +340,20 @@ async def _forward(server: VllmServer, served: ServedModel, path: str, raw: dict
         raise _unavailable(served.name, str(exc), exc.retry_after) from exc
     except httpx.TransportError as exc:
         raise _unavailable(served.name, f"its vLLM server is not answering ({exc.__class__.__name__})") from exc
-    # vLLM names the base model ``atelier-base`` (or its own name, when run elsewhere); the client asked for
-    # its served name.
-    rename = (f'"model":{json.dumps(server.base_name)}'.encode(), f'"model":{json.dumps(served.name)}'.encode())
+    # vLLM answers under the name it was sent (for a base model, the identity adapter's or the base's own): the
+    # client asked for the served name.
+    rename = (f'"model":{json.dumps(name)}'.encode(), f'"model":{json.dumps(served.name)}'.encode())
     streaming = upstream.headers.get("content-type", "").startswith("text/event-stream")
     if not streaming:
         body = await upstream.aread()
         await upstream.aclose()
-        if served.adapter is None:
-            body = body.replace(rename[0], rename[1])
+        body = body.replace(*rename)
         return Response(body, status_code=upstream.status_code, media_type="application/json")
 
     async def relay() -> AsyncIterator[bytes]:
         try:
             async for chunk in upstream.aiter_raw():
-                yield chunk.replace(rename[0], rename[1]) if served.adapter is None else chunk
+                yield chunk.replace(*rename)
         except httpx.TransportError:  # the server died mid-answer: say so in the stream, as OpenAI does
             error = {"message": "the model's server stopped mid-answer; retry", "type": "server_error"}
             yield f"data: {json.dumps({'error': error})}\n\n".encode()

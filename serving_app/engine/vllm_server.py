@@ -39,10 +39,12 @@ logger = logging.getLogger(__name__)
 
 # vLLM's CPU LoRA kernels (torch ops) pick each token's adapter weights by slot index, and a base-model token
 # has index -1, which Python indexing reads as the last slot: in a batch that mixes base and adapter requests,
-# the base answers came out with the last slot's adapter applied. vLLM therefore gets one slot more than the
-# adapters this module ever loads; it fills the lowest free slot first, so the last one stays empty (zeros)
-# and -1 adds nothing. Harmless on GPUs, whose kernels skip -1.
-SPARE_LORA_SLOT = 1
+# base answers came out with whichever adapter sat in the last slot (vLLM's GPU kernels skip -1). On the
+# servers started here, base requests therefore go through an identity adapter (rank 1, all zeros: it adds
+# nothing), so no token carries -1; it takes one LoRA slot of its own.
+IDENTITY_ADAPTER = "atelier-base-identity"
+# Where the identity adapter attaches, first found in the base model's weights (any linear layer will do).
+IDENTITY_TARGETS = ("q_proj", "qkv_proj", "query_key_value", "c_attn", "o_proj", "down_proj")
 # The name the base model has inside its vLLM server (adapters keep their served names).
 BASE_NAME = "atelier-base"
 # vLLM's API server waits for open connections after SIGTERM; this long, then the group is killed.
@@ -112,6 +114,40 @@ def adapter_problem(adapter: str | Path, max_rank: int) -> str | None:
     return None
 
 
+def write_identity_adapter(base: str | Path, folder: Path) -> bool:
+    """Write a PEFT LoRA adapter for ``base`` that changes nothing (rank 1, zero weights) into ``folder``.
+
+    Shapes are read from the safetensors headers (nothing is loaded). False when no layer of
+    ``IDENTITY_TARGETS`` is found (base requests then go without an adapter).
+    """
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    shapes: dict[str, list[int]] = {}
+    for path in sorted(Path(base).glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as weights:
+            shapes.update({name: weights.get_slice(name).get_shape() for name in weights.keys()})  # noqa: SIM118
+    for target in IDENTITY_TARGETS:
+        names = [name for name, shape in shapes.items() if name.endswith(f".{target}.weight") and len(shape) == 2]
+        if names:
+            break
+    else:
+        return False
+    tensors = {}
+    for name in names:
+        out_features, in_features = shapes[name]
+        prefix = "base_model.model." + name.removesuffix(".weight")
+        tensors[f"{prefix}.lora_A.weight"] = torch.zeros(1, in_features)
+        tensors[f"{prefix}.lora_B.weight"] = torch.zeros(out_features, 1)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    config = {"peft_type": "LORA", "r": 1, "lora_alpha": 1, "target_modules": [target], "bias": "none",
+              "base_model_name_or_path": str(base), "task_type": "CAUSAL_LM", "lora_dropout": 0.0}  # fmt: skip
+    (folder / "adapter_config.json").write_text(json.dumps(config), encoding="utf-8")
+    return True
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -138,6 +174,8 @@ class VllmServer:
         self.port = 0 if self.external else _free_port()
         self.url = (external_url or f"http://127.0.0.1:{self.port}").rstrip("/")
         self.base_name = BASE_NAME  # an external server's own name for the base is read from its /v1/models
+        self.identity: str | None = None  # the identity adapter's folder ("" where none could be written)
+        self.identity_loaded = False
         self.state = "stopped"
         self.failure: str | None = None
         self.process: asyncio.subprocess.Process | None = None
@@ -159,8 +197,8 @@ class VllmServer:
             "--host", "127.0.0.1", "--port", str(self.port),
             "--model", self.base, "--served-model-name", BASE_NAME,
             "--dtype", settings.dtype, "--seed", "0",
-            # One LoRA slot more than adapters are ever loaded (see SPARE_LORA_SLOT).
-            "--enable-lora", "--max-loras", str(settings.max_loras + SPARE_LORA_SLOT),
+            # One LoRA slot more than the team's adapters, for the identity adapter (see IDENTITY_ADAPTER).
+            "--enable-lora", "--max-loras", str(settings.max_loras + 1),
             "--max-lora-rank", str(settings.max_lora_rank),
             # Tool calls as the starter template writes them (<tool_call>{json}</tool_call>), arguments held to
             # the tool's schema; structured outputs without free whitespace (small models loop on it).
@@ -190,6 +228,7 @@ class VllmServer:
         self._stopping = False
         self.state, self.failure, self.ready_at = "starting", None, None
         self.adapters.clear()  # a new process has none of them
+        self.identity_loaded = False
         self.started_at = time.monotonic()
         if self.external:
             self._watch = asyncio.create_task(self._attach())
@@ -329,7 +368,7 @@ class VllmServer:
         """The name to send to vLLM for ``served``: the base's, or its adapter's after loading it if needed."""
         self.check_ready()
         if adapter is None:
-            return self.base_name
+            return await self._identity_name()
         async with self._adapter_lock:
             if self.adapters.get(served) == adapter:
                 self.adapters.move_to_end(served)
@@ -338,10 +377,46 @@ class VllmServer:
                 await self._unload(served)
             while len(self.adapters) >= self.settings.max_loras:
                 await self._unload(next(iter(self.adapters)))
-            await self._post("/v1/load_lora_adapter", {"lora_name": served, "lora_path": adapter})
+            await self._load(served, adapter)
             self.adapters[served] = adapter
             logger.info("vLLM for %s loaded adapter %s", self.base, served)
             return served
+
+    async def _identity_name(self) -> str:
+        """The name base requests go under: the identity adapter's on a server started here (see
+        ``IDENTITY_ADAPTER``), loaded on first use; the base's own on one run elsewhere (GPU kernels are sound)."""
+        if self.external:
+            return self.base_name
+        async with self._adapter_lock:
+            if self.identity is None:
+                folder = self.settings.log_dir / "identity-adapters" / Path(self.base).name
+                written = await asyncio.to_thread(write_identity_adapter, self.base, folder)
+                self.identity = str(folder) if written else ""
+            if self.identity and not self.identity_loaded:
+                await self._load(IDENTITY_ADAPTER, self.identity)
+                self.identity_loaded = True
+        return IDENTITY_ADAPTER if self.identity else self.base_name
+
+    async def _load(self, name: str, folder: str) -> None:
+        """Load the adapter in ``folder`` as ``name``. A server shared with another inference server (one run
+        elsewhere) may have it already: kept if it is the same folder, else loaded again."""
+        try:
+            await self._post("/v1/load_lora_adapter", {"lora_name": name, "lora_path": folder})
+        except RuntimeError as exc:
+            if "already been loaded" not in str(exc):
+                raise
+            if await self._loaded_from(name) == folder:
+                return
+            await self._post("/v1/unload_lora_adapter", {"lora_name": name}, missing_ok=True)
+            await self._post("/v1/load_lora_adapter", {"lora_name": name, "lora_path": folder})
+
+    async def _loaded_from(self, name: str) -> str | None:
+        """The folder the server loaded adapter ``name`` from (``/v1/models``), or None."""
+        response = await self.client.get(f"{self.url}/v1/models", timeout=10.0)
+        for model in response.json().get("data", []):
+            if model.get("id") == name:
+                return str(model.get("root"))
+        return None
 
     async def forget(self, served: str) -> None:
         """Unload ``served``'s adapter if it is loaded (the registry dropped it)."""

@@ -15,7 +15,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
-from django.http import HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import URLPattern, path, reverse
 from django.views.decorators.http import require_POST
@@ -25,7 +25,9 @@ from accounts.permissions import TeamAccess, TeamRequest, require_object_action,
 from accounts.roles import Perm
 from accounts.views import apply_share_form, sharing_panel
 from serving_app import comparisons, feedback
+from serving_app.catalog import resolve_model
 from serving_app.comparisons import ColumnSettings
+from serving_app.inference import engine_of
 from serving_app.models import Comparison
 from serving_app.mount import frame_url
 from serving_app.pages.arena import run_export
@@ -218,8 +220,18 @@ def transcript(comparison: Comparison) -> dict[str, Any]:
     return {"columns": columns, "turns": turns, "width": max(len(columns), 1)}
 
 
+@require_perm(Perm.USE_PLAYGROUND)
+def model_engine(request: TeamRequest, team_slug: str, key: str) -> HttpResponse:
+    """Which engine serves a model (``base:<id>`` or ``version:<id>``), as a fragment for the model's page."""
+    if not MODEL_KEY.fullmatch(key):
+        raise Http404("No such model.")
+    servable = resolve_model(request.access, key)
+    return render(request, "serving/_engine.html", {"engine": engine_of(servable)})
+
+
 urlpatterns: list[URLPattern] = [
     path("playground/", playground, name="playground"),
+    path("playground/models/<str:key>/engine", model_engine, name="model_engine"),
     path("playground/saved/", comparison_list, name="comparisons"),
     path("playground/saved/<int:comparison_id>/", comparison_detail, name="comparison"),
     path("playground/saved/<int:comparison_id>/share", comparison_share, name="comparison_share"),

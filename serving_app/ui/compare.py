@@ -7,14 +7,21 @@ anyone can call a handler through Gradio's API, so the pickers' choices are a co
 permission. Answers stream through ``inference.stream_answer``, which meters each one and keeps prompts
 only where the team asked for it. Under each complete answer, Thumbs up / Thumbs down record a vote on it
 (``serving_app.ui.feedback``).
+
+Every column streams as its own task. On vLLM they all answer at once; the in-process engine answers one
+column at a time per base model, so there a column says which column it waits for (``ColumnRun.waiting_for``),
+and each column's figures say which engine serves it (``inference.aengine_of``). A column's optional JSON
+schema and tools are sent as ``response_format`` and ``tools``; the tool calls in its answer show as cards.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import gradio as gr
@@ -29,38 +36,39 @@ from accounts.roles import Perm
 from serving_app import comparisons
 from serving_app.catalog import Servable, resolve_model, resolve_models, usable_models
 from serving_app.comparisons import ColumnSettings, figures_line
-from serving_app.inference import InferenceError, StreamUpdate, stream_answer
+from serving_app.inference import EngineInfo, InferenceError, StreamUpdate, ToolCall, aengine_of, stream_answer
 from serving_app.models import Comparison, PromptPreset
 from serving_app.playground import refuse, team_access
 from serving_app.ui.feedback import ASK, FeedbackControls, build_feedback, vote_subject, wire_feedback
-from serving_app.ui.text import markdown_text, refusal
+from serving_app.ui.text import code_block, markdown_text, refusal
 
 logger = logging.getLogger(__name__)
 
 COLUMNS = 4  # built once; the "Columns" choice shows 2, 3 or 4 of them
 DEFAULT_COLUMNS = 2
 MAX_PROMPT = 8000
-# The inference server runs one generation per base model at a time and queues the rest: more
-# comparisons in flight would only wait there.
+# Comparisons streaming at once across all people (each streams 2-4 answers); more wait in Gradio's queue.
+# vLLM batches them; the in-process engine would only queue them per base model.
 CONCURRENT_COMPARISONS = 8
 # The columns are redrawn at most this often while they stream: every redraw sends all of them to the
 # browser, and one redraw per token would cost the web process more than the tokens cost the inference server.
 REFRESH_SECONDS = 0.05
 DEFAULTS = ColumnSettings()
+UNKNOWN_ENGINE = EngineInfo("unknown", "not asked yet")
 WAITING = "Waiting for the first token…"
-# The inference server answers one column at a time per base model: a column whose base model is busy with
-# another column's answer says which one it waits for, instead of showing an empty box.
-WAITING_FOR = "Waiting for column {number}: columns on the same base model answer in turn."
-SETTING_FIELDS = ("system_prompt", "temperature", "top_p", "max_tokens", "seed")
+# The in-process engine answers one column at a time per base model: a column whose base model is busy with
+# another column's answer there says which one it waits for, instead of showing an empty box.
+WAITING_FOR = "Waiting for column {number}: the in-process engine answers one column at a time per base model."
+SETTING_FIELDS = ("system_prompt", "temperature", "top_p", "max_tokens", "seed", "json_schema", "tools")
 # What reopening a comparison fills: the notice and the column count; each column's model, chat and
 # figures; each column's settings; the turns a save keeps and the title.
 REOPEN_OUTPUTS = 2 + 3 * COLUMNS + len(SETTING_FIELDS) * COLUMNS + 2
 
 INTRO = (
-    "Pick 2 to 4 models and type one prompt: each column answers it with its own conversation, system prompt and "
-    "sampling settings. Columns on different base models answer at the same time; columns on the same base model "
-    "(its fine-tuned versions included) answer in turn, one after another, because the inference server generates "
-    "one answer at a time per base model."
+    "Pick 2 to 4 models and type one prompt: each column answers it with its own conversation, system prompt, "
+    "sampling settings and, if you like, a JSON schema or tools. Under each answer, its figures say which engine "
+    "serves the model. On vLLM every column answers at the same time; where the in-process engine serves a model, "
+    "columns on the same base model (its fine-tuned versions included) answer one after another."
 )
 
 
@@ -73,13 +81,23 @@ class SettingsControls:
     top_p: gr.Slider
     max_tokens: gr.Slider
     seed: gr.Textbox
+    json_schema: gr.Textbox
+    tools: gr.Textbox
 
     def preset_fields(self) -> list[Any]:
-        """What a preset sets (the seed is left as it is)."""
+        """What a preset sets (the seed, JSON schema and tools are left as they are)."""
         return [self.system_prompt, self.temperature, self.top_p, self.max_tokens]
 
-    def all(self) -> list[Any]:
+    def sampling_fields(self) -> list[Any]:
         return [*self.preset_fields(), self.seed]
+
+    def format_fields(self) -> list[Any]:
+        """What shapes the answer: the JSON schema and the tools."""
+        return [self.json_schema, self.tools]
+
+    def all(self) -> list[Any]:
+        """Every setting, in ``SETTING_FIELDS`` order."""
+        return [*self.sampling_fields(), *self.format_fields()]
 
 
 @dataclass(frozen=True)
@@ -147,8 +165,10 @@ def build_compare(team: gr.State) -> Callable[[Any], None]:
 
     generate_inputs: list[Any] = [team, prompt, column_count]
     for column in columns:
-        generate_inputs += [column.model, column.chatbot, *column.settings.all()]
+        generate_inputs += [column.model, column.chatbot, *column.settings.sampling_fields()]
     generate_inputs.append(turns)
+    for column in columns:  # after the request in the handlers' signatures (see stream_compare)
+        generate_inputs += column.settings.format_fields()
     generate_outputs = [*chats, *figures, turns, prompt, answered, *feedback_rows, *feedback_notes]
     sent = send.click(
         stream_compare,
@@ -207,8 +227,10 @@ def build_compare(team: gr.State) -> Callable[[Any], None]:
     )
     save_inputs: list[Any] = [team, title, open_to_team, column_count]
     for column in columns:
-        save_inputs += [column.model, *column.settings.all()]
+        save_inputs += [column.model, *column.settings.sampling_fields()]
     save_inputs.append(turns)
+    for column in columns:
+        save_inputs += column.settings.format_fields()
     save.click(save_current_comparison, inputs=save_inputs, outputs=[save_status], api_name="save_comparison")
 
     def when_loaded(loaded: Any) -> None:
@@ -247,7 +269,12 @@ def _settings_controls(suffix: str) -> SettingsControls:
             elem_id=f"compare-system-{suffix}",
         ),
         temperature=gr.Slider(
-            0, 2, value=DEFAULTS.temperature, step=0.05, label="Temperature (0: always the likeliest)"
+            0,
+            2,
+            value=DEFAULTS.temperature,
+            step=0.05,
+            label="Temperature (0: always the likeliest)",
+            elem_id=f"compare-temperature-{suffix}",
         ),
         top_p=gr.Slider(0.05, 1, value=DEFAULTS.top_p, step=0.05, label="Top-p"),
         max_tokens=gr.Slider(
@@ -256,6 +283,7 @@ def _settings_controls(suffix: str) -> SettingsControls:
             value=min(DEFAULTS.max_tokens, settings.PLAYGROUND_MAX_TOKENS),
             step=1,
             label="Max tokens",
+            elem_id=f"compare-max-tokens-{suffix}",
         ),
         # A text field: Gradio's Number always shows an empty value as 0, which reads as "seed 0". Empty means a
         # fresh random seed each time; ColumnSettings.clean checks what is typed (a whole number of 0 or more).
@@ -265,6 +293,24 @@ def _settings_controls(suffix: str) -> SettingsControls:
             placeholder="random",
             max_lines=1,
             elem_classes="compare-seed",
+        ),
+        json_schema=gr.Textbox(
+            "",
+            label="JSON schema (optional: the answer will be JSON matching it; needs vLLM)",
+            placeholder=comparisons.JSON_SCHEMA_EXAMPLE,
+            lines=2,
+            max_lines=12,
+            max_length=comparisons.MAX_JSON_SETTING,
+            elem_id=f"compare-schema-{suffix}",
+        ),
+        tools=gr.Textbox(
+            "",
+            label="Tools (optional: a JSON list of functions the model may call; needs vLLM)",
+            placeholder=f"[{comparisons.TOOL_EXAMPLE}]",
+            lines=2,
+            max_lines=12,
+            max_length=comparisons.MAX_JSON_SETTING,
+            elem_id=f"compare-tools-{suffix}",
         ),
     )
 
@@ -320,6 +366,7 @@ class ColumnRun:
     servable: Servable
     settings: ColumnSettings
     history: list[dict[str, str]]
+    engine: EngineInfo = UNKNOWN_ENGINE
     update: StreamUpdate | None = None
     error: str | None = None
     done: bool = False
@@ -330,33 +377,41 @@ class ColumnRun:
         return [*system, *self.history, {"role": "user", "content": prompt}]
 
     def chat(self, prompt: str, waiting_for: int | None = None) -> list[dict[str, Any]]:
-        """The chatbot's messages: the history, the prompt and the answer so far (or which column it waits for:
-        a note ``chat_history`` leaves out of the conversation)."""
+        """The chatbot's messages: the history, the prompt, the answer so far and a card per tool call (or which
+        column it waits for). Cards and that note are titled: ``chat_history`` leaves them out of the conversation."""
         answer = self.update.text if self.update is not None else ""
+        calls = self.update.tool_calls if self.update is not None else ()
         reply: list[dict[str, Any]] = [{"role": "assistant", "content": answer}] if answer else []
-        if not answer and self.error is None and waiting_for is not None:
+        reply += [tool_call_message(call, complete=self.done) for call in calls]
+        if not reply and self.error is None and waiting_for is not None:
             note = WAITING_FOR.format(number=waiting_for)
             reply = [{"role": "assistant", "content": note, "metadata": {"title": note, "status": "pending"}}]
         return [*self.history, {"role": "user", "content": prompt}, *reply]
 
     def figures(self, waiting_for: int | None = None) -> str:
+        """The figures line: what it waits for, or the answer's figures ("so far" while it streams), and the engine."""
         if self.error is None and (self.update is None or self.update.time_to_first_token_s is None):
-            return WAITING_FOR.format(number=waiting_for) if waiting_for is not None else WAITING
-        return column_figures(self.answer())
+            line = WAITING_FOR.format(number=waiting_for) if waiting_for is not None else WAITING
+            return " · ".join(filter(None, (line, self.engine.label)))
+        return column_figures(self.answer(), streaming=not self.done)
 
     def waiting_for(self, runs: list[ColumnRun]) -> int | None:
-        """The column (numbered from 1) whose answer on the same base model is streaming while this one waits."""
-        if self.done or self.error is not None or (self.update is not None and self.update.text):
+        """The column (numbered from 1) whose answer holds the in-process engine while this one waits for it.
+
+        Only the in-process engine answers one column at a time per base model: on vLLM nothing waits.
+        """
+        started = self.update is not None and (self.update.text or self.update.tool_calls)
+        if self.done or self.error is not None or started or self.engine.concurrent:
             return None
         busy = (
             run for run in runs
-            if run is not self and run.servable.base_path == self.servable.base_path and run.update is not None
-            and not run.done
+            if run is not self and run.engine.name == self.engine.name == "in-process"
+            and run.servable.base_path == self.servable.base_path and run.update is not None and not run.done
         )  # fmt: skip
         return next((run.position + 1 for run in busy), None)
 
     def answer(self) -> dict[str, Any]:
-        """The answer as a saved comparison keeps it: text, figures, and the error if it failed."""
+        """The answer as a saved comparison keeps it: text, tool calls, figures, engine, and the error if it failed."""
         update = self.update or StreamUpdate("", "", None, 0.0, 0)
         ttft, rate = update.time_to_first_token_s, update.tokens_per_second
         answer: dict[str, Any] = {
@@ -367,7 +422,10 @@ class ColumnRun:
             "tokens_per_second": round(rate, 1) if rate is not None else None,
             "tokens": update.completion_tokens,
             "finish_reason": update.finish_reason,
+            "engine": self.engine.name,
         }
+        if update.tool_calls:
+            answer["tool_calls"] = [asdict(call) for call in update.tool_calls]
         if self.error is not None:
             answer["error"] = self.error
         return answer
@@ -378,6 +436,20 @@ class ColumnRun:
         if not self.done or self.error is not None or not text.strip():
             return None
         return vote_subject(self.servable.key, self.servable.label, self.messages(prompt), text)
+
+
+def tool_call_message(call: ToolCall, *, complete: bool = True) -> dict[str, Any]:
+    """A tool call as a card in the chatbot: its function's name as the title, its arguments as a code block.
+
+    Both are the model's text: the name escaped, the arguments shown as typed (pretty-printed once complete,
+    when they are JSON).
+    """
+    arguments = call.arguments
+    if complete:
+        with contextlib.suppress(ValueError):  # not JSON: shown as the model wrote it
+            arguments = json.dumps(json.loads(arguments), indent=2, ensure_ascii=False)
+    title = f"Tool call: {markdown_text(call.name or 'unnamed')}"
+    return {"role": "assistant", "content": code_block(arguments, "json"), "metadata": {"title": title}}
 
 
 # What a column's task puts on the shared queue: (position, an update | an error message | None when done).
@@ -422,20 +494,26 @@ async def stream_compare(
     system_4: str, temperature_4: float, top_p_4: float, max_tokens_4: float, seed_4: str | None,
     turns: list[dict[str, Any]] | None,
     request: gr.Request,
+    json_schema_1: str = "", tools_1: str = "",
+    json_schema_2: str = "", tools_2: str = "",
+    json_schema_3: str = "", tools_3: str = "",
+    json_schema_4: str = "", tools_4: str = "",
 ) -> AsyncIterator[tuple[Any, ...]]:  # fmt: skip
     """Send one prompt to every shown column at once and stream the answers side by side.
 
     Each column continues its own conversation (the history its chatbot shows). A model that fails
-    shows why in its own column; the others go on.
+    shows why in its own column; the others go on. The columns' JSON schemas and tools come last, after
+    the request (Gradio passes the request where the signature has it): callers written before they
+    existed go on working, without them.
     """
     access = await team_access(request, team_slug)
     count = _column_count(column_count)
     _require_playground(access)
     given = [
-        (model_1, history_1, (system_1, temperature_1, top_p_1, max_tokens_1, seed_1)),
-        (model_2, history_2, (system_2, temperature_2, top_p_2, max_tokens_2, seed_2)),
-        (model_3, history_3, (system_3, temperature_3, top_p_3, max_tokens_3, seed_3)),
-        (model_4, history_4, (system_4, temperature_4, top_p_4, max_tokens_4, seed_4)),
+        (model_1, history_1, (system_1, temperature_1, top_p_1, max_tokens_1, seed_1, json_schema_1, tools_1)),
+        (model_2, history_2, (system_2, temperature_2, top_p_2, max_tokens_2, seed_2, json_schema_2, tools_2)),
+        (model_3, history_3, (system_3, temperature_3, top_p_3, max_tokens_3, seed_3, json_schema_3, tools_3)),
+        (model_4, history_4, (system_4, temperature_4, top_p_4, max_tokens_4, seed_4, json_schema_4, tools_4)),
     ][:count]
     servables = await _resolve(access, [model for model, _, _ in given])
     runs = [
@@ -447,6 +525,8 @@ async def stream_compare(
         raise refusal("Type a prompt first.")
     if len(prompt) > MAX_PROMPT:
         raise refusal(f"Keep the prompt under {MAX_PROMPT} characters (it has {len(prompt)}).")
+    for run in runs:  # one after another: the first asks the inference server, the others reuse its answer
+        run.engine = await aengine_of(run.servable)
 
     earlier = list(turns or [])
     asked = False  # each column's voting row asks afresh once, when the new answers start
@@ -564,8 +644,8 @@ async def open_saved_comparison(team_slug: str, request: gr.Request) -> tuple[An
         models.append(keys[position])
         chats.append(_saved_chat(comparison.turns, position))
         lines.append(column_figures(last_answers[position]) if position < len(last_answers) else "")
-        column_settings += [getattr(saved, name) for name in SETTING_FIELDS if name != "seed"]
-        column_settings.append("" if saved.seed is None else str(saved.seed))  # the seed field is text
+        values = {**asdict(saved), "seed": "" if saved.seed is None else str(saved.seed)}  # the seed field is text
+        column_settings += [values[name] for name in SETTING_FIELDS]
     turns = [{"prompt": turn.get("prompt", ""), "answers": list(turn.get("answers", []))} for turn in comparison.turns]
     count = str(max(comparisons.MIN_COLUMNS, len(columns)))
     return (notice, count, *models, *chats, *lines, *column_settings, turns, comparison.title)
@@ -577,7 +657,7 @@ async def mark_stopped(
     """After Stop: a column still waiting for its answer says it was stopped (the others keep their figures)."""
     await team_access(request, team_slug)
     return tuple(
-        "Stopped before any answer arrived." if line == WAITING or line.startswith("Waiting for column") else line
+        "Stopped before any answer arrived." if line.startswith("Waiting for") else line
         for line in (figures_1, figures_2, figures_3, figures_4)
     )
 
@@ -603,11 +683,13 @@ async def apply_settings_to_all(
     top_p: float,
     max_tokens: float,
     seed: str | None,
+    json_schema: str,
+    tools: str,
     request: gr.Request,
 ) -> tuple[Any, ...]:
     """Copy the "every column" settings into each column."""
     await team_access(request, team_slug)
-    return (system_prompt, temperature, top_p, max_tokens, seed) * COLUMNS
+    return (system_prompt, temperature, top_p, max_tokens, seed, json_schema, tools) * COLUMNS
 
 
 async def apply_preset_to_column(team_slug: str, preset_id: str | None, request: gr.Request) -> tuple[Any, ...]:
@@ -665,16 +747,23 @@ async def save_current_comparison(
     system_4: str, temperature_4: float, top_p_4: float, max_tokens_4: float, seed_4: str | None,
     turns: list[dict[str, Any]] | None,
     request: gr.Request,
+    json_schema_1: str = "", tools_1: str = "",
+    json_schema_2: str = "", tools_2: str = "",
+    json_schema_3: str = "", tools_3: str = "",
+    json_schema_4: str = "", tools_4: str = "",
 ) -> str:  # fmt: skip
-    """Save the shown columns (models and settings) and the conversation so far as a comparison."""
+    """Save the shown columns (models and settings) and the conversation so far as a comparison.
+
+    The JSON schemas and tools come last, as in ``stream_compare``.
+    """
     access = await team_access(request, team_slug)
     count = _column_count(column_count)
     _require_playground(access)
     given = [
-        (model_1, (system_1, temperature_1, top_p_1, max_tokens_1, seed_1)),
-        (model_2, (system_2, temperature_2, top_p_2, max_tokens_2, seed_2)),
-        (model_3, (system_3, temperature_3, top_p_3, max_tokens_3, seed_3)),
-        (model_4, (system_4, temperature_4, top_p_4, max_tokens_4, seed_4)),
+        (model_1, (system_1, temperature_1, top_p_1, max_tokens_1, seed_1, json_schema_1, tools_1)),
+        (model_2, (system_2, temperature_2, top_p_2, max_tokens_2, seed_2, json_schema_2, tools_2)),
+        (model_3, (system_3, temperature_3, top_p_3, max_tokens_3, seed_3, json_schema_3, tools_3)),
+        (model_4, (system_4, temperature_4, top_p_4, max_tokens_4, seed_4, json_schema_4, tools_4)),
     ][:count]
     servables = await _resolve(access, [model for model, _ in given])
     columns = [
@@ -703,11 +792,11 @@ async def save_current_comparison(
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def column_figures(answer: dict[str, Any]) -> str:
+def column_figures(answer: dict[str, Any], *, streaming: bool = False) -> str:
     """A column's figures line (Markdown), its error message escaped: it may quote a model's or a member's text."""
     if answer.get("error"):
         answer = {**answer, "error": markdown_text(answer["error"])}
-    return figures_line(answer)
+    return figures_line(answer, streaming=streaming)
 
 
 def _require_playground(access: TeamAccess) -> None:
@@ -741,11 +830,25 @@ async def _resolve(access: TeamAccess, keys: list[str | None]) -> list[Servable]
 
 
 def _column_settings(
-    number: int, system_prompt: Any, temperature: Any, top_p: Any, max_tokens: Any, seed: Any
+    number: int,
+    system_prompt: Any,
+    temperature: Any,
+    top_p: Any,
+    max_tokens: Any,
+    seed: Any,
+    json_schema: Any,
+    tools: Any,
 ) -> ColumnSettings:
+    """Column ``number``'s settings, checked; a refusal names the column and the field (and generates nothing)."""
     try:
         return ColumnSettings.clean(
-            system_prompt=system_prompt, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed
+            system_prompt=system_prompt,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            seed=seed,
+            json_schema=json_schema,
+            tools=tools,
         )
     except ValidationError as error:
         raise refusal(f"Column {number}: {_message(error)}") from None
@@ -826,15 +929,25 @@ def _still_usable(access: TeamAccess, keys: list[str]) -> list[str | None]:
     return usable
 
 
-def _saved_chat(turns: list[dict[str, Any]], position: int) -> list[dict[str, str]]:
-    chat = []
+def _saved_chat(turns: list[dict[str, Any]], position: int) -> list[dict[str, Any]]:
+    chat: list[dict[str, Any]] = []
     for turn in turns:
         chat.append({"role": "user", "content": str(turn.get("prompt", ""))})
         answers = turn.get("answers") or []
-        text = str(answers[position].get("text") or "") if position < len(answers) and answers[position] else ""
+        answer = answers[position] if position < len(answers) and isinstance(answers[position], dict) else {}
+        text = str(answer.get("text") or "")
         if text:
             chat.append({"role": "assistant", "content": text})
+        chat += [tool_call_message(call) for call in _saved_tool_calls(answer)]
     return chat
+
+
+def _saved_tool_calls(answer: dict[str, Any]) -> list[ToolCall]:
+    calls = [call for call in answer.get("tool_calls") or [] if isinstance(call, dict)]
+    return [
+        ToolCall(index, str(call.get("id") or ""), str(call.get("name") or ""), str(call.get("arguments") or ""))
+        for index, call in enumerate(calls)
+    ]
 
 
 def _saved_settings(saved: Any) -> ColumnSettings:
