@@ -8,18 +8,26 @@
 ``response_format`` and ``tools`` / ``tool_choice`` are passed on as OpenAI's parameters; the in-process
 engine refuses them (a 400 that says so), vLLM serves them.
 
-Errors from the server (unknown model, bad parameters, busy) raise ``InferenceError`` with OpenAI's message.
+Errors from the server (unknown model, bad parameters, busy) raise ``InferenceError`` with OpenAI's message;
+a model whose vLLM server is still starting is waited for (``START_WAIT_S``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
+
+# How long a request waits for its model's vLLM server to start (20-40 s on 2 CPU cores; more for big models),
+# asking again every START_POLL_S at most.
+START_WAIT_S = 240.0
+START_POLL_S = 2.0
 
 
 class InferenceError(RuntimeError):
@@ -91,7 +99,8 @@ async def list_models(base_url: str, *, client: httpx.AsyncClient | None = None)
     """The served model names."""
     async with _client(client) as http:
         response = await http.get(f"{base_url.rstrip('/')}/v1/models")
-        _raise_for_error(response)
+        if response.status_code >= 400:
+            _raise_for_error(response)
         return [entry["id"] for entry in response.json()["data"]]
 
 
@@ -140,13 +149,7 @@ async def stream_chat(
     first: float | None = None
     text, chunks, finish_reason, usage_tokens, prompt_tokens = "", 0, None, None, 0
     calls: tuple[ToolCall, ...] = ()
-    async with (
-        _client(client) as http,
-        http.stream("POST", f"{base_url.rstrip('/')}/v1/chat/completions", json=body) as response,
-    ):
-        if response.status_code >= 400:
-            await response.aread()
-            _raise_for_error(response)
+    async with _client(client) as http, _opened(http, f"{base_url.rstrip('/')}/v1/chat/completions", body) as response:
         async for line in response.aiter_lines():
             if not line.startswith("data: "):
                 continue
@@ -184,6 +187,37 @@ async def stream_chat(
     )
 
 
+@contextlib.asynccontextmanager
+async def _opened(http: httpx.AsyncClient, url: str, body: dict[str, Any]) -> AsyncIterator[httpx.Response]:
+    """The streamed response to ``body``; raises ``InferenceError`` for a refusal. While the model's vLLM server
+    starts (a 503 with ``Retry-After``), the request is sent again, for up to ``START_WAIT_S``: the answer's
+    first token then comes late, instead of an error a person would have to retry by hand."""
+    deadline = time.monotonic() + START_WAIT_S
+    while True:
+        response = await http.send(http.build_request("POST", url, json=body), stream=True)
+        try:
+            if response.status_code < 400:
+                yield response
+                return
+            await response.aread()
+        finally:
+            await response.aclose()
+        wait = _starting_wait(response)
+        if wait is None or time.monotonic() + wait > deadline:
+            _raise_for_error(response)
+        await asyncio.sleep(wait)
+
+
+def _starting_wait(response: httpx.Response) -> float | None:
+    """Seconds to wait before asking again, when the server says the model is starting; else None."""
+    if response.status_code != 503:
+        return None
+    try:
+        return min(float(response.headers.get("Retry-After", "")), START_POLL_S)
+    except ValueError:
+        return None
+
+
 class _client:
     """Use the caller's client, or open (and close) one for this call."""
 
@@ -202,9 +236,8 @@ class _client:
             await self.owned.aclose()
 
 
-def _raise_for_error(response: httpx.Response) -> None:
-    if response.status_code < 400:
-        return
+def _raise_for_error(response: httpx.Response) -> NoReturn:
+    """The server's refusal (a status of 400 or more) as ``InferenceError``."""
     try:
         error = response.json()["error"]
         message, code = str(error.get("message")), error.get("code")
