@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import re
 import shlex
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,11 @@ APP_DOCKERFILE = "compose/Dockerfile"
 BACKING_SERVICES = frozenset({"postgres", "redis"})
 APP_SERVICES = frozenset({"migrate", "web", "worker-cpu", "worker-gpu", "inference", "beat"})
 LONG_RUNNING_APP_SERVICES = ("web", "worker-cpu", "worker-gpu", "inference", "beat")
-# Services that run on GPUs: the training worker and the inference server.
+# App services that run on GPUs: the training worker and the inference server.
 GPU_SERVICES = frozenset({"worker-gpu", "inference"})
+# One vLLM OpenAI server per base model (official image); the inference server attaches to each.
+VLLM_SERVICES = frozenset({"vllm"})
+VLLM_IMAGE = "vllm/vllm-openai"
 
 Service = dict[str, Any]
 
@@ -218,7 +223,7 @@ def depends_on_conditions(service: Service) -> dict[str, str]:
 
 def test_compose_file_declares_every_expected_service(compose: dict[str, Any]) -> None:
     assert "version" not in compose, "the Compose spec has no `version:` key"
-    missing = (BACKING_SERVICES | APP_SERVICES) - set(compose.get("services", {}))
+    missing = (BACKING_SERVICES | APP_SERVICES | VLLM_SERVICES) - set(compose.get("services", {}))
     assert not missing, f"compose.yaml lacks services {sorted(missing)}"
 
 
@@ -249,16 +254,19 @@ def test_entry_point_check_rejects_unknown_programs_modules_and_commands() -> No
             check_entry_point(command)
 
 
-def test_only_the_gpu_worker_and_the_inference_server_reserve_nvidia_gpus(services: dict[str, Service]) -> None:
+def test_only_the_gpu_worker_the_inference_server_and_vllm_reserve_nvidia_gpus(services: dict[str, Service]) -> None:
     expected = {"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}
     for name in sorted(GPU_SERVICES):
         assert gpu_reservations(services[name]) == [expected], f"{name} must reserve the GPUs"
+    for name in sorted(VLLM_SERVICES):
+        assert gpu_reservations(services[name]), f"{name} must reserve its GPUs"
+    allowed = GPU_SERVICES | VLLM_SERVICES
     others = sorted(
         name
         for name, service in services.items()
-        if name not in GPU_SERVICES and (gpu_reservations(service) or "gpus" in service)
+        if name not in allowed and (gpu_reservations(service) or "gpus" in service)
     )
-    assert not others, f"services {others} reserve a GPU; only {sorted(GPU_SERVICES)} may"
+    assert not others, f"services {others} reserve a GPU; only {sorted(allowed)} may"
 
 
 def test_gpu_images_install_torch_from_a_cuda_index(services: dict[str, Service]) -> None:
@@ -324,8 +332,122 @@ def test_web_healthcheck_probes_a_url_the_project_serves(services: dict[str, Ser
     assert served, f"web healthcheck probes {path}, which no Django URL serves"
 
 
-def test_postgres_and_redis_are_not_published_to_the_host(services: dict[str, Service]) -> None:
-    for name in sorted(BACKING_SERVICES):
+def test_postgres_redis_and_vllm_are_not_published_to_the_host(services: dict[str, Service]) -> None:
+    for name in sorted(BACKING_SERVICES | VLLM_SERVICES):
         service = services[name]
         assert not service.get("ports"), f"service {name!r} publishes ports to the host"
         assert service.get("network_mode") != "host", f"service {name!r} uses the host network"
+
+
+# --- vLLM: one service per base model, the inference server attached to each ---------------------------
+
+
+def command_option(service: Service, name: str) -> str:
+    """The value of ``--name`` in the service's command (``--name value`` or ``--name=value``)."""
+    value = option_value(split_command(service.get("command") or []), name)
+    assert value is not None, f"the command has no {name}"
+    return value
+
+
+def vllm_model(service: Service) -> str:
+    """The model folder a vLLM service serves: the first argument of ``vllm serve``."""
+    argv = split_command(service["entrypoint"]) + split_command(service["command"])
+    assert argv[:2] == ["vllm", "serve"], f"a vLLM service runs `vllm serve MODEL ...`, not {argv[:2]}"
+    return argv[2]
+
+
+def attached_vllm_urls(inference: Service) -> dict[str, str]:
+    """The vLLM servers the inference server attaches to, base folder → URL, defaults resolved: every
+    ``--vllm-url BASE=URL`` of its command and the pairs of its ``ATELIER_VLLM_URLS`` (space-separated)."""
+    argv = split_command(inference.get("command") or [])
+    pairs = [argv[index + 1] for index, arg in enumerate(argv[:-1]) if arg == "--vllm-url"]
+    pairs += [arg.split("=", 1)[1] for arg in argv if arg.startswith("--vllm-url=")]
+    pairs += default_of(environment_of(inference).get("ATELIER_VLLM_URLS", "")).split()
+    return dict(default_of(pair).split("=", 1) for pair in pairs)
+
+
+def default_of(value: str) -> str:
+    """A compose value with ``${NAME:-default}`` / ``${NAME-default}`` replaced by its default (nested too)."""
+    pattern = re.compile(r"\$\{[A-Z0-9_]+:?-([^${}]*)\}")
+    while (resolved := pattern.sub(r"\1", value)) != value:
+        value = resolved
+    return value
+
+
+def test_vllm_runs_the_official_image_at_a_pinned_version(services: dict[str, Service]) -> None:
+    for name in sorted(VLLM_SERVICES):
+        image, _, tag = default_of(str(services[name].get("image", ""))).partition(":")
+        assert image == VLLM_IMAGE, f"{name} runs {image!r}, not the official {VLLM_IMAGE}"
+        assert re.fullmatch(r"v\d+\.\d+\.\d+", tag), f"{name}: tag {tag!r} is not a pinned release"
+
+
+def test_vllm_reserves_as_many_gpus_as_its_tensor_parallel_size(services: dict[str, Service]) -> None:
+    for name in sorted(VLLM_SERVICES):
+        service = services[name]
+        parallel = command_option(service, "--tensor-parallel-size")
+        assert "${VLLM_TENSOR_PARALLEL_SIZE" in parallel, f"{name}: tensor parallel size is not a setting"
+        assert default_of(parallel) == "1", f"{name}: one GPU unless the setting says otherwise"
+        devices = gpu_reservations(service)
+        assert [device.get("count") for device in devices] == [parallel], f"{name} must reserve {parallel} GPUs"
+        assert devices[0].get("capabilities") == ["gpu"]
+
+
+def test_vllm_healthcheck_probes_its_own_health_endpoint(services: dict[str, Service]) -> None:
+    for name in sorted(VLLM_SERVICES):
+        port = command_option(services[name], "--port")
+        assert healthcheck_url(services[name]) == f"http://127.0.0.1:{port}/health", f"{name} healthcheck"
+
+
+def test_vllm_serves_lora_adapters_loaded_at_run_time_under_the_engines_base_name(
+    services: dict[str, Service],
+) -> None:
+    from serving_app.engine.vllm_server import BASE_NAME
+
+    for name in sorted(VLLM_SERVICES):
+        service = services[name]
+        argv = split_command(service["command"])
+        assert "--enable-lora" in argv, f"{name} does not serve adapters"
+        assert command_option(service, "--served-model-name") == BASE_NAME
+        assert environment_of(service).get("VLLM_ALLOW_RUNTIME_LORA_UPDATING") == "True", name
+
+
+def test_vllm_reads_models_from_the_shared_volume_read_only_and_never_the_internet(
+    compose: dict[str, Any], services: dict[str, Service]
+) -> None:
+    for name in sorted(VLLM_SERVICES):
+        service = services[name]
+        assert "atelier-data:/var/lib/atelier:ro" in service.get("volumes", []), f"{name}: volume not read-only"
+        assert default_of(vllm_model(service)).startswith("/var/lib/atelier/models/"), f"{name}: model folder"
+        env = environment_of(service)
+        assert env.get("HF_HUB_OFFLINE") == "1" and env.get("VLLM_NO_USAGE_STATS") == "1", name
+        networks = service.get("networks") or ["default"]
+        outside = [net for net in networks if not (compose.get("networks", {}).get(net) or {}).get("internal")]
+        assert not outside, f"{name} is on networks with a route out: {outside}"
+
+
+def test_the_inference_server_attaches_to_every_vllm_service_by_base_model(services: dict[str, Service]) -> None:
+    inference = services["inference"]
+    urls = attached_vllm_urls(inference)
+    for name in sorted(VLLM_SERVICES):
+        service = services[name]
+        expected = f"http://{name}:{command_option(service, '--port')}"
+        model = default_of(vllm_model(service))
+        assert urls.get(model) == expected, f"the inference server must send {model} to {expected}: {urls}"
+        assert set(service.get("networks", [])) <= set(inference.get("networks", [])), f"{name} unreachable"
+        # The inference server never keeps more adapters loaded than the server takes.
+        assert command_option(inference, "--vllm-max-loras") == command_option(service, "--max-loras")
+        assert command_option(inference, "--vllm-max-lora-rank") == command_option(service, "--max-lora-rank")
+
+
+def test_web_passes_the_inference_routes_setting_on(services: dict[str, Service]) -> None:
+    assert "ATELIER_INFERENCE_ROUTES" in environment_of(services["web"])
+
+
+def test_the_inference_server_takes_every_option_compose_gives_it(services: dict[str, Service]) -> None:
+    usage = subprocess.run(
+        [sys.executable, "-m", "serving_app.engine", "--help"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    given = [arg.split("=")[0] for arg in split_command(services["inference"]["command"]) if arg.startswith("--")]
+    unknown = [option for option in given if not re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", usage)]
+    assert not unknown, f"python -m serving_app.engine does not take {unknown}"

@@ -25,6 +25,7 @@ from openai import OpenAI
 
 from serving_app.engine.client import StreamUpdate, stream_chat
 from tests.conftest import VLLM_START_S, running_inference_server, vllm_servers, wait_for_vllm
+from tests.factories import make_lora_adapter
 from tests.test_inference_server import MAX_TOKENS, PROMPT, _greedy_in_process, _write_registry
 from training_app.engine import tool_samples
 
@@ -209,6 +210,24 @@ def test_a_tool_tuned_full_fine_tune_is_served_as_its_own_model_and_streams_tool
     assert tool_samples.arguments_fit(json.loads(calls[0]["arguments"]), declared[calls[0]["name"]])
     bases = {Path(status["base"]).name for status in vllm_servers(server)}
     assert bases == {"atelier-starter", tool_tuned_model_path.name}
+
+
+def test_an_adapter_of_a_larger_rank_restarts_vllm_at_that_rank_and_is_served(
+    server: str, vllm_registry: Path, starter_model_path: Path, tmp_path: Path
+) -> None:
+    wide = make_lora_adapter(starter_model_path, tmp_path / "wide", seed=21, rank=32)
+    assert vllm_status(server)["max_lora_rank"] == 8  # the rank its adapters need, not the ceiling of 64
+    entries = json.loads(vllm_registry.read_text(encoding="utf-8"))
+    _write_registry(vllm_registry, {**entries, "wide": {"base": str(starter_model_path), "adapter": str(wide)}})
+    try:
+        restarting = chat(server, "wide")
+        assert restarting.status_code == 503 and int(restarting.headers["Retry-After"]) > 0
+        wait_for_vllm(server, tmp_path)
+
+        assert answer(server, "wide") == _greedy_in_process(starter_model_path, wide)
+    finally:
+        _write_registry(vllm_registry, entries)
+    assert vllm_status(server)["max_lora_rank"] == 32
 
 
 def test_a_crashed_vllm_answers_503_with_retry_after_then_is_restarted(

@@ -32,7 +32,13 @@ from serving_app.engine.params import (
 )
 from serving_app.engine.pool import Event, LoadedBase, ModelPool, ModelUnavailable, QueueFull
 from serving_app.engine.registry import Registry, ServedModel
-from serving_app.engine.vllm_server import Unavailable, VllmServer, VllmSupervisor, adapter_problem
+from serving_app.engine.vllm_server import (
+    Unavailable,
+    VllmServer,
+    VllmSupervisor,
+    adapter_problem,
+    adapter_rank,
+)
 
 # The most new tokens one request may ask for, whatever the model's context allows.
 MAX_TOKENS_CEILING = 4096
@@ -110,7 +116,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if vllm is not None and preload:
             for base in sorted({served.base for served in registry.models().values()}):
-                await vllm.server(base)
+                await vllm.server(base, _rank_needed(base))
         yield
         if vllm is not None:
             await vllm.close()
@@ -239,8 +245,14 @@ def create_app(
         if not _engine_choice(served)[0]:
             return None
         assert vllm is not None
-        server = await vllm.server(served.base)
+        server = await vllm.server(served.base, _rank_needed(served.base))
         return None if server.state == "failed" else server
+
+    def _rank_needed(base: str) -> int:
+        """The largest rank among the registry's adapters on ``base``: its vLLM server is started to fit them
+        all, so that a new request seldom restarts it."""
+        ranks = [adapter_rank(m.adapter) for m in registry.models().values() if m.base == base and m.adapter]
+        return max(ranks, default=0)
 
     async def _forget_dropped_adapters() -> None:
         models = known["models"] = registry.models()
