@@ -192,7 +192,8 @@ TOOL_RUN: dict[str, Any] = {
 def tool_tuned_model_path(starter_model_path: Path) -> Path:
     """The starter model fine-tuned on the tool-call sample (``TOOL_RUN``): a full fine-tune that answers a
     request needing a tool with a well-formed call. Trained once (about a minute) and cached beside the
-    starter model, keyed by the run's settings and the sample file; pytest workers wait for each other."""
+    starter model's folder, keyed by its recipe, the run's settings and the sample file; pytest workers wait
+    for each other."""
     from filelock import FileLock
 
     from training_app.engine import tool_samples
@@ -200,7 +201,9 @@ def tool_tuned_model_path(starter_model_path: Path) -> Path:
     from training_app.engine.trainer import run
 
     digest = hashlib.sha256(json.dumps(TOOL_RUN, sort_keys=True).encode() + tool_samples.SAMPLE_PATH.read_bytes())
-    target = starter_model_path.parent / f"tool-tuned-{digest.hexdigest()[:12]}"
+    # Beside the starter model's folder, not in it: that folder holds the starter model alone.
+    models_dir = starter_model_path.parent
+    target = models_dir.with_name(f"{models_dir.name}-tool-tuned-{digest.hexdigest()[:12]}")
     with FileLock(target.with_suffix(".lock")):
         if not (target / "config.json").is_file():
             work = target.with_name(target.name + ".partial")
