@@ -25,7 +25,9 @@ raise their usual exceptions (401 ``AuthenticationError``, 404 ``NotFoundError``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -53,6 +55,11 @@ MAX_CHOICES = 8
 # Seeds the decode loop accepts (a 64-bit generator seed).
 SEED_RANGE = (-(2**63), 2**64 - 1)
 ENGINE_TIMEOUT = httpx.Timeout(300.0, connect=5.0)
+# No cap on open streams (the inference server queues and refuses them itself); idle connections are dropped
+# before uvicorn's 5 s keep-alive would close them under a request.
+ENGINE_LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=32, keepalive_expiry=4.0)
+# How long the end of a stream's body may take after its ``[DONE]`` for the connection to be kept.
+DRAIN_SECONDS = 1.0
 KEYS_PAGE_HINT = "team owners and admins create keys under Team → API keys"
 
 View = Callable[..., Coroutine[Any, Any, HttpResponseBase]]
@@ -383,11 +390,15 @@ class _Target:
     servable: Servable
 
 
-def _target(key: TeamAPIKey, name: str) -> _Target | None:
+def _admit(key: TeamAPIKey, name: str) -> tuple[_Target, deployments.ApiRequest]:
+    """The deployment ``key`` calls as ``name``, made known to the inference server, and the request metered
+    against the key's limit: one trip to the database thread for all three. 404 when the key may not call it."""
     deployment = deployments.find_deployment_for_key(key, name)
     if deployment is None:
-        return None
-    return _Target(deployment, servable_version(deployment.model_version))
+        raise _model_not_found(name)
+    target = _Target(deployment, servable_version(deployment.model_version))
+    publish([target.servable])  # reads the registry; writes it only when the entry is missing
+    return target, deployments.start_api_request(key=key, deployment=deployment)
 
 
 async def _generate(request: HttpRequest, endpoint: Endpoint) -> HttpResponseBase:
@@ -395,10 +406,7 @@ async def _generate(request: HttpRequest, endpoint: Endpoint) -> HttpResponseBas
     _require_method(request, "POST")
     key = await authenticate(request)
     body = parse_request(request.body, endpoint)
-    target = await sync_to_async(_target)(key, body.model)
-    if target is None:
-        raise _model_not_found(body.model)
-    started = await sync_to_async(deployments.start_api_request)(key=key, deployment=target.deployment)
+    target, started = await sync_to_async(_admit)(key, body.model)
     if started.retry_after is not None:
         raise OpenAIError(
             429, f"Rate limit reached: this API key may make {key.requests_per_minute} requests per minute. "
@@ -408,7 +416,6 @@ async def _generate(request: HttpRequest, endpoint: Endpoint) -> HttpResponseBas
     meter = _Meter(started.record)
     try:
         _check_token_ceiling(body, key)
-        await sync_to_async(publish)([target.servable])
         relay = await _open_relay(body, key, target, endpoint)
     except BaseException:
         await meter.finish()
@@ -447,6 +454,11 @@ class _Meter:
         # Shielded: a request cancelled by a client disconnect still records what it used.
         await asyncio.shield(finish(self.record, ok=self.ok, prompt_tokens=prompt, completion_tokens=completion))
 
+    def count(self, payload: bytes) -> None:
+        """Count a chunk relayed unparsed (it carries no usage) as one delta if it brings text or a tool call."""
+        if _TEXT_DELTA.search(payload):
+            self.deltas += 1
+
     def observe(self, chunk: dict[str, Any]) -> None:
         """Take the usage (all choices together) from the chunk that carries it; count the deltas until then."""
         if chunk.get("usage"):
@@ -457,36 +469,115 @@ class _Meter:
                 self.deltas += 1
 
 
+_DATA, _DONE = b"data: ", b"[DONE]"
+# A chunk with a non-empty piece of text or a tool call: at least one token (the meter's fallback count).
+_TEXT_DELTA = re.compile(rb'"(?:content|text)": ?"[^"]|"tool_calls": ?\[')
+# ``"usage": null`` with the comma that joins it to the other keys (the in-process engine writes it).
+_NULL_USAGE = re.compile(rb', ?"usage": ?null|"usage": ?null(?:, ?)?')
+
+
 @dataclass
 class _Relay:
-    """An open stream from the inference server, and the deployment name it is answered under."""
+    """An open stream from the inference server, and the deployment name it is answered under.
 
-    client: httpx.AsyncClient
+    The server's SSE lines are passed on as bytes: ``model`` is renamed by replacing its JSON text, and only
+    the lines that carry an error or the usage are parsed (JSON escapes the quotes inside strings, so a key
+    such as ``"usage"`` cannot be matched by an answer's text).
+    """
+
     response: httpx.Response
     name: str
     served_name: str
+    renames: tuple[tuple[bytes, bytes], ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        served, name = json.dumps(self.served_name), json.dumps(self.name)
+        self.renames = tuple(
+            (f'"model":{space}{served}'.encode(), f'"model":{space}{name}'.encode()) for space in ("", " ")
+        )
 
     async def close(self) -> None:
         await self.response.aclose()
-        await self.client.aclose()
+
+    async def batches(self) -> AsyncIterator[list[bytes]]:
+        """The payloads of the server's ``data:`` lines, those of one network read together, until ``[DONE]``."""
+        pending = b""
+        received_bytes = self.response.aiter_bytes()
+        async for received in received_bytes:
+            *lines, pending = (pending + received).split(b"\n")
+            payloads = [line.rstrip(b"\r").removeprefix(_DATA) for line in lines if line.startswith(_DATA)]
+            if _DONE in payloads:
+                yield payloads[: payloads.index(_DONE)]
+                await _read_to_the_end(received_bytes)
+                return
+            if payloads:
+                yield payloads
+        last = pending.rstrip(b"\r")  # a last line without its line break
+        if last.startswith(_DATA) and last != _DATA + _DONE:
+            yield [last.removeprefix(_DATA)]
 
     async def chunks(self) -> AsyncIterator[dict[str, Any]]:
         """The server's SSE chunks as dicts (``model`` renamed to the deployment), until ``[DONE]``."""
-        async for line in self.response.aiter_lines():
-            if not line.startswith("data: "):
-                continue
-            payload = line[len("data: ") :]
-            if payload == "[DONE]":
-                return
-            chunk = json.loads(payload)
-            if "model" in chunk:
-                chunk["model"] = self.name
-            if "error" in chunk:
-                chunk["error"]["message"] = self.rename(str(chunk["error"].get("message", "generation failed")))
-            yield chunk
+        async for payloads in self.batches():
+            for payload in payloads:
+                yield self.parse(payload)
+
+    def parse(self, payload: bytes) -> dict[str, Any]:
+        chunk: dict[str, Any] = json.loads(payload)
+        if "model" in chunk:
+            chunk["model"] = self.name
+        if "error" in chunk:
+            chunk["error"]["message"] = self.rename(str(chunk["error"].get("message", "generation failed")))
+        return chunk
+
+    def event(self, payload: bytes, *, include_usage: bool) -> bytes:
+        """A chunk without usage or error as the client's SSE event: ``model`` renamed, and without the server's
+        ``"usage": null`` unless the client asked for usage."""
+        if not include_usage and b'"usage"' in payload:
+            payload = _NULL_USAGE.sub(b"", payload, count=1)
+        for served, name in self.renames:
+            payload = payload.replace(served, name)
+        return _DATA + payload + b"\n\n"
 
     def rename(self, message: str) -> str:
         return message.replace(self.served_name, self.name)
+
+
+async def _read_to_the_end(rest: AsyncIterator[bytes]) -> None:
+    """Read what follows ``[DONE]`` (the end of the body, at once), so that the connection serves another
+    request; one whose body does not end soon is closed instead."""
+    with contextlib.suppress(TimeoutError, httpx.HTTPError):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for _ in rest:
+                pass
+
+
+def _plain(payload: bytes) -> bool:
+    """Whether a chunk may go to the client as it is (renamed): it reports no error and no usage, though it may
+    say ``"usage": null``."""
+    if b'"error"' in payload:
+        return False
+    usages = payload.count(b'"usage"')
+    return usages == 0 or (usages == 1 and _NULL_USAGE.search(payload) is not None)
+
+
+_CLIENTS: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+
+
+def _engine_client() -> httpx.AsyncClient:
+    """The HTTP client for the inference servers, shared by the requests of one event loop.
+
+    One per loop, as its connections belong to the loop that opened them (the ASGI server runs one; tests may
+    run others). A new client costs ~20 ms of CPU on the loop (its TLS context), and a new connection per
+    request; kept connections are reused.
+    """
+    loop = asyncio.get_running_loop()
+    client = _CLIENTS.get(loop)
+    if client is None:
+        for closed in [other for other in _CLIENTS if other.is_closed()]:
+            _CLIENTS.pop(closed, None)
+        client = _CLIENTS[loop] = httpx.AsyncClient(timeout=ENGINE_TIMEOUT, limits=ENGINE_LIMITS)
+    return client
 
 
 async def _open_relay(body: GenerationRequest, key: TeamAPIKey, target: _Target, endpoint: Endpoint) -> _Relay:
@@ -503,18 +594,14 @@ async def _open_relay(body: GenerationRequest, key: TeamAPIKey, target: _Target,
     else:
         max_tokens = None if context and key.max_tokens >= context else key.max_tokens
     served_name = target.servable.served_name
-    client = httpx.AsyncClient(timeout=ENGINE_TIMEOUT)
+    client = _engine_client()
     try:
-        try:
-            response = await _send(client, endpoint, body.engine_payload(served_name, max_tokens), target)
-        except OpenAIError as error:
-            if not (asked is None and max_tokens is not None and error.code == "context_length_exceeded"):
-                raise
-            response = await _send(client, endpoint, body.engine_payload(served_name, None), target)
-    except BaseException:
-        await client.aclose()
-        raise
-    return _Relay(client, response, target.deployment.name, served_name)
+        response = await _send(client, endpoint, body.engine_payload(served_name, max_tokens), target)
+    except OpenAIError as error:
+        if not (asked is None and max_tokens is not None and error.code == "context_length_exceeded"):
+            raise
+        response = await _send(client, endpoint, body.engine_payload(served_name, None), target)
+    return _Relay(response, target.deployment.name, served_name)
 
 
 async def _send(
@@ -570,16 +657,25 @@ def _sse(payload: dict[str, Any]) -> bytes:
 async def _event_stream(relay: _Relay, meter: _Meter, *, include_usage: bool) -> AsyncIterator[bytes]:
     """The client's SSE stream: the server's chunks under the deployment's name, usage only when asked for."""
     try:
-        async for chunk in relay.chunks():
-            if "error" in chunk:
-                yield _sse(chunk)
-                return
-            meter.observe(chunk)
-            if not include_usage:
-                if not chunk.get("choices"):
-                    continue  # the usage-only chunk the studio asked for itself
-                chunk.pop("usage", None)
-            yield _sse(chunk)
+        async for payloads in relay.batches():
+            events = []
+            for payload in payloads:
+                if _plain(payload):
+                    meter.count(payload)
+                    events.append(relay.event(payload, include_usage=include_usage))
+                    continue
+                chunk = relay.parse(payload)
+                if "error" in chunk:
+                    yield b"".join([*events, _sse(chunk)])
+                    return
+                meter.observe(chunk)
+                if not include_usage:
+                    if not chunk.get("choices"):
+                        continue  # the usage-only chunk the studio asked for itself
+                    chunk.pop("usage", None)
+                events.append(_sse(chunk))
+            if events:
+                yield b"".join(events)
         meter.ok = True
         await meter.finish()  # metered before the client sees the end, so its usage is there when it looks
         yield b"data: [DONE]\n\n"
