@@ -362,6 +362,10 @@ def main() -> int:
     )  # fmt: skip
     parser.add_argument("--skip", choices=["in_process", "full_stack"], action="append", default=[], help="phases")
     parser.add_argument("--max-seconds", type=int, default=1800, help="hard cap (default 1800)")
+    parser.add_argument(
+        "--database-url", help="the studio's database instead of the embedded SQLite, e.g. an empty PostgreSQL "
+        "database as compose runs it (postgres://postgres@127.0.0.1:5432/atelier_bench)",
+    )  # fmt: skip
     options = parser.parse_args()
 
     data_dir = Path(tempfile.mkdtemp(prefix="atelier-serving-concurrency-"))
@@ -376,6 +380,8 @@ def main() -> int:
     signal.alarm(options.max_seconds)
     try:
         env, _ = studio_env(data_dir, data_dir / "models")
+        if options.database_url:
+            env["DATABASE_URL"] = options.database_url
         os.environ.clear()
         os.environ.update(env)
         import django

@@ -10,7 +10,8 @@ What it can do, one module each (services are plain functions taking ``access=``
 - ``feedback``: thumbs up/down on playground answers and their export to a feedback dataset (KTO);
 - ``exports``: what both exports share (the upload of the rows, holding back restricted model versions);
 - ``deployments``: deployments, API-key scopes, per-key rate limits and the usage summary;
-- ``openai_api``: ``/v1/models`` and ``/v1/chat/completions`` for team API keys;
+- ``openai_api``: ``/v1/models``, ``/v1/chat/completions`` and ``/v1/completions`` for team API keys;
 - ``playground`` and ``ui/``: the Gradio app at ``/play/`` (Compare and Arena tabs); ``pages/``: the site's pages;
-- ``engine/``: the inference server itself (no Django), ``python -m serving_app.engine``.
+- ``engine/``: the inference server itself (no Django), ``python -m serving_app.engine``: vLLM servers it
+  starts and supervises, the in-process engine for what vLLM cannot serve.
 """

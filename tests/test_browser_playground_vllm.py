@@ -18,7 +18,7 @@ from typing import Any
 import jsonschema
 import pytest
 from asgiref.sync import async_to_sync
-from playwright.sync_api import Browser, Frame, FrameLocator, expect
+from playwright.sync_api import Browser, Frame, FrameLocator, Locator, expect
 
 from accounts.permissions import resolve_access
 from serving_app import catalog
@@ -106,16 +106,27 @@ def use_in_every_column(app: FrameLocator, *, max_tokens: int, temperature: floa
         app.locator(f"#compare-column-{column}").get_by_text("Settings", exact=True).click()
     app.locator("#compare-all-settings").get_by_text("Settings for every column").click()
     for field, value in (("max-tokens", max_tokens), ("temperature", temperature)):
-        number = app.locator(f"#compare-{field}-all input[data-testid='number-input']")
-        number.fill(str(value))
-        number.press("Enter")
-        number.blur()  # Gradio commits a number on blur: until then the server would copy the old one
-        expect(number).to_have_value(str(value))
+        type_number(app.locator(f"#compare-{field}-all input[data-testid='number-input']"), value)
     app.locator("#compare-apply-all").click()
     for column in (1, 2):  # copied by the server: wait for it before sending
         for field, value in (("max-tokens", max_tokens), ("temperature", temperature)):
             number = app.locator(f"#compare-{field}-{column} input[data-testid='number-input']")
             expect(number).to_have_value(str(value), timeout=15_000)
+
+
+def type_number(number: Locator, value: float) -> None:
+    """Type a value into a slider's number box and commit it. A box that has just been shown can still be
+    re-rendered with its initial value, which undoes what was typed: then it is typed again."""
+    for attempt in range(3):
+        number.fill(str(value))
+        number.press("Enter")
+        number.blur()  # Gradio commits a number on blur: until then the server would copy the old one
+        try:
+            expect(number).to_have_value(str(value), timeout=3_000)
+            return
+        except AssertionError:
+            if attempt == 2:
+                raise
 
 
 def send(app: FrameLocator, prompt: str) -> None:

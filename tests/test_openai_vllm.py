@@ -9,6 +9,9 @@ transactional test's are. Its answers are nonsense, so the tests check shapes an
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,7 +21,7 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 from django.test import override_settings
-from openai import OpenAI
+from openai import APIStatusError, OpenAI
 from openai.types.chat import (
     ChatCompletionFunctionToolParam,
     ChatCompletionMessageParam,
@@ -31,7 +34,9 @@ from accounts.permissions import TeamAccess, resolve_access
 from accounts.roles import Role
 from serving_app import deployments
 from serving_app.models import Deployment, UsageRecord
+from tests.conftest import VLLM_START_S, wait_for_vllm
 from tests.factories import adapter_model_version, member
+from tests.test_serving_vllm import vllm_status
 from training_app import services as training_services
 from training_app.models import BaseModel
 
@@ -211,3 +216,37 @@ def test_a_text_completion_returns_the_logprobs_of_its_tokens(studio: Studio) ->
     assert (
         len(choice.logprobs.tokens or []) == len(choice.logprobs.token_logprobs or []) == answer.usage.completion_tokens
     )
+
+
+def refusal(api: OpenAI) -> APIStatusError | None:
+    """The error a short request to the deployment gets, or None when it is answered."""
+    try:
+        api.chat.completions.create(model="support-bot", messages=HELLO, max_tokens=4, temperature=0)
+    except APIStatusError as error:
+        return error
+    return None
+
+
+def test_while_a_crashed_vllm_restarts_the_client_gets_503_with_retry_after_then_answers(
+    studio: Studio, vllm_inference_server: str, tmp_path: Path
+) -> None:
+    # Last in the module: the other tests' requests would wait for the restart too.
+    api = studio.client()
+    os.killpg(vllm_status(vllm_inference_server)["pid"], signal.SIGKILL)
+
+    refused = refusal(api)
+    deadline = time.monotonic() + 30
+    while refused is None:  # the supervisor notices the exit within a moment
+        assert time.monotonic() < deadline, "vLLM was killed but the deployment still answers"
+        time.sleep(0.2)
+        refused = refusal(api)
+    assert (refused.status_code, refused.code) == (503, "model_starting"), refused.message
+    assert int(refused.response.headers["Retry-After"]) > 0
+
+    deadline = time.monotonic() + VLLM_START_S
+    while vllm_status(vllm_inference_server)["restarts"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    wait_for_vllm(vllm_inference_server, tmp_path)
+    assert vllm_status(vllm_inference_server)["restarts"] == 1
+    answer = api.chat.completions.create(model="support-bot", messages=HELLO, max_tokens=4, temperature=0)
+    assert answer.choices[0].message.content  # the adapter is loaded again on demand

@@ -9,6 +9,7 @@ threads). It binds to loopback by default and has no authentication of its own: 
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         vllm=_vllm(options),
         preload=options.preload,
     )
+    gc.freeze()  # torch's, transformers' and the app's objects: out of the collector's way while answers stream
     uvicorn.run(app, host=options.host, port=options.port, log_level=options.log_level, access_log=False)
     return 0
 
