@@ -478,7 +478,8 @@ _NULL_USAGE = re.compile(rb', ?"usage": ?null|"usage": ?null(?:, ?)?')
 
 @dataclass
 class _Relay:
-    """An open stream from the inference server, and the deployment name it is answered under.
+    """An open stream from the engine (the model's vLLM server or the inference server), and the deployment name
+    it is answered under.
 
     The server's SSE lines are passed on as bytes: ``model`` is renamed by replacing its JSON text, and only
     the lines that carry an error or the usage are parsed (JSON escapes the quotes inside strings, so a key
@@ -581,7 +582,8 @@ def _engine_client() -> httpx.AsyncClient:
 
 
 async def _open_relay(body: GenerationRequest, key: TeamAPIKey, target: _Target, endpoint: Endpoint) -> _Relay:
-    """Start the generation on the inference server; raises ``OpenAIError`` for a refusal before the first token.
+    """Start the generation on the model's vLLM server (``_direct_route``) or else on the inference server; raises
+    ``OpenAIError`` for a refusal before the first token.
 
     Without a ``max_tokens`` from the client, the key's ceiling is asked for. When that does not fit the
     model's context next to the prompt, the request is sent without one: the server then generates at
@@ -595,6 +597,13 @@ async def _open_relay(body: GenerationRequest, key: TeamAPIKey, target: _Target,
         max_tokens = None if context and key.max_tokens >= context else key.max_tokens
     served_name = target.servable.served_name
     client = _engine_client()
+    direct = await _direct_route(client, target, max_tokens)
+    if direct is not None:  # straight to the model's vLLM server, which answers under its own name for it
+        url, vllm_name = direct
+        payload = body.engine_payload(vllm_name, max_tokens)
+        response = await _send_direct(client, f"{url}{endpoint.path}", payload)
+        if response is not None:
+            return _Relay(response, target.deployment.name, vllm_name)
     try:
         response = await _send(client, endpoint, body.engine_payload(served_name, max_tokens), target)
     except OpenAIError as error:
@@ -602,6 +611,43 @@ async def _open_relay(body: GenerationRequest, key: TeamAPIKey, target: _Target,
             raise
         response = await _send(client, endpoint, body.engine_payload(served_name, None), target)
     return _Relay(response, target.deployment.name, served_name)
+
+
+async def _direct_route(client: httpx.AsyncClient, target: _Target, max_tokens: int | None) -> tuple[str, str] | None:
+    """(the vLLM server's URL, vLLM's name for the model) when the request may go straight to the model's vLLM
+    server, else None: through the inference server (the in-process engine, a vLLM server that is starting or
+    unreachable, a ``max_tokens`` over the server's ceiling — whose refusals the inference server words).
+
+    Sending it there instead of through the inference server saves relaying every token twice; the inference
+    server still chooses the server and loads the adapter (``/v1/route``)."""
+    try:
+        response = await client.post(
+            f"{server_url(target.servable).rstrip('/')}/v1/route", json={"model": target.servable.served_name}
+        )
+        route = response.json() if response.status_code == 200 else {}
+    except (httpx.HTTPError, ValueError):
+        return None
+    if not isinstance(route, dict) or route.get("engine") != "vllm":
+        return None
+    ceiling = route.get("ceiling")
+    if max_tokens is not None and isinstance(ceiling, int) and max_tokens > ceiling:
+        return None
+    url, name = route.get("url"), route.get("model")
+    return (url.rstrip("/"), name) if isinstance(url, str) and isinstance(name, str) else None
+
+
+async def _send_direct(client: httpx.AsyncClient, url: str, payload: dict[str, Any]) -> httpx.Response | None:
+    """vLLM's streamed answer, or None when the request should go through the inference server instead: vLLM
+    is not reachable from here or refused it (a refusal is then worded by the inference server, and an adapter
+    unloaded since the route was given is loaded again)."""
+    try:
+        response = await client.send(client.build_request("POST", url, json=payload), stream=True)
+    except httpx.TransportError:
+        return None
+    if response.status_code < 400:
+        return response
+    await response.aclose()
+    return None
 
 
 async def _send(

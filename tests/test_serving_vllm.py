@@ -102,11 +102,24 @@ def test_a_dora_adapter_is_served_by_the_in_process_engine_which_says_why(
     try:
         assert answer(server, "dora") == _greedy_in_process(starter_model_path, dora)
         engine = httpx.get(f"{server}/admin/status").json()["engines"]["dora"]
+        route = httpx.post(f"{server}/v1/route", json={"model": "dora"}).json()
     finally:
         _write_registry(vllm_registry, entries)
 
     assert engine == "in-process (vLLM cannot serve this adapter: it is a DoRA adapter, which vLLM does not serve)"
+    assert route == {"engine": "builtin"}  # clients send it to the inference server
     assert "dora" not in vllm_status(server)["adapters"]
+
+
+def test_the_route_names_the_vllm_server_and_its_name_for_a_loaded_adapter_which_answers_there(
+    server: str, expected: dict[str, str]
+) -> None:
+    route = httpx.post(f"{server}/v1/route", json={"model": "beta"}).json()
+
+    assert (route["engine"], route["url"]) == ("vllm", vllm_status(server)["url"])
+    assert route["model"] in vllm_status(server)["adapters"]  # loaded before the route is given
+    assert answer(route["url"], route["model"]) == expected["beta"]
+    assert httpx.post(f"{server}/v1/route", json={"model": "nobody"}).status_code == 404
 
 
 def test_the_answer_names_the_model_asked_for(server: str) -> None:

@@ -162,6 +162,27 @@ def create_app(
             "evictions": stats.evictions,
         }
 
+    @app.post("/v1/route")
+    async def route(request: Request) -> JSONResponse:
+        """Where a client may send its request for ``model`` itself, so that the answer is not relayed twice: the
+        model's vLLM server and the name vLLM serves it under (its adapter loaded first), or ``{"engine":
+        "builtin"}`` when only this server answers it. A client must check ``max_tokens`` against ``ceiling``
+        and the parameters against vLLM's (``ENDPOINT_PARAMS``) itself, and send here what does not fit."""
+        name = (await _json_body(request)).get("model")
+        if not isinstance(name, str) or not name:
+            raise ApiError(400, "model: the name of a served model is required", param="model")
+        served = await _served(name)
+        server = await _route(served)
+        if server is None:
+            return JSONResponse({"engine": "builtin"})
+        try:
+            vllm_name = await server.model_name(served.name, served.adapter)
+        except Unavailable as exc:
+            raise _unavailable(served.name, str(exc), exc.retry_after) from exc
+        except httpx.TransportError as exc:
+            raise _unavailable(served.name, f"its vLLM server is not answering ({exc.__class__.__name__})") from exc
+        return JSONResponse({"engine": "vllm", "url": server.url, "model": vllm_name, "ceiling": max_tokens_ceiling})
+
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: Request) -> Response:
         body, served, forwarded = await _take(request, ChatRequest, "/v1/chat/completions")
