@@ -620,10 +620,9 @@ async def _direct_route(client: httpx.AsyncClient, target: _Target, max_tokens: 
 
     Sending it there instead of through the inference server saves relaying every token twice; the inference
     server still chooses the server and loads the adapter (``/v1/route``)."""
+    inference = server_url(target.servable).rstrip("/")
     try:
-        response = await client.post(
-            f"{server_url(target.servable).rstrip('/')}/v1/route", json={"model": target.servable.served_name}
-        )
+        response = await client.post(f"{inference}/v1/route", json={"model": target.servable.served_name})
         route = response.json() if response.status_code == 200 else {}
     except (httpx.HTTPError, ValueError):
         return None
@@ -633,7 +632,18 @@ async def _direct_route(client: httpx.AsyncClient, target: _Target, max_tokens: 
     if max_tokens is not None and isinstance(ceiling, int) and max_tokens > ceiling:
         return None
     url, name = route.get("url"), route.get("model")
-    return (url.rstrip("/"), name) if isinstance(url, str) and isinstance(name, str) else None
+    if not (isinstance(url, str) and isinstance(name, str)):
+        return None
+    # A vLLM server on the inference server's loopback is this process's only when the inference server is too
+    # (one machine, as in make run); from another container or host that address would be someone else's.
+    if _loopback(url) and not _loopback(inference):
+        return None
+    return url.rstrip("/"), name
+
+
+def _loopback(url: str) -> bool:
+    host = httpx.URL(url).host
+    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 async def _send_direct(client: httpx.AsyncClient, url: str, payload: dict[str, Any]) -> httpx.Response | None:

@@ -64,5 +64,5 @@ def build_app() -> FastAPI:
 app = build_app()
 # Everything imported and built so far lives as long as the process: out of the collector's way, so that a
 # collection triggered while answers stream no longer walks Django's, Gradio's and pydantic's objects (a full
-# collection of them took tens of milliseconds, a stall for every stream in flight).
+# one walks every object the process holds, and every stream in flight waits for it).
 gc.freeze()

@@ -23,7 +23,7 @@ from openai.types.chat import (
 from accounts import services as account_services
 from accounts.models import Team, TeamAPIKey
 from accounts.permissions import TeamAccess, resolve_access
-from serving_app import deployments
+from serving_app import deployments, openai_api
 from serving_app.models import Deployment, UsageRecord
 from tests.factories import adapter_model_version
 from training_app.models import BaseModel
@@ -337,3 +337,18 @@ def test_a_client_that_disconnects_stops_the_generation(
     while (row := usage_rows(deployment)[0]).status == "started" and time.monotonic() < deadline:
         time.sleep(0.2)
     assert row.status == "failed" and row.completion_tokens < 900
+
+
+@pytest.mark.parametrize(
+    ("url", "loopback"),
+    [
+        ("http://127.0.0.1:41234", True),
+        ("http://localhost:8701", True),
+        ("http://[::1]:8701", True),
+        ("http://vllm-starter:8000", False),
+        ("http://10.0.0.5:8000", False),
+    ],
+)
+def test_a_vllm_route_on_loopback_is_taken_only_from_an_inference_server_on_loopback(url: str, loopback: bool) -> None:
+    # A vLLM server at 127.0.0.1 behind an inference server on another host is not this machine's.
+    assert openai_api._loopback(url) is loopback
