@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import re
 import time
@@ -643,7 +644,10 @@ async def _direct_route(client: httpx.AsyncClient, target: _Target, max_tokens: 
 
 def _loopback(url: str) -> bool:
     host = httpx.URL(url).host
-    return host == "localhost" or host.startswith("127.") or host == "::1"
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        return False
 
 
 async def _send_direct(client: httpx.AsyncClient, url: str, payload: dict[str, Any]) -> httpx.Response | None:
