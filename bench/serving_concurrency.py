@@ -99,6 +99,7 @@ class Side:
     headers: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     sequential: bool = False
+    server_pid: int | None = None  # the process in front whose CPU time per request is reported
 
 
 @dataclass(frozen=True)
@@ -156,10 +157,20 @@ async def concurrent_round(side: Side, max_tokens: int) -> dict[str, Any]:
     return {"answers": answers, "wall_s": wall}
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of process ``pid`` so far (0 without a pid)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def one_round(side: Side, max_tokens: int) -> dict[str, Any]:
-    """One round of ``side``: its answers and the wall time they took."""
+    """One round of ``side``: its answers, the wall time they took and the CPU time of its server."""
     if not side.sequential:
-        return asyncio.run(concurrent_round(side, max_tokens))
+        cpu_before = cpu_seconds(side.server_pid)
+        result = asyncio.run(concurrent_round(side, max_tokens))
+        return {**result, "server_cpu_s": cpu_seconds(side.server_pid) - cpu_before}
     alone = [Side(side.url, [model], side.headers, side.extra) for model in side.models]
     rounds = [asyncio.run(concurrent_round(one, max_tokens)) for one in alone]
     return {"answers": [r["answers"][0] for r in rounds], "wall_s": sum(r["wall_s"] for r in rounds)}
@@ -191,6 +202,12 @@ def summarize(scenario: str, side: Side, rounds: list[dict[str, Any]]) -> dict[s
         "ttft_max_s": round(max(ttfts), 3) if ttfts else None,
         "tokens_per_request_median": statistics.median(tokens) if tokens else None,
         "no_first_token": sum(1 for r in rounds for a in r["answers"] if a.ttft_s is None),
+        # The least noise-sensitive figure of the studio's cost: its CPU time per request (the machine is shared).
+        "server_cpu_ms_per_request": (
+            round(1000 * sum(r.get("server_cpu_s", 0) for r in rounds) / len(tokens), 2)
+            if side.server_pid and tokens
+            else None
+        ),
         "load_1min": round(os.getloadavg()[0], 2),
     }
 
@@ -442,7 +459,7 @@ def main() -> int:
             auth = {"Authorization": f"Bearer {secret}"}
             one_round(Side(web_url, [deployment], auth), 8)  # publishes it: the inference server loads the adapter
             sides = {
-                "full_stack": Side(web_url, [deployment] * STREAMS, auth),
+                "full_stack": Side(web_url, [deployment] * STREAMS, auth, server_pid=processes[-1].pid),
                 "inference_server": Side(url, [served] * STREAMS),
                 "vllm_direct": Side(vllm["url"], [served] * STREAMS),
             }

@@ -79,6 +79,22 @@ def test_models_lists_exactly_the_deployments_the_key_may_call(
         api.models.retrieve(other.name)
 
 
+def test_api_answers_carry_the_security_headers_and_set_no_cookie(
+    studio_server: str, owner: TeamAccess, deployment: Deployment
+) -> None:
+    """/v1 skips the page middleware (sessions, CSRF, messages), not Django's security headers."""
+    _, key = make_key(owner, deployment)
+    response = httpx.get(
+        f"{studio_server}/v1/models",
+        headers={"Authorization": f"Bearer {key}"},
+        cookies={"sessionid": "not-a-session", "csrftoken": "x" * 32},
+    )
+    assert response.status_code == 200
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert "set-cookie" not in response.headers
+    assert [model["id"] for model in response.json()["data"]] == ["support-bot"]
+
+
 def test_streamed_chat_completion_arrives_in_chunks_under_the_deployments_name(
     studio_server: str, owner: TeamAccess, deployment: Deployment
 ) -> None:
