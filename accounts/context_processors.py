@@ -18,6 +18,7 @@ NAVIGATION = [
     ("Playground", "serving:playground"),
     ("Arena", "serving:arena"),
     ("Deployments", "serving:deployments"),
+    ("Tools", "tools:list"),
     ("Usage", "serving:usage"),
     ("Team", "accounts:team_home"),
 ]

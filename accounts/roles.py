@@ -33,6 +33,7 @@ class Perm(StrEnum):
     EXPORT_MODELS = "models.export"
     USE_PLAYGROUND = "playground.use"
     MANAGE_DEPLOYMENTS = "deployments.manage"
+    MANAGE_TOOLS = "tools.manage"
 
 
 _EVERYONE = frozenset({Perm.VIEW_TEAM})
@@ -57,6 +58,7 @@ _ADMINS = _EVERYONE | {
     Perm.EXPORT_MODELS,
     Perm.USE_PLAYGROUND,
     Perm.MANAGE_DEPLOYMENTS,
+    Perm.MANAGE_TOOLS,
 }
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Perm]] = {
@@ -91,6 +93,8 @@ PERM_DESCRIPTIONS: dict[Perm, str] = {
     Perm.EXPORT_MODELS: "Download trained model versions (adapter, merged model, tokenizer)",
     Perm.USE_PLAYGROUND: "Chat with models in the playground, vote in the arena, save comparisons",
     Perm.MANAGE_DEPLOYMENTS: "Publish model versions as deployments behind /v1 and remove them",
+    Perm.MANAGE_TOOLS: "Define, change and delete the team's tools (HTTP APIs, read-only SQL) and their secrets; "
+    "every member sees the tools, nobody sees a saved secret",
 }
 
 

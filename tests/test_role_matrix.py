@@ -25,8 +25,9 @@ from accounts.permissions import resolve_access
 from accounts.roles import ROLE_PERMISSIONS, Perm, Role
 from datasets_app.models import Dataset, DatasetVersion
 from serving_app.models import ArenaBattle, Deployment, PlaygroundVote, PromptPreset
-from tests.factories import finished_job, member, sample_version, starter_like_base_model
+from tests.factories import finished_job, http_tool_form, member, sample_tool, sample_version, starter_like_base_model
 from tests.routes import page_team_routes, team_state
+from tools_app.models import Tool
 from training_app import presets
 from training_app.models import BaseModel, ModelVersion, TrainingJob
 
@@ -52,6 +53,7 @@ class Scene:
     deployment: Deployment  # ``model_version`` published, callable by no key
     failed_download: BaseModel  # a Hub model of acme's whose download failed
     own_job: TrainingJob  # a finished job the actor launched
+    tool: Tool  # an HTTP tool alice defined
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +102,7 @@ def scenes(module_db: Any, module_media_root: Path) -> dict[str, Scene]:
         }
         shared = {"team": acme, "target": target, "invitation": invitation, "key": key, "base_model": base_model,
                   "version": version, "model_version": model_version, "deployment": deployment,
-                  "failed_download": failed_download}  # fmt: skip
+                  "failed_download": failed_download, "tool": sample_tool(acme, alice)}  # fmt: skip
         return {role: Scene(actor=actor, own_job=own_jobs[role], **shared) for role, actor in actors.items()}
 
 
@@ -171,6 +173,10 @@ def target_id(scene: Scene) -> int:
 
 def invitation_id(scene: Scene) -> int:
     return scene.invitation.pk
+
+
+def tool_id(scene: Scene) -> int:
+    return scene.tool.pk
 
 
 def launch_body(scene: Scene) -> dict[str, Any]:
@@ -335,6 +341,27 @@ ACTIONS: dict[str, Action] = {
         done=lambda s: s.key.deployments.for_team(s.team).filter(pk=s.deployment.pk).exists(),
     ),
     "read_usage": Action(Perm.VIEW_TEAM, page_get("serving:usage"), api_call("GET", "usage")),
+    "list_tools": Action(Perm.VIEW_TEAM, page_get("tools:list"), None),
+    "view_tool": Action(Perm.VIEW_TEAM, page_get("tools:detail", tool_id=tool_id), None),
+    "open_tool_form": Action(Perm.MANAGE_TOOLS, page_get("tools:new_sql"), None),
+    "create_tool": Action(
+        Perm.MANAGE_TOOLS,
+        page_post("tools:new_http", lambda s: http_tool_form(name="release_notes")),
+        None,
+        done=lambda s: Tool.objects.for_team(s.team).filter(name="release_notes").exists(),
+    ),
+    "edit_tool": Action(
+        Perm.MANAGE_TOOLS,
+        page_post("tools:edit", lambda s: http_tool_form(description="Changed."), tool_id=tool_id),
+        None,
+        done=lambda s: Tool.objects.for_team(s.team).get(pk=s.tool.pk).description == "Changed.",
+    ),
+    "delete_tool": Action(
+        Perm.MANAGE_TOOLS,
+        page_post("tools:delete", no_data, tool_id=tool_id),
+        None,
+        done=lambda s: not Tool.objects.for_team(s.team).filter(pk=s.tool.pk).exists(),
+    ),
 }
 
 # The matrix as documented (README, "Roles"), written out by hand: True = allowed.
@@ -372,6 +399,12 @@ DOCUMENTED_MATRIX: dict[str, tuple[bool, bool, bool, bool]] = {
     "create_deployment": (True, True, False, False),
     "change_key_deployments": (True, True, False, False),
     "read_usage": (True, True, True, True),
+    "list_tools": (True, True, True, True),
+    "view_tool": (True, True, True, True),
+    "open_tool_form": (True, True, False, False),
+    "create_tool": (True, True, False, False),
+    "edit_tool": (True, True, False, False),
+    "delete_tool": (True, True, False, False),
 }
 
 

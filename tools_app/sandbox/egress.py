@@ -205,7 +205,7 @@ def _checked_address(url: httpx.URL, policy: EgressPolicy) -> IPAddress:
     The host is resolved exactly once here; the connection goes to the returned address, never to the name.
     """
     host = url.host
-    literal = _ip_literal(host)
+    literal = ip_literal(host)
     if literal is not None:
         addresses = [literal]
     else:
@@ -222,7 +222,7 @@ def _checked_address(url: httpx.URL, policy: EgressPolicy) -> IPAddress:
     if host in {allowed.lower() for allowed in policy.allowed_internal_hosts}:
         return addresses[0]
     for address in addresses:
-        reason = _why_not_public(address)
+        reason = why_not_public(address)
         if reason is None:
             continue
         if literal is None:
@@ -235,7 +235,7 @@ def _checked_address(url: httpx.URL, policy: EgressPolicy) -> IPAddress:
     return addresses[0]
 
 
-def _ip_literal(host: str) -> IPAddress | None:
+def ip_literal(host: str) -> IPAddress | None:
     """The address a host spells out itself, read as browsers and libc read it, or None for a name.
 
     ``ipaddress`` takes IPv6 and dotted quads; ``inet_aton`` takes the forms it rejects, which the system resolver
@@ -252,7 +252,7 @@ def _ip_literal(host: str) -> IPAddress | None:
         return None
 
 
-def _why_not_public(address: IPAddress) -> str | None:
+def why_not_public(address: IPAddress) -> str | None:
     """Why a connection to ``address`` could reach something internal, or None for a public unicast address.
 
     An IPv6 address that carries an IPv4 address is judged by it: a wrapper (IPv4-mapped, IPv4-compatible, NAT64)
@@ -261,10 +261,10 @@ def _why_not_public(address: IPAddress) -> str | None:
     if isinstance(address, ipaddress.IPv6Address) and not (address.is_loopback or address.is_unspecified):
         if any(address in wrapper for wrapper in _IPV4_WRAPPERS):
             carried = ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF)
-            reason = _why_not_public(carried)
+            reason = why_not_public(carried)
             return reason and f"an IPv6 form of {carried}, {reason}"
         for carried in (address.sixtofour, *(address.teredo or ())):
-            if carried is not None and (reason := _why_not_public(carried)):
+            if carried is not None and (reason := why_not_public(carried)):
                 return f"a tunnel address for {carried}, {reason}"
     for network, description in _NAMED_RANGES:
         if address in network:

@@ -1,0 +1,28 @@
+"""Operator admin for tools: read-only (secrets left out), since a tool changes only through its audited service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest
+
+from accounts.admin import TeamOwnedAdmin
+from tools_app.models import Tool
+
+
+@admin.register(Tool)
+class ToolAdmin(TeamOwnedAdmin):
+    list_display = ("name", "team", "kind", "risk", "rate_limit_per_minute", "created_by", "created_at")
+    list_filter = ("kind", "risk")
+    search_fields = ("name",)
+    exclude = ("secret",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -1,0 +1,93 @@
+"""Tools: what a team's deployed models may call (an HTTP API, a read-only SQL query; MCP servers later).
+
+A tool is defined once per team by its owners and admins; deployments are granted tools later. What the model
+sees of a tool is its name, description and the JSON Schema of its arguments (``as_openai_tool``); everything
+else (where the request goes, which SELECT runs, the secret it carries) stays on the studio's side.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+from django.db.models.functions import Lower
+from django.utils import timezone
+
+from accounts.tenancy import TeamOwnedModel
+
+TOOL_NAME_VALIDATOR = RegexValidator(
+    r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$",
+    "Use 1–64 letters, digits, underscores or hyphens, starting with a letter or an underscore (e.g. lookup_order).",
+)
+DESCRIPTION_MAX_LENGTH = 1024
+
+
+class Tool(TeamOwnedModel):
+    """A tool the team's models may be granted: its name and argument schema for the model, its settings for the
+    studio, and its secret (encrypted, ``tools_app.secrets``)."""
+
+    class Kind(models.TextChoices):
+        HTTP = "http", "HTTP API"
+        SQL = "sql", "SQL query"
+        # MCP = "mcp", "MCP server": a later release adds it, with its own settings in ``config``.
+
+    class Risk(models.TextChoices):
+        READ = "read", "Read"
+        WRITE = "write", "Write"
+        DESTRUCTIVE = "destructive", "Destructive"
+
+    name = models.CharField(max_length=64, validators=[TOOL_NAME_VALIDATOR])
+    description = models.TextField(max_length=DESCRIPTION_MAX_LENGTH)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    risk = models.CharField(max_length=16, choices=Risk.choices, default=Risk.READ)
+    rate_limit_per_minute = models.PositiveIntegerField(default=30)
+    # A JSON Schema of ``type: object``: the arguments the model supplies (checked by ``tools_app.definitions``).
+    parameters = models.JSONField(default=dict)
+    # Non-secret settings, by kind (``tools_app.definitions``). http: method, url (``{arg}`` placeholders in the
+    # path), query_args, body_args, timeout_s, max_response_bytes, result_path, secret_header_names.
+    # sql: mode ("fixed" or "free"), query (the fixed template, ``%(arg)s`` arguments), timeout_ms, max_rows.
+    config = models.JSONField(default=dict)
+    # Fernet token of the secret, or empty: http, a dict of secret headers; sql, the DSN. Never shown again.
+    secret = models.BinaryField(default=b"", blank=True, editable=False)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering: ClassVar = ["name"]
+        constraints: ClassVar = [
+            # ``Lookup`` and ``lookup`` side by side would leave the model guessing: names differ by more than case.
+            models.UniqueConstraint("team", Lower("name"), name="one_tool_name_per_team"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def has_secret(self) -> bool:
+        return len(self.secret or b"") > 0
+
+    @property
+    def secret_header_names(self) -> list[str]:
+        """The names (never the values) of an HTTP tool's secret headers."""
+        return list(self.config.get("secret_header_names", [])) if self.has_secret else []
+
+    @property
+    def target_summary(self) -> str:
+        """Where a call goes, in a few words: ``GET api.example.com``, ``fixed query`` or ``free SELECT``."""
+        if self.kind == Tool.Kind.HTTP:
+            host = urlsplit(self.config.get("url", "")).hostname or "?"
+            return f"{self.config.get('method', 'GET')} {host}"
+        if self.kind == Tool.Kind.SQL:
+            return "free SELECT" if self.config.get("mode") == "free" else "fixed query"
+        return ""
+
+    def as_openai_tool(self) -> dict[str, Any]:
+        """What a model is shown of this tool, in the OpenAI ``tools`` format (nothing else reaches the model)."""
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
+        }

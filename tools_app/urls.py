@@ -1,0 +1,17 @@
+"""Tool pages, mounted under /t/<team_slug>/tools/."""
+
+from django.urls import path
+
+from tools_app import views
+from tools_app.models import Tool
+
+app_name = "tools"
+
+urlpatterns = [
+    path("", views.tool_list, name="list"),
+    path("new/http/", views.tool_create, {"kind": Tool.Kind.HTTP}, name="new_http"),
+    path("new/sql/", views.tool_create, {"kind": Tool.Kind.SQL}, name="new_sql"),
+    path("<int:tool_id>/", views.tool_detail, name="detail"),
+    path("<int:tool_id>/edit/", views.tool_edit, name="edit"),
+    path("<int:tool_id>/delete/", views.tool_delete, name="delete"),
+]

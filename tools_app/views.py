@@ -1,0 +1,98 @@
+"""Tool pages under /t/<team>/tools/: the team's catalogue of tools its deployed models may be granted.
+
+Every member reads the catalogue and each tool's definition (never its secret: nobody sees a saved secret again);
+owners and admins (``tools.manage``) define, change and delete tools. The work is done by ``tools_app.services``.
+"""
+
+from __future__ import annotations
+
+import json
+
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+
+from accounts.http import add_service_errors, client_ip
+from accounts.permissions import TeamAccess, TeamRequest, require_perm
+from accounts.roles import Perm
+from tools_app import services
+from tools_app.forms import FORMS, initial_for
+from tools_app.models import Tool
+
+
+def _tool(access: TeamAccess, tool_id: int) -> Tool:
+    return get_object_or_404(services.visible_tools(access), pk=tool_id)
+
+
+@require_perm(Perm.VIEW_TEAM)
+def tool_list(request: TeamRequest, team_slug: str) -> HttpResponse:
+    """The team's tools: what each calls, how risky it is and how often it may run."""
+    access = request.access
+    context = {"tools": services.visible_tools(access), "can_manage": access.can(Perm.MANAGE_TOOLS)}
+    return render(request, "tools/list.html", context)
+
+
+@require_perm(Perm.MANAGE_TOOLS)
+def tool_create(request: TeamRequest, team_slug: str, kind: str) -> HttpResponse:
+    """Define a new HTTP or SQL tool (the kind comes from the URL)."""
+    access = request.access
+    form = FORMS[kind](request.POST or None)
+    if form.is_bound and form.is_valid():
+        try:
+            tool = services.create_tool(
+                access=access, kind=kind, secret=form.secret(), ip=client_ip(request), **form.definition()
+            )
+        except ValidationError as error:
+            add_service_errors(form, error)
+        else:
+            messages.success(request, f"Tool “{tool.name}” saved. Deployments can be granted it from now on.")
+            return redirect("tools:detail", team_slug, tool.pk)
+    context = {"form": form, "kind": kind, "kind_label": Tool.Kind(kind).label, "tool": None}
+    return render(request, "tools/form.html", context, status=400 if form.errors else 200)
+
+
+@require_perm(Perm.VIEW_TEAM)
+def tool_detail(request: TeamRequest, team_slug: str, tool_id: int) -> HttpResponse:
+    """A tool's definition, what the model sees of it, and whether a secret is set (never the secret)."""
+    access = request.access
+    tool = _tool(access, tool_id)
+    context = {
+        "tool": tool,
+        "can_manage": access.can(Perm.MANAGE_TOOLS),
+        "model_view": json.dumps(tool.as_openai_tool(), indent=2, ensure_ascii=False),
+    }
+    return render(request, "tools/detail.html", context)
+
+
+@require_perm(Perm.MANAGE_TOOLS)
+def tool_edit(request: TeamRequest, team_slug: str, tool_id: int) -> HttpResponse:
+    """Change a tool's definition; its secret stays unless a new one is entered or its removal is ticked."""
+    access = request.access
+    tool = _tool(access, tool_id)
+    form = FORMS[tool.kind](request.POST or None, initial=initial_for(tool), tool=tool)
+    if form.is_bound and form.is_valid():
+        try:
+            services.update_tool(
+                access=access, tool=tool, secret=form.secret(), remove_secret=form.secret_removed(),
+                ip=client_ip(request), **form.definition(),
+            )  # fmt: skip
+        except ValidationError as error:
+            add_service_errors(form, error)
+        else:
+            messages.success(request, f"Tool “{form.cleaned_data['name']}” saved.")
+            return redirect("tools:detail", team_slug, tool.pk)
+    context = {"form": form, "kind": tool.kind, "kind_label": tool.get_kind_display(), "tool": tool}
+    return render(request, "tools/form.html", context, status=400 if form.errors else 200)
+
+
+@require_perm(Perm.MANAGE_TOOLS)
+def tool_delete(request: TeamRequest, team_slug: str, tool_id: int) -> HttpResponse:
+    """Ask, then delete the tool and its secret."""
+    access = request.access
+    tool = _tool(access, tool_id)
+    if request.method == "POST":
+        services.delete_tool(access=access, tool=tool, ip=client_ip(request))
+        messages.success(request, f"Tool “{tool.name}” was deleted; its secret is gone with it.")
+        return redirect("tools:list", team_slug)
+    return render(request, "tools/confirm_delete.html", {"tool": tool})
