@@ -605,6 +605,7 @@ async def _open_relay(body: GenerationRequest, key: TeamAPIKey, target: _Target,
         response = await _send_direct(client, f"{url}{endpoint.path}", payload)
         if response is not None:
             return _Relay(response, target.deployment.name, vllm_name)
+        _forget_route(target)  # gone, restarted or without the adapter now: ask again next time
     try:
         response = await _send(client, endpoint, body.engine_payload(served_name, max_tokens), target)
     except OpenAIError as error:
@@ -614,20 +615,25 @@ async def _open_relay(body: GenerationRequest, key: TeamAPIKey, target: _Target,
     return _Relay(response, target.deployment.name, served_name)
 
 
+# How long the inference server's answer to /v1/route is reused for a model. Asking costs a round trip and CPU on
+# both sides for every request; a stale answer costs little: a vLLM server that went away or dropped the adapter
+# refuses the request, which then goes through the inference server (it reloads the adapter) and the answer is
+# asked for again. The inference server's least-recently-used adapter count sees a busy model at this interval.
+ROUTE_TTL_SECONDS = 5.0
+_ROUTES: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+
+
 async def _direct_route(client: httpx.AsyncClient, target: _Target, max_tokens: int | None) -> tuple[str, str] | None:
     """(the vLLM server's URL, vLLM's name for the model) when the request may go straight to the model's vLLM
     server, else None: through the inference server (the in-process engine, a vLLM server that is starting or
     unreachable, a ``max_tokens`` over the server's ceiling — whose refusals the inference server words).
 
     Sending it there instead of through the inference server saves relaying every token twice; the inference
-    server still chooses the server and loads the adapter (``/v1/route``)."""
+    server still chooses the server and loads the adapter (``/v1/route``, its answer reused for
+    ``ROUTE_TTL_SECONDS``)."""
     inference = server_url(target.servable).rstrip("/")
-    try:
-        response = await client.post(f"{inference}/v1/route", json={"model": target.servable.served_name})
-        route = response.json() if response.status_code == 200 else {}
-    except (httpx.HTTPError, ValueError):
-        return None
-    if not isinstance(route, dict) or route.get("engine") != "vllm":
+    route = await _route(client, inference, target.servable.served_name)
+    if route.get("engine") != "vllm":
         return None
     ceiling = route.get("ceiling")
     if max_tokens is not None and isinstance(ceiling, int) and max_tokens > ceiling:
@@ -640,6 +646,28 @@ async def _direct_route(client: httpx.AsyncClient, target: _Target, max_tokens: 
     if _loopback(url) and not _loopback(inference):
         return None
     return url.rstrip("/"), name
+
+
+async def _route(client: httpx.AsyncClient, inference: str, served_name: str) -> dict[str, Any]:
+    """The inference server's /v1/route answer for ``served_name`` (reused while fresh), or {} when it gave none."""
+    now = time.monotonic()
+    cached = _ROUTES.get((inference, served_name))
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    try:
+        response = await client.post(f"{inference}/v1/route", json={"model": served_name})
+        route = response.json() if response.status_code == 200 else {}
+    except (httpx.HTTPError, ValueError):
+        return {}
+    if not isinstance(route, dict):
+        return {}
+    if route.get("engine") == "vllm":  # a builtin or absent answer is not kept: the model may move to vLLM soon
+        _ROUTES[(inference, served_name)] = (now + ROUTE_TTL_SECONDS, route)
+    return route
+
+
+def _forget_route(target: _Target) -> None:
+    _ROUTES.pop((server_url(target.servable).rstrip("/"), target.servable.served_name), None)
 
 
 def _loopback(url: str) -> bool:
