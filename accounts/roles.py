@@ -93,8 +93,9 @@ PERM_DESCRIPTIONS: dict[Perm, str] = {
     Perm.EXPORT_MODELS: "Download trained model versions (adapter, merged model, tokenizer)",
     Perm.USE_PLAYGROUND: "Chat with models in the playground, vote in the arena, save comparisons",
     Perm.MANAGE_DEPLOYMENTS: "Publish model versions as deployments behind /v1 and remove them",
-    Perm.MANAGE_TOOLS: "Define, change and delete the team's tools (HTTP APIs, read-only SQL) and their secrets; "
-    "every member sees the tools, nobody sees a saved secret",
+    Perm.MANAGE_TOOLS: "Define, change and delete the team's tools (HTTP APIs, read-only SQL) and their secrets, and "
+    "grant them to deployments (roles, keys, argument constraints, approval); every member sees the tools and their "
+    "grants, nobody sees a saved secret",
 }
 
 

@@ -10,9 +10,19 @@ from __future__ import annotations
 from serving_app.deployments import (
     UsageSummary,
     deployments_of_key,
+    keys_of,
+    scopable_keys,
     usage_summary,
     visible_deployments,
     visible_key_ids,
 )
 
-__all__ = ["UsageSummary", "deployments_of_key", "usage_summary", "visible_deployments", "visible_key_ids"]
+__all__ = [
+    "UsageSummary",
+    "deployments_of_key",
+    "keys_of",
+    "scopable_keys",
+    "usage_summary",
+    "visible_deployments",
+    "visible_key_ids",
+]

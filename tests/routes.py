@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from serving_app.models import (
     UsageRecord,
 )
 from studio.api import api
-from tools_app.models import Tool
+from tools_app.models import Tool, ToolGrant
 from training_app.models import BaseModel, ModelVersion, ModelVersionUserObjectPermission, TrainingJob
 
 API_ROOT = "/api/v1/"
@@ -118,6 +119,15 @@ def team_state(team: Team) -> dict[str, Any]:
         "battles": sorted(ArenaBattle.objects.for_team(team).values_list("pk", "vote", "exported_at")),
         "playground_votes": sorted(PlaygroundVote.objects.for_team(team).values_list("pk", "label", "exported_at")),
         "tools": sorted(Tool.objects.for_team(team).values_list("pk", "name", "risk", "updated_at")),
+        "tool_grants": sorted(
+            (pk, deployment, tool, approval, json.dumps([roles, constraints], sort_keys=True))
+            for pk, deployment, tool, approval, roles, constraints in ToolGrant.objects.for_team(team).values_list(
+                "pk", "deployment_id", "tool_id", "approval", "roles", "argument_constraints"
+            )
+        ),
+        "tool_grant_keys": sorted(
+            ToolGrant.api_keys.through.objects.filter(toolgrant__team=team).values_list("toolgrant_id", "teamapikey_id")
+        ),
         "usage": UsageRecord.objects.for_team(team).count(),
         "audit_events": AuditEvent.objects.for_team(team).count(),
     }

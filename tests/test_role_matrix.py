@@ -27,7 +27,7 @@ from datasets_app.models import Dataset, DatasetVersion
 from serving_app.models import ArenaBattle, Deployment, PlaygroundVote, PromptPreset
 from tests.factories import finished_job, http_tool_form, member, sample_tool, sample_version, starter_like_base_model
 from tests.routes import page_team_routes, team_state
-from tools_app.models import Tool
+from tools_app.models import Tool, ToolGrant
 from training_app import presets
 from training_app.models import BaseModel, ModelVersion, TrainingJob
 
@@ -54,6 +54,8 @@ class Scene:
     failed_download: BaseModel  # a Hub model of acme's whose download failed
     own_job: TrainingJob  # a finished job the actor launched
     tool: Tool  # an HTTP tool alice defined
+    grant: ToolGrant  # ``tool`` granted to ``deployment`` (owners, admins and members may trigger it)
+    spare_tool: Tool  # a tool granted to no deployment
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +94,7 @@ def scenes(module_db: Any, module_media_root: Path) -> dict[str, Scene]:
         deployment = Deployment.objects.create(
             team=acme, name="live-bot", model_version=model_version, created_by=alice
         )
+        tool = sample_tool(acme, alice)
         failed_download = BaseModel.objects.create(
             team=acme, name="atelier/broken", source=BaseModel.Source.HUB, path="/nonexistent/atelier--broken",
             repo_id="atelier/broken", status=BaseModel.Status.FAILED, progress=0.0, error="The Hub refused it.",
@@ -102,7 +105,9 @@ def scenes(module_db: Any, module_media_root: Path) -> dict[str, Scene]:
         }
         shared = {"team": acme, "target": target, "invitation": invitation, "key": key, "base_model": base_model,
                   "version": version, "model_version": model_version, "deployment": deployment,
-                  "failed_download": failed_download, "tool": sample_tool(acme, alice)}  # fmt: skip
+                  "failed_download": failed_download, "tool": tool,
+                  "grant": ToolGrant.objects.create(team=acme, deployment=deployment, tool=tool, created_by=alice),
+                  "spare_tool": sample_tool(acme, alice, name="spare_lookup")}  # fmt: skip
         return {role: Scene(actor=actor, own_job=own_jobs[role], **shared) for role, actor in actors.items()}
 
 
@@ -177,6 +182,18 @@ def invitation_id(scene: Scene) -> int:
 
 def tool_id(scene: Scene) -> int:
     return scene.tool.pk
+
+
+def grant_id(scene: Scene) -> int:
+    return scene.grant.pk
+
+
+def spare_tool_id(scene: Scene) -> int:
+    return scene.spare_tool.pk
+
+
+def grant_form(scene: Scene) -> dict[str, Any]:
+    return {"deployment": scene.deployment.pk, "roles": ["owner"], "approval": "always", "argument_constraints": ""}
 
 
 def launch_body(scene: Scene) -> dict[str, Any]:
@@ -362,6 +379,25 @@ ACTIONS: dict[str, Action] = {
         None,
         done=lambda s: not Tool.objects.for_team(s.team).filter(pk=s.tool.pk).exists(),
     ),
+    "open_grant_form": Action(Perm.MANAGE_TOOLS, page_get("tools:grant_new", tool_id=tool_id), None),
+    "grant_tool": Action(
+        Perm.MANAGE_TOOLS,
+        page_post("tools:grant_new", grant_form, tool_id=spare_tool_id),
+        None,
+        done=lambda s: ToolGrant.objects.for_team(s.team).filter(tool=s.spare_tool).exists(),
+    ),
+    "edit_grant": Action(
+        Perm.MANAGE_TOOLS,
+        page_post("tools:grant_edit", grant_form, tool_id=tool_id, grant_id=grant_id),
+        None,
+        done=lambda s: ToolGrant.objects.for_team(s.team).get(pk=s.grant.pk).approval == "always",
+    ),
+    "revoke_grant": Action(
+        Perm.MANAGE_TOOLS,
+        page_post("tools:grant_revoke", no_data, tool_id=tool_id, grant_id=grant_id),
+        None,
+        done=lambda s: not ToolGrant.objects.for_team(s.team).filter(pk=s.grant.pk).exists(),
+    ),
 }
 
 # The matrix as documented (README, "Roles"), written out by hand: True = allowed.
@@ -405,6 +441,10 @@ DOCUMENTED_MATRIX: dict[str, tuple[bool, bool, bool, bool]] = {
     "create_tool": (True, True, False, False),
     "edit_tool": (True, True, False, False),
     "delete_tool": (True, True, False, False),
+    "open_grant_form": (True, True, False, False),
+    "grant_tool": (True, True, False, False),
+    "edit_grant": (True, True, False, False),
+    "revoke_grant": (True, True, False, False),
 }
 
 

@@ -7,10 +7,12 @@ checks what they mean. Secret fields are never rendered back, not even after a v
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from django import forms
 
+from accounts.roles import Role
 from tools_app import definitions
 from tools_app.definitions import (
     HTTP_MAX_RESPONSE_BYTES,
@@ -21,7 +23,7 @@ from tools_app.definitions import (
     SQL_MAX_ROWS,
     SQL_TIMEOUT_MS,
 )
-from tools_app.models import DESCRIPTION_MAX_LENGTH, Tool
+from tools_app.models import DESCRIPTION_MAX_LENGTH, Tool, ToolGrant
 
 EXAMPLE_SCHEMA = json.dumps(
     {
@@ -291,4 +293,99 @@ def initial_for(tool: Tool) -> dict[str, Any]:
         "rate_limit_per_minute": tool.rate_limit_per_minute,
         "parameters": json.dumps(tool.parameters, indent=2),
         **config,
+    }
+
+
+# --- grants ---------------------------------------------------------------------------------------
+
+EXAMPLE_CONSTRAINTS = '{"order_id": {"pattern": "A-[0-9]{4}"}, "amount": {"minimum": 0, "maximum": 1000}}'
+
+
+class KeyChoiceField(forms.ModelMultipleChoiceField):
+    def label_from_instance(self, obj: Any) -> str:
+        return f"{obj.name} ({obj.display_prefix})"
+
+
+class GrantForm(forms.Form):
+    """Which deployment may call a tool, triggered by whom, within which argument bounds, approved when."""
+
+    deployment: forms.ModelChoiceField[Any] = forms.ModelChoiceField(
+        queryset=None,
+        empty_label=None,
+        help_text="The deployment whose model is offered this tool. A deployment holds at most one grant of a tool.",
+    )
+    roles = forms.MultipleChoiceField(
+        choices=Role.choices,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        label="Roles that may trigger it",
+        help_text="Members with these roles may let the model call the tool from the playground. None ticked: no one.",
+    )
+    api_keys = KeyChoiceField(
+        queryset=None,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        label="API keys that may trigger it",
+        help_text="Requests to /v1 with these team keys may let the model call the tool; each key must already be "
+        "allowed to call the deployment. None ticked: no /v1 request may.",
+    )
+    argument_constraints = forms.CharField(
+        required=False,
+        label="Argument constraints (JSON)",
+        widget=forms.Textarea(
+            attrs={"rows": 5, "class": "mono", "spellcheck": "false", "placeholder": EXAMPLE_CONSTRAINTS}
+        ),
+        help_text="Narrow what the model may pass, per argument of the tool's schema: enum (allowed values), "
+        "pattern (a regular expression the whole string must match), minimum and maximum (numbers). Calls outside "
+        f"them are refused. Example: {EXAMPLE_CONSTRAINTS}. Leave empty for none.",
+    )
+    approval = forms.ChoiceField(
+        choices=ToolGrant.Approval.choices,
+        initial=ToolGrant.Approval.BY_RISK,
+        widget=forms.RadioSelect,
+        label="Approval",
+        help_text="Whether a person must approve each call before it runs. By risk: write and destructive tools' "
+        "calls wait for approval, read tools' calls run at once.",
+    )
+
+    def __init__(self, *args: Any, deployments: Any, api_keys: Any, editing: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["deployment"].queryset = deployments  # type: ignore[attr-defined]
+        self.fields["api_keys"].queryset = api_keys  # type: ignore[attr-defined]
+        if editing:
+            del self.fields["deployment"]
+
+    def clean_argument_constraints(self) -> Any:
+        text = self.cleaned_data["argument_constraints"].strip()
+        if not text:
+            return {}
+        try:
+            return json.loads(text, parse_constant=_reject_constant)
+        except json.JSONDecodeError as error:
+            raise forms.ValidationError(
+                f"This is not JSON: {error.msg} at line {error.lineno}, column {error.colno}. Example: "
+                f"{EXAMPLE_CONSTRAINTS}."
+            ) from None
+        except (ValueError, RecursionError) as error:
+            raise forms.ValidationError(f"This JSON cannot be used: {error}.") from None
+
+    def settings(self) -> dict[str, Any]:
+        """The cleaned fields as ``services.grant_tool`` / ``update_grant`` take them (the deployment apart)."""
+        data = self.cleaned_data
+        return {
+            "roles": data["roles"],
+            "api_keys": list(data["api_keys"]),
+            "argument_constraints": data["argument_constraints"],
+            "approval": data["approval"],
+        }
+
+
+def grant_initial(grant: ToolGrant, key_ids: Iterable[int]) -> dict[str, Any]:
+    """A grant's settings as the edit form shows them (``key_ids``: its keys)."""
+    constraints = json.dumps(grant.argument_constraints, indent=2) if grant.argument_constraints else ""
+    return {
+        "roles": grant.roles,
+        "api_keys": list(key_ids),
+        "argument_constraints": constraints,
+        "approval": grant.approval,
     }

@@ -7,6 +7,7 @@ else (where the request goes, which SELECT runs, the secret it carries) stays on
 
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -16,6 +17,8 @@ from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
 
+from accounts.models import TeamAPIKey
+from accounts.roles import Role
 from accounts.tenancy import TeamOwnedModel
 
 TOOL_NAME_VALIDATOR = RegexValidator(
@@ -91,3 +94,45 @@ class Tool(TeamOwnedModel):
             "type": "function",
             "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
         }
+
+
+def _default_grant_roles() -> list[str]:
+    return [Role.OWNER, Role.ADMIN, Role.MEMBER]
+
+
+class ToolGrant(TeamOwnedModel):
+    """One tool granted to one deployment: who may trigger it, within which argument bounds, and which calls wait
+    for a person's approval. The rules are applied by ``tools_app.policy.decide``; the pages change them through
+    ``tools_app.services`` (audited)."""
+
+    class Approval(models.TextChoices):
+        NEVER = "never", "Never"
+        ALWAYS = "always", "Always"
+        BY_RISK = "by_risk", "By risk (write and destructive calls)"
+
+    deployment = models.ForeignKey("serving_app.Deployment", on_delete=models.CASCADE, related_name="+")
+    tool = models.ForeignKey(Tool, on_delete=models.CASCADE, related_name="grants")
+    # {argument: {"enum": [...], "pattern": "regex", "minimum": n, "maximum": n}}, checked by
+    # ``tools_app.policy.check_constraints`` when saved; narrower than the tool's schema, never wider.
+    argument_constraints = models.JSONField(default=dict, blank=True)
+    # Team roles (``accounts.roles.Role`` values) that may trigger the tool from the playground.
+    roles = models.JSONField(default=_default_grant_roles)
+    # Team API keys that may trigger it through /v1; none means no key may.
+    api_keys = models.ManyToManyField(TeamAPIKey, related_name="+", blank=True)
+    approval = models.CharField(max_length=16, choices=Approval.choices, default=Approval.BY_RISK)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering: ClassVar = ["tool__name"]
+        constraints: ClassVar = [
+            models.UniqueConstraint(fields=["deployment", "tool"], name="one_grant_per_tool_and_deployment")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tool.name} → {self.deployment.name}"
+
+    @property
+    def argument_constraints_text(self) -> str:
+        """The constraints as one line of JSON, for the pages."""
+        return json.dumps(self.argument_constraints, ensure_ascii=False)

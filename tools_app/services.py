@@ -13,15 +13,18 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import QuerySet
+from django.db.models import Prefetch, QuerySet
 from django.http import Http404
 from django.utils import timezone
 
 from accounts import audit
+from accounts.models import TeamAPIKey
 from accounts.permissions import TeamAccess
-from accounts.roles import Perm
-from tools_app import definitions, secrets
-from tools_app.models import Tool
+from accounts.roles import Perm, Role
+from serving_app.models import Deployment
+from serving_app.services import keys_of, scopable_keys, visible_deployments
+from tools_app import definitions, policy, secrets
+from tools_app.models import Tool, ToolGrant
 
 # A new secret: an HTTP tool's headers ({name: value}) or a SQL tool's DSN.
 Secret = dict[str, str] | str
@@ -140,6 +143,211 @@ def delete_tool(*, access: TeamAccess, tool: Tool, ip: str | None = None) -> Non
     with transaction.atomic():
         audit.record("tool.deleted", access=access, target=tool, ip=ip, name=tool.name, kind=tool.kind)
         Tool.objects.for_team(access.team).filter(pk=tool.pk).delete()
+
+
+# --- grants: which deployments may call a tool, by whom, within which bounds -----------------------
+
+
+def grants_of_tool(access: TeamAccess, tool: Tool) -> QuerySet[ToolGrant]:
+    """The deployments granted ``tool``, by deployment name, with their keys (every member may see them)."""
+    return (
+        ToolGrant.objects.for_team(access.team)
+        .filter(tool=tool)
+        .select_related("deployment", "tool", "created_by")
+        .prefetch_related(Prefetch("api_keys", queryset=TeamAPIKey.objects.for_team(access.team).order_by("name")))
+        .order_by("deployment__name")
+    )
+
+
+def grants_of_deployment(access: TeamAccess, deployment: Deployment) -> QuerySet[ToolGrant]:
+    """The tools granted to ``deployment``, by tool name."""
+    return ToolGrant.objects.for_team(access.team).filter(deployment=deployment).select_related("tool")
+
+
+def granted_tools(deployment: Deployment) -> list[dict[str, Any]]:
+    """The tools granted to ``deployment`` in the OpenAI ``tools`` format: what the runtime hands the model."""
+    grants = ToolGrant.objects.for_team(deployment.team).filter(deployment=deployment).select_related("tool")
+    return [grant.tool.as_openai_tool() for grant in grants.order_by("tool__name")]
+
+
+def grant_terms(grant: ToolGrant) -> policy.GrantTerms:
+    """A grant's rules as ``tools_app.policy.decide`` takes them (one query for its keys)."""
+    return policy.GrantTerms(
+        roles=frozenset(grant.roles),
+        api_key_ids=frozenset(_key_links().objects.filter(toolgrant=grant).values_list("teamapikey_id", flat=True)),
+        argument_constraints=grant.argument_constraints,
+        approval=grant.approval,
+    )
+
+
+def grantable_deployments(access: TeamAccess) -> QuerySet[Deployment]:
+    """The deployments a tool can be granted to: all of the team's."""
+    return visible_deployments(access)
+
+
+def grantable_keys(access: TeamAccess) -> QuerySet[TeamAPIKey]:
+    """The team's active API keys (a grant may name only those that can call its deployment)."""
+    return scopable_keys(access)
+
+
+def grant_tool(
+    *,
+    access: TeamAccess,
+    tool: Tool,
+    deployment: Deployment,
+    roles: Iterable[str] = (Role.OWNER, Role.ADMIN, Role.MEMBER),
+    api_keys: Iterable[TeamAPIKey] = (),
+    argument_constraints: Any = None,
+    approval: str = ToolGrant.Approval.BY_RISK,
+    ip: str | None = None,
+) -> ToolGrant:
+    """Let ``deployment`` call ``tool`` (``tools.manage``): triggered by members of ``roles`` in the playground and
+    by ``api_keys`` at /v1, within ``argument_constraints``, with ``approval`` (never, always, by_risk).
+
+    Tool, deployment and keys must be the team's, and each key one that may call the deployment. Bad input raises
+    ``ValidationError`` keyed by form field (``deployment``, ``roles``, ``api_keys``, ``argument_constraints``,
+    ``approval``). Audited as ``tool.granted``.
+    """
+    access.require(Perm.MANAGE_TOOLS)
+    _require_team_tool(access, tool)
+    if deployment.team_id != access.team.pk:
+        raise ValidationError({"deployment": "That deployment does not belong to this team; pick one of the team's."})
+    settings_ = _checked_grant(access, tool, deployment, roles, api_keys, argument_constraints, approval)
+    keys = settings_.pop("api_keys")
+    try:
+        with transaction.atomic():
+            grant = ToolGrant.objects.create(
+                team=access.team, tool=tool, deployment=deployment, created_by=access.user, **settings_
+            )
+            _set_keys(grant, keys)
+            audit.record(
+                "tool.granted", access=access, target=tool, ip=ip, tool=tool.name, deployment=deployment.name,
+                **_grant_details(settings_, keys),
+            )  # fmt: skip
+    except IntegrityError as error:  # granted already, or by a concurrent request
+        raise ValidationError(
+            {"deployment": f"“{deployment.name}” is granted “{tool.name}” already: edit that grant instead."}
+        ) from error
+    return grant
+
+
+def update_grant(
+    *,
+    access: TeamAccess,
+    grant: ToolGrant,
+    roles: Iterable[str],
+    api_keys: Iterable[TeamAPIKey],
+    argument_constraints: Any,
+    approval: str,
+    ip: str | None = None,
+) -> ToolGrant:
+    """Change who may trigger a granted tool, its constraints and its approval (``tools.manage``); audited as
+    ``tool.grant_changed`` with the changed settings, when something changed."""
+    access.require(Perm.MANAGE_TOOLS)
+    if grant.team_id != access.team.pk:
+        raise Http404("No such grant.")
+    settings_ = _checked_grant(access, grant.tool, grant.deployment, roles, api_keys, argument_constraints, approval)
+    keys = settings_.pop("api_keys")
+    with transaction.atomic():
+        current = ToolGrant.objects.for_team(access.team).select_for_update().filter(pk=grant.pk).first()
+        if current is None:
+            raise Http404("No such grant: it was just revoked.")
+        before = _grant_details(
+            {"roles": current.roles, "argument_constraints": current.argument_constraints,
+             "approval": current.approval},
+            list(current.api_keys.for_team(access.team)),
+        )  # fmt: skip
+        after = _grant_details(settings_, keys)
+        changed = {name: {"from": before[name], "to": value} for name, value in after.items() if before[name] != value}
+        if not changed:
+            return current
+        for name, value in settings_.items():
+            setattr(current, name, value)
+        current.save()
+        _set_keys(current, keys)
+        audit.record(
+            "tool.grant_changed", access=access, target=current.tool, ip=ip, tool=current.tool.name,
+            deployment=current.deployment.name, changed=changed,
+        )  # fmt: skip
+    return current
+
+
+def revoke_grant(*, access: TeamAccess, grant: ToolGrant, ip: str | None = None) -> None:
+    """Take a tool away from a deployment (``tools.manage``); audited as ``tool.revoked``."""
+    access.require(Perm.MANAGE_TOOLS)
+    if grant.team_id != access.team.pk:
+        raise Http404("No such grant.")
+    with transaction.atomic():
+        audit.record(
+            "tool.revoked", access=access, target=grant.tool, ip=ip, tool=grant.tool.name,
+            deployment=grant.deployment.name,
+        )  # fmt: skip
+        ToolGrant.objects.for_team(access.team).filter(pk=grant.pk).delete()
+
+
+def _key_links() -> Any:
+    # The through table directly: the key manager refuses queries without a team scope.
+    return ToolGrant.api_keys.through
+
+
+def _set_keys(grant: ToolGrant, keys: Iterable[TeamAPIKey]) -> None:
+    """Make exactly ``keys`` the grant's keys (call inside the transaction that saves the grant)."""
+    links = _key_links()
+    links.objects.filter(toolgrant=grant).delete()
+    links.objects.bulk_create(links(toolgrant=grant, teamapikey=key) for key in keys)
+
+
+def _require_team_tool(access: TeamAccess, tool: Tool) -> None:
+    if tool.team_id != access.team.pk:
+        raise Http404("No such tool.")
+
+
+def _checked_grant(
+    access: TeamAccess,
+    tool: Tool,
+    deployment: Deployment,
+    roles: Iterable[str],
+    api_keys: Iterable[TeamAPIKey],
+    argument_constraints: Any,
+    approval: str,
+) -> dict[str, Any]:
+    """A grant's settings, checked: raises ``ValidationError`` keyed by field with every problem found."""
+    errors: dict[str, list[str]] = {}
+    chosen_roles = list(dict.fromkeys(roles))
+    unknown = [role for role in chosen_roles if role not in Role.values]
+    if unknown:
+        errors["roles"] = [f"Unknown role(s): {', '.join(unknown)}; choose among {', '.join(Role.values)}."]
+    keys = list(dict.fromkeys(api_keys))
+    if any(key.team_id != access.team.pk for key in keys):
+        errors["api_keys"] = ["Choose API keys of this team."]
+    else:
+        callers = set(keys_of(deployment).values_list("pk", flat=True))
+        blocked = [key.name for key in keys if not key.is_active or key.pk not in callers]
+        if blocked:
+            errors["api_keys"] = [
+                f"{', '.join(blocked)} cannot call the deployment “{deployment.name}” (revoked, or not among its "
+                "keys): open the deployment to the key on its page first, or leave the key out."
+            ]
+    constraints = argument_constraints if argument_constraints is not None else {}
+    problems = policy.check_constraints(constraints, tool.parameters)
+    if problems:
+        errors["argument_constraints"] = problems
+    if approval not in ToolGrant.Approval.values:
+        errors["approval"] = [f"Choose one of: {', '.join(ToolGrant.Approval.values)}."]
+    if errors:
+        raise ValidationError(errors)
+    ordered_roles = [role for role in Role.values if role in chosen_roles]
+    return {"roles": ordered_roles, "api_keys": keys, "argument_constraints": constraints, "approval": approval}
+
+
+def _grant_details(settings_: dict[str, Any], keys: Iterable[TeamAPIKey]) -> dict[str, Any]:
+    """A grant's settings as the audit trail records them (keys by their display prefix, never a secret)."""
+    return {
+        "roles": list(settings_["roles"]),
+        "api_keys": sorted(key.display_prefix for key in keys),
+        "argument_constraints": settings_["argument_constraints"],
+        "approval": settings_["approval"],
+    }
 
 
 # --- helpers --------------------------------------------------------------------------------------

@@ -14,4 +14,7 @@ urlpatterns = [
     path("<int:tool_id>/", views.tool_detail, name="detail"),
     path("<int:tool_id>/edit/", views.tool_edit, name="edit"),
     path("<int:tool_id>/delete/", views.tool_delete, name="delete"),
+    path("<int:tool_id>/grants/new/", views.grant_create, name="grant_new"),
+    path("<int:tool_id>/grants/<int:grant_id>/edit/", views.grant_edit, name="grant_edit"),
+    path("<int:tool_id>/grants/<int:grant_id>/revoke/", views.grant_revoke, name="grant_revoke"),
 ]

@@ -17,12 +17,16 @@ from accounts.http import add_service_errors, client_ip
 from accounts.permissions import TeamAccess, TeamRequest, require_perm
 from accounts.roles import Perm
 from tools_app import services
-from tools_app.forms import FORMS, initial_for
-from tools_app.models import Tool
+from tools_app.forms import FORMS, GrantForm, grant_initial, initial_for
+from tools_app.models import Tool, ToolGrant
 
 
 def _tool(access: TeamAccess, tool_id: int) -> Tool:
     return get_object_or_404(services.visible_tools(access), pk=tool_id)
+
+
+def _grant(access: TeamAccess, tool: Tool, grant_id: int) -> ToolGrant:
+    return get_object_or_404(services.grants_of_tool(access, tool), pk=grant_id)
 
 
 @require_perm(Perm.VIEW_TEAM)
@@ -61,6 +65,7 @@ def tool_detail(request: TeamRequest, team_slug: str, tool_id: int) -> HttpRespo
         "tool": tool,
         "can_manage": access.can(Perm.MANAGE_TOOLS),
         "model_view": json.dumps(tool.as_openai_tool(), indent=2, ensure_ascii=False),
+        "grants": services.grants_of_tool(access, tool),
     }
     return render(request, "tools/detail.html", context)
 
@@ -96,3 +101,61 @@ def tool_delete(request: TeamRequest, team_slug: str, tool_id: int) -> HttpRespo
         messages.success(request, f"Tool “{tool.name}” was deleted; its secret is gone with it.")
         return redirect("tools:list", team_slug)
     return render(request, "tools/confirm_delete.html", {"tool": tool})
+
+
+@require_perm(Perm.MANAGE_TOOLS)
+def grant_create(request: TeamRequest, team_slug: str, tool_id: int) -> HttpResponse:
+    """Grant the tool to a deployment: who may trigger it, within which bounds, approved when."""
+    access = request.access
+    tool = _tool(access, tool_id)
+    form = GrantForm(
+        request.POST or None, deployments=services.grantable_deployments(access),
+        api_keys=services.grantable_keys(access),
+    )  # fmt: skip
+    if form.is_bound and form.is_valid():
+        try:
+            grant = services.grant_tool(
+                access=access, tool=tool, deployment=form.cleaned_data["deployment"], ip=client_ip(request),
+                **form.settings(),
+            )  # fmt: skip
+        except ValidationError as error:
+            add_service_errors(form, error)
+        else:
+            messages.success(request, f"“{grant.deployment.name}” may now call “{tool.name}”.")
+            return redirect("tools:detail", team_slug, tool.pk)
+    context = {"form": form, "tool": tool, "grant": None}
+    return render(request, "tools/grant_form.html", context, status=400 if form.errors else 200)
+
+
+@require_perm(Perm.MANAGE_TOOLS)
+def grant_edit(request: TeamRequest, team_slug: str, tool_id: int, grant_id: int) -> HttpResponse:
+    """Change who may trigger a granted tool, its argument constraints and its approval."""
+    access = request.access
+    tool = _tool(access, tool_id)
+    grant = _grant(access, tool, grant_id)
+    initial = grant_initial(grant, services.grant_terms(grant).api_key_ids)
+    form = GrantForm(request.POST or None, initial=initial, deployments=None, api_keys=services.grantable_keys(access),
+                     editing=True)  # fmt: skip
+    if form.is_bound and form.is_valid():
+        try:
+            services.update_grant(access=access, grant=grant, ip=client_ip(request), **form.settings())
+        except ValidationError as error:
+            add_service_errors(form, error)
+        else:
+            messages.success(request, f"The grant of “{tool.name}” to “{grant.deployment.name}” was saved.")
+            return redirect("tools:detail", team_slug, tool.pk)
+    context = {"form": form, "tool": tool, "grant": grant}
+    return render(request, "tools/grant_form.html", context, status=400 if form.errors else 200)
+
+
+@require_perm(Perm.MANAGE_TOOLS)
+def grant_revoke(request: TeamRequest, team_slug: str, tool_id: int, grant_id: int) -> HttpResponse:
+    """Ask, then take the tool away from the deployment."""
+    access = request.access
+    tool = _tool(access, tool_id)
+    grant = _grant(access, tool, grant_id)
+    if request.method == "POST":
+        services.revoke_grant(access=access, grant=grant, ip=client_ip(request))
+        messages.success(request, f"“{grant.deployment.name}” may no longer call “{tool.name}”.")
+        return redirect("tools:detail", team_slug, tool.pk)
+    return render(request, "tools/grant_confirm_revoke.html", {"tool": tool, "grant": grant})
