@@ -34,6 +34,7 @@ class Perm(StrEnum):
     USE_PLAYGROUND = "playground.use"
     MANAGE_DEPLOYMENTS = "deployments.manage"
     MANAGE_TOOLS = "tools.manage"
+    APPROVE_TOOLS = "tools.approve"
 
 
 _EVERYONE = frozenset({Perm.VIEW_TEAM})
@@ -59,6 +60,7 @@ _ADMINS = _EVERYONE | {
     Perm.USE_PLAYGROUND,
     Perm.MANAGE_DEPLOYMENTS,
     Perm.MANAGE_TOOLS,
+    Perm.APPROVE_TOOLS,
 }
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Perm]] = {
@@ -96,6 +98,8 @@ PERM_DESCRIPTIONS: dict[Perm, str] = {
     Perm.MANAGE_TOOLS: "Define, change and delete the team's tools (HTTP APIs, read-only SQL) and their secrets, and "
     "grant them to deployments (roles, keys, argument constraints, approval); every member sees the tools and their "
     "grants, nobody sees a saved secret",
+    Perm.APPROVE_TOOLS: "Approve or reject a tool call that waits for a person (never one they asked for "
+    "themselves); every member sees the approvals inbox",
 }
 
 

@@ -30,6 +30,7 @@ from accounts.http import error_dict
 from accounts.lockout import LOCKED_MESSAGE
 from datasets_app.api import router as datasets_router
 from serving_app.api import router as serving_router
+from tools_app.api import router as tools_router
 from training_app.api import router as training_router
 
 
@@ -144,7 +145,8 @@ api = AtelierAPI(
     version="1",
     description="Teams, members, invitations, tokens and the audit trail; datasets; base models, training jobs "
     "(settings, estimates, launch, cancel, clone, metrics) and the model registry; serving: deployments (a model "
-    "version published for the OpenAI-compatible /v1 API, and the team API keys that may call it) and usage.",
+    "version published for the OpenAI-compatible /v1 API, and the team API keys that may call it) and usage; tools: "
+    "the calls waiting for a person's approval.",
     auth=[BearerAuth(), BrowserSessionAuth()],
     parser=StrictParser(),
     urls_namespace="api",
@@ -153,6 +155,7 @@ api.add_router("/", accounts_router)
 api.add_router("/", datasets_router)
 api.add_router("/", training_router)
 api.add_router("/", serving_router)
+api.add_router("/", tools_router)
 
 
 @api.exception_handler(ValidationError)

@@ -344,6 +344,9 @@ PLAYGROUND_MAX_TOKENS = env_int("PLAYGROUND_MAX_TOKENS", 512, minimum=1)
 # private, link-local): an operator's decision, never a team admin's. They match a URL's host exactly, ignoring
 # case: allowing 10.0.0.5 allows neither a name that resolves to it nor another spelling of it.
 TOOL_ALLOWED_HOSTS = env_list("ATELIER_TOOL_ALLOWED_HOSTS", [])
+# How long a tool call that waits for a person's approval may wait, and how long an approved call may then wait
+# to run: a call neither approved nor run by then expires.
+TOOL_APPROVAL_TTL_MINUTES = env_int("ATELIER_TOOL_APPROVAL_TTL_MINUTES", 30, minimum=1)
 
 
 def _fernet_keys(name: str) -> list[str]:

@@ -23,7 +23,7 @@ from serving_app.models import (
     UsageRecord,
 )
 from studio.api import api
-from tools_app.models import Tool, ToolGrant
+from tools_app.models import Tool, ToolApproval, ToolGrant
 from training_app.models import BaseModel, ModelVersion, ModelVersionUserObjectPermission, TrainingJob
 
 API_ROOT = "/api/v1/"
@@ -128,6 +128,11 @@ def team_state(team: Team) -> dict[str, Any]:
         "tool_grant_keys": sorted(
             ToolGrant.api_keys.through.objects.filter(toolgrant__team=team).values_list("toolgrant_id", "teamapikey_id")
         ),
+        "tool_approvals": sorted(
+            ToolApproval.objects.for_team(team).values_list("pk", "status", "decided_by_id", "binding", "used_at")
+        ),
         "usage": UsageRecord.objects.for_team(team).count(),
-        "audit_events": AuditEvent.objects.for_team(team).count(),
+        # A refused approval attempt is recorded in the acting member's team (the trail of who tried what); it is
+        # the refusal itself, not a change the attempt made.
+        "audit_events": AuditEvent.objects.for_team(team).exclude(action="tool.approval_refused").count(),
     }

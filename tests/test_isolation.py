@@ -39,13 +39,14 @@ from accounts.models import (
     Team,
     TeamAPIKey,
 )
-from accounts.permissions import resolve_access
+from accounts.permissions import resolve_access, resolve_key_access
 from accounts.roles import Role
 from datasets_app.models import DatasetVersion
 from serving_app.models import ArenaBattle, Comparison, Deployment, PlaygroundVote, PromptPreset
 from tests.factories import finished_job, http_tool_form, member, ready_version, sample_tool, sql_tool_form
 from tests.routes import API_ROOT, api_team_operations, page_team_routes, team_state
-from tools_app.models import Tool, ToolGrant
+from tools_app import services as tool_services
+from tools_app.models import Tool, ToolApproval, ToolGrant
 from training_app import presets
 from training_app.models import BaseModel, ModelVersion, TrainingJob
 
@@ -80,6 +81,7 @@ class TeamObjects:
     battle: ArenaBattle  # an owner's arena battle, not voted yet
     tool: Tool  # an HTTP tool
     grant: ToolGrant  # the tool granted to the deployment, triggered by the key
+    approval: ToolApproval  # a call of the tool through the key, waiting for approval
 
 
 def _nothing(objects: TeamObjects) -> dict[str, Any]:
@@ -161,6 +163,10 @@ def _grant_id(o: TeamObjects) -> dict[str, Any]:
 def _grant_body(o: TeamObjects) -> dict[str, Any]:
     return {"deployment": o.deployment.pk, "roles": ["viewer"], "api_keys": [o.key.pk], "approval": "never",
             "argument_constraints": ""}  # fmt: skip
+
+
+def _approval_id(o: TeamObjects) -> dict[str, Any]:
+    return {"approval_id": o.approval.public_id}
 
 
 def _launch(o: TeamObjects) -> dict[str, Any]:
@@ -331,6 +337,16 @@ SWEEP: dict[Route, Probe] = {
     "tools:grant_new": Probe(params=_tool_id, body=_grant_body),
     "tools:grant_edit": Probe(params=_grant_id, body=_grant_body),
     "tools:grant_revoke": Probe(params=_grant_id),
+    "tools:approvals": Probe(),
+    "tools:approval_approve": Probe(params=_approval_id, body=lambda o: {"reason": "planted"}),
+    "tools:approval_reject": Probe(params=_approval_id, body=lambda o: {"reason": "planted"}),
+    ("GET", "/api/v1/teams/{slug}/tool-approvals/"): Probe(),
+    ("POST", "/api/v1/teams/{slug}/tool-approvals/{approval_id}/approve"): Probe(
+        params=_approval_id, body=lambda o: {"reason": "planted"}
+    ),
+    ("POST", "/api/v1/teams/{slug}/tool-approvals/{approval_id}/reject"): Probe(
+        params=_approval_id, body=lambda o: {"reason": "planted"}
+    ),
     ("POST", "/api/v1/teams/{slug}/playground/feedback/export"): Probe(),
 }
 
@@ -411,10 +427,14 @@ def make_team_objects(team: Team, owner: Any, member_user: Any) -> TeamObjects:
     tool = sample_tool(team, owner, name=f"{team.slug}_lookup")
     grant = ToolGrant.objects.create(team=team, deployment=deployment, tool=tool, created_by=owner)
     ToolGrant.api_keys.through.objects.create(toolgrant=grant, teamapikey=key)
+    approval = tool_services.request_approval(
+        access=resolve_key_access(key, team.slug), tool=tool, deployment=deployment, grant=grant,
+        conversation=f"{team.slug}-conversation", arguments={"order_id": "A-1042"},
+    )  # fmt: skip
     return TeamObjects(
         team=team, member=membership, invitation=invitation, key=key, version=version, model=model, job=job,
         model_version=model_version, deployment=deployment, comparison=comparison, preset=preset, battle=battle,
-        tool=tool, grant=grant,
+        tool=tool, grant=grant, approval=approval,
     )  # fmt: skip
 
 
@@ -430,6 +450,7 @@ def placeholder_objects() -> TeamObjects:
         job=TrainingJob(pk=1, team=team), model_version=model_version, deployment=Deployment(pk=1, team=team),
         comparison=Comparison(pk=1, team=team), preset=PromptPreset(pk=1, team=team),
         battle=ArenaBattle(pk=1, team=team), tool=Tool(pk=1, team=team), grant=ToolGrant(pk=1, team=team),
+        approval=ToolApproval(pk=1, team=team),
     )  # fmt: skip
 
 

@@ -27,7 +27,8 @@ from datasets_app.models import Dataset, DatasetVersion
 from serving_app.models import ArenaBattle, Deployment, PlaygroundVote, PromptPreset
 from tests.factories import finished_job, http_tool_form, member, sample_tool, sample_version, starter_like_base_model
 from tests.routes import page_team_routes, team_state
-from tools_app.models import Tool, ToolGrant
+from tools_app import services as tool_services
+from tools_app.models import Tool, ToolApproval, ToolGrant
 from training_app import presets
 from training_app.models import BaseModel, ModelVersion, TrainingJob
 
@@ -56,6 +57,7 @@ class Scene:
     tool: Tool  # an HTTP tool alice defined
     grant: ToolGrant  # ``tool`` granted to ``deployment`` (owners, admins and members may trigger it)
     spare_tool: Tool  # a tool granted to no deployment
+    approval: ToolApproval  # a call of ``tool`` asked for by ``target`` (a viewer), waiting for approval
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +110,10 @@ def scenes(module_db: Any, module_media_root: Path) -> dict[str, Scene]:
                   "failed_download": failed_download, "tool": tool,
                   "grant": ToolGrant.objects.create(team=acme, deployment=deployment, tool=tool, created_by=alice),
                   "spare_tool": sample_tool(acme, alice, name="spare_lookup")}  # fmt: skip
+        shared["approval"] = tool_services.request_approval(
+            access=resolve_access(target.user, acme.slug), tool=tool, deployment=deployment, grant=shared["grant"],
+            conversation="matrix", arguments={"order_id": "A-1042"},
+        )  # fmt: skip
         return {role: Scene(actor=actor, own_job=own_jobs[role], **shared) for role, actor in actors.items()}
 
 
@@ -194,6 +200,14 @@ def spare_tool_id(scene: Scene) -> int:
 
 def grant_form(scene: Scene) -> dict[str, Any]:
     return {"deployment": scene.deployment.pk, "roles": ["owner"], "approval": "always", "argument_constraints": ""}
+
+
+def approval_id(scene: Scene) -> str:
+    return str(scene.approval.public_id)
+
+
+def approval_status(scene: Scene) -> str:
+    return ToolApproval.objects.for_team(scene.team).get(pk=scene.approval.pk).status
 
 
 def launch_body(scene: Scene) -> dict[str, Any]:
@@ -380,6 +394,21 @@ ACTIONS: dict[str, Action] = {
         done=lambda s: not Tool.objects.for_team(s.team).filter(pk=s.tool.pk).exists(),
     ),
     "open_grant_form": Action(Perm.MANAGE_TOOLS, page_get("tools:grant_new", tool_id=tool_id), None),
+    "list_tool_approvals": Action(
+        Perm.VIEW_TEAM, page_get("tools:approvals"), api_call("GET", "tool-approvals/?status=pending")
+    ),
+    "approve_tool_call": Action(
+        Perm.APPROVE_TOOLS,
+        page_post("tools:approval_approve", no_data, approval_id=approval_id),
+        api_call("POST", "tool-approvals/{s.approval.public_id}/approve"),
+        done=lambda s: approval_status(s) == "approved",
+    ),
+    "reject_tool_call": Action(
+        Perm.APPROVE_TOOLS,
+        page_post("tools:approval_reject", no_data, approval_id=approval_id),
+        api_call("POST", "tool-approvals/{s.approval.public_id}/reject", lambda s: {"reason": "not today"}),
+        done=lambda s: approval_status(s) == "rejected",
+    ),
     "grant_tool": Action(
         Perm.MANAGE_TOOLS,
         page_post("tools:grant_new", grant_form, tool_id=spare_tool_id),
@@ -442,6 +471,9 @@ DOCUMENTED_MATRIX: dict[str, tuple[bool, bool, bool, bool]] = {
     "edit_tool": (True, True, False, False),
     "delete_tool": (True, True, False, False),
     "open_grant_form": (True, True, False, False),
+    "list_tool_approvals": (True, True, True, True),
+    "approve_tool_call": (True, True, False, False),
+    "reject_tool_call": (True, True, False, False),
     "grant_tool": (True, True, False, False),
     "edit_grant": (True, True, False, False),
     "revoke_grant": (True, True, False, False),

@@ -7,7 +7,10 @@ else (where the request goes, which SELECT runs, the secret it carries) stays on
 
 from __future__ import annotations
 
+import hashlib
 import json
+import uuid
+from datetime import datetime, timedelta
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -136,3 +139,81 @@ class ToolGrant(TeamOwnedModel):
     def argument_constraints_text(self) -> str:
         """The constraints as one line of JSON, for the pages."""
         return json.dumps(self.argument_constraints, ensure_ascii=False)
+
+
+def _approval_expiry() -> datetime:
+    return timezone.now() + timedelta(minutes=settings.TOOL_APPROVAL_TTL_MINUTES)
+
+
+class ToolApproval(TeamOwnedModel):
+    """One tool call waiting for (or given) a person's approval: bound to the exact call, usable once.
+
+    ``binding`` is a SHA-256 of the tool, the deployment, the conversation and the exact arguments
+    (``approval_binding``): the runtime recomputes it from the call it is about to make, so arguments changed after
+    approval match nothing. Changed only through ``tools_app.services`` (audited); clients name it by ``public_id``.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        APPROVED = "approved", "Approved"
+        REJECTED = "rejected", "Rejected"
+        EXPIRED = "expired", "Expired"
+        USED = "used", "Used"
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    tool = models.ForeignKey(Tool, on_delete=models.CASCADE, related_name="approvals")
+    deployment = models.ForeignKey("serving_app.Deployment", on_delete=models.CASCADE, related_name="+")
+    grant = models.ForeignKey(ToolGrant, on_delete=models.SET_NULL, null=True, blank=True, related_name="approvals")
+    # The runtime's opaque id of the conversation the call belongs to.
+    conversation = models.CharField(max_length=200, blank=True)
+    # Exactly as the model gave them; the tool's secret never enters here.
+    arguments = models.JSONField(default=dict)
+    binding = models.CharField(max_length=64, editable=False)
+    # Who asked: a member (the playground) or a team API key (/v1); exactly one.
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    requested_by_key = models.ForeignKey(TeamAPIKey, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    reason = models.CharField(max_length=500, blank=True)
+    expires_at = models.DateTimeField(default=_approval_expiry)
+    used_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering: ClassVar = ["-created_at"]
+        indexes: ClassVar = [models.Index(fields=["team", "status", "-created_at"], name="tool_approval_inbox")]
+
+    def __str__(self) -> str:
+        return f"{self.tool.name} call {self.public_id}"
+
+    @property
+    def arguments_text(self) -> str:
+        """The arguments as indented JSON, for the pages (escaped by the template like any text)."""
+        return json.dumps(self.arguments, indent=2, ensure_ascii=False, sort_keys=True)
+
+    @property
+    def requester_label(self) -> str:
+        if self.requested_by_key_id is not None and self.requested_by_key is not None:
+            return f"API key {self.requested_by_key.name} ({self.requested_by_key.display_prefix})"
+        return self.requested_by.get_username() if self.requested_by is not None else "—"
+
+    def is_expired(self, now: datetime | None = None) -> bool:
+        return (now or timezone.now()) >= self.expires_at
+
+
+def approval_binding(*, tool_id: int, deployment_id: int, conversation: str, arguments: Any) -> str:
+    """The hex SHA-256 that ties an approval to one exact call: tool, deployment, conversation and arguments, as
+    canonical JSON (sorted keys, no spaces, UTF-8), so the same call always gives the same hash and any change in
+    an argument gives another."""
+    canonical = json.dumps(
+        {"tool": tool_id, "deployment": deployment_id, "conversation": conversation, "arguments": arguments},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()

@@ -3,28 +3,34 @@
 Owners and admins (``tools.manage``) define, change and delete a team's tools; every member reads them, secrets
 excepted: a secret (an HTTP tool's headers, a SQL tool's DSN) is encrypted when saved and never shown again, and
 the audit trail records that it changed, never what it is. Definitions are checked by ``tools_app.definitions``.
+
+A call that needs a person waits as a ``ToolApproval`` (``request_approval``) until someone with ``tools.approve``
+other than its requester approves or rejects it; ``consume`` lets an approved call run once, with exactly the
+tool, deployment, conversation and arguments that were approved. Every attempt, refused ones included, is audited.
 """
 
 from __future__ import annotations
 
+import hmac
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Prefetch, QuerySet
 from django.http import Http404
 from django.utils import timezone
 
 from accounts import audit
-from accounts.models import TeamAPIKey
+from accounts.models import Team, TeamAPIKey
 from accounts.permissions import TeamAccess
 from accounts.roles import Perm, Role
 from serving_app.models import Deployment
 from serving_app.services import keys_of, scopable_keys, visible_deployments
 from tools_app import definitions, policy, secrets
-from tools_app.models import Tool, ToolGrant
+from tools_app.models import Tool, ToolApproval, ToolGrant, approval_binding
 
 # A new secret: an HTTP tool's headers ({name: value}) or a SQL tool's DSN.
 Secret = dict[str, str] | str
@@ -283,6 +289,219 @@ def revoke_grant(*, access: TeamAccess, grant: ToolGrant, ip: str | None = None)
             deployment=grant.deployment.name,
         )  # fmt: skip
         ToolGrant.objects.for_team(access.team).filter(pk=grant.pk).delete()
+
+
+# --- approvals: a call that needs a person waits until someone else approves exactly that call -----
+
+
+class ApprovalRefused(PermissionDenied):
+    """The runtime may not run the call: no usable approval for exactly these values (``rule`` says why)."""
+
+    def __init__(self, message: str, rule: str) -> None:
+        super().__init__(message)
+        self.rule = rule
+
+
+def approvals_inbox(access: TeamAccess, *, status: str | None = None) -> QuerySet[ToolApproval]:
+    """The team's approvals, newest first, optionally of one status; every member may see them. Pending rows
+    past their expiry are marked expired first, so the inbox never offers one that can no longer be approved."""
+    expire_overdue_approvals(access.team)
+    approvals = ToolApproval.objects.for_team(access.team).select_related(
+        "tool", "deployment", "requested_by", "requested_by_key", "decided_by"
+    )
+    return approvals.filter(status=status) if status else approvals
+
+
+def expire_overdue_approvals(team: Team) -> int:
+    """Mark the team's pending and approved calls past their expiry as expired; returns how many."""
+    return (
+        ToolApproval.objects.for_team(team)
+        .filter(status__in=[ToolApproval.Status.PENDING, ToolApproval.Status.APPROVED], expires_at__lte=timezone.now())
+        .update(status=ToolApproval.Status.EXPIRED)
+    )
+
+
+def request_approval(
+    *,
+    access: TeamAccess,
+    tool: Tool,
+    deployment: Deployment,
+    conversation: str,
+    arguments: dict[str, Any],
+    grant: ToolGrant | None = None,
+    ip: str | None = None,
+) -> ToolApproval:
+    """Queue one tool call for a person's approval (what the runtime calls when ``policy.decide`` says
+    ``needs_approval``). The requester is ``access``'s member or team API key. ``arguments`` are stored exactly as
+    the model gave them (never the tool's secret) and bound by hash with the tool, deployment and conversation.
+    Audited as ``tool.approval_requested``."""
+    if tool.team_id != access.team.pk or deployment.team_id != access.team.pk:
+        raise Http404("No such tool or deployment.")
+    if grant is not None and (grant.tool_id != tool.pk or grant.deployment_id != deployment.pk):
+        raise ValidationError({"grant": "The grant is not this tool's grant to this deployment."})
+    if access.user is None and access.api_key is None:
+        raise ValidationError({"requested_by": "A call is asked for by a member or a team API key."})
+    with transaction.atomic():
+        approval = ToolApproval.objects.create(
+            team=access.team, tool=tool, deployment=deployment, grant=grant, conversation=conversation,
+            arguments=arguments, requested_by=access.user if access.api_key is None else None,
+            requested_by_key=access.api_key,
+            binding=approval_binding(
+                tool_id=tool.pk, deployment_id=deployment.pk, conversation=conversation, arguments=arguments
+            ),
+        )  # fmt: skip
+        audit.record(
+            "tool.approval_requested", access=access, target=approval, ip=ip, tool=tool.name,
+            deployment=deployment.name, approval=str(approval.public_id), binding=approval.binding,
+            expires_at=approval.expires_at.isoformat(),
+        )  # fmt: skip
+    return approval
+
+
+def approve(access: TeamAccess, approval_id: str, reason: str = "", *, ip: str | None = None) -> ToolApproval:
+    """Approve one pending call (``tools.approve``): that call, with those arguments, may then run once.
+
+    Refused, and audited as ``tool.approval_refused`` with the rule, when the id is not one of the team's
+    (``Http404``, as for any other team's object), the role lacks ``tools.approve`` (``PermissionDenied``), the
+    approver asked for the call, or created the team API key that asked for it (``PermissionDenied``), or the call
+    is no longer pending or has expired (``ValidationError``; an overdue one is marked expired). Audited as
+    ``tool.approved``."""
+    return _decide(access, approval_id, ToolApproval.Status.APPROVED, reason, ip)
+
+
+def reject(access: TeamAccess, approval_id: str, reason: str = "", *, ip: str | None = None) -> ToolApproval:
+    """Reject one pending call (``tools.approve``): it will not run. Refused under the same rules as ``approve``.
+    Audited as ``tool.rejected``."""
+    return _decide(access, approval_id, ToolApproval.Status.REJECTED, reason, ip)
+
+
+def consume(
+    approval_id: str,
+    *,
+    team: Team,
+    tool: Tool,
+    deployment: Deployment,
+    conversation: str,
+    arguments: dict[str, Any],
+    ip: str | None = None,
+) -> ToolApproval:
+    """What the runtime calls right before it runs an approved call: marks the approval used and returns it.
+
+    Raises ``ApprovalRefused`` (audited as ``tool.approval_refused``, with the rule) unless the approval is the
+    team's, approved, not expired (an overdue one is marked expired) and its binding equals the hash of the given
+    tool, deployment, conversation and arguments: changed arguments, another conversation or a second use are
+    refused. The row is locked while checked, so of two concurrent uses at most one succeeds. Audited as
+    ``tool.approval_used``."""
+    now = timezone.now()
+    binding = approval_binding(
+        tool_id=tool.pk, deployment_id=deployment.pk, conversation=conversation, arguments=arguments
+    )
+    with transaction.atomic():
+        approval = _locked_approval(team, approval_id)
+        refusal: tuple[str, str] | None = None
+        if approval is None:
+            refusal = ("not_found", "No such approval for this team.")
+        elif approval.status == ToolApproval.Status.USED:
+            refusal = ("already_used", "This approval was used already: an approval lets one call run once.")
+        elif approval.status == ToolApproval.Status.APPROVED and approval.is_expired(now):
+            approval.status = ToolApproval.Status.EXPIRED
+            approval.save(update_fields=["status"])
+            refusal = ("expired", "This approval expired before the call ran: ask for approval again.")
+        elif approval.status != ToolApproval.Status.APPROVED:
+            refusal = ("not_approved", f"This call is {approval.get_status_display().lower()}, not approved.")
+        elif not hmac.compare_digest(binding, approval.binding):
+            refusal = ("binding_mismatch", "This call differs from the approved one (tool, deployment, conversation "
+                       "or arguments): it needs its own approval.")  # fmt: skip
+        if refusal is None and approval is not None:
+            ToolApproval.objects.for_team(team).filter(pk=approval.pk, status=ToolApproval.Status.APPROVED).update(
+                status=ToolApproval.Status.USED, used_at=now
+            )
+            approval.status, approval.used_at = ToolApproval.Status.USED, now
+            audit.record(
+                "tool.approval_used", team=team, target=approval, ip=ip, tool=tool.name, deployment=deployment.name,
+                approval=str(approval.public_id),
+            )  # fmt: skip
+            return approval
+        rule, message = refusal or ("not_found", "")
+        audit.record(
+            "tool.approval_refused", team=team, target=approval, ip=ip, rule=rule, step="use", tool=tool.name,
+            deployment=deployment.name, approval=str(approval_id)[:64],
+        )  # fmt: skip
+    raise ApprovalRefused(message, rule)
+
+
+def _decide(access: TeamAccess, approval_id: str, status: str, reason: str, ip: str | None) -> ToolApproval:
+    """Approve or reject (``status``) under the rules of ``approve``; a refusal's audit event is committed before the
+    error is raised, so it stays when the caller's request fails."""
+    step = "approve" if status == ToolApproval.Status.APPROVED else "reject"
+    now = timezone.now()
+    with transaction.atomic():
+        approval = _locked_approval(access.team, approval_id)
+        error: Exception | None = None
+        rule = ""
+        if approval is None:
+            rule, error = "not_found", Http404("No such approval.")
+        elif not access.can(Perm.APPROVE_TOOLS):
+            rule = "permission"
+            error = PermissionDenied(f"Your role ({access.role.label}) does not allow this ({Perm.APPROVE_TOOLS}).")
+        elif _is_requester(access, approval):
+            rule = "self_approval"
+            error = PermissionDenied(
+                "You asked for this call (yourself, or through a team API key you created): another approver must "
+                "decide it."
+            )
+        elif approval.status == ToolApproval.Status.PENDING and approval.is_expired(now):
+            approval.status = ToolApproval.Status.EXPIRED
+            approval.save(update_fields=["status"])
+            rule = "expired"
+            error = ValidationError("This call waited too long and expired: it can no longer be approved or rejected.")
+        elif approval.status != ToolApproval.Status.PENDING:
+            rule = "not_pending"
+            error = ValidationError(
+                f"This call is {approval.get_status_display().lower()} already: only a pending call can be decided."
+            )
+        if error is None and approval is not None:
+            approval.status, approval.decided_by, approval.decided_at = status, access.user, now
+            approval.reason = reason.strip()[:500]
+            approval.save(update_fields=["status", "decided_by", "decided_at", "reason"])
+            audit.record(
+                f"tool.{status}", access=access, target=approval, ip=ip, tool=approval.tool.name,
+                deployment=approval.deployment.name, approval=str(approval.public_id), binding=approval.binding,
+                reason=approval.reason,
+            )  # fmt: skip
+            return approval
+        audit.record(
+            "tool.approval_refused", access=access, target=approval, ip=ip, rule=rule, step=step,
+            approval=str(approval_id)[:64],
+        )  # fmt: skip
+    assert error is not None
+    raise error
+
+
+def _locked_approval(team: Team, approval_id: Any) -> ToolApproval | None:
+    """The team's approval named by its public id, locked until the transaction ends; None for anything else
+    (another team's id, an unknown one, a malformed one)."""
+    try:
+        public_id = uuid.UUID(str(approval_id))
+    except ValueError:
+        return None
+    return (
+        ToolApproval.objects.for_team(team)
+        .select_for_update(of=("self",))
+        .select_related("tool", "deployment", "requested_by_key")
+        .filter(public_id=public_id)
+        .first()
+    )
+
+
+def _is_requester(access: TeamAccess, approval: ToolApproval) -> bool:
+    """Whether the approver asked for the call: in person, or through a team API key they created (or as that key)."""
+    if access.api_key is not None:
+        return approval.requested_by_key_id == access.api_key.pk
+    if approval.requested_by_id is not None and approval.requested_by_id == access.user.pk:
+        return True
+    key = approval.requested_by_key
+    return key is not None and key.created_by_id == access.user.pk
 
 
 def _key_links() -> Any:

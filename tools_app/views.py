@@ -1,12 +1,15 @@
 """Tool pages under /t/<team>/tools/: the team's catalogue of tools its deployed models may be granted.
 
 Every member reads the catalogue and each tool's definition (never its secret: nobody sees a saved secret again);
-owners and admins (``tools.manage``) define, change and delete tools. The work is done by ``tools_app.services``.
+owners and admins (``tools.manage``) define, change and delete tools. Every member reads the approvals inbox;
+owners and admins (``tools.approve``) decide the calls waiting in it. The work is done by ``tools_app.services``.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from uuid import UUID
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
@@ -18,7 +21,7 @@ from accounts.permissions import TeamAccess, TeamRequest, require_perm
 from accounts.roles import Perm
 from tools_app import services
 from tools_app.forms import FORMS, GrantForm, grant_initial, initial_for
-from tools_app.models import Tool, ToolGrant
+from tools_app.models import Tool, ToolApproval, ToolGrant
 
 
 def _tool(access: TeamAccess, tool_id: int) -> Tool:
@@ -159,3 +162,51 @@ def grant_revoke(request: TeamRequest, team_slug: str, tool_id: int, grant_id: i
         messages.success(request, f"“{grant.deployment.name}” may no longer call “{tool.name}”.")
         return redirect("tools:detail", team_slug, tool.pk)
     return render(request, "tools/grant_confirm_revoke.html", {"tool": tool, "grant": grant})
+
+
+# --- approvals ----------------------------------------------------------------------------------
+
+
+@require_perm(Perm.VIEW_TEAM)
+def approval_list(request: TeamRequest, team_slug: str) -> HttpResponse:
+    """The approvals inbox: calls waiting for a person, with their exact arguments, and the recent decisions. The
+    pending list refreshes itself (``?part=pending``)."""
+    access = request.access
+    approvals = services.approvals_inbox(access)
+    context = {
+        "pending": approvals.filter(status=ToolApproval.Status.PENDING).order_by("created_at"),
+        "history": approvals.exclude(status=ToolApproval.Status.PENDING).order_by("-created_at")[:HISTORY_LENGTH],
+        "can_approve": access.can(Perm.APPROVE_TOOLS),
+    }
+    if request.GET.get("part") == "pending":
+        return render(request, "tools/_approvals_pending.html", context)
+    return render(request, "tools/approvals.html", context)
+
+
+# The role is checked by the service (``tools.approve``), so that a refused attempt is audited too.
+@require_perm(Perm.VIEW_TEAM)
+def approval_approve(request: TeamRequest, team_slug: str, approval_id: UUID) -> HttpResponse:
+    """Approve one pending call (POST): it may then run once, with exactly those arguments."""
+    return _decide(request, team_slug, approval_id, services.approve, "approved")
+
+
+@require_perm(Perm.VIEW_TEAM)
+def approval_reject(request: TeamRequest, team_slug: str, approval_id: UUID) -> HttpResponse:
+    """Reject one pending call (POST): it will not run."""
+    return _decide(request, team_slug, approval_id, services.reject, "rejected")
+
+
+HISTORY_LENGTH = 25
+
+
+def _decide(
+    request: TeamRequest, team_slug: str, approval_id: UUID, decide: Callable[..., ToolApproval], verb: str
+) -> HttpResponse:
+    if request.method == "POST":
+        try:
+            approval = decide(request.access, str(approval_id), request.POST.get("reason", ""), ip=client_ip(request))
+        except ValidationError as error:
+            messages.error(request, " ".join(error.messages))
+        else:
+            messages.success(request, f"The call of “{approval.tool.name}” was {verb}.")
+    return redirect("tools:approvals", team_slug)

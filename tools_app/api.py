@@ -1,0 +1,118 @@
+"""REST endpoints for tool approvals under /api/v1/teams/<slug>/tool-approvals/.
+
+``GET tool-approvals/?status=pending`` lists the calls waiting for a person with their exact arguments (every
+member); ``POST tool-approvals/{id}/approve`` and ``…/reject`` decide one (``tools.approve``), under the rules of
+``tools_app.services.approve``: never one's own call, only a pending one that has not expired, another team's id
+answered like an unknown one (404). Every attempt is audited. Ids are the approvals' random UUIDs.
+
+No ``from __future__ import annotations`` here: django-ninja reads the annotations at runtime.
+"""
+
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from ninja import Field, Query, Router, Schema
+from ninja.pagination import paginate
+
+from accounts.api import Error, Pagination, RequestBody, team_access
+from accounts.http import client_ip
+from tools_app import services
+from tools_app.models import ToolApproval
+
+router = Router(tags=["tools"])
+
+ApprovalStatus = Literal["pending", "approved", "rejected", "expired", "used"]
+
+
+class ApprovalOut(Schema):
+    id: UUID = Field(description="The approval's id (random; use it in approve and reject).")
+    tool: str
+    tool_id: int
+    risk: str = Field(description="The tool's risk: read, write or destructive.")
+    deployment: str
+    deployment_id: int
+    conversation: str = Field(description="The runtime's id of the conversation the call belongs to.")
+    arguments: dict[str, Any] = Field(description="Exactly the arguments the call will run with.")
+    binding: str = Field(description="SHA-256 of tool, deployment, conversation and arguments.")
+    status: ApprovalStatus
+    requested_by: str | None = Field(description="The member who asked, when a member did.")
+    requested_by_key: str | None = Field(description="The team API key that asked, when a key did.")
+    decided_by: str | None
+    decided_at: datetime | None
+    reason: str
+    expires_at: datetime
+    used_at: datetime | None
+    created_at: datetime
+
+    @staticmethod
+    def resolve_id(approval: ToolApproval) -> UUID:
+        return approval.public_id
+
+    @staticmethod
+    def resolve_tool(approval: ToolApproval) -> str:
+        return approval.tool.name
+
+    @staticmethod
+    def resolve_risk(approval: ToolApproval) -> str:
+        return approval.tool.risk
+
+    @staticmethod
+    def resolve_deployment(approval: ToolApproval) -> str:
+        return approval.deployment.name
+
+    @staticmethod
+    def resolve_requested_by(approval: ToolApproval) -> str | None:
+        return approval.requested_by.get_username() if approval.requested_by else None
+
+    @staticmethod
+    def resolve_requested_by_key(approval: ToolApproval) -> str | None:
+        key = approval.requested_by_key
+        return f"{key.name} ({key.display_prefix})" if key else None
+
+    @staticmethod
+    def resolve_decided_by(approval: ToolApproval) -> str | None:
+        return approval.decided_by.get_username() if approval.decided_by else None
+
+
+class ApprovalFilters(Schema):
+    status: ApprovalStatus | None = Field(None, description="Only approvals with this status (e.g. pending).")
+
+
+class DecisionIn(RequestBody):
+    reason: str = Field("", max_length=500, description="An optional note, kept with the decision.")
+
+
+@router.get(
+    "teams/{slug}/tool-approvals/", response={200: list[ApprovalOut], 404: Error}, summary="List tool approvals"
+)
+@paginate(Pagination)
+def list_approvals(request: HttpRequest, slug: str, filters: Query[ApprovalFilters]) -> QuerySet[ToolApproval]:
+    """The team's tool calls that wait for (or were given) approval, newest first, with their exact arguments."""
+    return services.approvals_inbox(team_access(request, slug), status=filters.status).order_by("-created_at")
+
+
+@router.post(
+    "teams/{slug}/tool-approvals/{approval_id}/approve",
+    response={200: ApprovalOut, 400: Error, 403: Error, 404: Error},
+    summary="Approve a tool call",
+)
+def approve(request: HttpRequest, slug: str, approval_id: UUID, body: DecisionIn | None = None) -> ToolApproval:
+    """Let one pending call run once, with exactly its arguments (owners and admins; never your own call)."""
+    access = team_access(request, slug)
+    reason = body.reason if body else ""
+    return services.approve(access, str(approval_id), reason, ip=client_ip(request))
+
+
+@router.post(
+    "teams/{slug}/tool-approvals/{approval_id}/reject",
+    response={200: ApprovalOut, 400: Error, 403: Error, 404: Error},
+    summary="Reject a tool call",
+)
+def reject(request: HttpRequest, slug: str, approval_id: UUID, body: DecisionIn | None = None) -> ToolApproval:
+    """Refuse one pending call: it will not run (owners and admins; never your own call)."""
+    access = team_access(request, slug)
+    reason = body.reason if body else ""
+    return services.reject(access, str(approval_id), reason, ip=client_ip(request))
