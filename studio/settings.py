@@ -347,6 +347,10 @@ TOOL_ALLOWED_HOSTS = env_list("ATELIER_TOOL_ALLOWED_HOSTS", [])
 # How long a tool call that waits for a person's approval may wait, and how long an approved call may then wait
 # to run: a call neither approved nor run by then expires.
 TOOL_APPROVAL_TTL_MINUTES = env_int("ATELIER_TOOL_APPROVAL_TTL_MINUTES", 30, minimum=1)
+# Tool calls run in the tools worker (`celery -A tools_app.sandbox.worker worker -Q tools`, started by `make run`
+# without the database URL), which holds no studio credentials. Only an operator who runs no such worker turns this
+# on: calls then run inside the web process, next to the studio's database credentials and every tool's key.
+TOOLS_EXECUTE_INLINE = env_bool("ATELIER_TOOLS_EXECUTE_INLINE", False)
 
 
 def _fernet_keys(name: str) -> list[str]:

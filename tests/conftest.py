@@ -65,8 +65,11 @@ def pytest_configure(config: pytest.Config) -> None:
 # A test that needs one of these starts a real process or needs the real starter model's weights (built on a
 # fresh clone, about a minute): it is marked ``slow`` here, so ``make test-fast`` leaves it out by itself.
 SLOW_FIXTURES = frozenset(
-    {"studio_server", "inference_server", "celery_worker", "starter_model_path", "tool_tuned_model_path"}
-)
+    {
+        "studio_server", "inference_server", "celery_worker", "tools_worker", "starter_model_path",
+        "tool_tuned_model_path",
+    }
+)  # fmt: skip
 # Tests on vLLM share one vLLM server per pytest worker: they are grouped onto one worker (``--dist loadgroup``).
 VLLM_FIXTURES = frozenset({"vllm_inference_server", "vllm_studio_server"})
 
@@ -596,12 +599,15 @@ def vllm_studio_server(
         yield url
 
 
-def start_worker(env: dict[str, str], *, queues: str, log: Path, name: str) -> subprocess.Popen[bytes]:
-    """Start a real Celery worker (solo pool) on ``queues`` and wait until it answers a ping."""
+def start_worker(
+    env: dict[str, str], *, queues: str, log: Path, name: str, app: str = "studio", control: Any = None
+) -> subprocess.Popen[bytes]:
+    """Start a real Celery worker of ``app`` (solo pool) on ``queues`` and wait until it answers a ping sent
+    through ``control`` (a Celery app on the same broker; the studio's by default)."""
     with log.open("w") as out:
         process = subprocess.Popen(
             [
-                sys.executable, "-m", "celery", "-A", "studio", "worker", "-Q", queues, "--concurrency", "1",
+                sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queues, "--concurrency", "1",
                 "--pool", "solo", "--loglevel", "INFO", "--hostname", f"{name}-{os.getpid()}@%h",
             ],
             cwd=ROOT,
@@ -609,13 +615,14 @@ def start_worker(env: dict[str, str], *, queues: str, log: Path, name: str) -> s
             stdout=out,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
-    from studio.celery import app
+    if control is None:
+        from studio.celery import app as control
 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail(f"celery worker exited early:\n{log.read_text()[-3000:]}")
-        replies = app.control.ping(timeout=1) or []
+        replies = control.control.ping(timeout=1) or []
         if any(name in next(iter(reply)) and str(os.getpid()) in next(iter(reply)) for reply in replies):
             return process
     process.kill()
@@ -642,6 +649,36 @@ def celery_worker(
         pytest.fail("Integration tests need Redis: run them with `make test` (CELERY_BROKER_URL=redis://…).")
     process = start_worker(env, queues="default,gpu", log=log, name="tests")
     yield
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def tools_worker(tmp_path_factory: Any) -> Iterator[subprocess.Popen[bytes]]:
+    """The real tools worker (``tools_app.sandbox.worker``, solo pool) on the test broker, started as ``make run``
+    starts it: no database URL, no Django settings, the studio's secrets key, 127.0.0.1 allowed; its process."""
+    from tools_app import dispatch
+    from tools_app.sandbox.vault import KEY_FILE_NAME
+
+    if not settings.CELERY_BROKER_URL.startswith("redis://"):
+        pytest.fail("Integration tests need Redis: run them with `make test` (CELERY_BROKER_URL=redis://…).")
+    env = {name: value for name, value in os.environ.items() if name not in ("DATABASE_URL", "DJANGO_SETTINGS_MODULE")}
+    env.update(
+        CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
+        CELERY_RESULT_BACKEND=settings.CELERY_RESULT_BACKEND or "",
+        ATELIER_DATA_DIR=str(settings.DATA_DIR),
+        ATELIER_TOOL_ALLOWED_HOSTS="127.0.0.1",
+        PYTHONUNBUFFERED="1",
+    )
+    if settings.SECRETS_KEYS:
+        env["ATELIER_SECRETS_KEY"] = ",".join(settings.SECRETS_KEYS)
+    else:
+        env["ATELIER_SECRETS_KEY_FILE"] = str(settings.DATA_DIR / KEY_FILE_NAME)
+    log = tmp_path_factory.mktemp("tools-worker") / "celery.log"
+    process = start_worker(
+        env, queues="tools", log=log, name="tools", app="tools_app.sandbox.worker", control=dispatch.queue_client()
+    )
+    yield process
     process.terminate()
     process.wait(timeout=30)
 

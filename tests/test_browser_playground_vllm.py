@@ -54,6 +54,9 @@ REMINDER_SCHEMA = {
     "required": ["task", "day"],
     "additionalProperties": False,
 }
+# The same tool with a bounded task: the starter model's free text would otherwise run past max_tokens inside
+# the string (a forced call's arguments follow the schema, so a maxLength bounds them).
+SHORT_REMINDER = {**SET_REMINDER, "function": {**SET_REMINDER["function"], "parameters": REMINDER_SCHEMA}}
 
 # Records what the watched elements show each time any of them changes: ``window.__seen`` is a list of
 # snapshots, each a list of their texts. A chatbot (an "answer" element) shows its last answer bubble.
@@ -211,7 +214,7 @@ def test_a_forced_tool_call_streams_and_renders_as_a_card(vllm_inference_server:
     async def run() -> list[StreamUpdate]:
         messages = [{"role": "user", "content": "What is the weather in Oslo?"}]
         stream = stream_chat(
-            vllm_inference_server, "starter", messages, max_tokens=64, temperature=0, tools=[SET_REMINDER],
+            vllm_inference_server, "starter", messages, max_tokens=128, temperature=0, tools=[SHORT_REMINDER],
             tool_choice=forced,
         )  # fmt: skip
         return [update async for update in stream]
@@ -219,7 +222,7 @@ def test_a_forced_tool_call_streams_and_renders_as_a_card(vllm_inference_server:
     updates = async_to_sync(run)()
     [call] = updates[-1].tool_calls
     assert call.name == "set_reminder" and call.id
-    jsonschema.validate(json.loads(call.arguments), SET_REMINDER["function"]["parameters"])  # type: ignore[index]
+    jsonschema.validate(json.loads(call.arguments), SHORT_REMINDER["function"]["parameters"])  # type: ignore[index]
     assert len([update for update in updates if update.tool_calls]) >= 2, "the arguments should stream in pieces"
 
     card = tool_call_message(call)

@@ -338,9 +338,11 @@ SWEEP: dict[Route, Probe] = {
     "tools:grant_edit": Probe(params=_grant_id, body=_grant_body),
     "tools:grant_revoke": Probe(params=_grant_id),
     "tools:approvals": Probe(),
+    "tools:activity": Probe(),
     "tools:approval_approve": Probe(params=_approval_id, body=lambda o: {"reason": "planted"}),
     "tools:approval_reject": Probe(params=_approval_id, body=lambda o: {"reason": "planted"}),
     ("GET", "/api/v1/teams/{slug}/tool-approvals/"): Probe(),
+    ("GET", "/api/v1/teams/{slug}/tool-activity/"): Probe(),
     ("POST", "/api/v1/teams/{slug}/tool-approvals/{approval_id}/approve"): Probe(
         params=_approval_id, body=lambda o: {"reason": "planted"}
     ),

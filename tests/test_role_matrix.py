@@ -397,6 +397,7 @@ ACTIONS: dict[str, Action] = {
     "list_tool_approvals": Action(
         Perm.VIEW_TEAM, page_get("tools:approvals"), api_call("GET", "tool-approvals/?status=pending")
     ),
+    "read_tool_activity": Action(Perm.VIEW_TEAM, page_get("tools:activity"), api_call("GET", "tool-activity/")),
     "approve_tool_call": Action(
         Perm.APPROVE_TOOLS,
         page_post("tools:approval_approve", no_data, approval_id=approval_id),
@@ -472,6 +473,7 @@ DOCUMENTED_MATRIX: dict[str, tuple[bool, bool, bool, bool]] = {
     "delete_tool": (True, True, False, False),
     "open_grant_form": (True, True, False, False),
     "list_tool_approvals": (True, True, True, True),
+    "read_tool_activity": (True, True, True, True),
     "approve_tool_call": (True, True, False, False),
     "reject_tool_call": (True, True, False, False),
     "grant_tool": (True, True, False, False),

@@ -1,9 +1,13 @@
-"""REST endpoints for tool approvals under /api/v1/teams/<slug>/tool-approvals/.
+"""REST endpoints for tool approvals under /api/v1/teams/<slug>/tool-approvals/, and tool activity.
 
 ``GET tool-approvals/?status=pending`` lists the calls waiting for a person with their exact arguments (every
 member); ``POST tool-approvals/{id}/approve`` and ``…/reject`` decide one (``tools.approve``), under the rules of
 ``tools_app.services.approve``: never one's own call, only a pending one that has not expired, another team's id
 answered like an unknown one (404). Every attempt is audited. Ids are the approvals' random UUIDs.
+
+``GET tool-activity/`` lists the team's tool call events (requested, denied, awaiting approval, approved, rejected,
+approval refused or used, executed, failed), newest first, with the filters of the Tool activity page
+(``tools_app.activity``; every member).
 
 No ``from __future__ import annotations`` here: django-ninja reads the annotations at runtime.
 """
@@ -12,14 +16,16 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from ninja import Field, Query, Router, Schema
 from ninja.pagination import paginate
 
-from accounts.api import Error, Pagination, RequestBody, team_access
+from accounts.api import Error, IsoDate, ObjectId, Pagination, RequestBody, team_access
 from accounts.http import client_ip
-from tools_app import services
+from accounts.models import AuditEvent
+from tools_app import activity, services
 from tools_app.models import ToolApproval
 
 router = Router(tags=["tools"])
@@ -116,3 +122,74 @@ def reject(request: HttpRequest, slug: str, approval_id: UUID, body: DecisionIn 
     access = team_access(request, slug)
     reason = body.reason if body else ""
     return services.reject(access, str(approval_id), reason, ip=client_ip(request))
+
+
+# --- activity -----------------------------------------------------------------------------------
+
+ActivityOutcome = Literal[
+    "requested",
+    "denied",
+    "awaiting_approval",
+    "approved",
+    "rejected",
+    "approval_refused",
+    "approval_used",
+    "executed",
+    "failed",
+]
+
+
+class ActivityOut(Schema):
+    id: int
+    created_at: datetime
+    outcome: ActivityOutcome
+    action: str = Field(description="The audit action, e.g. tool.call_executed.")
+    tool: str | None = Field(description="The tool's name when the event was written.")
+    deployment: str | None = Field(description="The deployment's name when the event was written.")
+    actor: str = Field(description="Who acted: a member's username, or “API key <name> (<prefix>)”.")
+    details: dict[str, Any] = Field(
+        description="What the event recorded: arguments (redacted), rule, error, status, latency_ms, response_bytes…"
+    )
+
+    @staticmethod
+    def resolve_outcome(event: AuditEvent) -> str:
+        return activity.OUTCOME_BY_ACTION[event.action].value
+
+    @staticmethod
+    def resolve_tool(event: AuditEvent) -> str | None:
+        return event.details.get("tool")
+
+    @staticmethod
+    def resolve_deployment(event: AuditEvent) -> str | None:
+        return event.details.get("deployment")
+
+    @staticmethod
+    def resolve_actor(event: AuditEvent) -> str:
+        return event.actor_label
+
+
+class ActivityFilters(Schema):
+    tool: str | None = Field(None, max_length=64, description="A tool's name (a deleted tool's too).")
+    deployment: ObjectId | None = Field(None, description="A deployment's id.")
+    key: ObjectId | None = Field(None, description="A team API key's id: the calls it made.")
+    user: str | None = Field(None, max_length=150, description="A member's username: what they did.")
+    outcome: ActivityOutcome | None = None
+    since: IsoDate | None = Field(None, description="The first day (UTC), YYYY-MM-DD.")
+    until: IsoDate | None = Field(None, description="The last day (UTC), YYYY-MM-DD.")
+
+
+@router.get(
+    "teams/{slug}/tool-activity/",
+    response={200: list[ActivityOut], 400: Error, 404: Error},
+    summary="List tool activity",
+)
+@paginate(Pagination)
+def list_activity(request: HttpRequest, slug: str, filters: Query[ActivityFilters]) -> QuerySet[AuditEvent]:
+    """The team's tool call events, newest first, filtered like the Tool activity page. A tool, deployment, key or
+    member that is not the team's gets 400 naming the filter."""
+    access = team_access(request, slug)
+    data = {name: "" if value is None else str(value) for name, value in filters.dict().items()}
+    form = activity.ActivityFilterForm(data, access=access)
+    if not form.is_valid():
+        raise ValidationError({name: list(errors) for name, errors in form.errors.items()})
+    return activity.tool_activity(access, form.filters())

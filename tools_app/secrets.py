@@ -9,17 +9,16 @@ process that saves a secret and the tools worker that uses it must share the key
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.fernet import InvalidToken, MultiFernet
 from django.conf import settings
 
-KEY_FILE_NAME = "secrets.key"
+from tools_app.sandbox import vault
+from tools_app.sandbox.vault import KEY_FILE_NAME
 
-__all__ = ["InvalidToken", "decrypt_json", "encrypt_json", "rotate"]
+__all__ = ["KEY_FILE_NAME", "InvalidToken", "decrypt_json", "encrypt_json", "rotate"]
 
 
 def encrypt_json(value: Any) -> bytes:
@@ -29,7 +28,7 @@ def encrypt_json(value: Any) -> bytes:
 
 def decrypt_json(token: bytes | memoryview) -> Any:
     """The value ``encrypt_json`` encrypted; ``InvalidToken`` when no configured key opens it."""
-    return json.loads(_box().decrypt(bytes(token)))
+    return vault.decrypt_json(_box(), bytes(token))
 
 
 def rotate(token: bytes | memoryview) -> bytes:
@@ -38,24 +37,4 @@ def rotate(token: bytes | memoryview) -> bytes:
 
 
 def _box() -> MultiFernet:
-    keys = [key.encode() for key in settings.SECRETS_KEYS] or [_key_file(Path(settings.DATA_DIR) / KEY_FILE_NAME)]
-    return MultiFernet([Fernet(key) for key in keys])
-
-
-def _key_file(path: Path) -> bytes:
-    """The key stored at ``path``, generated there first if absent (readable by this user only).
-
-    The key is written to a private temporary file and linked into place, so concurrent first starts (web and
-    workers) agree on one key and nobody ever reads a half-written file.
-    """
-    if not path.exists():
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".secrets-key-")  # mode 0600
-        try:
-            with os.fdopen(descriptor, "wb") as file:
-                file.write(Fernet.generate_key())
-            os.link(temporary, path)
-        except FileExistsError:
-            pass  # another process generated it first: use theirs
-        finally:
-            os.unlink(temporary)
-    return path.read_bytes().strip()
+    return vault.box(settings.SECRETS_KEYS or [vault.key_file(Path(settings.DATA_DIR) / KEY_FILE_NAME)])

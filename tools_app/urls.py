@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from tools_app import views
+from tools_app import activity, views
 from tools_app.models import Tool
 
 app_name = "tools"
@@ -12,6 +12,7 @@ urlpatterns = [
     path("new/http/", views.tool_create, {"kind": Tool.Kind.HTTP}, name="new_http"),
     path("new/sql/", views.tool_create, {"kind": Tool.Kind.SQL}, name="new_sql"),
     path("approvals/", views.approval_list, name="approvals"),
+    path("activity/", activity.activity, name="activity"),
     path("approvals/<uuid:approval_id>/approve/", views.approval_approve, name="approval_approve"),
     path("approvals/<uuid:approval_id>/reject/", views.approval_reject, name="approval_reject"),
     path("<int:tool_id>/", views.tool_detail, name="detail"),
