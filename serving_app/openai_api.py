@@ -30,10 +30,10 @@ import ipaddress
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from functools import wraps
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import httpx
 from asgiref.sync import sync_to_async
@@ -234,7 +234,9 @@ class GenerationRequest(BaseModel):
 
     def engine_payload(self, served_name: str, max_tokens: int | None) -> dict[str, Any]:
         """The request for the inference server: as sent, under the served name, always streamed with usage."""
-        payload = self.model_dump(exclude_none=True, exclude={"max_tokens", "max_completion_tokens", "stream_options"})
+        payload = self.model_dump(
+            exclude_none=True, exclude={"max_tokens", "max_completion_tokens", "stream_options", EXTENSION}
+        )
         payload.update(model=served_name, stream=True, stream_options={"include_usage": True})  # usage: the meter
         if max_tokens is not None:
             payload["max_tokens"] = max_tokens
@@ -277,7 +279,10 @@ class Endpoint:
         return self.request is ChatCompletionRequest
 
 
-CHAT = Endpoint("/v1/chat/completions", CHAT_PARAMS, ChatCompletionRequest, "chat.completion")
+# The studio's own request and answer field (``atelier``): resuming a run of studio tools after approval, and
+# what the run did (``tools_app.runtime`` documents both). Never sent to the engine.
+EXTENSION = "atelier"
+CHAT = Endpoint("/v1/chat/completions", CHAT_PARAMS | {EXTENSION}, ChatCompletionRequest, "chat.completion")
 COMPLETIONS = Endpoint("/v1/completions", COMPLETION_PARAMS, CompletionRequest, "text_completion")
 
 
@@ -391,15 +396,24 @@ class _Target:
     servable: Servable
 
 
-def _admit(key: TeamAPIKey, name: str) -> tuple[_Target, deployments.ApiRequest]:
-    """The deployment ``key`` calls as ``name``, made known to the inference server, and the request metered
-    against the key's limit: one trip to the database thread for all three. 404 when the key may not call it."""
-    deployment = deployments.find_deployment_for_key(key, name)
+def _admit(
+    key: TeamAPIKey, body: GenerationRequest, endpoint: Endpoint
+) -> tuple[_Target, deployments.ApiRequest, bool]:
+    """The deployment ``key`` calls as ``body.model``, made known to the inference server, whether it runs studio
+    tools on this endpoint, and the request metered against the key's limit: one trip to the database thread for
+    all. 404 when the key may not call it; 400, unmetered, for a resume of studio tools it has none of."""
+    deployment = deployments.find_deployment_for_key(key, body.model)
     if deployment is None:
-        raise _model_not_found(name)
+        raise _model_not_found(body.model)
+    tools = endpoint.chat and _STUDIO_TOOLS is not None and _STUDIO_TOOLS.granted(deployment)
+    if not tools and getattr(body, EXTENSION, None) is not None:
+        raise OpenAIError(
+            400, f"`{EXTENSION}` applies only to a deployment granted studio tools; `{body.model}` has none.",
+            param=EXTENSION, code="unsupported_parameter",
+        )  # fmt: skip
     target = _Target(deployment, servable_version(deployment.model_version))
     publish([target.servable])  # reads the registry; writes it only when the entry is missing
-    return target, deployments.start_api_request(key=key, deployment=deployment)
+    return target, deployments.start_api_request(key=key, deployment=deployment), tools
 
 
 async def _generate(request: HttpRequest, endpoint: Endpoint) -> HttpResponseBase:
@@ -407,7 +421,7 @@ async def _generate(request: HttpRequest, endpoint: Endpoint) -> HttpResponseBas
     _require_method(request, "POST")
     key = await authenticate(request)
     body = parse_request(request.body, endpoint)
-    target, started = await sync_to_async(_admit)(key, body.model)
+    target, started, studio_tools = await sync_to_async(_admit)(key, body, endpoint)
     if started.retry_after is not None:
         raise OpenAIError(
             429, f"Rate limit reached: this API key may make {key.requests_per_minute} requests per minute. "
@@ -415,6 +429,8 @@ async def _generate(request: HttpRequest, endpoint: Endpoint) -> HttpResponseBas
             type="requests", code="rate_limit_exceeded", headers={"Retry-After": str(started.retry_after)},
         )  # fmt: skip
     meter = _Meter(started.record)
+    if studio_tools and isinstance(body, ChatCompletionRequest):
+        return await _run_studio_tools(request, body, key, target, meter)
     try:
         _check_token_ceiling(body, key)
         relay = await _open_relay(body, key, target, endpoint)
@@ -829,10 +845,10 @@ class _Choice:
         return {"index": self.index, "message": message, "logprobs": self.logprobs, "finish_reason": self.finish_reason}
 
 
-async def _whole_answer(relay: _Relay, meter: _Meter, endpoint: Endpoint) -> dict[str, Any]:
-    """A non-streamed answer (``chat.completion`` or ``text_completion``), assembled from the stream (so a
-    disconnect still stops it): every choice by index with its text, tool calls, log-probabilities and
-    finish reason, and the usage of them all."""
+async def _collect(relay: _Relay, endpoint: Endpoint, observe: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """A non-streamed answer (``chat.completion`` or ``text_completion``) without its usage, assembled from the
+    stream (so a disconnect still stops it): every choice by index with its text, tool calls, log-probabilities
+    and finish reason. ``observe`` sees every chunk (the usage comes in one of them). Closes the relay."""
     first: dict[str, Any] = {}
     choices: dict[int, _Choice] = {}
     try:
@@ -840,22 +856,134 @@ async def _whole_answer(relay: _Relay, meter: _Meter, endpoint: Endpoint) -> dic
             if "error" in chunk:
                 raise OpenAIError(500, chunk["error"]["message"], type="server_error")
             first = first or chunk
-            meter.observe(chunk)
+            observe(chunk)
             for part in chunk.get("choices", []):
                 index = int(part.get("index", 0))
                 choices.setdefault(index, _Choice(index)).add(part)
-        meter.ok = True
     except (httpx.HTTPError, ValueError) as error:
         raise OpenAIError(500, f"The generation stopped: {error}", type="server_error") from error
     finally:
         await relay.close()
-        await meter.finish()
-    prompt, completion = meter.usage.get("prompt_tokens", 0), meter.usage.get("completion_tokens", meter.deltas)
     return {
         "id": first.get("id", ""),
         "object": endpoint.answer_object,
         "created": first.get("created", int(time.time())),
         "model": relay.name,
         "choices": [choices[index].whole(chat=endpoint.chat) for index in sorted(choices)],
-        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
     }
+
+
+async def _whole_answer(relay: _Relay, meter: _Meter, endpoint: Endpoint) -> dict[str, Any]:
+    """The whole answer (``_collect``) with the usage of all its choices, metered."""
+    try:
+        answer = await _collect(relay, endpoint, meter.observe)
+        meter.ok = True
+    finally:
+        await meter.finish()
+    prompt, completion = meter.usage.get("prompt_tokens", 0), meter.usage.get("completion_tokens", meter.deltas)
+    answer["usage"] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return answer
+
+
+# --- studio tools: the tools app runs the loop, this module generates each step --------------------------------
+
+# One generation of a run: (messages, tools, tool_choice) → the whole ``chat.completion``.
+Step = Callable[[list[dict[str, Any]], list[dict[str, Any]], Any], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class ToolRun:
+    """A /v1 chat request to a deployment granted studio tools, handed to the tools app's runner."""
+
+    body: ChatCompletionRequest
+    key: TeamAPIKey
+    deployment: Deployment
+    ip: str | None
+    step: Step
+
+
+class StudioTools(Protocol):
+    """What /v1 asks of the tools app (``tools_app.runtime``, registered when the app is ready: serving sits below
+    tools in the apps' layers, so it cannot import it)."""
+
+    def granted(self, deployment: Deployment) -> bool:
+        """Whether ``deployment`` holds grants of studio tools (called on the database thread)."""
+        ...
+
+    async def run(self, run: ToolRun) -> dict[str, Any]:
+        """Run the loop and return the final ``chat.completion`` (without usage); raises ``OpenAIError``."""
+        ...
+
+
+_STUDIO_TOOLS: StudioTools | None = None
+
+
+def register_studio_tools(runner: StudioTools | None) -> None:
+    global _STUDIO_TOOLS
+    _STUDIO_TOOLS = runner
+
+
+async def _run_studio_tools(
+    request: HttpRequest, body: ChatCompletionRequest, key: TeamAPIKey, target: _Target, meter: _Meter
+) -> HttpResponseBase:
+    """Answer through the tools app's loop: each step a whole generation, all of them metered as one request.
+    A streamed request gets the final answer as a stream once the run ends (tool calls run in between)."""
+    assert _STUDIO_TOOLS is not None
+    totals = {"prompt_tokens": 0, "completion_tokens": 0}
+
+    async def step(messages: list[dict[str, Any]], tools: list[dict[str, Any]], tool_choice: Any) -> dict[str, Any]:
+        data = body.model_dump(exclude_none=True, exclude={EXTENSION, "stream", "stream_options", "tool_choice"})
+        data.update(messages=messages, tools=tools)
+        if tool_choice is not None:
+            data["tool_choice"] = tool_choice
+        step_body = ChatCompletionRequest.model_validate(data)
+        relay = await _open_relay(step_body, key, target, CHAT)
+        usage: dict[str, int] = {}
+
+        def observe(chunk: dict[str, Any]) -> None:
+            if chunk.get("usage"):
+                usage.update({name: int(chunk["usage"].get(name) or 0) for name in totals})
+
+        answer = await _collect(relay, CHAT, observe)
+        for name in totals:
+            totals[name] += usage.get(name, 0)
+        return answer
+
+    try:
+        _check_token_ceiling(body, key)
+        answer = await _STUDIO_TOOLS.run(ToolRun(body, key, target.deployment, request.META.get("REMOTE_ADDR"), step))
+        meter.ok = True
+    finally:
+        meter.usage = dict(totals)
+        await meter.finish()
+    prompt, completion = totals["prompt_tokens"], totals["completion_tokens"]
+    answer["usage"] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    if not body.stream:
+        return JsonResponse(answer)
+    response = StreamingHttpResponse(
+        _replayed(answer, include_usage=body.include_usage), content_type="text/event-stream"
+    )
+    response["Cache-Control"] = "no-cache"
+    return response
+
+
+async def _replayed(answer: dict[str, Any], *, include_usage: bool) -> AsyncIterator[bytes]:
+    """A whole ``chat.completion`` as the chunks of a stream: per choice its message, then its finish reason;
+    the ``atelier`` field on the last chunk, the usage after it when asked for."""
+    base = {
+        "id": answer["id"],
+        "object": "chat.completion.chunk",
+        "created": answer["created"],
+        "model": answer["model"],
+    }
+    for choice in answer["choices"]:
+        message = choice["message"]
+        delta: dict[str, Any] = {"role": "assistant", "content": message.get("content") or ""}
+        if message.get("tool_calls"):
+            delta["tool_calls"] = [{"index": index, **call} for index, call in enumerate(message["tool_calls"])]
+        yield _sse({**base, "choices": [{"index": choice["index"], "delta": delta, "finish_reason": None}]})
+        last = {"index": choice["index"], "delta": {}, "finish_reason": choice["finish_reason"]}
+        yield _sse({**base, "choices": [last], EXTENSION: answer.get(EXTENSION)})
+    if include_usage:
+        yield _sse({**base, "choices": [], "usage": answer["usage"]})
+    yield b"data: [DONE]\n\n"

@@ -184,6 +184,24 @@ def make_lora_adapter(base_path: Path, folder: Path, seed: int, *, rank: int = 8
     return folder
 
 
+def starter_deployment(starter_model_path: Path, adapter: Path, *, name: str) -> tuple[Team, Any, Any]:
+    """Team acme, its owner's access (alice) and a deployment ``name`` of a LoRA version ("support") of the starter
+    model at ``starter_model_path`` with the adapter in ``adapter``: the scene of the tests on a studio process."""
+    from accounts.permissions import resolve_access
+    from serving_app import deployments
+    from training_app import services as training_services
+    from training_app.models import BaseModel
+
+    team = Team.objects.create(name="Acme", slug="acme")
+    alice = member(team, Role.OWNER, "alice")
+    access = resolve_access(alice, team.slug)
+    starter = training_services.register_model_folder(
+        path=starter_model_path, name=training_services.STARTER_MODEL_NAME, source=BaseModel.Source.STARTER
+    )
+    version = adapter_model_version(team, alice, starter, adapter, name="support")
+    return team, access, deployments.create_deployment(access=access, name=name, version=version)
+
+
 def adapter_model_version(
     team: Team, owner: Any, base_model: Any, folder: Path, *, name: str = "support bot", restricted: bool = False
 ) -> Any:

@@ -224,6 +224,17 @@ def test_unknown_parameters_get_400_naming_each_of_them_and_nothing_is_metered(
             model="support-bot", messages=HELLO, extra_body={"temperatures": 0.5, "best_of": 2}
         )
     assert (refused.value.param, refused.value.code) == ("best_of", "unsupported_parameter")
+
+
+def test_resuming_tool_calls_on_a_deployment_without_studio_tools_is_refused_by_name(
+    studio_server: str, owner: TeamAccess, deployment: Deployment
+) -> None:
+    _, key = make_key(owner, deployment)
+    with pytest.raises(openai.BadRequestError, match="applies only to a deployment granted studio tools") as refused:
+        client(studio_server, key).chat.completions.create(
+            model="support-bot", messages=HELLO, extra_body={"atelier": {"approvals": ["0" * 32]}}
+        )
+    assert refused.value.param == "atelier"
     assert usage_rows(deployment) == []
 
 

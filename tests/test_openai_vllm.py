@@ -29,16 +29,12 @@ from openai.types.chat import (
 )
 
 from accounts import services as account_services
-from accounts.models import Team, TeamAPIKey
-from accounts.permissions import TeamAccess, resolve_access
-from accounts.roles import Role
-from serving_app import deployments
+from accounts.models import TeamAPIKey
+from accounts.permissions import TeamAccess
 from serving_app.models import Deployment, UsageRecord
 from tests.conftest import VLLM_START_S, wait_for_vllm
-from tests.factories import adapter_model_version, member
+from tests.factories import starter_deployment
 from tests.test_serving_vllm import vllm_status
-from training_app import services as training_services
-from training_app.models import BaseModel
 
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What is the weather in Oslo?"}]
 CITY_MAX = 12
@@ -89,14 +85,7 @@ def studio(
 ) -> Iterator[Studio]:
     fast_hash = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     with django_db_blocker.unblock(), override_settings(PASSWORD_HASHERS=fast_hash):
-        team = Team.objects.create(name="Acme", slug="acme")
-        alice = member(team, Role.OWNER, "alice")
-        access = resolve_access(alice, team.slug)
-        starter = training_services.register_model_folder(
-            path=starter_model_path, name=training_services.STARTER_MODEL_NAME, source=BaseModel.Source.STARTER
-        )
-        version = adapter_model_version(team, alice, starter, lora_adapters[0], name="support")
-        deployment = deployments.create_deployment(access=access, name="support-bot", version=version)
+        _, access, deployment = starter_deployment(starter_model_path, lora_adapters[0], name="support-bot")
         _, key = new_key(access, deployment)
         crowd_key, crowd_secret = new_key(access, deployment)
     yield Studio(vllm_studio_server, deployment, key, crowd_key, crowd_secret)

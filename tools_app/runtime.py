@@ -1,0 +1,398 @@
+"""Studio tools at run time: the loop that lets a deployment's model call the tools granted to it through /v1.
+
+    model → tool call → policy (``tools_app.policy.decide``) → the tools worker (``tools_app.dispatch``) → the
+    result back to the model → … until it answers without a studio tool call, or ``MAX_STEPS`` generations.
+
+The request's own ``tools`` (client-side tools, the OpenAI standard) are offered next to the granted ones; a call
+of one of them ends the run and goes back to the client, which executes it. Every attempt is audited against the
+tool (``tool.call_requested``, ``tool.call_denied``, ``tool.call_executed``, ``tool.call_failed``; approvals as in
+``tools_app.services``), its arguments with the tool's secret values redacted.
+
+The answer is a ``chat.completion`` with one studio field, ``atelier``::
+
+    "atelier": {
+      "status": "completed" | "approval_required" | "client_tools" | "step_limit",
+      "tool_calls": [{"id", "tool", "arguments", "outcome": "executed" | "failed" | "denied" |
+                      "awaiting_approval", "reason"?, "status"?, "latency_ms"?}],
+      "messages": [...],      # what the studio added to the conversation before the answer's message
+      "tool_results": [...],  # tool messages answering studio calls of the answer's message
+      "approvals": [{"id", "tool", "arguments", "expires_at"}]      # approval_required only
+    }
+
+A call that needs approval pauses the run (``approval_required``): the answer's message holds the call. Once a
+member with ``tools.approve`` has approved it (the Approvals inbox), the client resumes by sending the
+conversation back — its messages, then ``atelier.messages``, the answer's message and ``atelier.tool_results`` —
+with ``"atelier": {"approvals": ["<id>"]}`` (``extra_body`` in the ``openai`` client). The approval is bound to the
+tool, the deployment, the exact arguments and a hash of the conversation before the call, and is used once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.utils import timezone
+
+from accounts import audit
+from accounts.models import AuditEvent
+from accounts.permissions import TeamAccess
+from accounts.roles import Role
+from serving_app.models import Deployment
+from serving_app.openai_api import EXTENSION, OpenAIError, ToolRun
+from tools_app import dispatch, policy, secrets, services
+from tools_app.models import Tool, ToolGrant
+
+# Generations in one run: each tool result costs one more.
+MAX_STEPS = 6
+# What an audit event keeps of an argument value.
+AUDIT_VALUE_LIMIT = 2_000
+SECRET_ARGUMENT = re.compile(r"pass(word)?|secret|token|api[_-]?key|authori[sz]ation", re.IGNORECASE)
+REDACTED = "[redacted]"
+
+
+@dataclass(frozen=True)
+class Granted:
+    """A tool granted to the deployment, with the grant's rules as the policy takes them."""
+
+    tool: Tool
+    grant: ToolGrant
+    terms: policy.GrantTerms
+
+
+@dataclass
+class Context:
+    """What a run reads once from the database: the caller and the deployment's granted tools by name."""
+
+    access: TeamAccess
+    deployment: Deployment
+    tools: dict[str, Granted]
+    ip: str | None
+
+
+class Runner:
+    """The tools app's side of /v1 (``serving_app.openai_api.StudioTools``)."""
+
+    def granted(self, deployment: Deployment) -> bool:
+        return ToolGrant.objects.for_team(deployment.team).filter(deployment=deployment).exists()
+
+    async def run(self, run: ToolRun) -> dict[str, Any]:
+        context = await sync_to_async(_context)(run)
+        return await _Loop(run, context).run()
+
+
+class _Loop:
+    def __init__(self, run: ToolRun, context: Context) -> None:
+        self.run_ = run
+        self.context = context
+        extra = run.body.model_extra or {}
+        self.client_tools: list[dict[str, Any]] = list(extra.get("tools") or [])
+        self.tool_choice = extra.get("tool_choice")
+        self.messages = [_canonical(message.model_dump(exclude_none=True)) for message in run.body.messages]
+        self.added: list[dict[str, Any]] = []
+        self.calls: list[dict[str, Any]] = []
+        self.approvals: list[dict[str, Any]] = []
+        self.open_message: dict[str, Any] = {}
+        self._check_request(extra.get(EXTENSION))
+
+    def _check_request(self, extension: Any) -> None:
+        clashes = sorted(
+            {str((tool.get("function") or {}).get("name")) for tool in self.client_tools if isinstance(tool, dict)}
+            & set(self.context.tools)
+        )
+        if clashes:
+            raise OpenAIError(
+                400, f"tools: {', '.join(clashes)} is the name of a studio tool granted to this deployment; rename "
+                "your own tool.", param="tools", code="invalid_value",
+            )  # fmt: skip
+        if (self.run_.body.n or 1) > 1:
+            raise OpenAIError(
+                400, "n: a deployment with studio tools answers one choice per request (n = 1).", param="n",
+                code="invalid_value",
+            )  # fmt: skip
+        approvals = extension.get("approvals", []) if isinstance(extension, dict) else None
+        if extension is not None and (
+            not isinstance(approvals, list) or not all(isinstance(item, str) for item in approvals)
+            or set(extension) - {"approvals"}
+        ):  # fmt: skip
+            raise OpenAIError(
+                400, f'{EXTENSION}: send {{"approvals": ["<approval id>", …]}} to resume approved tool calls.',
+                param=EXTENSION, code="invalid_value",
+            )  # fmt: skip
+        self.approval_ids: list[str] = approvals or []
+
+    async def run(self) -> dict[str, Any]:
+        answer: dict[str, Any] | None = None
+        status = await self._resume_open_calls()
+        if status is not None:
+            return self._answer_for_pending(status)
+        for step in range(MAX_STEPS):
+            tools = self.client_tools + [granted.tool.as_openai_tool() for granted in self.context.tools.values()]
+            answer = await self.run_.step(self.messages, tools, self.tool_choice if step == 0 else None)
+            message = answer["choices"][0]["message"] if answer["choices"] else {}
+            calls = message.get("tool_calls") or []
+            studio_calls = [call for call in calls if call["function"]["name"] in self.context.tools]
+            if not studio_calls:
+                return self._finish(answer, "client_tools" if calls else "completed")
+            assistant = _canonical(message)
+            conversation = conversation_hash(self.messages)
+            self.messages.append(assistant)
+            results, pending = await self._run_calls(studio_calls, conversation, approvals=[])
+            if pending or len(studio_calls) < len(calls):
+                return self._finish(answer, "approval_required" if pending else "client_tools", results)
+            self.added.append(assistant)
+            self.messages.extend(results)
+            self.added.extend(results)
+        assert answer is not None
+        return self._finish(answer, "step_limit")
+
+    async def _resume_open_calls(self) -> str | None:
+        """Run the studio calls of the conversation's last assistant message that have no result yet (a run
+        resumed after approval: that message, then the results of its calls that ran). Returns a status when
+        the run must stop again, else None."""
+        position = len(self.messages) - 1
+        while position > 0 and self.messages[position]["role"] == "tool":
+            position -= 1
+        last = self.messages[position]
+        answered = {message.get("tool_call_id") for message in self.messages[position + 1 :]}
+        open_calls = [
+            call for call in last.get("tool_calls") or []
+            if call["function"]["name"] in self.context.tools and call["id"] not in answered
+        ] if last["role"] == "assistant" else []  # fmt: skip
+        if not open_calls:
+            if self.approval_ids:
+                raise OpenAIError(
+                    400, f"{EXTENSION}.approvals: the conversation must end with the assistant message that made the "
+                    "approved call (and the results of its other calls).", param=EXTENSION, code="invalid_value",
+                )  # fmt: skip
+            return None
+        self.open_message = last
+        conversation = conversation_hash(self.messages[:position])
+        results, pending = await self._run_calls(open_calls, conversation, approvals=self.approval_ids)
+        self.messages.extend(results)
+        self.added.extend(results)
+        return "approval_required" if pending else None
+
+    async def _run_calls(
+        self, calls: list[dict[str, Any]], conversation: str, *, approvals: list[str]
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Each studio call decided, then run or queued for approval; the tool messages of those that ended, and
+        whether any waits for a person."""
+        results: list[dict[str, Any]] = []
+        pending = False
+        for call in calls:
+            content = await sync_to_async(self._decide)(call, conversation, approvals)
+            if content is None:
+                pending = True
+                continue
+            if isinstance(content, Tool):
+                content = await self._execute(content, call)
+            results.append({"role": "tool", "tool_call_id": call["id"], "content": content})
+        return results, pending
+
+    def _decide(self, call: dict[str, Any], conversation: str, approvals: list[str]) -> str | Tool | None:
+        """On the database thread: the call's refusal as the model's tool message, the tool to run, or None when
+        it waits for approval."""
+        granted = self.context.tools[call["function"]["name"]]
+        tool, access = granted.tool, self.context.access
+        arguments = _arguments(call["function"]["arguments"])
+        shown = _redacted(arguments if arguments is not None else call["function"]["arguments"], tool)
+        details = {
+            "tool": tool.name, "deployment": self.context.deployment.name,
+            "deployment_id": self.context.deployment.pk, "call_id": call["id"], "arguments": shown,
+            "conversation": conversation, "via": "api",
+        }  # fmt: skip
+        record = {"id": call["id"], "tool": tool.name, "arguments": shown}
+        self.calls.append(record)
+        audit.record("tool.call_requested", access=access, target=tool, ip=self.context.ip, **details)
+        if arguments is None:
+            decision = policy.Decision(False, "the arguments are not a JSON object")
+        else:
+            decision = policy.decide(granted.terms, tool, arguments=arguments, role=None, api_key_id=_key_id(access))
+        if decision.allowed and _over_rate_limit(tool):
+            decision = policy.Decision(False, f"the tool's rate limit ({tool.rate_limit_per_minute} calls a minute)")
+        if decision.denied:
+            audit.record("tool.call_denied", access=access, target=tool, ip=self.context.ip, rule=decision.rule,
+                         **details)  # fmt: skip
+            record.update(outcome="denied", reason=decision.rule)
+            return json.dumps({"error": "denied", "reason": decision.rule})
+        assert arguments is not None
+        if decision.needs_approval:
+            approved = self._approved(tool, arguments, conversation, approvals)
+            if approved is None:
+                approval = services.request_approval(
+                    access=access, tool=tool, deployment=self.context.deployment, conversation=conversation,
+                    arguments=arguments, grant=granted.grant, ip=self.context.ip,
+                )  # fmt: skip
+                record.update(outcome="awaiting_approval", reason=decision.approval_reason,
+                              approval=str(approval.public_id))  # fmt: skip
+                self.approvals.append({
+                    "id": str(approval.public_id), "tool": tool.name, "arguments": arguments,
+                    "expires_at": approval.expires_at.isoformat(),
+                })  # fmt: skip
+                return None
+        record["arguments_json"] = arguments
+        return tool
+
+    def _approved(self, tool: Tool, arguments: dict[str, Any], conversation: str, approvals: list[str]) -> bool | None:
+        """True when one of the client's approval ids lets this exact call run (it is then used up); None when the
+        client sent none. An id that matches no approved call of these values is refused (audited) with a 403."""
+        if not approvals:
+            return None
+        refusal: services.ApprovalRefused | None = None
+        for approval_id in approvals:
+            try:
+                services.consume(
+                    approval_id, team=self.context.access.team, tool=tool, deployment=self.context.deployment,
+                    conversation=conversation, arguments=arguments, ip=self.context.ip,
+                )  # fmt: skip
+            except services.ApprovalRefused as error:
+                refusal = error
+                continue
+            approvals.remove(approval_id)
+            return True
+        assert refusal is not None
+        code = "approval_pending" if refusal.rule == "not_approved" else "approval_refused"
+        raise OpenAIError(409 if code == "approval_pending" else 403, f"{EXTENSION}.approvals: {refusal}",
+                          param=EXTENSION, code=code)  # fmt: skip
+
+    async def _execute(self, tool: Tool, call: dict[str, Any]) -> str:
+        record = next(record for record in reversed(self.calls) if record["id"] == call["id"])
+        arguments = record.pop("arguments_json")
+        outcome = await sync_to_async(dispatch.run_call, thread_sensitive=False)(tool, arguments)
+        await sync_to_async(self._audit_outcome)(tool, call, record, outcome)
+        record.update(
+            outcome="executed" if outcome.ok else "failed", status=outcome.status,
+            latency_ms=round(outcome.latency_ms, 1),
+        )  # fmt: skip
+        if not outcome.ok:
+            record["reason"] = outcome.text
+            return json.dumps({"error": outcome.error, "message": outcome.text})
+        return outcome.text
+
+    def _audit_outcome(self, tool: Tool, call: dict[str, Any], record: dict[str, Any], outcome: Any) -> None:
+        details = {
+            "tool": tool.name, "deployment": self.context.deployment.name,
+            "deployment_id": self.context.deployment.pk, "call_id": call["id"], "arguments": record["arguments"],
+            "via": "api", "status": outcome.status, "latency_ms": round(outcome.latency_ms, 1),
+            "response_bytes": outcome.response_bytes,
+        }  # fmt: skip
+        if outcome.ok:
+            audit.record("tool.call_executed", access=self.context.access, target=tool, ip=self.context.ip, **details)
+        else:
+            audit.record("tool.call_failed", access=self.context.access, target=tool, ip=self.context.ip,
+                         error=outcome.error, message=outcome.text[:500], **details)  # fmt: skip
+
+    def _answer_for_pending(self, status: str) -> dict[str, Any]:
+        """The answer when a resumed run waits again before any generation: the message with the open calls, and
+        the results of those that ran."""
+        answer = {
+            "id": "", "object": "chat.completion", "created": int(timezone.now().timestamp()),
+            "model": self.context.deployment.name,
+            "choices": [{"index": 0, "message": {"content": None, **self.open_message}, "logprobs": None,
+                         "finish_reason": "tool_calls"}],
+        }  # fmt: skip
+        results, self.added = self.added, []
+        return self._finish(answer, status, results)
+
+    def _finish(
+        self, answer: dict[str, Any], status: str, results: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        for record in self.calls:
+            record.pop("arguments_json", None)
+        answer[EXTENSION] = {
+            "status": status, "tool_calls": self.calls, "messages": self.added, "tool_results": results or [],
+        }  # fmt: skip
+        if status == "approval_required":
+            answer[EXTENSION]["approvals"] = self.approvals
+        return answer
+
+
+RUNNER = Runner()
+
+
+def conversation_hash(messages: list[dict[str, Any]]) -> str:
+    """The hex SHA-256 of a conversation's messages (canonical JSON): what an approval is bound to."""
+    canonical = json.dumps([_canonical(message) for message in messages], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _context(run: ToolRun) -> Context:
+    key = run.key
+    access = TeamAccess(team=key.team, role=Role(key.role), api_key=key)
+    grants = ToolGrant.objects.for_team(key.team).filter(deployment=run.deployment).select_related("tool")
+    tools = {grant.tool.name: Granted(grant.tool, grant, services.grant_terms(grant)) for grant in grants}
+    return Context(access=access, deployment=run.deployment, tools=tools, ip=run.ip)
+
+
+def _canonical(message: dict[str, Any]) -> dict[str, Any]:
+    """A message as the loop keeps it and hashes it: empty fields left out, tool calls in one shape."""
+    canonical: dict[str, Any] = {"role": message["role"]}
+    if message.get("content") not in (None, "", []):
+        canonical["content"] = message["content"]
+    for name in ("name", "tool_call_id"):
+        if message.get(name):
+            canonical[name] = message[name]
+    if message.get("tool_calls"):
+        canonical["tool_calls"] = [
+            {"id": call["id"], "type": "function",
+             "function": {"name": call["function"]["name"], "arguments": call["function"]["arguments"]}}
+            for call in message["tool_calls"]
+        ]  # fmt: skip
+    return canonical
+
+
+def _arguments(text: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _key_id(access: TeamAccess) -> int | None:
+    return access.api_key.pk if access.api_key is not None else None
+
+
+def _over_rate_limit(tool: Tool) -> bool:
+    since = timezone.now() - timedelta(minutes=1)
+    recent = AuditEvent.objects.for_team(tool.team).filter(
+        action__in=["tool.call_executed", "tool.call_failed"], target_type="tool", target_id=str(tool.pk),
+        created_at__gte=since,
+    )  # fmt: skip
+    return recent.count() >= tool.rate_limit_per_minute
+
+
+def _redacted(value: Any, tool: Tool) -> Any:
+    """``value`` for the audit trail: the tool's secret values, and arguments named like secrets, replaced."""
+    hidden = _secret_values(tool)
+
+    def clean(item: Any, name: str = "") -> Any:
+        if name and SECRET_ARGUMENT.search(name):
+            return REDACTED
+        if isinstance(item, dict):
+            return {key: clean(inner, str(key)) for key, inner in item.items()}
+        if isinstance(item, list):
+            return [clean(inner) for inner in item]
+        if isinstance(item, str):
+            for secret in hidden:
+                item = item.replace(secret, REDACTED)
+            return item[:AUDIT_VALUE_LIMIT]
+        return item
+
+    return clean(value)
+
+
+def _secret_values(tool: Tool) -> list[str]:
+    if not tool.has_secret:
+        return []
+    try:
+        secret = secrets.decrypt_json(tool.secret)
+    except (secrets.InvalidToken, ValueError):
+        return []
+    values = list(secret.values()) if isinstance(secret, dict) else [str(secret)]
+    return [value for value in values if isinstance(value, str) and len(value) >= 4]
