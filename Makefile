@@ -50,7 +50,8 @@ browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
 # The tools worker runs tool calls without the studio's database URL or secret key: it holds only the key that
-# opens tool secrets (tools_app/sandbox/worker.py).
+# opens tool secrets (tools_app/sandbox/worker.py). It logs at WARNING: at INFO Celery would log every call's
+# result, which is the team's data.
 run: $(STAMP) $(VLLM_STAMP)
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py seed_demo
@@ -60,7 +61,7 @@ run: $(STAMP) $(VLLM_STAMP)
 	$(VENV)/bin/celery -A studio worker -Q default --concurrency 1 --hostname cpu@%h --loglevel INFO & \
 	$(VENV)/bin/celery -A studio worker -Q gpu --concurrency 1 --hostname gpu@%h --loglevel INFO & \
 	env -u DATABASE_URL -u SECRET_KEY -u HF_TOKEN ATELIER_SECRETS_KEY_FILE=$${ATELIER_DATA_DIR:-var}/secrets.key \
-		$(VENV)/bin/celery -A tools_app.sandbox.worker worker -Q tools --concurrency 2 --hostname tools@%h --loglevel INFO & \
+		$(VENV)/bin/celery -A tools_app.sandbox.worker worker -Q tools --concurrency 2 --hostname tools@%h --loglevel WARNING & \
 	$(VENV)/bin/celery -A studio beat --loglevel WARNING --schedule var/celerybeat-schedule & \
 	$(PY) -m serving_app.engine --registry $(INFERENCE_REGISTRY) --port $(INFERENCE_PORT) --preload & \
 	ATELIER_INFERENCE_URL=http://127.0.0.1:$(INFERENCE_PORT) ATELIER_INFERENCE_REGISTRY=$(INFERENCE_REGISTRY) \

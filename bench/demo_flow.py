@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import re
 import resource
@@ -113,6 +114,19 @@ def studio_env(data_dir: Path, models_dir: Path) -> tuple[dict[str, str], list[s
         }
     )
     return env, [name for name in dropped if name not in ("ATELIER_DATA_DIR", "ATELIER_MODELS_DIR")]
+
+
+def setup_django_here(env: dict[str, str], database_url: str | None = None) -> None:
+    """Make this process the studio's, with ``env`` (``studio_env``'s) and ``database_url`` if given: Django set up
+    and httpx's per-request log lines, which Django's logging config turns on, silenced."""
+    if database_url:
+        env["DATABASE_URL"] = database_url
+    os.environ.clear()
+    os.environ.update(env)
+    import django
+
+    django.setup()
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def tail(path: Path, size: int = 3000) -> str:

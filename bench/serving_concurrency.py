@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import math
 import os
 import shutil
@@ -60,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from demo_flow import StepFailed, manage, stop, studio_env, tail
+from demo_flow import StepFailed, manage, setup_django_here, stop, studio_env, tail
 from serving_stack import free_port, start, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -397,14 +396,7 @@ def main() -> int:
     signal.alarm(options.max_seconds)
     try:
         env, _ = studio_env(data_dir, data_dir / "models")
-        if options.database_url:
-            env["DATABASE_URL"] = options.database_url
-        os.environ.clear()
-        os.environ.update(env)
-        import django
-
-        django.setup()
-        logging.getLogger("httpx").setLevel(logging.WARNING)  # Django's logging config turns it on
+        setup_django_here(env, options.database_url)
         load_before = os.getloadavg()[0]  # the figures' own load average counts this run's servers too
         print(f"embedded default in {data_dir}; load {load_before:.2f} ...", file=sys.stderr)
         starter, adapters = prepare_models(data_dir)

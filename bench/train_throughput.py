@@ -497,9 +497,7 @@ def run_engine(
     folder.mkdir(parents=True)
     data = folder / "train.jsonl"
     write_rows(data, rows=(steps + 1) * mb, doc_tokens=doc_tokens, vocab_size=vocab_size, seed=1)
-    config_path, errors = engine_config(
-        folder, model, data, config, seq=seq, steps=steps, cpu=cpu, overrides=overrides
-    )
+    config_path, errors = engine_config(folder, model, data, config, seq=seq, steps=steps, cpu=cpu, overrides=overrides)
     if errors:
         return {"error": f"the run config does not validate: {errors}"}
     env = base_env()
