@@ -161,6 +161,8 @@ def test_a_read_tools_result_flows_back_into_the_models_answer(
         200,
     )
     assert actions(lookup) == ["tool.call_requested", "tool.call_executed"]
+    executed = AuditEvent.objects.for_team(lookup.team).get(action="tool.call_executed")
+    assert executed.details["source"] == "model"
 
 
 def test_the_model_is_offered_the_granted_tools_and_the_clients_own(
@@ -274,6 +276,8 @@ def test_an_approved_call_runs_once_when_the_client_resumes(
     [seen] = loopback.requests
     assert seen.path == "/echo/delete" and json.loads(seen.body) == {"account": "bob"}
     assert model.seen[0][-1]["role"] == "tool"
+    executed = AuditEvent.objects.for_team(acme).get(action="tool.call_executed")
+    assert executed.details["source"] == "conversation"  # sent back by the client, made by a model before
     assert actions(delete_account) == ["tool.call_requested", "tool.call_requested", "tool.call_executed"]
 
     with pytest.raises(OpenAIError) as replayed:

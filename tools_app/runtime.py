@@ -6,7 +6,8 @@
 The request's own ``tools`` (client-side tools, the OpenAI standard) are offered next to the granted ones; a call
 of one of them ends the run and goes back to the client, which executes it. Every attempt is audited against the
 tool (``tool.call_requested``, ``tool.call_denied``, ``tool.call_executed``, ``tool.call_failed``; approvals as in
-``tools_app.services``), its arguments with the tool's secret values redacted.
+``tools_app.services``), its arguments with the tool's secret values redacted, and ``source``: ``model`` for a
+call made in this request, ``conversation`` for one the client sent back (resuming).
 
 The answer is a ``chat.completion`` with one studio field, ``atelier``::
 
@@ -97,6 +98,8 @@ class _Loop:
         self.calls: list[dict[str, Any]] = []
         self.approvals: list[dict[str, Any]] = []
         self.open_message: dict[str, Any] = {}
+        # Where the calls being run come from: the model in this request, or the conversation the client sent.
+        self.source = "model"
         self._check_request(extra.get(EXTENSION))
 
     def _check_request(self, extension: Any) -> None:
@@ -141,6 +144,7 @@ class _Loop:
             assistant = _canonical(message)
             conversation = conversation_hash(self.messages)
             self.messages.append(assistant)
+            self.source = "model"
             results, pending = await self._run_calls(studio_calls, conversation, approvals=[])
             if pending or len(studio_calls) < len(calls):
                 return self._finish(answer, "approval_required" if pending else "client_tools", results)
@@ -172,6 +176,8 @@ class _Loop:
             return None
         self.open_message = last
         conversation = conversation_hash(self.messages[:position])
+        # Calls the client sent back: a model made them in an earlier request, as far as the studio can tell.
+        self.source = "conversation"
         results, pending = await self._run_calls(open_calls, conversation, approvals=self.approval_ids)
         self.messages.extend(results)
         self.added.extend(results)
@@ -204,7 +210,7 @@ class _Loop:
         details = {
             "tool": tool.name, "deployment": self.context.deployment.name,
             "deployment_id": self.context.deployment.pk, "call_id": call["id"], "arguments": shown,
-            "conversation": conversation, "via": "api",
+            "conversation": conversation, "via": "api", "source": self.source,
         }  # fmt: skip
         record = {"id": call["id"], "tool": tool.name, "arguments": shown}
         self.calls.append(record)
@@ -278,7 +284,7 @@ class _Loop:
         details = {
             "tool": tool.name, "deployment": self.context.deployment.name,
             "deployment_id": self.context.deployment.pk, "call_id": call["id"], "arguments": record["arguments"],
-            "via": "api", "status": outcome.status, "latency_ms": round(outcome.latency_ms, 1),
+            "via": "api", "source": self.source, "status": outcome.status, "latency_ms": round(outcome.latency_ms, 1),
             "response_bytes": outcome.response_bytes,
         }  # fmt: skip
         if outcome.ok:
