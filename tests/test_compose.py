@@ -24,7 +24,9 @@ COMPOSE_FILE = REPO_ROOT / "compose" / "compose.yaml"
 APP_DOCKERFILE = "compose/Dockerfile"
 
 BACKING_SERVICES = frozenset({"postgres", "redis"})
-APP_SERVICES = frozenset({"migrate", "web", "worker-cpu", "worker-gpu", "inference", "beat"})
+APP_SERVICES = frozenset({"migrate", "web", "worker-cpu", "worker-gpu", "inference", "beat", "tools-worker"})
+# The tools worker imports no Django and gets none of the studio's environment (its own test says what it gets).
+DJANGO_APP_SERVICES = APP_SERVICES - {"tools-worker"}
 LONG_RUNNING_APP_SERVICES = ("web", "worker-cpu", "worker-gpu", "inference", "beat")
 # App services that run on GPUs: the training worker and the inference server.
 GPU_SERVICES = frozenset({"worker-gpu", "inference"})
@@ -114,13 +116,21 @@ def check_uvicorn(argv: list[str]) -> None:
 
 
 def load_celery_app(app_option: str) -> Any:
-    """The Celery app that `celery -A APP` finds: `APP.celery.app`, or `MODULE:ATTR` when given so."""
+    """The Celery app that `celery -A APP` finds, as Celery looks for it: `MODULE:ATTR` when given so, else
+    `APP.app` or `APP.celery` when APP holds one, else `APP.celery.app`."""
     from celery import Celery
 
     if ":" in app_option:
         module_name, _, attr = app_option.partition(":")
     else:
-        module_name, attr = f"{app_option}.celery", "app"
+        module_name, attr = app_option, "app"
+        held = [
+            name for name in ("app", "celery") if isinstance(getattr(import_module(app_option), name, None), Celery)
+        ]
+        if held:
+            attr = held[0]
+        else:
+            module_name = f"{app_option}.celery"
     app = getattr(import_module(module_name), attr, None)
     if not isinstance(app, Celery):
         raise EntryPointError(f"{module_name}.{attr} is not a celery.Celery app (got {type(app).__name__})")
@@ -283,7 +293,7 @@ def test_gpu_images_install_torch_from_a_cuda_index(services: dict[str, Service]
 def test_every_app_service_gets_the_shared_production_environment(services: dict[str, Service]) -> None:
     app_services = {name for name, service in services.items() if uses_app_image(service)}
     assert app_services == APP_SERVICES, "exactly the app services are built from compose/Dockerfile"
-    for name in sorted(app_services):
+    for name in sorted(DJANGO_APP_SERVICES):
         env = environment_of(services[name])
         assert env.get("ATELIER_PRODUCTION") == "1", f"service {name!r}: ATELIER_PRODUCTION is not 1"
         assert env.get("DATABASE_URL", "").startswith("postgres://"), f"service {name!r}: DATABASE_URL"
@@ -451,3 +461,14 @@ def test_the_inference_server_takes_every_option_compose_gives_it(services: dict
     given = [arg.split("=")[0] for arg in split_command(services["inference"]["command"]) if arg.startswith("--")]
     unknown = [option for option in given if not re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", usage)]
     assert not unknown, f"python -m serving_app.engine does not take {unknown}"
+
+
+def test_the_tools_worker_holds_the_tool_secrets_key_and_no_studio_credentials(services: dict[str, Service]) -> None:
+    worker = services["tools-worker"]
+    env = environment_of(worker)
+    assert {"DATABASE_URL", "SECRET_KEY", "ATELIER_DATA_DIR"}.isdisjoint(env)
+    assert (
+        "ATELIER_SECRETS_KEY" in env
+        and env["ATELIER_SECRETS_KEY"] == environment_of(services["web"])["ATELIER_SECRETS_KEY"]
+    )
+    assert not worker.get("volumes"), "the tools worker mounts no data volume"
