@@ -278,6 +278,8 @@ def test_an_approved_call_runs_once_when_the_client_resumes(
     assert model.seen[0][-1]["role"] == "tool"
     executed = AuditEvent.objects.for_team(acme).get(action="tool.call_executed")
     assert executed.details["source"] == "conversation"  # sent back by the client, made by a model before
+    used = AuditEvent.objects.for_team(acme).get(action="tool.approval_used")
+    assert used.details["api_key_id"] == executed.details["api_key_id"]  # the key that resumed the run
     assert actions(delete_account) == ["tool.call_requested", "tool.call_requested", "tool.call_executed"]
 
     with pytest.raises(OpenAIError) as replayed:

@@ -254,7 +254,7 @@ class _Loop:
             try:
                 services.consume(
                     approval_id, team=self.context.access.team, tool=tool, deployment=self.context.deployment,
-                    conversation=conversation, arguments=arguments, ip=self.context.ip,
+                    conversation=conversation, arguments=arguments, ip=self.context.ip, access=self.context.access,
                 )  # fmt: skip
             except services.ApprovalRefused as error:
                 refusal = error

@@ -384,8 +384,10 @@ def consume(
     conversation: str,
     arguments: dict[str, Any],
     ip: str | None = None,
+    access: TeamAccess | None = None,
 ) -> ToolApproval:
     """What the runtime calls right before it runs an approved call: marks the approval used and returns it.
+    ``access`` is the caller resuming the run (a member or a team API key of ``team``): its audit events name it.
 
     Raises ``ApprovalRefused`` (audited as ``tool.approval_refused``, with the rule) unless the approval is the
     team's, approved, not expired (an overdue one is marked expired) and its binding equals the hash of the given
@@ -418,16 +420,23 @@ def consume(
             )
             approval.status, approval.used_at = ToolApproval.Status.USED, now
             audit.record(
-                "tool.approval_used", team=team, target=approval, ip=ip, tool=tool.name, deployment=deployment.name,
-                approval=str(approval.public_id),
+                "tool.approval_used", **_by(access, team), target=approval, ip=ip, tool=tool.name,
+                deployment=deployment.name, approval=str(approval.public_id),
             )  # fmt: skip
             return approval
         rule, message = refusal or ("not_found", "")
         audit.record(
-            "tool.approval_refused", team=team, target=approval, ip=ip, rule=rule, step="use", tool=tool.name,
-            deployment=deployment.name, approval=str(approval_id)[:64],
+            "tool.approval_refused", **_by(access, team), target=approval, ip=ip, rule=rule, step="use",
+            tool=tool.name, deployment=deployment.name, approval=str(approval_id)[:64],
         )  # fmt: skip
     raise ApprovalRefused(message, rule)
+
+
+def _by(access: TeamAccess | None, team: Team) -> dict[str, Any]:
+    """Who an audit event names: ``access`` when it is ``team``'s caller, else the team alone (the system)."""
+    if access is not None and access.team.pk == team.pk:
+        return {"access": access}
+    return {"team": team}
 
 
 def _decide(access: TeamAccess, approval_id: str, status: str, reason: str, ip: str | None) -> ToolApproval:
