@@ -49,10 +49,12 @@ class ScriptedModel:
     turns: list[str | list[tuple[str, dict[str, Any]]]]
     seen: list[list[dict[str, Any]]] = field(default_factory=list)
     offered: list[list[str]] = field(default_factory=list)
+    choices: list[Any] = field(default_factory=list)  # the tool_choice each generation was given
 
     async def __call__(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], choice: Any) -> dict:
         self.seen.append([dict(message) for message in messages])
         self.offered.append([tool["function"]["name"] for tool in tools])
+        self.choices.append(choice)
         turn = self.turns[len(self.seen) - 1]
         message: dict[str, Any] = {"role": "assistant", "content": turn if isinstance(turn, str) else None}
         if not isinstance(turn, str):
@@ -326,3 +328,15 @@ def test_a_paused_call_resumed_without_an_approval_waits_again(
 
     assert again["atelier"]["status"] == "approval_required" and loopback.requests == []
     assert ToolApproval.objects.for_team(acme).filter(status=ToolApproval.Status.PENDING).count() == 2
+
+
+def test_a_forced_call_is_not_forced_again_once_it_ran(
+    run: Callable[..., dict[str, Any]], paused: tuple[list[dict[str, Any]], dict[str, Any]], acme: Any
+) -> None:
+    conversation, answer = paused
+    forced = {"type": "function", "function": {"name": "delete_account"}}
+    model = ScriptedModel(["Done."])
+
+    run(model, conversation, tool_choice=forced, atelier={"approvals": [approve(answer, acme)]})
+
+    assert model.choices == [None]

@@ -133,9 +133,13 @@ class _Loop:
         status = await self._resume_open_calls()
         if status is not None:
             return self._answer_for_pending(status)
+        resumed = len(self.added) > 0
+        # A client's tool_choice applies to the first generation: asked again after the call, a forced call would
+        # be made forever. A resumed run made that call already.
+        choice = None if resumed else self.tool_choice
         for step in range(MAX_STEPS):
             tools = self.client_tools + [granted.tool.as_openai_tool() for granted in self.context.tools.values()]
-            answer = await self.run_.step(self.messages, tools, self.tool_choice if step == 0 else None)
+            answer = await self.run_.step(self.messages, tools, choice if step == 0 else None)
             message = answer["choices"][0]["message"] if answer["choices"] else {}
             calls = message.get("tool_calls") or []
             studio_calls = [call for call in calls if call["function"]["name"] in self.context.tools]
