@@ -243,7 +243,9 @@ def test_a_secret_the_model_puts_in_an_argument_is_redacted_in_the_audit_trail(
     run(ScriptedModel([[("lookup_order", {"order_id": f"leak-{SECRET}"})], "Done."]))
 
     event = AuditEvent.objects.for_team(lookup.team).filter(action="tool.call_executed").get()
-    assert SECRET not in json.dumps(event.details) and event.details["arguments"] == {"order_id": "leak-[redacted]"}
+    assert SECRET not in json.dumps(event.details) and event.details["arguments"] == {
+        "order_id": "leak-[secret redacted]"
+    }
 
 
 # --- approval and resuming --------------------------------------------------------------------------

@@ -47,13 +47,13 @@ from serving_app.models import Deployment
 from serving_app.openai_api import EXTENSION, OpenAIError, ToolRun
 from tools_app import dispatch, policy, secrets, services
 from tools_app.models import Tool, ToolGrant
+from tools_app.sandbox.execute import REDACTED, redactor, secret_values
 
 # Generations in one run: each tool result costs one more.
 MAX_STEPS = 6
 # What an audit event keeps of an argument value.
 AUDIT_VALUE_LIMIT = 2_000
 SECRET_ARGUMENT = re.compile(r"pass(word)?|secret|token|api[_-]?key|authori[sz]ation", re.IGNORECASE)
-REDACTED = "[redacted]"
 
 
 @dataclass(frozen=True)
@@ -379,7 +379,7 @@ def _over_rate_limit(tool: Tool) -> bool:
 
 def _redacted(value: Any, tool: Tool) -> Any:
     """``value`` for the audit trail: the tool's secret values, and arguments named like secrets, replaced."""
-    hidden = _secret_values(tool)
+    redact = redactor(_tool_secret_values(tool))
 
     def clean(item: Any, name: str = "") -> Any:
         if name and SECRET_ARGUMENT.search(name):
@@ -389,20 +389,18 @@ def _redacted(value: Any, tool: Tool) -> Any:
         if isinstance(item, list):
             return [clean(inner) for inner in item]
         if isinstance(item, str):
-            for secret in hidden:
-                item = item.replace(secret, REDACTED)
-            return item[:AUDIT_VALUE_LIMIT]
+            return redact(item)[:AUDIT_VALUE_LIMIT]
         return item
 
     return clean(value)
 
 
-def _secret_values(tool: Tool) -> list[str]:
+def _tool_secret_values(tool: Tool) -> list[str]:
+    """What the tool's secret must never show as (the executor's rule: header values and their long words, the DSN
+    and its password)."""
     if not tool.has_secret:
         return []
     try:
-        secret = secrets.decrypt_json(tool.secret)
+        return secret_values(secrets.decrypt_json(tool.secret))
     except (secrets.InvalidToken, ValueError):
         return []
-    values = list(secret.values()) if isinstance(secret, dict) else [str(secret)]
-    return [value for value in values if isinstance(value, str) and len(value) >= 4]

@@ -93,7 +93,7 @@ def execute(spec: CallSpec) -> CallOutcome:
     except Exception as error:  # a bug must come back as an outcome, not end the conversation
         logger.exception("tool %s failed unexpectedly", spec.name)
         outcome = CallOutcome(ok=False, error="failed", text=f"the tool failed unexpectedly ({type(error).__name__})")
-    redact = _redactor(_secret_values(spec.secret))
+    redact = redactor(secret_values(spec.secret))
     return replace(outcome, text=_capped(redact(outcome.text)))
 
 
@@ -273,7 +273,7 @@ def _capped(text: str) -> str:
     return f"{text[:TEXT_LIMIT]}\n[truncated: {len(text) - TEXT_LIMIT:,} more characters not shown]"
 
 
-def _secret_values(secret: dict[str, str] | str | None) -> list[str]:
+def secret_values(secret: dict[str, str] | str | None) -> list[str]:
     """The strings a result must never show: each header value and its long words; the DSN and its password."""
     if isinstance(secret, dict):
         values = [value for value in secret.values() if value]
@@ -287,7 +287,7 @@ def _secret_values(secret: dict[str, str] | str | None) -> list[str]:
     return []
 
 
-def _redactor(secrets: Iterable[str]) -> Callable[[str], str]:
+def redactor(secrets: Iterable[str]) -> Callable[[str], str]:
     """Replace every occurrence of any of ``secrets`` (the longest first) with ``REDACTED``."""
     ordered = sorted(set(secrets), key=len, reverse=True)
     if not ordered:
