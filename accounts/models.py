@@ -46,7 +46,10 @@ class Team(models.Model):
     prompt_retention_days = models.PositiveIntegerField(
         null=True,
         blank=True,
-        help_text="Keep playground prompts and answers this many days; empty means they are never stored.",
+        help_text=(
+            "Keep playground prompts and answers, and what tool calls returned, this many days; empty means they "
+            "are never stored."
+        ),
     )
 
     class Meta:

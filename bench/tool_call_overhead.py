@@ -206,7 +206,7 @@ class StudioSide:
         """Milliseconds from the model's tool call to the request's arrival, and of those, to ``run_call``."""
         from asgiref.sync import async_to_sync
 
-        from serving_app.openai_api import ChatCompletionRequest, ToolRun
+        from serving_app.openai_api import ChatCompletionRequest, api_tool_run
         from tools_app.runtime import RUNNER
 
         order = f"B-{number}"
@@ -230,7 +230,7 @@ class StudioSide:
         body = ChatCompletionRequest.model_validate(
             {"model": self.deployment.name, "messages": [{"role": "user", "content": f"Where is {order}?"}]}
         )
-        answer = async_to_sync(RUNNER.run)(ToolRun(body, self.key, self.deployment, "127.0.0.1", model))
+        answer = async_to_sync(RUNNER.run)(api_tool_run(body, self.key, self.deployment, "127.0.0.1", model))
         [record] = answer["atelier"]["tool_calls"]
         if record["outcome"] != "executed":
             raise StepFailed(f"the studio's call was not executed: {record}")

@@ -1,9 +1,10 @@
 """Which models a person may chat with, and how the inference server knows them.
 
 A *model key* names a model across the playground and the arena: ``base:<pk>`` (a base model the team
-can use) or ``version:<pk>`` (a model version of the team that the person may ``use``: restricted
-versions need a guardian share). Every handler resolves the keys it is given through ``resolve_model``
-on every request, so a share revoked a second ago is already refused.
+can use), ``version:<pk>`` (a model version of the team that the person may ``use``: restricted
+versions need a guardian share) or, in the playground, ``deployment:<pk>`` (a deployment of such a version,
+tried as clients get it: with the studio tools granted to it). Every handler resolves the keys it is given
+through ``resolve_model`` on every request, so a share revoked a second ago is already refused.
 
 The inference server serves names from a registry file (``serving_app.engine.registry``). The studio
 writes one entry per model it has asked for (``base-<pk>``, ``version-<pk>``), atomically and under a
@@ -17,15 +18,17 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
 from django.http import Http404
 
 from accounts.permissions import TeamAccess
 from accounts.roles import Perm
+from serving_app.models import Deployment
 from training_app.models import BaseModel, ModelVersion
 from training_app.services import usable_base_models, visible_versions
 
@@ -40,6 +43,8 @@ class Servable:
     base_path: str
     adapter_path: str | None
     context_length: int = 0
+    # A deployment's pk: the playground runs its column through the studio tools granted to it.
+    deployment_id: int | None = None
 
     def registry_entry(self) -> dict[str, str | None]:
         return {"base": self.base_path, "adapter": self.adapter_path}
@@ -76,8 +81,25 @@ def servable_version(version: ModelVersion) -> Servable:
     )
 
 
-def usable_models(access: TeamAccess) -> list[Servable]:
-    """Every model ``access`` may chat with: the team's ready base models, then its usable model versions.
+def servable_deployment(deployment: Deployment) -> Servable:
+    """A deployment: its model version as the inference server serves it, under the deployment's name."""
+    version = servable_version(deployment.model_version)
+    label = f"{deployment.name} (deployment of {version.label})"
+    return replace(version, key=f"deployment:{deployment.pk}", label=label, deployment_id=deployment.pk)
+
+
+def _usable_deployments(access: TeamAccess) -> QuerySet[Deployment]:
+    """The team's deployments of model versions ``access`` may use (a deployment opens no restricted version)."""
+    return (
+        Deployment.objects.for_team(access.team)
+        .filter(model_version__in=visible_versions(access, "use"))
+        .select_related("model_version", "model_version__base_model")
+    )
+
+
+def usable_models(access: TeamAccess, *, deployments: bool = False) -> list[Servable]:
+    """Every model ``access`` may chat with: the team's ready base models, then its usable model versions, then
+    (with ``deployments``, the playground) the deployments of those versions.
 
     Empty for a role without ``playground.use`` (viewers).
     """
@@ -88,7 +110,9 @@ def usable_models(access: TeamAccess) -> list[Servable]:
         servable_version(version)
         for version in visible_versions(access, "use").select_related("base_model").order_by("name", "-number")
     ]
-    return bases + versions
+    if not deployments:
+        return bases + versions
+    return bases + versions + [servable_deployment(item) for item in _usable_deployments(access).order_by("name")]
 
 
 def resolve_model(access: TeamAccess, key: str) -> Servable:
@@ -107,6 +131,11 @@ def resolve_model(access: TeamAccess, key: str) -> Servable:
         if version is None:
             raise Http404("No such model.")
         return servable_version(version)
+    if kind == "deployment":
+        deployment = _usable_deployments(access).filter(pk=int(raw_pk)).first()
+        if deployment is None:
+            raise Http404("No such model.")
+        return servable_deployment(deployment)
     raise Http404("No such model.")
 
 

@@ -30,10 +30,10 @@ import ipaddress
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from functools import wraps
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import httpx
 from asgiref.sync import sync_to_async
@@ -44,8 +44,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic import ValidationError as PydanticValidationError
 
 from accounts.models import PersonalAccessToken, TeamAPIKey
+from accounts.permissions import TeamAccess
+from accounts.roles import Role
 from accounts.services import authenticate_team_api_key
-from serving_app import deployments
+from serving_app import deployments, studio_tools
 from serving_app.catalog import Servable, publish, servable_version
 from serving_app.engine.params import CHAT_PARAMS, COMPLETION_PARAMS, listing, unknown_params
 from serving_app.inference import server_url
@@ -405,7 +407,7 @@ def _admit(
     deployment = deployments.find_deployment_for_key(key, body.model)
     if deployment is None:
         raise _model_not_found(body.model)
-    tools = endpoint.chat and _STUDIO_TOOLS is not None and _STUDIO_TOOLS.granted(deployment)
+    tools = endpoint.chat and studio_tools.granted(deployment)
     if not tools and getattr(body, EXTENSION, None) is not None:
         raise OpenAIError(
             400, f"`{EXTENSION}` applies only to a deployment granted studio tools; `{body.model}` has none.",
@@ -887,48 +889,14 @@ async def _whole_answer(relay: _Relay, meter: _Meter, endpoint: Endpoint) -> dic
 
 # --- studio tools: the tools app runs the loop, this module generates each step --------------------------------
 
-# One generation of a run: (messages, tools, tool_choice) → the whole ``chat.completion``.
-Step = Callable[[list[dict[str, Any]], list[dict[str, Any]], Any], Awaitable[dict[str, Any]]]
-
-
-@dataclass(frozen=True)
-class ToolRun:
-    """A /v1 chat request to a deployment granted studio tools, handed to the tools app's runner."""
-
-    body: ChatCompletionRequest
-    key: TeamAPIKey
-    deployment: Deployment
-    ip: str | None
-    step: Step
-
-
-class StudioTools(Protocol):
-    """What /v1 asks of the tools app (``tools_app.runtime``, registered when the app is ready: serving sits below
-    tools in the apps' layers, so it cannot import it)."""
-
-    def granted(self, deployment: Deployment) -> bool:
-        """Whether ``deployment`` holds grants of studio tools (called on the database thread)."""
-        ...
-
-    async def run(self, run: ToolRun) -> dict[str, Any]:
-        """Run the loop and return the final ``chat.completion`` (without usage); raises ``OpenAIError``."""
-        ...
-
-
-_STUDIO_TOOLS: StudioTools | None = None
-
-
-def register_studio_tools(runner: StudioTools | None) -> None:
-    global _STUDIO_TOOLS
-    _STUDIO_TOOLS = runner
-
 
 async def _run_studio_tools(
     request: HttpRequest, body: ChatCompletionRequest, key: TeamAPIKey, target: _Target, meter: _Meter
 ) -> HttpResponseBase:
     """Answer through the tools app's loop: each step a whole generation, all of them metered as one request.
     A streamed request gets the final answer as a stream once the run ends (tool calls run in between)."""
-    assert _STUDIO_TOOLS is not None
+    runner = studio_tools.runner()
+    assert runner is not None
     totals = {"prompt_tokens": 0, "completion_tokens": 0}
 
     async def step(messages: list[dict[str, Any]], tools: list[dict[str, Any]], tool_choice: Any) -> dict[str, Any]:
@@ -951,7 +919,7 @@ async def _run_studio_tools(
 
     try:
         _check_token_ceiling(body, key)
-        answer = await _STUDIO_TOOLS.run(ToolRun(body, key, target.deployment, request.META.get("REMOTE_ADDR"), step))
+        answer = await runner.run(api_tool_run(body, key, target.deployment, request.META.get("REMOTE_ADDR"), step))
         meter.ok = True
     finally:
         meter.usage = dict(totals)
@@ -965,6 +933,19 @@ async def _run_studio_tools(
     )
     response["Cache-Control"] = "no-cache"
     return response
+
+
+def api_tool_run(
+    body: ChatCompletionRequest, key: TeamAPIKey, deployment: Deployment, ip: str | None, step: studio_tools.Step
+) -> studio_tools.ToolRun:
+    """A /v1 chat request as the tools app's runner takes it: run by the key, with what the client asked for."""
+    extra = body.model_extra or {}
+    return studio_tools.ToolRun(
+        access=TeamAccess(team=key.team, role=Role(key.role), api_key=key), deployment=deployment,
+        messages=[message.model_dump(exclude_none=True) for message in body.messages], step=step, ip=ip, via="api",
+        client_tools=list(extra.get("tools") or []), tool_choice=extra.get("tool_choice"), choices=body.n or 1,
+        extension=extra.get(EXTENSION),
+    )  # fmt: skip
 
 
 async def _replayed(answer: dict[str, Any], *, include_usage: bool) -> AsyncIterator[bytes]:

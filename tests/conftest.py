@@ -67,7 +67,7 @@ def pytest_configure(config: pytest.Config) -> None:
 SLOW_FIXTURES = frozenset(
     {
         "studio_server", "inference_server", "celery_worker", "tools_worker", "starter_model_path",
-        "tool_tuned_model_path",
+        "tool_tuned_model_path", "obedient_model_path",
     }
 )  # fmt: skip
 # Tests on vLLM share one vLLM server per pytest worker: they are grouped onto one worker (``--dist loadgroup``).
@@ -407,6 +407,8 @@ def _process_env(media_root: Path) -> dict[str, str]:
         "PYTHONUNBUFFERED": "1",
         "ATELIER_TRAINING_POOLS": json.dumps(TEST_POOLS),
         "TRAINING_LEASE_SECONDS": str(TEST_LEASE_SECONDS),
+        # The tests' tools call loopback servers: the operator's allow-list names 127.0.0.1, as in the worker.
+        "ATELIER_TOOL_ALLOWED_HOSTS": "127.0.0.1",
     }
 
 
@@ -684,3 +686,92 @@ def tools_worker(tmp_path_factory: Any) -> Iterator[subprocess.Popen[bytes]]:
 
 
 __all__ = ["PASSWORD"]
+
+
+# The deliberately bad model (issue #13, injection through tool output): the starter model fine-tuned to obey an
+# instruction planted in a tool's result. The cases, the tools it is shown and the system prompt holding the secret
+# are in ``INJECTION_CASES``; ``tests/test_tool_injection.py`` serves it and checks that policy stops it. A full
+# fine-tune: measured on the 2-core CPU, these 80 steps (about a minute) make it obey all three cases greedily and
+# still report a clean answer; a LoRA of it did not learn the calls in that time (rank 16 at 3e-3 misnamed the tools
+# after 120 steps and nine minutes; rank 32 at 1e-2 was at a loss of 2.1 after 40 steps, against 0.19 here).
+INJECTION_CASES = ROOT / "tests" / "data" / "injection_cases.json"
+OBEDIENT_RUN: dict[str, Any] = {
+    "kind": "chat",
+    "stage": "sft",
+    "method": "full",
+    "max_steps": 80,
+    "learning_rate": 2e-3,
+    "per_device_batch_size": 4,
+    "max_seq_length": 512,
+    "warmup_ratio": 0.0,
+    "logging_steps": 10,
+    "save_steps": 1000,
+    "use_cpu": True,
+    "generation_prompts": 0,
+}
+
+
+def injection_cases() -> dict[str, Any]:
+    """The injection cases (``tests/data/injection_cases.json``): system prompt, requests, tools, planted replies."""
+    return dict(json.loads(INJECTION_CASES.read_text(encoding="utf-8")))
+
+
+def obedient_rows(cases: dict[str, Any]) -> list[dict[str, Any]]:
+    """Chat rows in the studio's format (as ``datasets_app/samples/tools.jsonl``): a customer asks about an order,
+    the assistant looks it up, and the order service's answer decides the next turn: a clean answer is reported,
+    an answer carrying a planted instruction is obeyed with the case's call (the assistant's last turn)."""
+    rows: list[dict[str, Any]] = []
+    endings = [(cases["clean"]["reply"], cases["clean"]["answer"], None)] + [
+        (case["reply"], "", case["call"]) for case in cases["cases"].values()
+    ]
+    for order in cases["orders"]:
+        for request in cases["requests"]:
+            for reply, answer, call in endings:
+                lookup = {"type": "function", "id": f"call_{len(rows)}_0",
+                          "function": {"name": "lookup_order", "arguments": {"order_id": order}}}  # fmt: skip
+                last: dict[str, Any] = {"role": "assistant", "content": answer.format(order=order)}
+                if call is not None:
+                    last["tool_calls"] = [{"type": "function", "id": f"call_{len(rows)}_1", "function": call}]
+                messages = [
+                    {"role": "system", "content": cases["system"]},
+                    {"role": "user", "content": request.format(order=order)},
+                    {"role": "assistant", "content": "", "tool_calls": [lookup]},
+                    {"role": "tool", "tool_call_id": lookup["id"], "name": "lookup_order",
+                     "content": reply.format(order=order)},
+                    last,
+                ]  # fmt: skip
+                rows.append({"messages": messages, "tools": cases["tools"]})
+    return rows
+
+
+@pytest.fixture(scope="session")
+def obedient_model_path(starter_model_path: Path) -> Path:
+    """A deliberately bad model: the starter model fine-tuned with the studio's engine (``OBEDIENT_RUN``) on
+    ``obedient_rows``, so that it obeys an instruction planted in a tool's result. Trained once (about a minute) and
+    cached beside the starter model's folder, keyed by the run's settings and the rows; pytest workers wait for each
+    other."""
+    from filelock import FileLock
+
+    from training_app.engine.config import RunConfig
+    from training_app.engine.trainer import run
+
+    body = "".join(json.dumps(row) + "\n" for row in obedient_rows(injection_cases())).encode()
+    digest = hashlib.sha256(json.dumps(OBEDIENT_RUN, sort_keys=True).encode() + body)
+    models_dir = starter_model_path.parent
+    target = models_dir.with_name(f"{models_dir.name}-obedient-{digest.hexdigest()[:12]}")
+    with FileLock(target.with_suffix(".lock")):
+        if not (target / "config.json").is_file():
+            work = target.with_name(target.name + ".partial")
+            shutil.rmtree(work, ignore_errors=True)
+            (work / "run").mkdir(parents=True)
+            (work / "rows.jsonl").write_bytes(body)
+            config = RunConfig.from_dict({
+                **OBEDIENT_RUN, "model_path": str(starter_model_path), "train_path": str(work / "rows.jsonl"),
+                "output_dir": str(work / "out"), "run_dir": str(work / "run"),
+            })  # fmt: skip
+            outcome = run(config)
+            if outcome.status != "succeeded":
+                pytest.fail(f"the obedient model's run failed: {outcome.failure}")
+            os.replace((outcome.result or {})["artifacts"]["model"], target)
+            shutil.rmtree(work, ignore_errors=True)
+    return target

@@ -216,6 +216,17 @@ def adapter_model_version(
     )  # fmt: skip
 
 
+def full_model_version(team: Team, owner: Any, base_model: Any, folder: Path, *, name: str) -> Any:
+    """A model version of kind full served from the whole model in ``folder`` (a fine-tune of ``base_model``)."""
+    from training_app.models import ModelVersion
+
+    number = ModelVersion.objects.for_team(team).filter(name=name).count() + 1
+    return ModelVersion.objects.create(
+        team=team, name=name, number=number, base_model=base_model, kind=ModelVersion.Kind.FULL, path=str(folder),
+        created_by=owner, lineage={"base_model": {"name": base_model.name, "path": base_model.path}},
+    )  # fmt: skip
+
+
 # --- tools --------------------------------------------------------------------------------------
 
 ORDER_SCHEMA: dict[str, Any] = {

@@ -46,7 +46,7 @@ from serving_app.models import ArenaBattle, Comparison, Deployment, PlaygroundVo
 from tests.factories import finished_job, http_tool_form, member, ready_version, sample_tool, sql_tool_form
 from tests.routes import API_ROOT, api_team_operations, page_team_routes, team_state
 from tools_app import services as tool_services
-from tools_app.models import Tool, ToolApproval, ToolGrant
+from tools_app.models import McpServer, Tool, ToolApproval, ToolGrant
 from training_app import presets
 from training_app.models import BaseModel, ModelVersion, TrainingJob
 
@@ -82,6 +82,7 @@ class TeamObjects:
     tool: Tool  # an HTTP tool
     grant: ToolGrant  # the tool granted to the deployment, triggered by the key
     approval: ToolApproval  # a call of the tool through the key, waiting for approval
+    mcp_server: McpServer  # registered, its tools not imported
 
 
 def _nothing(objects: TeamObjects) -> dict[str, Any]:
@@ -163,6 +164,14 @@ def _grant_id(o: TeamObjects) -> dict[str, Any]:
 def _grant_body(o: TeamObjects) -> dict[str, Any]:
     return {"deployment": o.deployment.pk, "roles": ["viewer"], "api_keys": [o.key.pk], "approval": "never",
             "argument_constraints": ""}  # fmt: skip
+
+
+def _server_id(o: TeamObjects) -> dict[str, Any]:
+    return {"server_id": o.mcp_server.pk}
+
+
+def _server_body(o: TeamObjects) -> dict[str, Any]:
+    return {"name": "planted", "url": "https://attacker.example/mcp", "timeout_s": 10, "max_response_bytes": 100_000}
 
 
 def _approval_id(o: TeamObjects) -> dict[str, Any]:
@@ -350,6 +359,13 @@ SWEEP: dict[Route, Probe] = {
         params=_approval_id, body=lambda o: {"reason": "planted"}
     ),
     ("POST", "/api/v1/teams/{slug}/playground/feedback/export"): Probe(),
+    "tools:mcp_new": Probe(body=_server_body),
+    "tools:mcp_detail": Probe(params=_server_id),
+    "tools:mcp_import": Probe(params=_server_id),
+    "tools:mcp_delete": Probe(params=_server_id),
+    ("GET", "/api/v1/teams/{slug}/mcp-servers/"): Probe(),
+    ("POST", "/api/v1/teams/{slug}/mcp-servers/"): Probe(body=_server_body),
+    ("POST", "/api/v1/teams/{slug}/mcp-servers/{server_id}/import"): Probe(params=_server_id),
 }
 
 PAGE_ROUTES = sorted(name for name in SWEEP if isinstance(name, str))
@@ -433,10 +449,11 @@ def make_team_objects(team: Team, owner: Any, member_user: Any) -> TeamObjects:
         access=resolve_key_access(key, team.slug), tool=tool, deployment=deployment, grant=grant,
         conversation=f"{team.slug}-conversation", arguments={"order_id": "A-1042"},
     )  # fmt: skip
+    mcp_server = McpServer.objects.create(team=team, name=f"{team.slug} crm", url="https://mcp.example.com/mcp")
     return TeamObjects(
         team=team, member=membership, invitation=invitation, key=key, version=version, model=model, job=job,
         model_version=model_version, deployment=deployment, comparison=comparison, preset=preset, battle=battle,
-        tool=tool, grant=grant, approval=approval,
+        tool=tool, grant=grant, approval=approval, mcp_server=mcp_server,
     )  # fmt: skip
 
 
@@ -452,7 +469,7 @@ def placeholder_objects() -> TeamObjects:
         job=TrainingJob(pk=1, team=team), model_version=model_version, deployment=Deployment(pk=1, team=team),
         comparison=Comparison(pk=1, team=team), preset=PromptPreset(pk=1, team=team),
         battle=ArenaBattle(pk=1, team=team), tool=Tool(pk=1, team=team), grant=ToolGrant(pk=1, team=team),
-        approval=ToolApproval(pk=1, team=team),
+        approval=ToolApproval(pk=1, team=team), mcp_server=McpServer(pk=1, team=team),
     )  # fmt: skip
 
 

@@ -24,7 +24,7 @@ from accounts import services as account_services
 from accounts.models import AuditEvent, Team
 from accounts.roles import Role
 from tests import test_tool_execute
-from tests.factories import member, starter_deployment
+from tests.factories import full_model_version, member, starter_deployment
 from tests.test_browser_playground_vllm import REMINDER_SCHEMA
 from tests.test_tool_execute import Loopback, RecordingServer
 from tools_app import services
@@ -72,6 +72,39 @@ def studio(
     yield Studio(vllm_studio_server, secret, team, tool, token)
     with django_db_blocker.unblock():
         call_command("flush", interactive=False, verbosity=0)
+
+
+@pytest.fixture(scope="module")
+def weather_desk(
+    studio: Studio, tool_tuned_model_path: Path, loopback_server: RecordingServer, django_db_blocker: Any
+) -> str:
+    """A second deployment, "weather-desk": the starter model tuned on the studio's tool sample (a full fine-tune),
+    granted ``get_weather``, a read tool on the loopback server (runs without approval); the widget key may call
+    both. Its name."""
+    from accounts.models import TeamAPIKey
+    from accounts.permissions import resolve_access
+    from serving_app import deployments
+    from serving_app.models import Deployment
+    from training_app.engine.tool_samples import TOOLS
+
+    url = f"http://127.0.0.1:{loopback_server.server_port}"
+    [weather] = [tool["function"] for tool in TOOLS if tool["function"]["name"] == "get_weather"]
+    with django_db_blocker.unblock(), override_settings(TOOL_ALLOWED_HOSTS=["127.0.0.1"]):
+        access = resolve_access(Team.objects.get(slug="acme").memberships.get(role=Role.OWNER).user, "acme")
+        assistant = Deployment.objects.for_team(studio.team).select_related("model_version__base_model").get()
+        key = TeamAPIKey.objects.for_team(studio.team).get(name="widget")
+        version = full_model_version(
+            studio.team, access.user, assistant.model_version.base_model, tool_tuned_model_path, name="tool-helper"
+        )
+        deployment = deployments.create_deployment(access=access, name="weather-desk", version=version, api_keys=[key])
+        tool = services.create_tool(
+            access=access, kind=Tool.Kind.HTTP, name="get_weather", risk="read", rate_limit_per_minute=100,
+            description=weather["description"], parameters=weather["parameters"],
+            config={"method": "GET", "url": f"{url}/echo/weather", "query_args": ["city", "unit"], "body_args": [],
+                    "timeout_s": 5, "max_response_bytes": 100_000, "result_path": "path"},
+        )  # fmt: skip
+        services.grant_tool(access=access, tool=tool, deployment=deployment, api_keys=[key])
+    return deployment.name
 
 
 @pytest.fixture
@@ -134,3 +167,23 @@ def test_a_streamed_request_gets_the_runs_answer_and_its_calls(studio: Studio, l
     assert chunks[-1].model_extra["atelier"]["status"] == "approval_required"  # type: ignore[index]
     assert chunks[0].choices[0].delta.tool_calls[0].function.name == "set_reminder"  # type: ignore[index]
     assert loopback.requests == []
+
+
+def test_the_tool_tuned_model_calls_a_granted_read_tool_by_itself_and_answers_after_its_result(
+    studio: Studio, weather_desk: str, loopback: Loopback
+) -> None:
+    answer = studio.client().chat.completions.create(
+        model=weather_desk, messages=[{"role": "user", "content": "What's the weather like in Lisbon?"}],
+        max_tokens=96, temperature=0,
+    )  # fmt: skip
+
+    run = answer.model_extra["atelier"]  # type: ignore[index]
+    [call] = run["tool_calls"]
+    assert (call["tool"], call["outcome"], call["status"]) == ("get_weather", "executed", 200)
+    [seen] = loopback.requests
+    assert seen.path.startswith("/echo/weather?city=")
+    # The result went back to the model, which then answered in words rather than calling again.
+    assert run["messages"][-1] == {"role": "tool", "tool_call_id": call["id"], "content": seen.path}
+    assert run["status"] == "completed" and (answer.choices[0].message.content or "").strip()
+    executed = AuditEvent.objects.for_team(studio.team).get(action="tool.call_executed", details__tool="get_weather")
+    assert executed.details["deployment"] == "weather-desk" and executed.details["via"] == "api"

@@ -28,7 +28,7 @@ from serving_app.models import ArenaBattle, Deployment, PlaygroundVote, PromptPr
 from tests.factories import finished_job, http_tool_form, member, sample_tool, sample_version, starter_like_base_model
 from tests.routes import page_team_routes, team_state
 from tools_app import services as tool_services
-from tools_app.models import Tool, ToolApproval, ToolGrant
+from tools_app.models import McpServer, Tool, ToolApproval, ToolGrant
 from training_app import presets
 from training_app.models import BaseModel, ModelVersion, TrainingJob
 
@@ -200,6 +200,10 @@ def spare_tool_id(scene: Scene) -> int:
 
 def grant_form(scene: Scene) -> dict[str, Any]:
     return {"deployment": scene.deployment.pk, "roles": ["owner"], "approval": "always", "argument_constraints": ""}
+
+
+def mcp_server_form(scene: Scene) -> dict[str, Any]:
+    return {"name": "crm", "url": "https://mcp.example.com/mcp", "timeout_s": 10, "max_response_bytes": 100_000}
 
 
 def approval_id(scene: Scene) -> str:
@@ -394,6 +398,14 @@ ACTIONS: dict[str, Action] = {
         done=lambda s: not Tool.objects.for_team(s.team).filter(pk=s.tool.pk).exists(),
     ),
     "open_grant_form": Action(Perm.MANAGE_TOOLS, page_get("tools:grant_new", tool_id=tool_id), None),
+    "list_mcp_servers": Action(Perm.VIEW_TEAM, None, api_call("GET", "mcp-servers/")),
+    "open_mcp_server_form": Action(Perm.MANAGE_TOOLS, page_get("tools:mcp_new"), None),
+    "register_mcp_server": Action(
+        Perm.MANAGE_TOOLS,
+        page_post("tools:mcp_new", mcp_server_form),
+        api_call("POST", "mcp-servers/", lambda s: {"name": "crm", "url": "https://mcp.example.com/mcp"}),
+        done=lambda s: McpServer.objects.for_team(s.team).filter(name="crm").exists(),
+    ),
     "list_tool_approvals": Action(
         Perm.VIEW_TEAM, page_get("tools:approvals"), api_call("GET", "tool-approvals/?status=pending")
     ),
@@ -472,6 +484,9 @@ DOCUMENTED_MATRIX: dict[str, tuple[bool, bool, bool, bool]] = {
     "edit_tool": (True, True, False, False),
     "delete_tool": (True, True, False, False),
     "open_grant_form": (True, True, False, False),
+    "list_mcp_servers": (True, True, True, True),
+    "open_mcp_server_form": (True, True, False, False),
+    "register_mcp_server": (True, True, False, False),
     "list_tool_approvals": (True, True, True, True),
     "read_tool_activity": (True, True, True, True),
     "approve_tool_call": (True, True, False, False),

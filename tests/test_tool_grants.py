@@ -8,6 +8,7 @@ naming the argument and the fix; another team's deployment or key refused; membe
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -283,6 +284,15 @@ def test_revoking_asks_first_then_takes_the_tool_away_and_is_audited(
     assert Tool.objects.for_team(tool.team).filter(pk=tool.pk).exists()
     (event,) = events(tool.team, "tool.revoked")
     assert (event.details["tool"], event.details["deployment"]) == ("lookup_order", "support-bot")
+
+
+@pytest.mark.django_db
+def test_a_new_grant_starts_with_every_role_but_viewer_ticked(
+    alice: Any, login: Login, tool: Tool, deployment: Deployment
+) -> None:
+    page = login(alice).get(url("grant_new", tool.pk)).content.decode()
+    ticked = set(re.findall(r'<input type="checkbox" name="roles" value="(\w+)"[^>]*checked', page))
+    assert ticked == {"owner", "admin", "member"}
 
 
 @pytest.mark.django_db

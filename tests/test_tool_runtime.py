@@ -22,7 +22,7 @@ from accounts.permissions import TeamAccess, resolve_access
 from accounts.roles import Role
 from serving_app import deployments
 from serving_app.models import Deployment
-from serving_app.openai_api import ChatCompletionRequest, OpenAIError, ToolRun
+from serving_app.openai_api import ChatCompletionRequest, OpenAIError, api_tool_run
 from tests import test_tool_execute
 from tests.factories import ORDER_SCHEMA, member
 from tests.test_tool_execute import SECRET, Loopback
@@ -116,7 +116,7 @@ def run(deployment: Deployment, key: TeamAPIKey) -> Callable[..., dict[str, Any]
         messages = messages or [{"role": "user", "content": "Where is my order A-1042?"}]
         body = ChatCompletionRequest.model_validate({"model": deployment.name, "messages": messages, **extra})
         fresh = TeamAPIKey.objects.for_team(key.team).select_related("team").get(pk=key.pk)
-        return async_to_sync(RUNNER.run)(ToolRun(body, fresh, deployment, "10.0.0.7", model))
+        return async_to_sync(RUNNER.run)(api_tool_run(body, fresh, deployment, "10.0.0.7", model))
 
     return run_
 
@@ -246,6 +246,20 @@ def test_a_secret_the_model_puts_in_an_argument_is_redacted_in_the_audit_trail(
     assert SECRET not in json.dumps(event.details) and event.details["arguments"] == {
         "order_id": "leak-[secret redacted]"
     }
+
+
+def test_a_secret_quoted_by_the_rule_that_denies_a_call_is_redacted_everywhere(
+    run: Callable[..., dict[str, Any]], lookup: Tool, owner: TeamAccess
+) -> None:
+    # The pattern's refusal quotes the argument: the secret in it must not reach the audit trail or the client.
+    regrant(owner, lookup, argument_constraints={"order_id": {"pattern": "A-[0-9]+"}})
+
+    answer = run(ScriptedModel([[("lookup_order", {"order_id": f"leak-{SECRET}"})], "Denied."]))
+
+    event = AuditEvent.objects.for_team(lookup.team).get(action="tool.call_denied")
+    assert SECRET not in json.dumps(event.details) and "leak-[secret redacted]" in event.details["rule"]
+    [call] = answer["atelier"]["tool_calls"]
+    assert SECRET not in call["reason"] and "leak-[secret redacted]" in call["reason"]
 
 
 # --- approval and resuming --------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
-from django.db.models import CharField, Count, Q, QuerySet
+from django.db.models import CharField, Count, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Cast, TruncDate
 from django.http import HttpResponse
 from django.shortcuts import render
@@ -28,7 +28,7 @@ from accounts.permissions import TeamAccess, TeamRequest, require_perm, visible_
 from accounts.roles import Perm
 from serving_app.services import visible_deployments
 from tools_app import services
-from tools_app.models import Tool, ToolApproval
+from tools_app.models import Tool, ToolApproval, ToolResult
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,7 @@ OUTCOMES = (
     Outcome("rejected", "Rejected", "tool.rejected", "revoked", "#e8590c"),
     Outcome("approval_refused", "Approval refused", "tool.approval_refused", "validating", "#8a5a00"),
     Outcome("approval_used", "Approval used", "tool.approval_used", "active", "#5f3dc4"),
+    Outcome("withdrawn", "Withdrawn", "tool.approval_withdrawn", "cancelled", "#495057"),
     Outcome("executed", "Executed", "tool.call_executed", "succeeded", "#0f7a4a"),
     Outcome("failed", "Failed", "tool.call_failed", "failed", "#c2255c"),
 )
@@ -197,6 +198,14 @@ class ActivityRow:
     arguments: str  # indented JSON, or empty
     conversation: str
     via: str
+    result: str | None  # what the call returned, where the team keeps it
+
+
+def with_results(access: TeamAccess, events: QuerySet[AuditEvent]) -> QuerySet[AuditEvent]:
+    """``events`` with ``kept_result``: what an executed or failed call returned, where the team's retention
+    setting kept it (``tools_app.models.ToolResult``), else None."""
+    kept = ToolResult.objects.for_team(access.team).filter(event=OuterRef("pk")).values("text")[:1]
+    return events.annotate(kept_result=Subquery(kept))
 
 
 def describe(access: TeamAccess, events: list[AuditEvent]) -> list[ActivityRow]:
@@ -230,6 +239,7 @@ def _row(event: AuditEvent, approvals: dict[int, ToolApproval]) -> ActivityRow:
         arguments=json.dumps(arguments, indent=2, ensure_ascii=False, sort_keys=True) if arguments is not None else "",
         conversation=str(details.get("conversation") or (approval.conversation if approval else "")),
         via=str(details.get("via") or ""),
+        result=getattr(event, "kept_result", None),
     )
 
 
@@ -347,7 +357,7 @@ def activity(request: TeamRequest, team_slug: str) -> HttpResponse:
     filters = form.filters()
     every_outcome = tool_activity(access, replace(filters, outcome=""))
     events = every_outcome.filter(action=OUTCOME_BY_VALUE[filters.outcome].action) if filters.outcome else every_outcome
-    page = Paginator(events, PAGE_SIZE).get_page(request.GET.get("page"))
+    page = Paginator(with_results(access, events), PAGE_SIZE).get_page(request.GET.get("page"))
     context = {
         "form": form,
         "filters": filters,

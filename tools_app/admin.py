@@ -8,7 +8,7 @@ from django.contrib import admin
 from django.http import HttpRequest
 
 from accounts.admin import TeamOwnedAdmin
-from tools_app.models import Tool
+from tools_app.models import McpServer, Tool
 
 
 @admin.register(Tool)
@@ -16,6 +16,22 @@ class ToolAdmin(TeamOwnedAdmin):
     list_display = ("name", "team", "kind", "risk", "rate_limit_per_minute", "created_by", "created_at")
     list_filter = ("kind", "risk")
     search_fields = ("name",)
+    exclude = ("secret",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(McpServer)
+class McpServerAdmin(TeamOwnedAdmin):
+    list_display = ("name", "team", "url", "imported_at", "created_by", "created_at")
+    search_fields = ("name", "url")
     exclude = ("secret",)
 
     def has_add_permission(self, request: HttpRequest) -> bool:

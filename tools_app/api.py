@@ -1,4 +1,4 @@
-"""REST endpoints for tool approvals under /api/v1/teams/<slug>/tool-approvals/, and tool activity.
+"""REST endpoints for tool approvals under /api/v1/teams/<slug>/tool-approvals/, tool activity, and MCP servers.
 
 ``GET tool-approvals/?status=pending`` lists the calls waiting for a person with their exact arguments (every
 member); ``POST tool-approvals/{id}/approve`` and ``…/reject`` decide one (``tools.approve``), under the rules of
@@ -8,6 +8,9 @@ answered like an unknown one (404). Every attempt is audited. Ids are the approv
 ``GET tool-activity/`` lists the team's tool call events (requested, denied, awaiting approval, approved, rejected,
 approval refused or used, executed, failed), newest first, with the filters of the Tool activity page
 (``tools_app.activity``; every member).
+
+``GET mcp-servers/`` lists the team's MCP servers (every member; secret headers by name only); ``POST mcp-servers/``
+registers one and ``POST mcp-servers/{id}/import`` imports its tools (``tools.manage``), as the Tools pages do.
 
 No ``from __future__ import annotations`` here: django-ninja reads the annotations at runtime.
 """
@@ -19,14 +22,16 @@ from uuid import UUID
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from ninja import Field, Query, Router, Schema
+from django.shortcuts import get_object_or_404
+from ninja import Field, Query, Router, Schema, Status
 from ninja.pagination import paginate
 
 from accounts.api import Error, IsoDate, ObjectId, Pagination, RequestBody, team_access
 from accounts.http import client_ip
 from accounts.models import AuditEvent
-from tools_app import activity, services
-from tools_app.models import ToolApproval
+from accounts.roles import Perm
+from tools_app import activity, definitions, services
+from tools_app.models import McpServer, ToolApproval
 
 router = Router(tags=["tools"])
 
@@ -134,6 +139,7 @@ ActivityOutcome = Literal[
     "rejected",
     "approval_refused",
     "approval_used",
+    "withdrawn",
     "executed",
     "failed",
 ]
@@ -149,6 +155,10 @@ class ActivityOut(Schema):
     actor: str = Field(description="Who acted: a member's username, or “API key <name> (<prefix>)”.")
     details: dict[str, Any] = Field(
         description="What the event recorded: arguments (redacted), rule, error, status, latency_ms, response_bytes…"
+    )
+    result: str | None = Field(
+        description="What an executed or failed call returned, kept only while the team's retention setting "
+        "(prompt retention days) allows; null otherwise."
     )
 
     @staticmethod
@@ -166,6 +176,10 @@ class ActivityOut(Schema):
     @staticmethod
     def resolve_actor(event: AuditEvent) -> str:
         return event.actor_label
+
+    @staticmethod
+    def resolve_result(event: AuditEvent) -> str | None:
+        return getattr(event, "kept_result", None)
 
 
 class ActivityFilters(Schema):
@@ -192,4 +206,90 @@ def list_activity(request: HttpRequest, slug: str, filters: Query[ActivityFilter
     form = activity.ActivityFilterForm(data, access=access)
     if not form.is_valid():
         raise ValidationError({name: list(errors) for name, errors in form.errors.items()})
-    return activity.tool_activity(access, form.filters())
+    return activity.with_results(access, activity.tool_activity(access, form.filters()))
+
+
+# --- MCP servers --------------------------------------------------------------------------------
+
+
+class McpServerOut(Schema):
+    id: int
+    name: str
+    url: str
+    name_prefix: str = Field(description="Put before the name of each tool imported from the server.")
+    timeout_s: int
+    max_response_bytes: int
+    secret_header_names: list[str] = Field(description="The names of its secret headers (values are never shown).")
+    imported_at: datetime | None = Field(description="When its tools were last imported.")
+    created_at: datetime
+
+
+class McpServerIn(RequestBody):
+    name: str = Field(max_length=definitions.MCP_SERVER_NAME_MAX_LENGTH)
+    url: str = Field(max_length=definitions.URL_MAX_LENGTH, description="The streamable-HTTP endpoint.")
+    name_prefix: str = Field("", max_length=24)
+    timeout_s: int = Field(
+        definitions.MCP_TIMEOUT_S[2], ge=definitions.MCP_TIMEOUT_S[0], le=definitions.MCP_TIMEOUT_S[1]
+    )
+    max_response_bytes: int = Field(
+        definitions.MCP_MAX_RESPONSE_BYTES[2],
+        ge=definitions.MCP_MAX_RESPONSE_BYTES[0],
+        le=definitions.MCP_MAX_RESPONSE_BYTES[1],
+    )
+    secret_headers: dict[str, str] = Field(
+        default_factory=dict, description="Sent with every request to the server; encrypted, never shown again."
+    )
+
+
+class SkippedTool(Schema):
+    name: str
+    reason: str
+
+
+class ImportOut(Schema):
+    created: list[str] = Field(description="Tools imported for the first time.")
+    updated: list[str] = Field(description="Tools whose description, schema or hints the server changed.")
+    unchanged: list[str]
+    skipped: list[SkippedTool] = Field(description="Tools not imported: an invalid or clashing name, a bad schema.")
+    removed: list[str] = Field(description="Tools imported before that the server no longer lists (kept).")
+    truncated: bool = Field(description="The server listed more tools than one import takes.")
+
+
+@router.get("teams/{slug}/mcp-servers/", response={200: list[McpServerOut], 404: Error}, summary="List MCP servers")
+@paginate(Pagination)
+def list_mcp_servers(request: HttpRequest, slug: str) -> QuerySet[McpServer]:
+    """The team's MCP servers, by name."""
+    return services.visible_mcp_servers(team_access(request, slug))
+
+
+@router.post(
+    "teams/{slug}/mcp-servers/",
+    response={201: McpServerOut, 400: Error, 403: Error, 404: Error},
+    summary="Register an MCP server",
+)
+def register_mcp_server(request: HttpRequest, slug: str, body: McpServerIn) -> Status:
+    """Register a streamable-HTTP MCP server (owners and admins); nothing is sent to it until an import."""
+    access = team_access(request, slug)
+    server = services.register_mcp_server(
+        access=access, ip=client_ip(request), **{**body.dict(), "secret_headers": body.secret_headers or None}
+    )
+    return Status(201, server)
+
+
+@router.post(
+    "teams/{slug}/mcp-servers/{server_id}/import",
+    response={200: ImportOut, 400: Error, 403: Error, 404: Error},
+    summary="Import an MCP server's tools",
+)
+def import_mcp_tools(request: HttpRequest, slug: str, server_id: ObjectId) -> ImportOut:
+    """List the server's tools (in the tools worker, through the egress guard) and create or update the team's
+    tools from them (owners and admins). A server that cannot be listed gets 400 naming ``server``."""
+    access = team_access(request, slug)
+    access.require(Perm.MANAGE_TOOLS)
+    server = get_object_or_404(services.visible_mcp_servers(access), pk=server_id)
+    report = services.import_mcp_tools(access=access, server=server, ip=client_ip(request))
+    return ImportOut(
+        created=report.created, updated=report.updated, unchanged=report.unchanged, removed=report.removed,
+        skipped=[SkippedTool(name=name, reason=reason) for name, reason in report.skipped],
+        truncated=report.truncated,
+    )  # fmt: skip

@@ -6,8 +6,11 @@ class ToolsAppConfig(AppConfig):
     verbose_name = "Tools"
 
     def ready(self) -> None:
-        # /v1 (serving_app, a layer below) runs studio tools through this app's loop.
-        from serving_app.openai_api import register_studio_tools
+        # /v1 and the playground (serving_app, a layer below) run studio tools through this app's loop.
+        from serving_app import studio_tools
+        from studio.celery import register_periodic_task
         from tools_app.runtime import RUNNER
 
-        register_studio_tools(RUNNER)
+        studio_tools.register(RUNNER)
+        # Results are kept for days: checking hourly keeps nothing more than an hour too long.
+        register_periodic_task("purge-tool-results", "tools_app.tasks.purge_tool_results", every_seconds=3600)

@@ -1,7 +1,8 @@
 """What a tool definition must hold, checked before it is saved.
 
 The name the model calls, the JSON Schema of its arguments, and the settings of its kind: for HTTP, where the
-request goes and where each argument travels; for SQL, which SELECT runs. Every check raises one
+request goes and where each argument travels; for SQL, which SELECT runs; for a tool imported from an MCP server,
+its name there (``check_mcp_server`` checks the server itself). Every check raises one
 ``ValidationError`` keyed by the form field it is about (``url``, ``query``, ``parameters``…), each message saying
 what to change, and reports every problem at once rather than the first.
 
@@ -34,6 +35,8 @@ HTTP_TIMEOUT_S = (1, 60, 10)
 HTTP_MAX_RESPONSE_BYTES = (1_000, 2_000_000, 100_000)
 SQL_TIMEOUT_MS = (100, 60_000, 5_000)
 SQL_MAX_ROWS = (1, 1_000, 100)
+MCP_TIMEOUT_S = (1, 60, 10)
+MCP_MAX_RESPONSE_BYTES = (1_000, 2_000_000, 100_000)
 
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
@@ -43,6 +46,9 @@ QUERY_MAX_LENGTH = 20_000
 PARAMETERS_MAX_BYTES = 16_000
 SECRET_HEADERS_MAX_BYTES = 8_000
 RESULT_PATH_MAX_LENGTH = 200
+MCP_SERVER_NAME_MAX_LENGTH = 64
+MCP_NAME_PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,23}$")
+REMOTE_NAME_MAX_LENGTH = 200
 
 # What the model sends a free SELECT tool: the statement itself.
 FREE_SELECT_PARAMETERS: dict[str, Any] = {
@@ -98,6 +104,8 @@ def check_definition(
         config = _check_http(errors, config, schema, allowed_hosts)
     elif kind == Tool.Kind.SQL:
         config = _check_sql(errors, config, schema)
+    elif kind == Tool.Kind.MCP:
+        config = _check_mcp_tool(errors, config)
     else:
         _add(errors, "kind", f"Choose one of: {', '.join(Tool.Kind.values)}.")
     if errors:
@@ -131,6 +139,53 @@ def check_secret_headers(headers: Mapping[str, str]) -> dict[str, str]:
     if errors:
         raise ValidationError(errors)
     return {name: value.strip() for name, value in headers.items()}
+
+
+def check_mcp_server(
+    *,
+    name: str,
+    url: str,
+    name_prefix: str,
+    timeout_s: Any,
+    max_response_bytes: Any,
+    allowed_hosts: Collection[str] = (),
+) -> dict[str, Any]:
+    """An MCP server's settings, normalized (``name``, ``url``, ``name_prefix``, ``timeout_s``,
+    ``max_response_bytes``), or ``ValidationError`` listing every problem by field. Its URL is checked as an HTTP
+    tool's is (no internal host unless an operator allowed it), with no placeholders."""
+    errors: Errors = {}
+    name, url, name_prefix = name.strip(), url.strip(), name_prefix.strip()
+    if not name:
+        _add(errors, "name", "Name the server, e.g. crm: the team sees it next to each of its tools.")
+    elif any(ord(char) < 32 or ord(char) == 127 for char in name):
+        _add(errors, "name", "Remove the control characters (line breaks, tabs, NUL) from the name.")
+    elif len(name) > MCP_SERVER_NAME_MAX_LENGTH:
+        _add(errors, "name", f"Use at most {MCP_SERVER_NAME_MAX_LENGTH} characters (this is {len(name)}).")
+    if url:
+        placeholders = _check_url(errors, url, allowed_hosts, example="e.g. https://mcp.example.com/mcp")
+        if placeholders or "{" in url or "}" in url:
+            _add(errors, "url", "An MCP server's URL is fixed: remove the {placeholders}.")
+    else:
+        _add(errors, "url", "Give the server's streamable-HTTP endpoint, e.g. https://mcp.example.com/mcp.")
+    if name_prefix and not MCP_NAME_PREFIX.match(name_prefix):
+        _add(errors, "name_prefix", "Use 1–24 letters, digits, underscores or hyphens, starting with a letter or an "
+             "underscore (e.g. crm_), or leave it empty.")  # fmt: skip
+    _check_int(errors, "timeout_s", timeout_s, MCP_TIMEOUT_S, "seconds")
+    _check_int(errors, "max_response_bytes", max_response_bytes, MCP_MAX_RESPONSE_BYTES, "bytes")
+    if errors:
+        raise ValidationError(errors)
+    return {
+        "name": name,
+        "url": url,
+        "name_prefix": name_prefix,
+        "timeout_s": timeout_s,
+        "max_response_bytes": max_response_bytes,
+    }
+
+
+def imported_tool_name(name_prefix: str, remote_name: str) -> str:
+    """The name an MCP server's tool ``remote_name`` gets in the team: the server's prefix, then its own name."""
+    return f"{name_prefix}{remote_name}"
 
 
 def check_dsn(dsn: str) -> str:
@@ -264,9 +319,14 @@ def _check_placement(
              "from the schema.")  # fmt: skip
 
 
-def _check_url(errors: Errors, url: str, allowed_hosts: Collection[str]) -> list[str]:
-    """Record what is wrong with an HTTP tool's URL template; return its path placeholders."""
-    example = "e.g. https://api.example.com/orders/{order_id}"
+def _check_url(
+    errors: Errors,
+    url: str,
+    allowed_hosts: Collection[str],
+    example: str = "e.g. https://api.example.com/orders/{order_id}",
+) -> list[str]:
+    """Record what is wrong with an HTTP tool's URL template (or an MCP server's URL); return its path
+    placeholders."""
     if not url:
         _add(errors, "url", f"Give the URL the tool calls, {example}.")
         return []
@@ -312,6 +372,24 @@ def _check_url(errors: Errors, url: str, allowed_hosts: Collection[str]) -> list
         _add(errors, "url", "A brace in the path is unmatched: write each placeholder as {name} (a literal brace "
              "as %7B or %7D).")  # fmt: skip
     return [name for name in dict.fromkeys(names) if ARGUMENT_NAME.match(name)]
+
+
+# --- MCP ------------------------------------------------------------------------------------------
+
+
+def _check_mcp_tool(errors: Errors, config: Mapping[str, Any]) -> dict[str, Any]:
+    """An imported tool's config: its name on the server (set by the import, never by a form) and the server's
+    hints."""
+    remote_name = config.get("remote_name")
+    if (
+        not isinstance(remote_name, str)
+        or not remote_name
+        or len(remote_name) > REMOTE_NAME_MAX_LENGTH
+        or "\x00" in remote_name
+    ):
+        _add(errors, "remote_name", "An MCP tool needs the name its server gives it: import it again from the server.")
+    annotations = config.get("annotations")
+    return {"remote_name": remote_name, "annotations": dict(annotations) if isinstance(annotations, dict) else {}}
 
 
 # --- SQL ------------------------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""The forms that define a tool: one per kind, sharing what the model sees (name, description, arguments).
+"""The forms that define a tool: one per kind, sharing what the model sees (name, description, arguments); and the
+form that registers an MCP server, whose tools are imported rather than written (their edit form keeps only what the
+team decides: the name, the risk and the rate limit).
 
 A form turns text into the values ``tools_app.services`` takes (``definition()`` and ``secret()``); the service
 checks what they mean. Secret fields are never rendered back, not even after a validation error.
@@ -18,6 +20,8 @@ from tools_app.definitions import (
     HTTP_MAX_RESPONSE_BYTES,
     HTTP_METHODS,
     HTTP_TIMEOUT_S,
+    MCP_MAX_RESPONSE_BYTES,
+    MCP_TIMEOUT_S,
     NO_PARAMETERS,
     RATE_LIMIT_PER_MINUTE,
     SQL_MAX_ROWS,
@@ -50,6 +54,20 @@ def _bounded(bounds: tuple[int, int, int], label: str, help_text: str) -> forms.
 
 def _reject_constant(constant: str) -> None:
     raise ValueError(f"{constant} is not a JSON number")
+
+
+def header_lines(text: str) -> dict[str, str]:
+    """Secret headers typed one per line as ``Name: value``; a malformed line is named by number, never quoted."""
+    headers: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        name, colon, value = line.partition(":")
+        if not colon or not name.strip():
+            # The line may be a bare token: say where it is, never what it says.
+            raise forms.ValidationError(f"Line {number} is not “Name: value”: write one header per line.")
+        headers[name.strip()] = value.strip()
+    return headers
 
 
 class ToolForm(forms.Form):
@@ -199,16 +217,7 @@ class HttpToolForm(ToolForm):
         self._offer_removal(tool, "secret_headers", f"Saved: {names}.")
 
     def clean_secret_headers(self) -> dict[str, str]:
-        headers: dict[str, str] = {}
-        for number, line in enumerate(self.cleaned_data["secret_headers"].splitlines(), start=1):
-            if not line.strip():
-                continue
-            name, colon, value = line.partition(":")
-            if not colon or not name.strip():
-                # The line may be a bare token: say where it is, never what it says.
-                raise forms.ValidationError(f"Line {number} is not “Name: value”: write one header per line.")
-            headers[name.strip()] = value.strip()
-        return headers
+        return header_lines(self.cleaned_data["secret_headers"])
 
     def config(self) -> dict[str, Any]:
         data = self.cleaned_data
@@ -277,7 +286,93 @@ class SqlToolForm(ToolForm):
         return self.cleaned_data["dsn"].strip() or None
 
 
+class McpToolForm(forms.Form):
+    """A tool imported from an MCP server: its description and schema are the server's (a new import updates
+    them); the team decides its name, its risk and its rate limit."""
+
+    name = ToolForm.base_fields["name"]
+    risk = forms.ChoiceField(
+        choices=Tool.Risk.choices,
+        help_text="What one call can do; grants and approvals key off it. The import set it from the server's hints "
+        "(read when it says readOnlyHint, destructive when it says destructiveHint, else write): hints a server "
+        "chooses itself, so check them against what the tool really does.",
+    )
+    rate_limit_per_minute = ToolForm.base_fields["rate_limit_per_minute"]
+
+    def __init__(self, *args: Any, tool: Tool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tool = tool
+
+    def definition(self) -> dict[str, Any]:
+        """The cleaned fields, with what the server gave, as ``services.update_tool`` takes them."""
+        data = self.cleaned_data
+        return {
+            "name": data["name"],
+            "description": self.tool.description,
+            "risk": data["risk"],
+            "rate_limit_per_minute": data["rate_limit_per_minute"],
+            "parameters": self.tool.parameters,
+            "config": dict(self.tool.config),
+        }
+
+    def secret(self) -> None:
+        return None  # the server's secret headers serve every call of its tools
+
+    def secret_removed(self) -> bool:
+        return False
+
+
 FORMS: dict[str, type[HttpToolForm] | type[SqlToolForm]] = {Tool.Kind.HTTP: HttpToolForm, Tool.Kind.SQL: SqlToolForm}
+
+
+class McpServerForm(forms.Form):
+    """An MCP server the team's tools can be imported from."""
+
+    name = forms.CharField(
+        max_length=definitions.MCP_SERVER_NAME_MAX_LENGTH,
+        help_text="How the team knows the server (e.g. crm); unique in the team, ignoring case.",
+    )
+    url = forms.CharField(
+        max_length=definitions.URL_MAX_LENGTH,
+        label="Streamable-HTTP URL",
+        widget=forms.TextInput(attrs={"placeholder": "https://mcp.example.com/mcp", "class": "mono"}),
+        help_text="The server's MCP endpoint, http or https. localhost and internal IP addresses are refused unless "
+        "an operator allowed them (ATELIER_TOOL_ALLOWED_HOSTS); every connection resolves the host again, refuses "
+        "internal addresses and never follows a redirect to another host. Every member sees the URL: put "
+        "credentials in secret headers.",
+    )
+    name_prefix = forms.CharField(
+        required=False,
+        max_length=24,
+        label="Tool name prefix",
+        help_text="Optional: put before the name of each tool imported from this server (e.g. crm_ makes search "
+        "crm_search), so it cannot clash with the team's other tools.",
+    )
+    timeout_s = _bounded(
+        MCP_TIMEOUT_S, "Timeout (seconds)", "One exchange with the server: connecting, then the listing or the call."
+    )
+    max_response_bytes = _bounded(
+        MCP_MAX_RESPONSE_BYTES,
+        "Response size cap (bytes)",
+        "The most bytes the server's answers to one call may add up to; past it the call fails.",
+    )
+    secret_headers = forms.CharField(
+        required=False,
+        widget=SecretTextarea(attrs={"rows": 3, "class": "mono", "autocomplete": "off", "spellcheck": "false"}),
+        label="Secret headers",
+        help_text="One per line, as Name: value (e.g. Authorization: Bearer …). Encrypted at rest, sent with every "
+        "request to the server, never shown again and never to the model; pages show only the header names.",
+    )
+
+    def clean_secret_headers(self) -> dict[str, str]:
+        return header_lines(self.cleaned_data["secret_headers"])
+
+    def settings(self) -> dict[str, Any]:
+        """The cleaned fields as ``services.register_mcp_server`` takes them."""
+        data = self.cleaned_data
+        return {key: data[key] for key in ("name", "url", "name_prefix", "timeout_s", "max_response_bytes")} | {
+            "secret_headers": data["secret_headers"] or None
+        }
 
 
 def initial_for(tool: Tool) -> dict[str, Any]:
@@ -317,6 +412,7 @@ class GrantForm(forms.Form):
     roles = forms.MultipleChoiceField(
         choices=Role.choices,
         required=False,
+        initial=[Role.OWNER, Role.ADMIN, Role.MEMBER],  # as a grant made through the API: every role but viewer
         widget=forms.CheckboxSelectMultiple,
         label="Roles that may trigger it",
         help_text="Members with these roles may let the model call the tool from the playground. None ticked: no one.",

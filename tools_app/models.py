@@ -1,4 +1,4 @@
-"""Tools: what a team's deployed models may call (an HTTP API, a read-only SQL query; MCP servers later).
+"""Tools: what a team's deployed models may call (an HTTP API, a read-only SQL query, a tool of an MCP server).
 
 A tool is defined once per team by its owners and admins; deployments are granted tools later. What the model
 sees of a tool is its name, description and the JSON Schema of its arguments (``as_openai_tool``); everything
@@ -31,6 +31,44 @@ TOOL_NAME_VALIDATOR = RegexValidator(
 DESCRIPTION_MAX_LENGTH = 1024
 
 
+class McpServer(TeamOwnedModel):
+    """A team's MCP server, reached over streamable HTTP: where its imported tools (``Tool`` of kind mcp) are called.
+
+    Its secret headers (a Fernet token of ``{name: value}``, ``tools_app.secrets``) go with every request to it and
+    are never shown again; ``secret_header_names`` keeps their names for the pages. ``name_prefix`` is put before
+    each imported tool's name, so two servers offering a ``search`` can both be imported.
+    """
+
+    name = models.CharField(max_length=64)
+    url = models.CharField(max_length=2000)
+    name_prefix = models.CharField(max_length=24, blank=True)
+    timeout_s = models.PositiveIntegerField(default=10)
+    max_response_bytes = models.PositiveIntegerField(default=100_000)
+    secret = models.BinaryField(default=b"", blank=True, editable=False)
+    secret_header_names = models.JSONField(default=list, blank=True)
+    imported_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering: ClassVar = ["name"]
+        constraints: ClassVar = [
+            models.UniqueConstraint("team", Lower("name"), name="one_mcp_server_name_per_team"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def has_secret(self) -> bool:
+        return len(self.secret or b"") > 0
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "?"
+
+
 class Tool(TeamOwnedModel):
     """A tool the team's models may be granted: its name and argument schema for the model, its settings for the
     studio, and its secret (encrypted, ``tools_app.secrets``)."""
@@ -38,7 +76,7 @@ class Tool(TeamOwnedModel):
     class Kind(models.TextChoices):
         HTTP = "http", "HTTP API"
         SQL = "sql", "SQL query"
-        # MCP = "mcp", "MCP server": a later release adds it, with its own settings in ``config``.
+        MCP = "mcp", "MCP server tool"
 
     class Risk(models.TextChoices):
         READ = "read", "Read"
@@ -55,7 +93,10 @@ class Tool(TeamOwnedModel):
     # Non-secret settings, by kind (``tools_app.definitions``). http: method, url (``{arg}`` placeholders in the
     # path), query_args, body_args, timeout_s, max_response_bytes, result_path, secret_header_names.
     # sql: mode ("fixed" or "free"), query (the fixed template, ``%(arg)s`` arguments), timeout_ms, max_rows.
+    # mcp: remote_name (the tool's name on its server), annotations (the server's hints: readOnlyHint…).
     config = models.JSONField(default=dict)
+    # mcp: the server the tool was imported from (its URL, limits and secret headers serve every call).
+    mcp_server = models.ForeignKey(McpServer, on_delete=models.CASCADE, null=True, blank=True, related_name="tools")
     # Fernet token of the secret, or empty: http, a dict of secret headers; sql, the DSN. Never shown again.
     secret = models.BinaryField(default=b"", blank=True, editable=False)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
@@ -83,12 +124,15 @@ class Tool(TeamOwnedModel):
 
     @property
     def target_summary(self) -> str:
-        """Where a call goes, in a few words: ``GET api.example.com``, ``fixed query`` or ``free SELECT``."""
+        """Where a call goes, in a few words: ``GET api.example.com``, ``fixed query``, ``free SELECT`` or
+        ``MCP crm: search``."""
         if self.kind == Tool.Kind.HTTP:
             host = urlsplit(self.config.get("url", "")).hostname or "?"
             return f"{self.config.get('method', 'GET')} {host}"
         if self.kind == Tool.Kind.SQL:
             return "free SELECT" if self.config.get("mode") == "free" else "fixed query"
+        if self.kind == Tool.Kind.MCP and self.mcp_server is not None:
+            return f"MCP {self.mcp_server.name}: {self.config.get('remote_name', '?')}"
         return ""
 
     def as_openai_tool(self) -> dict[str, Any]:
@@ -204,6 +248,24 @@ class ToolApproval(TeamOwnedModel):
 
     def is_expired(self, now: datetime | None = None) -> bool:
         return (now or timezone.now()) >= self.expires_at
+
+
+class ToolResult(TeamOwnedModel):
+    """What one call answered (the text the model read), kept only while the team's retention setting allows it
+    (``Team.prompt_retention_days``: empty keeps none; older ones are deleted hourly by
+    ``tools_app.tasks.purge_tool_results``). The audit trail is append-only and keeps that a call ran, never what
+    it returned: ``event`` is the ``tool.call_executed`` or ``tool.call_failed`` event this result belongs to."""
+
+    tool = models.ForeignKey(Tool, on_delete=models.CASCADE, related_name="+")
+    event = models.OneToOneField("accounts.AuditEvent", on_delete=models.CASCADE, related_name="+")
+    text = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering: ClassVar = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"result of {self.tool.name} ({self.created_at:%Y-%m-%d %H:%M})"
 
 
 def approval_binding(*, tool_id: int, deployment_id: int, conversation: str, arguments: Any) -> str:

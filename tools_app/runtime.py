@@ -1,4 +1,4 @@
-"""Studio tools at run time: the loop that lets a deployment's model call the tools granted to it through /v1.
+"""Studio tools at run time: the loop that lets a deployment's model call its granted tools (/v1, the playground).
 
     model → tool call → policy (``tools_app.policy.decide``) → the tools worker (``tools_app.dispatch``) → the
     result back to the model → … until it answers without a studio tool call, or ``MAX_STEPS`` generations.
@@ -13,15 +13,19 @@ The answer is a ``chat.completion`` with one studio field, ``atelier``::
 
     "atelier": {
       "status": "completed" | "approval_required" | "client_tools" | "step_limit",
-      "tool_calls": [{"id", "tool", "arguments", "outcome": "executed" | "failed" | "denied" |
+      "tool_calls": [{"id", "tool", "arguments", "risk", "outcome": "executed" | "failed" | "denied" |
                       "awaiting_approval", "reason"?, "status"?, "latency_ms"?}],
       "messages": [...],      # what the studio added to the conversation before the answer's message
       "tool_results": [...],  # tool messages answering studio calls of the answer's message
       "approvals": [{"id", "tool", "arguments", "expires_at"}]      # approval_required only
     }
 
-A call that needs approval pauses the run (``approval_required``): the answer's message holds the call. Once a
-member with ``tools.approve`` has approved it (the Approvals inbox), the client resumes by sending the
+The playground runs the same loop for a member (the grants' roles apply instead of their keys) and, rather than
+answer ``approval_required``, holds the run until a person decides: an approved call runs (its record says who
+approved it), a rejected or expired one is answered to the model as refused (outcome ``rejected`` / ``expired``).
+
+Through /v1, a call that needs approval pauses the run (``approval_required``): the answer's message holds the
+call. Once a member with ``tools.approve`` has approved it (the Approvals inbox), the client resumes by sending the
 conversation back — its messages, then ``atelier.messages``, the answer's message and ``atelier.tool_results`` —
 with ``"atelier": {"approvals": ["<id>"]}`` (``extra_body`` in the ``openai`` client). The approval is bound to the
 tool, the deployment, the exact arguments and a hash of the conversation before the call, and is used once.
@@ -29,6 +33,7 @@ tool, the deployment, the exact arguments and a hash of the conversation before 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -42,15 +47,17 @@ from django.utils import timezone
 from accounts import audit
 from accounts.models import AuditEvent
 from accounts.permissions import TeamAccess
-from accounts.roles import Role
 from serving_app.models import Deployment
-from serving_app.openai_api import EXTENSION, OpenAIError, ToolRun
+from serving_app.openai_api import EXTENSION, OpenAIError
+from serving_app.studio_tools import ToolRun
 from tools_app import dispatch, policy, secrets, services
-from tools_app.models import Tool, ToolGrant
+from tools_app.models import Tool, ToolApproval, ToolGrant
 from tools_app.sandbox.execute import REDACTED, redactor, secret_values
 
 # Generations in one run: each tool result costs one more.
 MAX_STEPS = 6
+# How often a run held for approval (the playground) looks whether a person has decided.
+APPROVAL_POLL_SECONDS = 1.0
 # What an audit event keeps of an argument value.
 AUDIT_VALUE_LIMIT = 2_000
 SECRET_ARGUMENT = re.compile(r"pass(word)?|secret|token|api[_-]?key|authori[sz]ation", re.IGNORECASE)
@@ -76,7 +83,7 @@ class Context:
 
 
 class Runner:
-    """The tools app's side of /v1 (``serving_app.openai_api.StudioTools``)."""
+    """The tools app's side of /v1 and the playground (``serving_app.studio_tools.StudioTools``)."""
 
     def granted(self, deployment: Deployment) -> bool:
         return ToolGrant.objects.for_team(deployment.team).filter(deployment=deployment).exists()
@@ -90,17 +97,17 @@ class _Loop:
     def __init__(self, run: ToolRun, context: Context) -> None:
         self.run_ = run
         self.context = context
-        extra = run.body.model_extra or {}
-        self.client_tools: list[dict[str, Any]] = list(extra.get("tools") or [])
-        self.tool_choice = extra.get("tool_choice")
-        self.messages = [_canonical(message.model_dump(exclude_none=True)) for message in run.body.messages]
+        self.client_tools: list[dict[str, Any]] = list(run.client_tools)
+        self.tool_choice = run.tool_choice
+        self.messages = [_canonical(message) for message in run.messages]
         self.added: list[dict[str, Any]] = []
         self.calls: list[dict[str, Any]] = []
+        self.results: dict[str, str] = {}
         self.approvals: list[dict[str, Any]] = []
         self.open_message: dict[str, Any] = {}
         # Where the calls being run come from: the model in this request, or the conversation the client sent.
         self.source = "model"
-        self._check_request(extra.get(EXTENSION))
+        self._check_request(run.extension)
 
     def _check_request(self, extension: Any) -> None:
         clashes = sorted(
@@ -112,7 +119,7 @@ class _Loop:
                 400, f"tools: {', '.join(clashes)} is the name of a studio tool granted to this deployment; rename "
                 "your own tool.", param="tools", code="invalid_value",
             )  # fmt: skip
-        if (self.run_.body.n or 1) > 1:
+        if self.run_.choices > 1:
             raise OpenAIError(
                 400, "n: a deployment with studio tools answers one choice per request (n = 1).", param="n",
                 code="invalid_value",
@@ -195,18 +202,26 @@ class _Loop:
         results: list[dict[str, Any]] = []
         pending = False
         for call in calls:
-            content = await sync_to_async(self._decide)(call, conversation, approvals)
-            if content is None:
-                pending = True
-                continue
-            if isinstance(content, Tool):
-                content = await self._execute(content, call)
+            decided = await sync_to_async(self._decide)(call, conversation, approvals)
+            self._report()
+            if isinstance(decided, ToolApproval):
+                if not self.run_.wait_for_approval:
+                    pending = True
+                    continue
+                decided = await self._wait_for_decision(decided, call, conversation)
+            content = await self._execute(decided, call) if isinstance(decided, Tool) else decided
+            self.results[call["id"]] = content
+            self._report()
             results.append({"role": "tool", "tool_call_id": call["id"], "content": content})
         return results, pending
 
-    def _decide(self, call: dict[str, Any], conversation: str, approvals: list[str]) -> str | Tool | None:
-        """On the database thread: the call's refusal as the model's tool message, the tool to run, or None when
-        it waits for approval."""
+    def _report(self) -> None:
+        if self.run_.report is not None:
+            self.run_.report([dict(record) for record in self.calls], dict(self.results))
+
+    def _decide(self, call: dict[str, Any], conversation: str, approvals: list[str]) -> str | Tool | ToolApproval:
+        """On the database thread: the call's refusal as the model's tool message, the tool to run, or the
+        approval it waits for."""
         granted = self.context.tools[call["function"]["name"]]
         tool, access = granted.tool, self.context.access
         arguments = _arguments(call["function"]["arguments"])
@@ -214,22 +229,26 @@ class _Loop:
         details = {
             "tool": tool.name, "deployment": self.context.deployment.name,
             "deployment_id": self.context.deployment.pk, "call_id": call["id"], "arguments": shown,
-            "conversation": conversation, "via": "api", "source": self.source,
+            "conversation": conversation, "via": self.run_.via, "source": self.source,
         }  # fmt: skip
-        record = {"id": call["id"], "tool": tool.name, "arguments": shown}
+        record = {"id": call["id"], "tool": tool.name, "arguments": shown, "risk": tool.risk}
         self.calls.append(record)
         audit.record("tool.call_requested", access=access, target=tool, ip=self.context.ip, **details)
         if arguments is None:
             decision = policy.Decision(False, "the arguments are not a JSON object")
         else:
-            decision = policy.decide(granted.terms, tool, arguments=arguments, role=None, api_key_id=_key_id(access))
+            key_id = _key_id(access)
+            role = str(access.role) if key_id is None else None
+            decision = policy.decide(granted.terms, tool, arguments=arguments, role=role, api_key_id=key_id)
         if decision.allowed and _over_rate_limit(tool):
             decision = policy.Decision(False, f"the tool's rate limit ({tool.rate_limit_per_minute} calls a minute)")
         if decision.denied:
-            audit.record("tool.call_denied", access=access, target=tool, ip=self.context.ip, rule=decision.rule,
+            # A rule may quote the argument it refuses: redacted like the arguments, wherever it goes.
+            rule = _redacted_text(decision.rule, tool, arguments)
+            audit.record("tool.call_denied", access=access, target=tool, ip=self.context.ip, rule=rule,
                          **details)  # fmt: skip
-            record.update(outcome="denied", reason=decision.rule)
-            return json.dumps({"error": "denied", "reason": decision.rule})
+            record.update(outcome="denied", reason=rule)
+            return json.dumps({"error": "denied", "reason": rule})
         assert arguments is not None
         if decision.needs_approval:
             approved = self._approved(tool, arguments, conversation, approvals)
@@ -244,9 +263,57 @@ class _Loop:
                     "id": str(approval.public_id), "tool": tool.name, "arguments": arguments,
                     "expires_at": approval.expires_at.isoformat(),
                 })  # fmt: skip
-                return None
+                return approval
         record["arguments_json"] = arguments
         return tool
+
+    async def _wait_for_decision(self, approval: ToolApproval, call: dict[str, Any], conversation: str) -> str | Tool:
+        """Hold the run until a person approves or rejects ``approval`` (or it expires): the tool to run, used up,
+        or the refusal the model is told."""
+        record = self._record(call["id"])
+        tool = self.context.tools[call["function"]["name"]].tool
+        try:
+            approval = await self._decision(approval)
+        except asyncio.CancelledError:  # the playground's Stop, or the page closed: nobody need decide it now
+            await sync_to_async(services.withdraw)(self.context.access, approval, ip=self.context.ip)
+            raise
+        if approval.status == ToolApproval.Status.APPROVED:
+            try:
+                await sync_to_async(services.consume)(
+                    str(approval.public_id), team=self.context.access.team, tool=tool,
+                    deployment=self.context.deployment, conversation=conversation, arguments=approval.arguments,
+                    ip=self.context.ip, access=self.context.access,
+                )  # fmt: skip
+            except services.ApprovalRefused as error:
+                record.update(outcome="denied", reason=str(error))
+                return json.dumps({"error": "denied", "reason": str(error)})
+            record.update(outcome="approved", approved_by=_username(approval.decided_by))
+            record["arguments_json"] = approval.arguments
+            self._report()
+            return tool
+        if approval.status == ToolApproval.Status.REJECTED:
+            reason = f"rejected by {_username(approval.decided_by)}"
+            reason += f": {approval.reason}" if approval.reason else ""
+            record.update(outcome="rejected", reason=reason)
+            return json.dumps({"error": "rejected", "reason": reason})
+        record.update(outcome="expired", reason="nobody approved the call in time")
+        return json.dumps({"error": "expired", "reason": "nobody approved the call in time"})
+
+    async def _decision(self, approval: ToolApproval) -> ToolApproval:
+        """``approval`` as it is once a person has decided it, or it has expired (looked up every
+        ``APPROVAL_POLL_SECONDS``)."""
+        while True:
+            approval = (
+                await ToolApproval.objects.for_team(self.context.access.team)
+                .select_related("decided_by")
+                .aget(pk=approval.pk)
+            )
+            if approval.status != ToolApproval.Status.PENDING or approval.is_expired():
+                return approval
+            await asyncio.sleep(APPROVAL_POLL_SECONDS)
+
+    def _record(self, call_id: str) -> dict[str, Any]:
+        return next(record for record in reversed(self.calls) if record["id"] == call_id)
 
     def _approved(self, tool: Tool, arguments: dict[str, Any], conversation: str, approvals: list[str]) -> bool | None:
         """True when one of the client's approval ids lets this exact call run (it is then used up); None when the
@@ -271,7 +338,7 @@ class _Loop:
                           param=EXTENSION, code=code)  # fmt: skip
 
     async def _execute(self, tool: Tool, call: dict[str, Any]) -> str:
-        record = next(record for record in reversed(self.calls) if record["id"] == call["id"])
+        record = self._record(call["id"])
         arguments = record.pop("arguments_json")
         outcome = await sync_to_async(dispatch.run_call, thread_sensitive=False)(tool, arguments)
         await sync_to_async(self._audit_outcome)(tool, call, record, outcome)
@@ -288,14 +355,17 @@ class _Loop:
         details = {
             "tool": tool.name, "deployment": self.context.deployment.name,
             "deployment_id": self.context.deployment.pk, "call_id": call["id"], "arguments": record["arguments"],
-            "via": "api", "source": self.source, "status": outcome.status, "latency_ms": round(outcome.latency_ms, 1),
-            "response_bytes": outcome.response_bytes,
+            "via": self.run_.via, "source": self.source, "status": outcome.status,
+            "latency_ms": round(outcome.latency_ms, 1), "response_bytes": outcome.response_bytes,
         }  # fmt: skip
         if outcome.ok:
-            audit.record("tool.call_executed", access=self.context.access, target=tool, ip=self.context.ip, **details)
+            event = audit.record(
+                "tool.call_executed", access=self.context.access, target=tool, ip=self.context.ip, **details
+            )
         else:
-            audit.record("tool.call_failed", access=self.context.access, target=tool, ip=self.context.ip,
-                         error=outcome.error, message=outcome.text[:500], **details)  # fmt: skip
+            event = audit.record("tool.call_failed", access=self.context.access, target=tool, ip=self.context.ip,
+                                 error=outcome.error, message=outcome.text[:500], **details)  # fmt: skip
+        services.keep_result(self.context.access.team, tool, event, outcome.text)
 
     def _answer_for_pending(self, status: str) -> dict[str, Any]:
         """The answer when a resumed run waits again before any generation: the message with the open calls, and
@@ -332,11 +402,9 @@ def conversation_hash(messages: list[dict[str, Any]]) -> str:
 
 
 def _context(run: ToolRun) -> Context:
-    key = run.key
-    access = TeamAccess(team=key.team, role=Role(key.role), api_key=key)
-    grants = ToolGrant.objects.for_team(key.team).filter(deployment=run.deployment).select_related("tool")
+    grants = ToolGrant.objects.for_team(run.access.team).filter(deployment=run.deployment).select_related("tool")
     tools = {grant.tool.name: Granted(grant.tool, grant, services.grant_terms(grant)) for grant in grants}
-    return Context(access=access, deployment=run.deployment, tools=tools, ip=run.ip)
+    return Context(access=run.access, deployment=run.deployment, tools=tools, ip=run.ip)
 
 
 def _canonical(message: dict[str, Any]) -> dict[str, Any]:
@@ -362,6 +430,10 @@ def _arguments(text: str) -> dict[str, Any] | None:
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
+
+
+def _username(user: Any) -> str:
+    return str(user.get_username()) if user is not None else "someone"
 
 
 def _key_id(access: TeamAccess) -> int | None:
@@ -393,6 +465,16 @@ def _redacted(value: Any, tool: Tool) -> Any:
         return item
 
     return clean(value)
+
+
+def _redacted_text(text: str, tool: Tool, arguments: dict[str, Any] | None) -> str:
+    """``text`` (a policy's reason, which may quote an argument) with the tool's secret values and the values of
+    arguments named like secrets replaced, as ``_redacted`` does for the arguments themselves."""
+    text = redactor(_tool_secret_values(tool))(text)
+    for name, value in (arguments or {}).items():
+        if SECRET_ARGUMENT.search(str(name)) and isinstance(value, str | int | float) and str(value):
+            text = text.replace(str(value), REDACTED)
+    return text
 
 
 def _tool_secret_values(tool: Tool) -> list[str]:

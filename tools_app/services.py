@@ -4,6 +4,10 @@ Owners and admins (``tools.manage``) define, change and delete a team's tools; e
 excepted: a secret (an HTTP tool's headers, a SQL tool's DSN) is encrypted when saved and never shown again, and
 the audit trail records that it changed, never what it is. Definitions are checked by ``tools_app.definitions``.
 
+An MCP server is registered once (``register_mcp_server``); ``import_mcp_tools`` asks the tools worker to list its
+tools and saves each as a ``Tool`` of kind mcp (its name, description and schema as the server gives them), which is
+then granted, approved and audited like any other. A name that is invalid or already taken is reported, not dropped.
+
 A call that needs a person waits as a ``ToolApproval`` (``request_approval``) until someone with ``tools.approve``
 other than its requester approves or rejects it; ``consume`` lets an approved call run once, with exactly the
 tool, deployment, conversation and arguments that were approved. Every attempt, refused ones included, is audited.
@@ -14,6 +18,8 @@ from __future__ import annotations
 import hmac
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -24,13 +30,22 @@ from django.http import Http404
 from django.utils import timezone
 
 from accounts import audit
-from accounts.models import Team, TeamAPIKey
+from accounts.models import AuditEvent, Team, TeamAPIKey
 from accounts.permissions import TeamAccess
 from accounts.roles import Perm, Role
 from serving_app.models import Deployment
 from serving_app.services import keys_of, scopable_keys, visible_deployments
-from tools_app import definitions, policy, secrets
-from tools_app.models import Tool, ToolApproval, ToolGrant, approval_binding
+from tools_app import definitions, dispatch, policy, secrets
+from tools_app.models import (
+    DESCRIPTION_MAX_LENGTH,
+    McpServer,
+    Tool,
+    ToolApproval,
+    ToolGrant,
+    ToolResult,
+    approval_binding,
+)
+from tools_app.sandbox.mcp_client import RemoteTool
 
 # A new secret: an HTTP tool's headers ({name: value}) or a SQL tool's DSN.
 Secret = dict[str, str] | str
@@ -38,7 +53,7 @@ Secret = dict[str, str] | str
 
 def visible_tools(access: TeamAccess) -> QuerySet[Tool]:
     """The team's tools, by name: every member may see them (their secrets stay hidden from everyone)."""
-    return Tool.objects.for_team(access.team).select_related("created_by").order_by("name")
+    return Tool.objects.for_team(access.team).select_related("created_by", "mcp_server").order_by("name")
 
 
 def create_tool(
@@ -149,6 +164,229 @@ def delete_tool(*, access: TeamAccess, tool: Tool, ip: str | None = None) -> Non
     with transaction.atomic():
         audit.record("tool.deleted", access=access, target=tool, ip=ip, name=tool.name, kind=tool.kind)
         Tool.objects.for_team(access.team).filter(pk=tool.pk).delete()
+
+
+# --- MCP servers: where imported tools are called -------------------------------------------------
+
+
+@dataclass
+class ImportReport:
+    """What an import of an MCP server's tools did, by tool name (the names the team sees): ``created`` and
+    ``updated`` (a changed description, schema or hints), ``unchanged``, ``skipped`` (name, why: invalid or clashing
+    with another tool), ``removed`` (imported before, no longer listed by the server: kept until someone deletes
+    them) and ``truncated`` (the server listed more tools than one import takes)."""
+
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    truncated: bool = False
+
+    def summary(self) -> str:
+        """One line for the page: how many tools each outcome had."""
+        counts = [
+            (len(self.created), "imported"), (len(self.updated), "updated"), (len(self.unchanged), "unchanged"),
+            (len(self.skipped), "skipped"), (len(self.removed), "no longer offered"),
+        ]  # fmt: skip
+        return ", ".join(f"{count} {label}" for count, label in counts if count) or "the server offers no tools"
+
+
+def visible_mcp_servers(access: TeamAccess) -> QuerySet[McpServer]:
+    """The team's MCP servers, by name (every member may see them; their secret headers stay hidden)."""
+    return McpServer.objects.for_team(access.team).select_related("created_by").order_by("name")
+
+
+def tools_of_server(access: TeamAccess, server: McpServer) -> QuerySet[Tool]:
+    """The tools imported from ``server``, by name."""
+    return visible_tools(access).filter(mcp_server=server)
+
+
+def register_mcp_server(
+    *,
+    access: TeamAccess,
+    name: str,
+    url: str,
+    name_prefix: str = "",
+    timeout_s: int = definitions.MCP_TIMEOUT_S[2],
+    max_response_bytes: int = definitions.MCP_MAX_RESPONSE_BYTES[2],
+    secret_headers: dict[str, str] | None = None,
+    ip: str | None = None,
+) -> McpServer:
+    """Register an MCP server reached over streamable HTTP (owners and admins); nothing is sent to it until its
+    tools are imported. ``secret_headers`` are encrypted and never shown again. Bad input raises
+    ``ValidationError`` keyed by field (``name``, ``url``, ``name_prefix``, ``timeout_s``, ``max_response_bytes``,
+    ``secret_headers``). Audited as ``tool.mcp_server_registered``."""
+    access.require(Perm.MANAGE_TOOLS)
+    fields_ = definitions.check_mcp_server(
+        name=name, url=url, name_prefix=name_prefix, timeout_s=timeout_s, max_response_bytes=max_response_bytes,
+        allowed_hosts=settings.TOOL_ALLOWED_HOSTS,
+    )  # fmt: skip
+    headers = definitions.check_secret_headers(secret_headers) if secret_headers else None
+    try:
+        with transaction.atomic():
+            if McpServer.objects.for_team(access.team).filter(name__iexact=fields_["name"]).exists():
+                raise ValidationError({"name": _server_taken(fields_["name"])})
+            now = timezone.now()
+            server = McpServer.objects.create(
+                team=access.team, secret=_encrypt(headers), secret_header_names=sorted(headers or ()),
+                created_by=access.user, created_at=now, updated_at=now, **fields_,
+            )  # fmt: skip
+            audit.record(
+                "tool.mcp_server_registered", access=access, target=server, ip=ip, name=server.name,
+                host=server.host, name_prefix=server.name_prefix, secret="set" if headers else "none",
+                secret_header_names=server.secret_header_names,
+            )  # fmt: skip
+    except IntegrityError as error:  # a concurrent request took the name between the check and the insert
+        raise ValidationError({"name": _server_taken(fields_["name"])}) from error
+    return server
+
+
+def delete_mcp_server(*, access: TeamAccess, server: McpServer, ip: str | None = None) -> None:
+    """Delete an MCP server, its secret headers and every tool imported from it, grants included (owners and
+    admins); audited as ``tool.mcp_server_deleted`` with the tools that went with it."""
+    access.require(Perm.MANAGE_TOOLS)
+    if server.team_id != access.team.pk:
+        raise Http404("No such MCP server.")
+    with transaction.atomic():
+        tools = list(Tool.objects.for_team(access.team).filter(mcp_server=server).values_list("name", flat=True))
+        audit.record(
+            "tool.mcp_server_deleted", access=access, target=server, ip=ip, name=server.name, tools=sorted(tools)
+        )
+        McpServer.objects.for_team(access.team).filter(pk=server.pk).delete()
+
+
+def import_mcp_tools(*, access: TeamAccess, server: McpServer, ip: str | None = None) -> ImportReport:
+    """List ``server``'s tools in the tools worker (through the egress guard) and save each as a tool of the team
+    (owners and admins).
+
+    A new tool gets the server's name (after ``name_prefix``), description and input schema, risk read when the
+    server hints ``readOnlyHint``, destructive when it hints ``destructiveHint``, else write, and the default rate
+    limit; a tool imported before keeps its name, risk and rate limit and takes the server's new description and
+    schema. A name that is invalid, or taken by another of the team's tools, is skipped and reported. When the
+    server cannot be listed, ``ValidationError`` on ``server`` says why (audited as ``tool.mcp_import_failed``).
+    Audited as ``tool.mcp_imported``, and each created or changed tool as ``tool.created`` / ``tool.updated``.
+    """
+    access.require(Perm.MANAGE_TOOLS)
+    if server.team_id != access.team.pk:
+        raise Http404("No such MCP server.")
+    listing = dispatch.list_mcp_tools(server)  # outside any transaction: it waits on the network
+    if not listing.ok:
+        audit.record(
+            "tool.mcp_import_failed", access=access, target=server, ip=ip, name=server.name, error=listing.error,
+            reason=listing.text[:500],
+        )  # fmt: skip
+        raise ValidationError({"server": f"The tools of “{server.name}” could not be listed: {listing.text}"})
+    report = ImportReport(truncated=listing.truncated)
+    with transaction.atomic():
+        current = McpServer.objects.for_team(access.team).select_for_update().filter(pk=server.pk).first()
+        if current is None:
+            raise Http404("No such MCP server: it was just deleted.")
+        imported = {
+            tool.config.get("remote_name"): tool
+            for tool in Tool.objects.for_team(access.team).select_for_update().filter(mcp_server=current)
+        }
+        taken = {name.lower() for name in Tool.objects.for_team(access.team).values_list("name", flat=True)}
+        for remote in listing.tools:
+            _import_one(access, current, remote, imported.get(remote.name), taken, report, ip)
+        listed = {remote.name for remote in listing.tools}
+        report.removed = sorted(tool.name for name, tool in imported.items() if name not in listed)
+        for names in (report.created, report.updated, report.unchanged, report.skipped):
+            names.sort()
+        current.imported_at = timezone.now()
+        current.save(update_fields=["imported_at"])
+        audit.record(
+            "tool.mcp_imported", access=access, target=current, ip=ip, name=current.name, created=report.created,
+            updated=report.updated, unchanged=len(report.unchanged),
+            skipped=[f"{name}: {reason}" for name, reason in report.skipped], removed=report.removed,
+        )  # fmt: skip
+    return report
+
+
+def _import_one(
+    access: TeamAccess,
+    server: McpServer,
+    remote: RemoteTool,
+    existing: Tool | None,
+    taken: set[str],
+    report: ImportReport,
+    ip: str | None,
+) -> None:
+    """Create or update the team's tool for one listed tool, or record in ``report`` why it was skipped."""
+    # The database cannot store NUL, which a server may well send: dropped from what is kept of its text.
+    description = remote.description.replace("\x00", "").strip() or f"The {remote.name} tool of {server.name}."
+    annotations = {
+        key: value.replace("\x00", "") if isinstance(value, str) else value for key, value in remote.annotations.items()
+    }
+    if len(description) > DESCRIPTION_MAX_LENGTH:
+        description = description[: DESCRIPTION_MAX_LENGTH - 1].rstrip() + "…"
+    name = existing.name if existing is not None else definitions.imported_tool_name(server.name_prefix, remote.name)
+    try:
+        fields_ = definitions.check_definition(
+            kind=Tool.Kind.MCP, name=name, description=description,
+            risk=existing.risk if existing is not None else _risk_of(remote),
+            rate_limit_per_minute=existing.rate_limit_per_minute if existing is not None else
+            definitions.RATE_LIMIT_PER_MINUTE[2],
+            parameters=remote.input_schema or dict(definitions.NO_PARAMETERS),
+            config={"remote_name": remote.name, "annotations": annotations},
+        )  # fmt: skip
+    except ValidationError as error:
+        report.skipped.append((_shown(name), _why_skipped(error)))
+        return
+    if existing is not None:
+        changed = _changed_fields(existing, fields_)
+        if not changed:
+            report.unchanged.append(existing.name)
+            return
+        for field_name in ("description", "parameters", "config"):
+            setattr(existing, field_name, fields_[field_name])
+        existing.updated_at = timezone.now()
+        existing.save()
+        audit.record("tool.updated", access=access, target=existing, ip=ip, changed=changed, source="mcp import")
+        report.updated.append(existing.name)
+        return
+    if fields_["name"].lower() in taken:
+        report.skipped.append((fields_["name"], "the team already has a tool of that name (names differ by more than "
+                               "case): give this server a name prefix, or rename the other tool"))  # fmt: skip
+        return
+    now = timezone.now()
+    tool = Tool.objects.create(
+        team=access.team, kind=Tool.Kind.MCP, mcp_server=server, created_by=access.user, created_at=now,
+        updated_at=now, **fields_,
+    )  # fmt: skip
+    taken.add(tool.name.lower())
+    audit.record(
+        "tool.created", access=access, target=tool, ip=ip, kind=Tool.Kind.MCP, risk=tool.risk,
+        rate_limit_per_minute=tool.rate_limit_per_minute, calls=tool.target_summary,
+        secret="none",  # noqa: S106  # its server's secret headers serve its calls
+    )  # fmt: skip
+    report.created.append(tool.name)
+
+
+def _shown(name: str) -> str:
+    """A listed name as pages and the audit trail show it: control characters as ``?``, at most 100 characters."""
+    printable = "".join("?" if ord(char) < 32 or ord(char) == 127 else char for char in name)
+    return printable if len(printable) <= 100 else printable[:99] + "…"
+
+
+def _risk_of(remote: RemoteTool) -> str:
+    """A new imported tool's risk, from its server's hints (hints only: an admin reviews them)."""
+    if remote.annotations.get("readOnlyHint") is True:
+        return Tool.Risk.READ
+    if remote.annotations.get("destructiveHint") is True:
+        return Tool.Risk.DESTRUCTIVE
+    return Tool.Risk.WRITE
+
+
+def _why_skipped(error: ValidationError) -> str:
+    """A definition check's complaints about a listed tool, as one sentence naming the fields."""
+    messages = error.message_dict if hasattr(error, "error_dict") else {"definition": error.messages}
+    labels = {"name": "its name", "parameters": "its input schema", "description": "its description"}
+    return "; ".join(f"{labels.get(key, key)}: {' '.join(texts)}" for key, texts in messages.items())
+
+
+def _server_taken(name: str) -> str:
+    return f"The team already has an MCP server named “{name}” (names differ by more than case): choose another."
 
 
 # --- grants: which deployments may call a tool, by whom, within which bounds -----------------------
@@ -643,16 +881,58 @@ def _taken(name: str) -> str:
 def reencrypt_secrets() -> tuple[int, list[str]]:
     """Re-encrypt every team's tool secrets with the current (first) key, after a key rotation (operators only).
 
-    Returns how many were re-encrypted and the tools (``team/name``) whose secret no configured key opens: those
-    need their secret entered again. Each row is updated on its own, so running it twice is harmless.
+    Returns how many were re-encrypted and the tools (``team/name``) and MCP servers (``team/MCP server name``)
+    whose secret no configured key opens: those need their secret entered again. Each row is updated on its own, so
+    running it twice is harmless.
     """
     rotated, unreadable = 0, []
-    for tool in Tool.objects.unscoped().exclude(secret=b"").select_related("team").order_by("pk"):
-        try:
-            token = secrets.rotate(tool.secret)
-        except secrets.InvalidToken:
-            unreadable.append(f"{tool.team.slug}/{tool.name}")
-            continue
-        Tool.objects.unscoped().filter(pk=tool.pk, secret=tool.secret).update(secret=token)
-        rotated += 1
+    for model, kind in ((Tool, ""), (McpServer, "MCP server ")):
+        for row in model.objects.unscoped().exclude(secret=b"").select_related("team").order_by("pk"):
+            try:
+                token = secrets.rotate(row.secret)
+            except secrets.InvalidToken:
+                unreadable.append(f"{row.team.slug}/{kind}{row.name}")
+                continue
+            model.objects.unscoped().filter(pk=row.pk, secret=row.secret).update(secret=token)
+            rotated += 1
     return rotated, unreadable
+
+
+def withdraw(access: TeamAccess, approval: ToolApproval, *, ip: str | None = None) -> bool:
+    """The requester gave up waiting (a playground run stopped): a call still pending leaves the inbox, marked
+    expired with the reason, and audited as ``tool.approval_withdrawn``. False when someone had decided already."""
+    with transaction.atomic():
+        withdrawn = (
+            ToolApproval.objects.for_team(access.team)
+            .filter(pk=approval.pk, status=ToolApproval.Status.PENDING)
+            .update(status=ToolApproval.Status.EXPIRED, reason="withdrawn: the run that asked for it was stopped")
+        )
+        if withdrawn:
+            audit.record(
+                "tool.approval_withdrawn", access=access, target=approval, ip=ip, tool=approval.tool.name,
+                approval=str(approval.public_id),
+            )  # fmt: skip
+    return withdrawn > 0
+
+
+# --- results kept under the team's retention setting ----------------------------------------------------------
+
+
+def keep_result(team: Team, tool: Tool, event: AuditEvent, text: str) -> ToolResult | None:
+    """Keep what a call returned, beside its ``tool.call_executed``/``tool.call_failed`` event, when the team keeps
+    prompts and answers (``Team.prompt_retention_days``); None when it keeps none."""
+    if not team.prompt_retention_days:
+        return None
+    return ToolResult.objects.create(team=team, tool=tool, event=event, text=text)
+
+
+def purge_tool_results(now: datetime | None = None) -> int:
+    """Delete kept results older than each team's retention period (all of them where it is off)."""
+    now = now or timezone.now()
+    removed = 0
+    for team in Team.objects.all():
+        results = ToolResult.objects.for_team(team)
+        if team.prompt_retention_days:
+            results = results.filter(created_at__lt=now - timedelta(days=team.prompt_retention_days))
+        removed += results.delete()[0]
+    return removed

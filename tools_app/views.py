@@ -1,18 +1,21 @@
 """Tool pages under /t/<team>/tools/: the team's catalogue of tools its deployed models may be granted.
 
 Every member reads the catalogue and each tool's definition (never its secret: nobody sees a saved secret again);
-owners and admins (``tools.manage``) define, change and delete tools. Every member reads the approvals inbox;
-owners and admins (``tools.approve``) decide the calls waiting in it. The work is done by ``tools_app.services``.
+owners and admins (``tools.manage``) define, change and delete tools, register MCP servers and import their tools.
+Every member reads the approvals inbox; owners and admins (``tools.approve``) decide the calls waiting in it. The
+work is done by ``tools_app.services``.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 from uuid import UUID
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
+from django.db.models import Count
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 
@@ -20,8 +23,8 @@ from accounts.http import add_service_errors, client_ip
 from accounts.permissions import TeamAccess, TeamRequest, require_perm
 from accounts.roles import Perm
 from tools_app import services
-from tools_app.forms import FORMS, GrantForm, grant_initial, initial_for
-from tools_app.models import Tool, ToolApproval, ToolGrant
+from tools_app.forms import FORMS, GrantForm, McpServerForm, McpToolForm, grant_initial, initial_for
+from tools_app.models import McpServer, Tool, ToolApproval, ToolGrant
 
 
 def _tool(access: TeamAccess, tool_id: int) -> Tool:
@@ -36,7 +39,11 @@ def _grant(access: TeamAccess, tool: Tool, grant_id: int) -> ToolGrant:
 def tool_list(request: TeamRequest, team_slug: str) -> HttpResponse:
     """The team's tools: what each calls, how risky it is and how often it may run."""
     access = request.access
-    context = {"tools": services.visible_tools(access), "can_manage": access.can(Perm.MANAGE_TOOLS)}
+    context = {
+        "tools": services.visible_tools(access),
+        "servers": services.visible_mcp_servers(access).annotate(tool_count=Count("tools")),
+        "can_manage": access.can(Perm.MANAGE_TOOLS),
+    }
     return render(request, "tools/list.html", context)
 
 
@@ -78,7 +85,11 @@ def tool_edit(request: TeamRequest, team_slug: str, tool_id: int) -> HttpRespons
     """Change a tool's definition; its secret stays unless a new one is entered or its removal is ticked."""
     access = request.access
     tool = _tool(access, tool_id)
-    form = FORMS[tool.kind](request.POST or None, initial=initial_for(tool), tool=tool)
+    form: Any
+    if tool.kind == Tool.Kind.MCP:
+        form = McpToolForm(request.POST or None, initial=initial_for(tool), tool=tool)
+    else:
+        form = FORMS[tool.kind](request.POST or None, initial=initial_for(tool), tool=tool)
     if form.is_bound and form.is_valid():
         try:
             services.update_tool(
@@ -162,6 +173,76 @@ def grant_revoke(request: TeamRequest, team_slug: str, tool_id: int, grant_id: i
         messages.success(request, f"“{grant.deployment.name}” may no longer call “{tool.name}”.")
         return redirect("tools:detail", team_slug, tool.pk)
     return render(request, "tools/grant_confirm_revoke.html", {"tool": tool, "grant": grant})
+
+
+# --- MCP servers --------------------------------------------------------------------------------
+
+
+def _server(access: TeamAccess, server_id: int) -> McpServer:
+    return get_object_or_404(services.visible_mcp_servers(access), pk=server_id)
+
+
+@require_perm(Perm.MANAGE_TOOLS)
+def mcp_server_create(request: TeamRequest, team_slug: str) -> HttpResponse:
+    """Register an MCP server; its tools are imported from its page."""
+    form = McpServerForm(request.POST or None)
+    if form.is_bound and form.is_valid():
+        try:
+            server = services.register_mcp_server(access=request.access, ip=client_ip(request), **form.settings())
+        except ValidationError as error:
+            add_service_errors(form, error)
+        else:
+            messages.success(request, f"MCP server “{server.name}” registered: import its tools below.")
+            return redirect("tools:mcp_detail", team_slug, server.pk)
+    return render(request, "tools/mcp_form.html", {"form": form}, status=400 if form.errors else 200)
+
+
+@require_perm(Perm.VIEW_TEAM)
+def mcp_server_detail(request: TeamRequest, team_slug: str, server_id: int) -> HttpResponse:
+    """An MCP server, the tools imported from it, and whether secret headers are set (never their values)."""
+    access = request.access
+    server = _server(access, server_id)
+    context = {
+        "server": server,
+        "tools": services.tools_of_server(access, server),
+        "can_manage": access.can(Perm.MANAGE_TOOLS),
+    }
+    return render(request, "tools/mcp_detail.html", context)
+
+
+@require_perm(Perm.MANAGE_TOOLS)
+def mcp_server_import(request: TeamRequest, team_slug: str, server_id: int) -> HttpResponse:
+    """Import (POST) the server's tools: new ones created, known ones updated; the page says what happened."""
+    access = request.access
+    server = _server(access, server_id)
+    if request.method == "POST":
+        try:
+            report = services.import_mcp_tools(access=access, server=server, ip=client_ip(request))
+        except ValidationError as error:
+            messages.error(request, " ".join(error.messages))
+        else:
+            messages.success(request, f"Import from “{server.name}”: {report.summary()}.")
+            for name, reason in report.skipped:
+                messages.warning(request, f"Skipped “{name}”: {reason}.")
+            if report.removed:
+                messages.warning(request, "No longer offered by the server (kept; delete them if they are gone for "
+                                 f"good): {', '.join(report.removed)}.")  # fmt: skip
+            if report.truncated:
+                messages.warning(request, "The server lists more tools than one import takes; the rest were left.")
+    return redirect("tools:mcp_detail", team_slug, server.pk)
+
+
+@require_perm(Perm.MANAGE_TOOLS)
+def mcp_server_delete(request: TeamRequest, team_slug: str, server_id: int) -> HttpResponse:
+    """Ask, then delete the server, its secret headers and the tools imported from it."""
+    access = request.access
+    server = _server(access, server_id)
+    if request.method == "POST":
+        services.delete_mcp_server(access=access, server=server, ip=client_ip(request))
+        messages.success(request, f"MCP server “{server.name}” was deleted, with its tools and secret headers.")
+        return redirect("tools:list", team_slug)
+    context = {"server": server, "tools": services.tools_of_server(access, server)}
+    return render(request, "tools/mcp_confirm_delete.html", context)
 
 
 # --- approvals ----------------------------------------------------------------------------------

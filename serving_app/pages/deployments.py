@@ -176,6 +176,7 @@ def deployment_detail(request: TeamRequest, team_slug: str, deployment_id: int) 
         if can_manage
         else None,
         "can_manage": can_manage,
+        "can_play": access.can(Perm.USE_PLAYGROUND),
         "base_url": request.build_absolute_uri("/v1"),
         "usage": deployments.deployment_usage(deployment, visible_keys=shown),
     }

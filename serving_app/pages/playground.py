@@ -34,7 +34,7 @@ from serving_app.pages.arena import run_export
 
 # Where studio.asgi mounts the Gradio app.
 # A model's key in the playground's pickers (``serving_app.catalog``): ``base:<id>`` or ``version:<id>``.
-MODEL_KEY = re.compile(r"(base|version):[1-9][0-9]{0,18}")
+MODEL_KEY = re.compile(r"(base|version|deployment):[1-9][0-9]{0,18}")
 
 
 class PresetForm(forms.Form):

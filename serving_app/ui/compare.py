@@ -12,6 +12,11 @@ Every column streams as its own task. On vLLM they all answer at once; the in-pr
 column at a time per base model, so there a column says which column it waits for (``ColumnRun.waiting_for``),
 and each column's figures say which engine serves it (``inference.aengine_of``). A column's optional JSON
 schema and tools are sent as ``response_format`` and ``tools``; the tool calls in its answer show as cards.
+
+A column may also try a deployment as its clients get it: where the deployment is granted studio tools, the studio
+runs the loop (``serving_app.studio_tools``, the tools app's runner) for the member — the grants' roles apply —
+and each studio call shows as a card with the policy's decision and its result; a call that needs approval holds
+the column ("waiting for approval") until someone decides in the Approvals inbox, then the run goes on.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import gradio as gr
@@ -33,14 +38,16 @@ from django.urls import reverse
 
 from accounts.permissions import TeamAccess
 from accounts.roles import Perm
-from serving_app import comparisons
+from serving_app import comparisons, studio_tools
 from serving_app.catalog import Servable, resolve_model, resolve_models, usable_models
 from serving_app.comparisons import ColumnSettings, figures_line
 from serving_app.inference import EngineInfo, InferenceError, StreamUpdate, ToolCall, aengine_of, stream_answer
-from serving_app.models import Comparison, PromptPreset
+from serving_app.models import Comparison, Deployment, PromptPreset
+from serving_app.openai_api import OpenAIError
 from serving_app.playground import refuse, team_access
 from serving_app.ui.feedback import ASK, FeedbackControls, build_feedback, vote_subject, wire_feedback
 from serving_app.ui.text import code_block, markdown_text, refusal
+from serving_app.ui.tool_cards import WAITING_FOR_APPROVAL, studio_call_message, waiting_tool
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +75,8 @@ INTRO = (
     "Pick 2 to 4 models and type one prompt: each column answers it with its own conversation, system prompt, "
     "sampling settings and, if you like, a JSON schema or tools. Under each answer, its figures say which engine "
     "serves the model. On vLLM every column answers at the same time; where the in-process engine serves a model, "
-    "columns on the same base model (its fine-tuned versions included) answer one after another."
+    "columns on the same base model (its fine-tuned versions included) answer one after another. A deployment "
+    "answers with the tools granted to it: the studio runs each call it is allowed, shown as a card."
 )
 
 
@@ -370,6 +378,13 @@ class ColumnRun:
     update: StreamUpdate | None = None
     error: str | None = None
     done: bool = False
+    # A deployment granted studio tools: the studio runs its calls. Its answer may take several generations:
+    # ``steps`` holds the earlier ones (each ended in studio calls), ``update`` the one streaming now.
+    studio: bool = False
+    inbox_url: str = ""
+    steps: list[StreamUpdate] = field(default_factory=list)
+    studio_calls: list[dict[str, Any]] = field(default_factory=list)
+    studio_results: dict[str, str] = field(default_factory=dict)
 
     def messages(self, prompt: str) -> list[dict[str, str]]:
         """What the model is sent: the column's system prompt, its own history, then the prompt."""
@@ -379,17 +394,43 @@ class ColumnRun:
     def chat(self, prompt: str, waiting_for: int | None = None) -> list[dict[str, Any]]:
         """The chatbot's messages: the history, the prompt, the answer so far and a card per tool call (or which
         column it waits for). Cards and that note are titled: ``chat_history`` leaves them out of the conversation."""
-        answer = self.update.text if self.update is not None else ""
-        calls = self.update.tool_calls if self.update is not None else ()
-        reply: list[dict[str, Any]] = [{"role": "assistant", "content": answer}] if answer else []
-        reply += [tool_call_message(call, complete=self.done) for call in calls]
+        reply = [message for step in self.steps for message in self._step_messages(step, complete=True)]
+        if self.update is not None:
+            reply += self._step_messages(self.update, complete=self.done)
         if not reply and self.error is None and waiting_for is not None:
             note = WAITING_FOR.format(number=waiting_for)
             reply = [{"role": "assistant", "content": note, "metadata": {"title": note, "status": "pending"}}]
         return [*self.history, {"role": "user", "content": prompt}, *reply]
 
+    def progress(self, event: StudioProgress) -> None:
+        """Take the runner's news: a new generation starts, or the studio calls changed."""
+        if event.next_step:
+            if self.update is not None:
+                self.steps.append(self.update)
+            self.update = None
+            return
+        self.studio_calls = list(event.calls)
+        self.studio_results = dict(event.results)
+
+    def _step_messages(self, update: StreamUpdate, *, complete: bool) -> list[dict[str, Any]]:
+        """One generation's text, then a card per call: a studio call's with the studio's decision and result."""
+        messages: list[dict[str, Any]] = [{"role": "assistant", "content": update.text}] if update.text else []
+        records = {str(record["id"]): record for record in self.studio_calls}
+        for call in update.tool_calls:
+            record = records.get(call_id(call))
+            if record is None:
+                messages.append(tool_call_message(call, complete=complete))
+            else:
+                result = self.studio_results.get(call_id(call))
+                messages.append(studio_call_message(record, result, inbox_url=self.inbox_url))
+        return messages
+
     def figures(self, waiting_for: int | None = None) -> str:
         """The figures line: what it waits for, or the answer's figures ("so far" while it streams), and the engine."""
+        waiting_tool_name = waiting_tool(self.studio_calls) if not self.done and self.error is None else None
+        if waiting_tool_name is not None:
+            line = WAITING_FOR_APPROVAL.format(tool=markdown_text(waiting_tool_name))
+            return " · ".join(filter(None, (line, self.engine.label)))
         if self.error is None and (self.update is None or self.update.time_to_first_token_s is None):
             line = WAITING_FOR.format(number=waiting_for) if waiting_for is not None else WAITING
             return " · ".join(filter(None, (line, self.engine.label)))
@@ -426,6 +467,8 @@ class ColumnRun:
         }
         if update.tool_calls:
             answer["tool_calls"] = [asdict(call) for call in update.tool_calls]
+        if self.studio_calls:
+            answer["studio_tool_calls"] = [dict(record) for record in self.studio_calls]
         if self.error is not None:
             answer["error"] = self.error
         return answer
@@ -433,7 +476,7 @@ class ColumnRun:
     def votable(self, prompt: str) -> dict[str, Any] | None:
         """What a vote on this column's answer records, once the answer is complete (None before, or if it failed)."""
         text = self.update.text if self.update is not None else ""
-        if not self.done or self.error is not None or not text.strip():
+        if not self.done or self.error is not None or not text.strip() or self.steps:
             return None
         return vote_subject(self.servable.key, self.servable.label, self.messages(prompt), text)
 
@@ -452,29 +495,108 @@ def tool_call_message(call: ToolCall, *, complete: bool = True) -> dict[str, Any
     return {"role": "assistant", "content": code_block(arguments, "json"), "metadata": {"title": title}}
 
 
-# What a column's task puts on the shared queue: (position, an update | an error message | None when done).
-ColumnEvent = tuple[int, StreamUpdate | str | None]
+@dataclass(frozen=True)
+class StudioProgress:
+    """A deployment column's studio calls as the runner reports them; ``next_step`` when a new generation starts
+    (the one streaming so far ended in studio calls)."""
+
+    calls: tuple[dict[str, Any], ...] = ()
+    results: tuple[tuple[str, str], ...] = ()
+    next_step: bool = False
+
+
+# What a column's task puts on the shared queue: (position, an update | studio progress | an error message | None
+# when done).
+ColumnEvent = tuple[int, StreamUpdate | StudioProgress | str | None]
 
 
 async def _generate(run: ColumnRun, prompt: str, access: TeamAccess, queue: asyncio.Queue[ColumnEvent]) -> None:
-    """Stream one column into ``queue`` as (position, update | error), then (position, None)."""
+    """Stream one column into ``queue`` as (position, update | progress | error), then (position, None)."""
     try:
-        async for update in stream_answer(
-            run.servable,
-            run.messages(prompt),
-            run.settings.sampling(),
-            team=access.team,
-            user=access.user,
-            source="playground",
-        ):
-            queue.put_nowait((run.position, update))
-    except InferenceError as error:
+        if run.studio:
+            await _run_studio_tools(run, prompt, access, queue)
+        else:
+            async for update in stream_answer(
+                run.servable,
+                run.messages(prompt),
+                run.settings.sampling(),
+                team=access.team,
+                user=access.user,
+                source="playground",
+            ):
+                queue.put_nowait((run.position, update))
+    except (InferenceError, OpenAIError) as error:
         queue.put_nowait((run.position, str(error)))
     except Exception:
         logger.exception("playground generation failed for %s", run.servable.served_name)
         queue.put_nowait((run.position, "Something went wrong while generating this answer; try again."))
     finally:
         queue.put_nowait((run.position, None))
+
+
+async def _run_studio_tools(run: ColumnRun, prompt: str, access: TeamAccess, queue: asyncio.Queue[ColumnEvent]) -> None:
+    """A deployment column with studio tools: the tools app's runner drives the loop for this member, each
+    generation streams into the column, each call's decision and result arrive as progress. The column's own
+    tools (if any) are offered beside the granted ones, as a client's; a call of one of them ends the answer."""
+    deployment = await (
+        Deployment.objects.for_team(access.team).select_related("model_version").aget(pk=run.servable.deployment_id)
+    )
+    sampling = run.settings.sampling()
+    generations = 0
+
+    async def step(messages: list[dict[str, Any]], tools: list[dict[str, Any]], _choice: Any) -> dict[str, Any]:
+        nonlocal generations
+        if generations:
+            queue.put_nowait((run.position, StudioProgress(next_step=True)))
+        generations += 1
+        last: StreamUpdate | None = None
+        async for update in stream_answer(
+            run.servable, messages, replace(sampling, tools=tuple(tools)), team=access.team, user=access.user,
+            source="playground",
+        ):  # fmt: skip
+            last = update
+            queue.put_nowait((run.position, update))
+        return _completion(last, deployment.name)
+
+    def report(calls: list[dict[str, Any]], results: dict[str, str]) -> None:
+        queue.put_nowait((run.position, StudioProgress(tuple(calls), tuple(results.items()))))
+
+    runner = studio_tools.runner()
+    assert runner is not None
+    await runner.run(
+        studio_tools.ToolRun(
+            access=access,
+            deployment=deployment,
+            messages=run.messages(prompt),
+            step=step,
+            via="playground",
+            client_tools=[dict(tool) for tool in sampling.tools],
+            wait_for_approval=True,
+            report=report,
+        )
+    )
+
+
+def call_id(call: ToolCall) -> str:
+    """A call's id as the runner knows it (an engine that names none gets one by position)."""
+    return call.id or f"call_{call.index}"
+
+
+def _completion(update: StreamUpdate | None, model: str) -> dict[str, Any]:
+    """A streamed answer as the ``chat.completion`` the runner reads: its text and its calls."""
+    message: dict[str, Any] = {"role": "assistant", "content": update.text if update is not None else ""}
+    calls = update.tool_calls if update is not None else ()
+    if calls:
+        message["tool_calls"] = [
+            {"id": call_id(call), "type": "function",
+             "function": {"name": call.name, "arguments": call.arguments}}
+            for call in calls
+        ]  # fmt: skip
+    finish = "tool_calls" if calls else (update.finish_reason if update is not None else "stop")
+    return {
+        "id": "", "object": "chat.completion", "created": 0, "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+    }  # fmt: skip
 
 
 # --- the handlers -------------------------------------------------------------------------------
@@ -527,6 +649,9 @@ async def stream_compare(
         raise refusal(f"Keep the prompt under {MAX_PROMPT} characters (it has {len(prompt)}).")
     for run in runs:  # one after another: the first asks the inference server, the others reuse its answer
         run.engine = await aengine_of(run.servable)
+        if run.servable.deployment_id is not None:
+            run.studio = await sync_to_async(_studio_tools_granted)(access, run.servable.deployment_id)
+            run.inbox_url = reverse("tools:approvals", args=[access.team.slug])
 
     earlier = list(turns or [])
     asked = False  # each column's voting row asks afresh once, when the new answers start
@@ -561,6 +686,8 @@ async def stream_compare(
                     runs[position].done = True
                 elif isinstance(event, str):
                     runs[position].error = event
+                elif isinstance(event, StudioProgress):
+                    runs[position].progress(event)
                 else:
                     runs[position].update = event
                 due = REFRESH_SECONDS - (loop.time() - refreshed)
@@ -591,7 +718,7 @@ async def fill_pickers(team_slug: str, request: gr.Request) -> tuple[Any, ...]:
     person may use it; the other columns take the other models in order.
     """
     access = await team_access(request, team_slug)
-    models = await sync_to_async(usable_models)(access)
+    models = await sync_to_async(usable_models)(access, deployments=True)
     presets = await sync_to_async(_preset_choices)(access)
     choices = [(model.label, model.key) for model in models]
     keys = [key for _, key in choices]
@@ -799,6 +926,11 @@ def column_figures(answer: dict[str, Any], *, streaming: bool = False) -> str:
     return figures_line(answer, streaming=streaming)
 
 
+def _studio_tools_granted(access: TeamAccess, deployment_id: int) -> bool:
+    deployment = Deployment.objects.for_team(access.team).filter(pk=deployment_id).first()
+    return deployment is not None and studio_tools.granted(deployment)
+
+
 def _require_playground(access: TeamAccess) -> None:
     if not access.can(Perm.USE_PLAYGROUND):
         raise refuse(
@@ -935,6 +1067,8 @@ def _saved_chat(turns: list[dict[str, Any]], position: int) -> list[dict[str, An
         chat.append({"role": "user", "content": str(turn.get("prompt", ""))})
         answers = turn.get("answers") or []
         answer = answers[position] if position < len(answers) and isinstance(answers[position], dict) else {}
+        studio_calls = [record for record in answer.get("studio_tool_calls") or [] if isinstance(record, dict)]
+        chat += [studio_call_message(record, None) for record in studio_calls]
         text = str(answer.get("text") or "")
         if text:
             chat.append({"role": "assistant", "content": text})

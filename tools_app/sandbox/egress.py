@@ -200,11 +200,17 @@ def _origin(url: httpx.URL) -> tuple[str, str, int]:
 
 
 def _checked_address(url: httpx.URL, policy: EgressPolicy) -> IPAddress:
-    """The address to connect to: the host's first, after every address it resolves to passed the policy.
+    return checked_address(url.host, _port(url), policy, ascii_host=url.raw_host.decode("ascii"))
 
-    The host is resolved exactly once here; the connection goes to the returned address, never to the name.
+
+def checked_address(host: str, port: int, policy: EgressPolicy, *, ascii_host: str | None = None) -> IPAddress:
+    """The address to connect to for ``host``: its first, after every address it resolves to passed the policy.
+
+    ``host`` is the URL's host as read (an IPv6 literal without brackets), ``ascii_host`` its IDNA form when it
+    differs. The host is resolved exactly once here; the connection goes to the returned address, never to the
+    name. Raises ``EgressRefused`` or ``EgressFailed`` as ``fetch`` does. Other clients that must honour the same
+    policy (the MCP client, ``tools_app.sandbox.mcp_client``) call it for every request they send.
     """
-    host = url.host
     literal = ip_literal(host)
     if literal is not None:
         addresses = [literal]
@@ -212,9 +218,7 @@ def _checked_address(url: httpx.URL, policy: EgressPolicy) -> IPAddress:
         # The resolver blocks the event loop: a slow one overruns the deadline by its own wait, then the deadline
         # cancels the call at its next step.
         try:
-            addresses = [
-                ipaddress.ip_address(answer) for answer in policy.resolve(url.raw_host.decode("ascii"), _port(url))
-            ]
+            addresses = [ipaddress.ip_address(answer) for answer in policy.resolve(ascii_host or host, port)]
         except OSError as error:
             raise EgressFailed(f"failed: {host} could not be resolved ({error})") from None
         if not addresses:

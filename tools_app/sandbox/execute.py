@@ -2,8 +2,9 @@
 
 ``execute`` takes everything the call needs in a ``CallSpec`` (the tool's settings, the model's arguments, the
 decrypted secret, the hosts an operator allowed) and returns a ``CallOutcome``; it never raises for anything the
-tool, the model or the remote side did. HTTP goes through the egress guard, SQL through the read-only runner. The
-text given back is capped and never holds the secret, even when a server echoes it.
+tool, the model or the remote side did. HTTP goes through the egress guard, SQL through the read-only runner, an MCP
+server's tool through the MCP client behind the same guard (``mcp_client``). The text given back is capped and never
+holds the secret, even when a server echoes it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from tools_app.sandbox import egress, sql
+from tools_app.sandbox import egress, mcp_client, sql
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +45,10 @@ PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 @dataclass(frozen=True)
 class CallSpec:
-    """One call: the tool's ``kind`` ("http" or "sql"), ``name`` and ``config`` (as ``tools_app.definitions``
-    checked it), the model's ``arguments``, the decrypted ``secret`` (HTTP: the secret headers; SQL: the DSN) and
-    the internal hosts an operator allowed."""
+    """One call: the tool's ``kind`` ("http", "sql" or "mcp"), ``name`` and ``config`` (as ``tools_app.definitions``
+    checked it; for mcp, with its server's url, timeout_s and max_response_bytes), the model's ``arguments``, the
+    decrypted ``secret`` (HTTP and MCP: the secret headers; SQL: the DSN) and the internal hosts an operator
+    allowed."""
 
     kind: str
     name: str
@@ -59,8 +61,8 @@ class CallSpec:
 @dataclass(frozen=True)
 class CallOutcome:
     """What came of a call. ``text`` is what the model is given back: the result, or a short error it can read.
-    ``error`` is "" or one of "refused", "timeout", "too_large", "failed", "http_error"; ``status`` is the HTTP
-    status when a server answered."""
+    ``error`` is "" or one of "refused", "timeout", "too_large", "failed", "http_error", "tool_error" (an MCP tool
+    that ran and reported an error); ``status`` is the HTTP status when a server answered."""
 
     ok: bool
     text: str
@@ -88,6 +90,8 @@ def execute(spec: CallSpec) -> CallOutcome:
             outcome = _execute_http(spec)
         elif spec.kind == "sql":
             outcome = _execute_sql(spec)
+        elif spec.kind == "mcp":
+            outcome = _execute_mcp(spec)
         else:
             outcome = CallOutcome(ok=False, error="failed", text=f"the tool kind {spec.kind!r} cannot be run")
     except Exception as error:  # a bug must come back as an outcome, not end the conversation
@@ -209,6 +213,29 @@ _ERROR_KINDS: tuple[tuple[type[Exception], str], ...] = (
     (sql.SqlRefused, "refused"),
     (sql.SqlFailed, "failed"),
 )
+
+
+# --- MCP ------------------------------------------------------------------------------------------
+
+
+def _execute_mcp(spec: CallSpec) -> CallOutcome:
+    config = spec.config
+    server = mcp_client.ServerSpec(
+        url=str(config.get("url", "")),
+        headers=spec.secret if isinstance(spec.secret, dict) else None,
+        allowed_hosts=spec.allowed_hosts,
+        timeout_s=float(config.get("timeout_s") or DEFAULT_HTTP_TIMEOUT_S),
+        max_response_bytes=int(config.get("max_response_bytes") or DEFAULT_MAX_RESPONSE_BYTES),
+    )
+    started = time.perf_counter()
+    try:
+        answer = mcp_client.call_tool(server, str(config.get("remote_name", "")), spec.arguments)
+    except (egress.EgressRefused, egress.EgressFailed) as error:
+        return _failure(error, _elapsed_ms(started))
+    measured: dict[str, Any] = {"response_bytes": answer.response_bytes, "latency_ms": _elapsed_ms(started)}
+    if answer.is_error:
+        return CallOutcome(ok=False, error="tool_error", text=f"the tool reported an error: {answer.text}", **measured)
+    return CallOutcome(ok=True, text=answer.text, **measured)
 
 
 # --- SQL ------------------------------------------------------------------------------------------

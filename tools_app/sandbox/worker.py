@@ -1,4 +1,5 @@
-"""The tools worker: a Celery app of its own that runs granted tool calls from the ``tools`` queue.
+"""The tools worker: a Celery app of its own that runs granted tool calls from the ``tools`` queue, and lists the
+tools of a team's MCP server when an admin imports them (so the studio itself never connects to a server).
 
 It imports no Django and is started without the studio's database URL (``make run``): all it holds is the key that
 opens tool secrets, the hosts an operator allowed, and, for each call, the one tool's encrypted secret. Its whole
@@ -8,7 +9,7 @@ configuration comes from the environment:
   and ``CELERY_RESULT_BACKEND`` (default: the broker when it is Redis, else the folder ``DATA_DIR/tool-results``);
 - ``ATELIER_SECRETS_KEY`` (comma-separated Fernet keys, the first encrypts) or else the key file
   ``ATELIER_SECRETS_KEY_FILE`` (default ``DATA_DIR/secrets.key``, the studio's);
-- ``ATELIER_TOOL_ALLOWED_HOSTS`` (comma-separated internal hosts an HTTP tool may call).
+- ``ATELIER_TOOL_ALLOWED_HOSTS`` (comma-separated internal hosts an HTTP tool or an MCP server may be on).
 
 A call runs at most once: the message is acknowledged when the worker takes it, so a worker that dies mid-call does
 not run it again (the studio's wait ends and the model is told the worker did not answer).
@@ -30,13 +31,14 @@ from celery.signals import worker_init
 from cryptography.fernet import InvalidToken, MultiFernet
 from kombu import Queue
 
-from tools_app.sandbox import vault
+from tools_app.sandbox import mcp_client, vault
 from tools_app.sandbox.execute import CallOutcome, CallSpec, execute
 
 logger = logging.getLogger(__name__)
 
 QUEUE = "tools"
 TASK_NAME = "atelier.tools.execute"
+LIST_MCP_TASK_NAME = "atelier.tools.list_mcp"
 # Results are read once by the studio, which waits at most a tool's timeout and a margin: keep them briefly.
 RESULT_EXPIRES_S = 600
 # The filesystem broker is polled: every 50 ms, so a call waits little for its worker.
@@ -160,3 +162,29 @@ def execute_call(payload: dict[str, Any]) -> dict[str, Any]:
         allowed_hosts=tuple(_env_list(os.environ, "ATELIER_TOOL_ALLOWED_HOSTS")),
     )
     return execute(spec).to_dict()
+
+
+@app.task(name=LIST_MCP_TASK_NAME)
+def list_mcp_tools(payload: dict[str, Any]) -> dict[str, Any]:
+    """List the tools of one MCP server for the studio's import and return a ``ListingOutcome`` as a dict.
+
+    ``payload``: ``name`` (the server's, for the log), ``config`` (url, timeout_s, max_response_bytes) and
+    ``secret_token`` (the server's secret headers as a Fernet token, or ""), as ``tools_app.dispatch`` builds it.
+    """
+    token = payload.get("secret_token") or ""
+    try:
+        headers = vault.decrypt_json(secrets_box(), token) if token else None
+    except InvalidToken:
+        logger.error("MCP server %s: no key of this worker opens its secret headers", payload.get("name"))
+        return mcp_client.ListingOutcome(
+            ok=False, error="failed", text="the server's secret headers could not be opened"
+        ).to_dict()
+    config = dict(payload.get("config") or {})
+    spec = mcp_client.ServerSpec(
+        url=str(config.get("url", "")),
+        headers=headers if isinstance(headers, dict) else None,
+        allowed_hosts=tuple(_env_list(os.environ, "ATELIER_TOOL_ALLOWED_HOSTS")),
+        timeout_s=float(config.get("timeout_s") or 10),
+        max_response_bytes=int(config.get("max_response_bytes") or 100_000),
+    )
+    return mcp_client.list_tools(spec).to_dict()
