@@ -224,6 +224,13 @@ def tool_tuned_model_path(starter_model_path: Path) -> Path:
     return target
 
 
+@pytest.fixture(scope="session")
+def deployed_tool_tuned_path(tool_tuned_model_path: Path, tmp_path_factory: Any) -> Path:
+    """A copy of ``tool_tuned_model_path`` (16 MB) for the tests that deploy it in the studio: a vLLM server runs
+    per model folder, and ``test_serving_vllm`` watches the original's server start on its first request."""
+    return Path(shutil.copytree(tool_tuned_model_path, tmp_path_factory.mktemp("deployed") / "tool-helper"))
+
+
 @pytest.fixture
 def starter_model(db: None, starter_model_path: Path) -> Any:
     """The starter model registered as an operator-provided base model, as ``manage.py create_starter_model`` does."""

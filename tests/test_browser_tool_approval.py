@@ -42,10 +42,10 @@ DEPLOYMENT = "assistant"
 
 
 @pytest.fixture
-def scene(acme: Any, alice: Any, starter_model: Any, tool_tuned_model_path: Path) -> Any:
+def scene(acme: Any, alice: Any, starter_model: Any, deployed_tool_tuned_path: Path) -> Any:
     """Acme's deployment of the tool-tuned model (a full fine-tune), and Adele, an admin who approves."""
     member(acme, Role.ADMIN, "adele")
-    version = full_model_version(acme, alice, starter_model, tool_tuned_model_path, name="tool-helper")
+    version = full_model_version(acme, alice, starter_model, deployed_tool_tuned_path, name="tool-helper")
     from accounts.permissions import resolve_access
 
     return deployments.create_deployment(access=resolve_access(alice, "acme"), name=DEPLOYMENT, version=version)

@@ -8,17 +8,18 @@ calls, the server's record and the audit trail, never the text.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from subprocess import Popen
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 from django.core.management import call_command
 from django.test import override_settings
-from openai import OpenAI
+from openai import InternalServerError, OpenAI
 
 from accounts import services as account_services
 from accounts.models import AuditEvent, Team
@@ -33,6 +34,7 @@ from tools_app.models import Tool
 loopback_server = test_tool_execute.loopback_server
 FORCE_REMINDER = {"type": "function", "function": {"name": "set_reminder"}}
 pytestmark = pytest.mark.django_db
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ def studio(
 
 @pytest.fixture(scope="module")
 def weather_desk(
-    studio: Studio, tool_tuned_model_path: Path, loopback_server: RecordingServer, django_db_blocker: Any
+    studio: Studio, deployed_tool_tuned_path: Path, loopback_server: RecordingServer, django_db_blocker: Any
 ) -> str:
     """A second deployment, "weather-desk": the starter model tuned on the studio's tool sample (a full fine-tune),
     granted ``get_weather``, a read tool on the loopback server (runs without approval); the widget key may call
@@ -94,7 +96,7 @@ def weather_desk(
         assistant = Deployment.objects.for_team(studio.team).select_related("model_version__base_model").get()
         key = TeamAPIKey.objects.for_team(studio.team).get(name="widget")
         version = full_model_version(
-            studio.team, access.user, assistant.model_version.base_model, tool_tuned_model_path, name="tool-helper"
+            studio.team, access.user, assistant.model_version.base_model, deployed_tool_tuned_path, name="tool-helper"
         )
         deployment = deployments.create_deployment(access=access, name="weather-desk", version=version, api_keys=[key])
         tool = services.create_tool(
@@ -105,6 +107,19 @@ def weather_desk(
         )  # fmt: skip
         services.grant_tool(access=access, tool=tool, deployment=deployment, api_keys=[key])
     return deployment.name
+
+
+def once_served(create: Callable[[], T], within_s: float = 300) -> T:
+    """``create()``, retried as a client retries a 503 (its Retry-After) while the model's vLLM server starts: the
+    tuned model is a base model of its own, whose server starts on its first request."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            return create()
+        except InternalServerError as error:
+            if error.status_code != 503 or time.monotonic() > deadline:
+                raise
+            time.sleep(float(error.response.headers.get("Retry-After") or 5))
 
 
 @pytest.fixture
@@ -172,10 +187,12 @@ def test_a_streamed_request_gets_the_runs_answer_and_its_calls(studio: Studio, l
 def test_the_tool_tuned_model_calls_a_granted_read_tool_by_itself_and_answers_after_its_result(
     studio: Studio, weather_desk: str, loopback: Loopback
 ) -> None:
-    answer = studio.client().chat.completions.create(
-        model=weather_desk, messages=[{"role": "user", "content": "What's the weather like in Lisbon?"}],
-        max_tokens=96, temperature=0,
-    )  # fmt: skip
+    question = [{"role": "user", "content": "Is it raining in Oslo right now?"}]
+    client = studio.client()
+
+    answer = once_served(
+        lambda: client.chat.completions.create(model=weather_desk, messages=question, max_tokens=96, temperature=0)  # type: ignore[arg-type]
+    )
 
     run = answer.model_extra["atelier"]  # type: ignore[index]
     [call] = run["tool_calls"]

@@ -239,7 +239,8 @@ def test_a_tool_tuned_full_fine_tune_is_served_as_its_own_model_and_streams_tool
     assert calls[0]["name"] in declared
     assert tool_samples.arguments_fit(json.loads(calls[0]["arguments"]), declared[calls[0]["name"]])
     bases = {Path(status["base"]).name for status in vllm_servers(server)}
-    assert bases == {"atelier-starter", tool_tuned_model_path.name}
+    # Its own vLLM server (which other one stays resident beside it depends on what the session served last).
+    assert tool_tuned_model_path.name in bases
 
 
 def test_an_adapter_of_a_larger_rank_restarts_vllm_at_that_rank_and_is_served(
