@@ -19,6 +19,7 @@ NAVIGATION = [
     ("Arena", "serving:arena"),
     ("Deployments", "serving:deployments"),
     ("Tools", "tools:list"),
+    ("Evals", "evals:list"),
     ("Usage", "serving:usage"),
     ("Team", "accounts:team_home"),
 ]

@@ -35,6 +35,7 @@ class Perm(StrEnum):
     MANAGE_DEPLOYMENTS = "deployments.manage"
     MANAGE_TOOLS = "tools.manage"
     APPROVE_TOOLS = "tools.approve"
+    RUN_EVALS = "evals.run"
 
 
 _EVERYONE = frozenset({Perm.VIEW_TEAM})
@@ -44,6 +45,7 @@ _CONTRIBUTORS = _EVERYONE | {
     Perm.LAUNCH_TRAINING,
     Perm.EXPORT_MODELS,
     Perm.USE_PLAYGROUND,
+    Perm.RUN_EVALS,
 }
 _ADMINS = _EVERYONE | {
     Perm.CHANGE_TEAM,
@@ -61,6 +63,7 @@ _ADMINS = _EVERYONE | {
     Perm.MANAGE_DEPLOYMENTS,
     Perm.MANAGE_TOOLS,
     Perm.APPROVE_TOOLS,
+    Perm.RUN_EVALS,
 }
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Perm]] = {
@@ -100,6 +103,8 @@ PERM_DESCRIPTIONS: dict[Perm, str] = {
     "grants, nobody sees a saved secret",
     Perm.APPROVE_TOOLS: "Approve or reject a tool call that waits for a person (never one they asked for "
     "themselves); every member sees the approvals inbox",
+    Perm.RUN_EVALS: "Create, change and delete eval suites and run them on the models they may use; every member sees "
+    "the suites and their results",
 }
 
 

@@ -29,6 +29,7 @@ from accounts.api import router as accounts_router
 from accounts.http import error_dict
 from accounts.lockout import LOCKED_MESSAGE
 from datasets_app.api import router as datasets_router
+from evals_app.api import router as evals_router
 from serving_app.api import router as serving_router
 from tools_app.api import router as tools_router
 from training_app.api import router as training_router
@@ -146,7 +147,7 @@ api = AtelierAPI(
     description="Teams, members, invitations, tokens and the audit trail; datasets; base models, training jobs "
     "(settings, estimates, launch, cancel, clone, metrics) and the model registry; serving: deployments (a model "
     "version published for the OpenAI-compatible /v1 API, and the team API keys that may call it) and usage; tools: "
-    "the calls waiting for a person's approval.",
+    "the calls waiting for a person's approval; evals: suites of prompts with references and graders, and their runs.",
     auth=[BearerAuth(), BrowserSessionAuth()],
     parser=StrictParser(),
     urls_namespace="api",
@@ -156,6 +157,7 @@ api.add_router("/", datasets_router)
 api.add_router("/", training_router)
 api.add_router("/", serving_router)
 api.add_router("/", tools_router)
+api.add_router("/", evals_router)
 
 
 @api.exception_handler(ValidationError)

@@ -134,6 +134,7 @@ INSTALLED_APPS = [
     "training_app",
     "serving_app",
     "tools_app",
+    "evals_app",
 ]
 
 MIDDLEWARE = [
@@ -333,6 +334,9 @@ INFERENCE_REGISTRY = Path(env_str("ATELIER_INFERENCE_REGISTRY", str(DATA_DIR / "
 # large base model in production; see README "Serving"). Requests for that base and its adapters go there,
 # under the same names (base-<id>, version-<id>); everything else goes to INFERENCE_URL.
 INFERENCE_ROUTES: dict[str, str] = env_json("ATELIER_INFERENCE_ROUTES", {})
+# Eval runs (evals_app): requests in flight at once (vLLM batches them), and the longest answer, in tokens.
+EVAL_CONCURRENCY = env_int("ATELIER_EVAL_CONCURRENCY", 8, minimum=1)
+EVAL_MAX_TOKENS = env_int("ATELIER_EVAL_MAX_TOKENS", 256, minimum=1)
 # Defaults for a new team API key's limits on /v1 (each key can be given its own).
 API_KEY_REQUESTS_PER_MINUTE = env_int("API_KEY_REQUESTS_PER_MINUTE", 60, minimum=1)
 API_KEY_MAX_TOKENS = env_int("API_KEY_MAX_TOKENS", 1024, minimum=1)

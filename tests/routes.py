@@ -13,6 +13,7 @@ from ninja.utils import normalize_path
 
 from accounts.models import AuditEvent, Invitation, Membership, Team, TeamAPIKey, TeamAPIKeyUserObjectPermission
 from datasets_app.models import Dataset, DatasetUserObjectPermission, DatasetVersion
+from evals_app.models import EvalRun, EvalSuite
 from serving_app.models import (
     ArenaBattle,
     Comparison,
@@ -131,6 +132,10 @@ def team_state(team: Team) -> dict[str, Any]:
         "tool_approvals": sorted(
             ToolApproval.objects.for_team(team).values_list("pk", "status", "decided_by_id", "binding", "used_at")
         ),
+        "eval_suites": sorted(
+            EvalSuite.objects.for_team(team).values_list("pk", "name", "description", "dataset_version_id")
+        ),
+        "eval_runs": sorted(EvalRun.objects.for_team(team).values_list("pk", "suite_id", "status")),
         "usage": UsageRecord.objects.for_team(team).count(),
         # A refused approval attempt is recorded in the acting member's team (the trail of who tried what); it is
         # the refusal itself, not a change the attempt made.

@@ -42,6 +42,7 @@ from accounts.models import (
 from accounts.permissions import resolve_access, resolve_key_access
 from accounts.roles import Role
 from datasets_app.models import DatasetVersion
+from evals_app.models import EvalRun, EvalSuite
 from serving_app.models import ArenaBattle, Comparison, Deployment, PlaygroundVote, PromptPreset
 from tests.factories import finished_job, http_tool_form, member, ready_version, sample_tool, sql_tool_form
 from tests.routes import API_ROOT, api_team_operations, page_team_routes, team_state
@@ -83,6 +84,8 @@ class TeamObjects:
     grant: ToolGrant  # the tool granted to the deployment, triggered by the key
     approval: ToolApproval  # a call of the tool through the key, waiting for approval
     mcp_server: McpServer  # registered, its tools not imported
+    eval_suite: EvalSuite  # on ``version``, one exact_match grader
+    eval_run: EvalRun  # of ``eval_suite`` on ``model_version``, queued
 
 
 def _nothing(objects: TeamObjects) -> dict[str, Any]:
@@ -172,6 +175,18 @@ def _server_id(o: TeamObjects) -> dict[str, Any]:
 
 def _server_body(o: TeamObjects) -> dict[str, Any]:
     return {"name": "planted", "url": "https://attacker.example/mcp", "timeout_s": 10, "max_response_bytes": 100_000}
+
+
+def _suite_id(o: TeamObjects) -> dict[str, Any]:
+    return {"suite_id": o.eval_suite.pk}
+
+
+def _run_id(o: TeamObjects) -> dict[str, Any]:
+    return {"run_id": o.eval_run.pk}
+
+
+def _suite_form(o: TeamObjects) -> dict[str, Any]:
+    return {"name": "planted", "dataset_version": o.version.pk, "graders": '[{"type": "exact_match"}]'}
 
 
 def _approval_id(o: TeamObjects) -> dict[str, Any]:
@@ -366,6 +381,22 @@ SWEEP: dict[Route, Probe] = {
     ("GET", "/api/v1/teams/{slug}/mcp-servers/"): Probe(),
     ("POST", "/api/v1/teams/{slug}/mcp-servers/"): Probe(body=_server_body),
     ("POST", "/api/v1/teams/{slug}/mcp-servers/{server_id}/import"): Probe(params=_server_id),
+    "evals:list": Probe(),
+    "evals:new": Probe(body=_suite_form),
+    "evals:suite": Probe(params=_suite_id),
+    "evals:suite_edit": Probe(params=_suite_id, body=_suite_form),
+    "evals:suite_delete": Probe(params=_suite_id),
+    "evals:run_new": Probe(params=_suite_id, body=lambda o: {"models": f"version:{o.model_version.pk}"}),
+    "evals:run": Probe(params=_run_id),
+    ("GET", "/api/v1/teams/{slug}/eval-suites/"): Probe(),
+    ("POST", "/api/v1/teams/{slug}/eval-suites/"): Probe(
+        body=lambda o: {"name": "planted", "dataset_version": o.version.pk, "graders": [{"type": "exact_match"}]}
+    ),
+    ("POST", "/api/v1/teams/{slug}/eval-suites/{suite_id}/runs"): Probe(
+        params=_suite_id, body=lambda o: {"models": [f"version:{o.model_version.pk}"]}
+    ),
+    ("GET", "/api/v1/teams/{slug}/eval-runs/{run_id}"): Probe(params=_run_id),
+    ("GET", "/api/v1/teams/{slug}/eval-runs/{run_id}/results"): Probe(params=_run_id),
 }
 
 PAGE_ROUTES = sorted(name for name in SWEEP if isinstance(name, str))
@@ -450,10 +481,18 @@ def make_team_objects(team: Team, owner: Any, member_user: Any) -> TeamObjects:
         conversation=f"{team.slug}-conversation", arguments={"order_id": "A-1042"},
     )  # fmt: skip
     mcp_server = McpServer.objects.create(team=team, name=f"{team.slug} crm", url="https://mcp.example.com/mcp")
+    eval_suite = EvalSuite.objects.create(
+        team=team, name=f"{team.slug} suite", dataset_version=version, created_by=owner,
+        graders=[{"grader": {"type": "exact_match"}, "pass_rate": 0.8}],
+    )  # fmt: skip
+    eval_run = EvalRun.objects.create(
+        team=team, suite=eval_suite, model_keys=[f"version:{model_version.pk}"], graders=eval_suite.graders,
+        created_by=owner,
+    )  # fmt: skip
     return TeamObjects(
         team=team, member=membership, invitation=invitation, key=key, version=version, model=model, job=job,
         model_version=model_version, deployment=deployment, comparison=comparison, preset=preset, battle=battle,
-        tool=tool, grant=grant, approval=approval, mcp_server=mcp_server,
+        tool=tool, grant=grant, approval=approval, mcp_server=mcp_server, eval_suite=eval_suite, eval_run=eval_run,
     )  # fmt: skip
 
 
@@ -470,6 +509,7 @@ def placeholder_objects() -> TeamObjects:
         comparison=Comparison(pk=1, team=team), preset=PromptPreset(pk=1, team=team),
         battle=ArenaBattle(pk=1, team=team), tool=Tool(pk=1, team=team), grant=ToolGrant(pk=1, team=team),
         approval=ToolApproval(pk=1, team=team), mcp_server=McpServer(pk=1, team=team),
+        eval_suite=EvalSuite(pk=1, team=team), eval_run=EvalRun(pk=1, team=team),
     )  # fmt: skip
 
 

@@ -24,6 +24,7 @@ from accounts.models import Invitation, Membership, Team, TeamAPIKey
 from accounts.permissions import resolve_access
 from accounts.roles import ROLE_PERMISSIONS, Perm, Role
 from datasets_app.models import Dataset, DatasetVersion
+from evals_app.models import EvalRun, EvalSuite
 from serving_app.models import ArenaBattle, Deployment, PlaygroundVote, PromptPreset
 from tests.factories import finished_job, http_tool_form, member, sample_tool, sample_version, starter_like_base_model
 from tests.routes import page_team_routes, team_state
@@ -58,6 +59,8 @@ class Scene:
     grant: ToolGrant  # ``tool`` granted to ``deployment`` (owners, admins and members may trigger it)
     spare_tool: Tool  # a tool granted to no deployment
     approval: ToolApproval  # a call of ``tool`` asked for by ``target`` (a viewer), waiting for approval
+    suite: EvalSuite  # an eval suite on ``version``
+    eval_run: EvalRun  # a queued run of ``suite`` on ``base_model``
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +116,14 @@ def scenes(module_db: Any, module_media_root: Path) -> dict[str, Scene]:
         shared["approval"] = tool_services.request_approval(
             access=resolve_access(target.user, acme.slug), tool=tool, deployment=deployment, grant=shared["grant"],
             conversation="matrix", arguments={"order_id": "A-1042"},
+        )  # fmt: skip
+        shared["suite"] = EvalSuite.objects.create(
+            team=acme, name="smoke", dataset_version=version, created_by=alice,
+            graders=[{"grader": {"type": "exact_match"}, "pass_rate": 0.8}],
+        )  # fmt: skip
+        shared["eval_run"] = EvalRun.objects.create(
+            team=acme, suite=shared["suite"], model_keys=[f"base:{base_model.pk}"], graders=shared["suite"].graders,
+            created_by=alice,
         )  # fmt: skip
         return {role: Scene(actor=actor, own_job=own_jobs[role], **shared) for role, actor in actors.items()}
 
@@ -229,6 +240,23 @@ def launch_form(scene: Scene) -> dict[str, Any]:
 def preset_form(scene: Scene) -> dict[str, Any]:
     return {"name": "terse", "system_prompt": "Answer in one sentence.", "temperature": 0.7, "top_p": 1,
             "max_tokens": 64}  # fmt: skip
+
+
+def suite_form(scene: Scene) -> dict[str, Any]:
+    return {"name": "regression", "description": "Changed.", "dataset_version": scene.version.pk,
+            "graders": '[{"type": "contains", "strings": ["refund"]}]'}  # fmt: skip
+
+
+def suite_body(scene: Scene) -> dict[str, Any]:
+    return {"name": "regression", "dataset_version": scene.version.pk, "graders": [{"type": "exact_match"}]}
+
+
+def suite_id(scene: Scene) -> int:
+    return scene.suite.pk
+
+
+def eval_run_started(scene: Scene) -> bool:
+    return EvalRun.objects.for_team(scene.team).filter(suite=scene.suite).exclude(pk=scene.eval_run.pk).exists()
 
 
 def launched(scene: Scene) -> bool:
@@ -440,6 +468,39 @@ ACTIONS: dict[str, Action] = {
         None,
         done=lambda s: not ToolGrant.objects.for_team(s.team).filter(pk=s.grant.pk).exists(),
     ),
+    "list_eval_suites": Action(Perm.VIEW_TEAM, page_get("evals:list"), api_call("GET", "eval-suites/")),
+    "view_eval_suite": Action(Perm.VIEW_TEAM, page_get("evals:suite", suite_id=suite_id), None),
+    "open_eval_suite_form": Action(Perm.RUN_EVALS, page_get("evals:new"), None),
+    "create_eval_suite": Action(
+        Perm.RUN_EVALS,
+        page_post("evals:new", suite_form),
+        api_call("POST", "eval-suites/", suite_body),
+        done=lambda s: EvalSuite.objects.for_team(s.team).filter(name="regression").exists(),
+    ),
+    "edit_eval_suite": Action(
+        Perm.RUN_EVALS,
+        page_post("evals:suite_edit", suite_form, suite_id=suite_id),
+        None,
+        done=lambda s: EvalSuite.objects.for_team(s.team).get(pk=s.suite.pk).description == "Changed.",
+    ),
+    "delete_eval_suite": Action(
+        Perm.RUN_EVALS,
+        page_post("evals:suite_delete", no_data, suite_id=suite_id),
+        None,
+        done=lambda s: not EvalSuite.objects.for_team(s.team).filter(pk=s.suite.pk).exists(),
+    ),
+    "run_eval_suite": Action(
+        Perm.RUN_EVALS,
+        page_post("evals:run_new", lambda s: {"models": f"base:{s.base_model.pk}"}, suite_id=suite_id),
+        api_call("POST", "eval-suites/{s.suite.pk}/runs", lambda s: {"models": [f"base:{s.base_model.pk}"]}),
+        done=eval_run_started,
+    ),
+    "view_eval_run": Action(
+        Perm.VIEW_TEAM,
+        page_get("evals:run", run_id=lambda s: s.eval_run.pk),
+        api_call("GET", "eval-runs/{s.eval_run.pk}"),
+    ),
+    "list_eval_results": Action(Perm.VIEW_TEAM, None, api_call("GET", "eval-runs/{s.eval_run.pk}/results")),
 }
 
 # The matrix as documented (README, "Roles"), written out by hand: True = allowed.
@@ -494,6 +555,15 @@ DOCUMENTED_MATRIX: dict[str, tuple[bool, bool, bool, bool]] = {
     "grant_tool": (True, True, False, False),
     "edit_grant": (True, True, False, False),
     "revoke_grant": (True, True, False, False),
+    "list_eval_suites": (True, True, True, True),
+    "view_eval_suite": (True, True, True, True),
+    "open_eval_suite_form": (True, True, True, False),
+    "create_eval_suite": (True, True, True, False),
+    "edit_eval_suite": (True, True, True, False),
+    "delete_eval_suite": (True, True, True, False),
+    "run_eval_suite": (True, True, True, False),
+    "view_eval_run": (True, True, True, True),
+    "list_eval_results": (True, True, True, True),
 }
 
 
