@@ -140,7 +140,11 @@ def run_detail(request: TeamRequest, team_slug: str, run_id: int) -> HttpRespons
     chart = {figures["label"]: round(100 * figures["pass_rate"], 1) for figures in summary.values()}
     context = {"run": run, "summary": summary, "chart": chart}
     if request.GET.get("part") == "live":
-        return render(request, "evals/_run_live.html", context)
+        response = render(request, "evals/_run_live.html", context)
+        if not run.is_active and request.headers.get("HX-Request"):
+            # The run just ended under a page that polled it: reload once, so the rows show their answers too.
+            response["HX-Refresh"] = "true"
+        return response
     try:
         page = max(1, int(request.GET.get("page", "1")))
     except ValueError:

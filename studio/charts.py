@@ -256,19 +256,22 @@ def bar_chart(
     *,
     y_unit: str = "",
     x_unit: str = "",
+    y_max: float | None = None,
     width: float = 560,
     height: float = 220,
 ) -> Chart:
     """Vertical bars of ``(label, count)`` pairs from zero, on a round y axis, each count above its bar.
 
     A bar's height is proportional to its count. Each category is labelled under its bar when the labels
-    fit, else the first and last are; an all-zero or empty series is a chart that says "no data".
+    fit, else the first and last are; an all-zero or empty series is a chart that says "no data". With
+    ``y_max`` (a share's 100 %), the axis reaches at least that far and zeros are values like any other.
     """
     items = [(str(label), float(value)) for label, value in pairs]
     summary = _list_summary(title, y_unit, items)
-    if not any(value for _, value in items):
+    if not items or (y_max is None and not any(value for _, value in items)):
         return Chart(title=title, summary=f"{title}: no data", empty=True, y_unit=y_unit, x_unit=x_unit)
-    scale = nice_scale(0, max(value for _, value in items), whole=all(v == int(v) for _, v in items))
+    top = max([value for _, value in items] + ([y_max] if y_max is not None else []))
+    scale = nice_scale(0, top, whole=all(v == int(v) for _, v in items))
     chart = _frame(title, summary, scale, width, height, y_unit=y_unit, x_unit=x_unit)
     slot = (chart.right - chart.left) / len(items)
     gap = min(4.0, slot * 0.15)

@@ -648,12 +648,15 @@ def worker_env() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def celery_worker(
-    django_db_setup: None, django_db_blocker: Any, tmp_path_factory: Any, shared_media_root: Path
-) -> Iterator[None]:
-    """A real Celery worker consuming both queues from the test broker, on the test database."""
+    django_db_setup: None, django_db_blocker: Any, tmp_path_factory: Any, shared_media_root: Path,
+    inference_server: str, inference_registry: Path,
+) -> Iterator[None]:  # fmt: skip
+    """A real Celery worker consuming both queues from the test broker, on the test database, with the inference
+    server the studio's tests use (eval runs answer through it)."""
     log = tmp_path_factory.mktemp("worker") / "celery.log"
     with django_db_blocker.unblock():
         env = _process_env(shared_media_root)
+    env.update(ATELIER_INFERENCE_URL=inference_server, ATELIER_INFERENCE_REGISTRY=str(inference_registry))
     if not env["CELERY_BROKER_URL"].startswith("redis://"):
         pytest.fail("Integration tests need Redis: run them with `make test` (CELERY_BROKER_URL=redis://…).")
     process = start_worker(env, queues="default,gpu", log=log, name="tests")

@@ -61,6 +61,12 @@ def test_empty_bar_chart_says_no_data(pairs: list[tuple[str, float]]) -> None:
     assert chart.empty and chart.bars == [] and chart.summary == "Tokens per row: no data"
 
 
+def test_a_share_chart_draws_zero_bars_on_an_axis_to_its_maximum() -> None:
+    chart = charts.bar_chart([("base", 0), ("tuned", 0)], "Rows passing", y_unit="% of rows", y_max=100)
+    assert not chart.empty and [bar.height for bar in chart.bars] == [0, 0]
+    assert chart.y_ticks[-1].label == "100"
+
+
 def test_stacked_bars_stack_segments_and_skip_zeros() -> None:
     chart = charts.stacked_bar_chart(
         ["Mar 01", "Mar 02"], [("API", "#111", [30, 0]), ("Arena", "#222", [10, 5])], "Tokens per day", y_unit="tokens"

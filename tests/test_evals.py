@@ -224,6 +224,14 @@ def test_a_running_run_polls_its_progress(alice: Any, finished_run: EvalRun, log
     assert 'hx-trigger="every 2s"' in part and "1 of 3 answers graded" in part
 
 
+def test_a_page_polling_a_run_that_ended_reloads_once_to_show_the_rows(
+    alice: Any, finished_run: EvalRun, login: Callable[[Any], Client]
+) -> None:
+    url = reverse("evals:run", args=["acme", finished_run.pk])
+    part = login(alice).get(url + "?part=live", headers={"HX-Request": "true"})
+    assert part["HX-Refresh"] == "true" and "hx-trigger" not in part.content.decode()
+
+
 def test_the_suite_page_charts_its_runs_over_time(
     alice: Any, finished_run: EvalRun, login: Callable[[Any], Client]
 ) -> None:

@@ -27,10 +27,12 @@ def bar_chart(
     unit: str = "rows",
     x_unit: str = "",
     element_id: str = "",
+    y_max: float | None = None,
 ) -> dict[str, Any]:
-    """Bars of ``(label, count)`` pairs (or a ``{label: count}`` dict), counted in ``unit`` on the y axis."""
+    """Bars of ``(label, count)`` pairs (or a ``{label: count}`` dict), counted in ``unit`` on the y axis (up to
+    at least ``y_max`` when given: then zeros are drawn, not "no data")."""
     pairs = list(items.items()) if isinstance(items, Mapping) else [(item[0], item[1]) for item in items or []]
-    chart = charts.bar_chart(pairs, title, y_unit=unit, x_unit=x_unit)
+    chart = charts.bar_chart(pairs, title, y_unit=unit, x_unit=x_unit, y_max=y_max)
     return {"chart": chart, "element_id": element_id}
 
 
