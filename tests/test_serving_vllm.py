@@ -187,15 +187,23 @@ def test_a_json_schema_answer_validates(server: str) -> None:
 
 
 def test_a_vllm_server_run_elsewhere_is_attached_to_and_left_running(
-    server: str, vllm_registry: Path, starter_model_path: Path, expected: dict[str, str], tmp_path: Path
+    server: str,
+    served: dict[str, dict[str, Any]],
+    starter_model_path: Path,
+    expected: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     running = vllm_status(server)["url"]  # stands for compose's vLLM service
     options = (
         "--engine", "vllm", "--vllm-python", "/nonexistent", "--preload",
         "--vllm-url", f"{starter_model_path}={running}",
     )  # fmt: skip
+    # Its own registry: only the starter model and its adapters, so that --preload starts nothing else (the
+    # studio's tests add models to the shared registry that no vLLM server is named for here).
+    registry = tmp_path / "models.json"
+    _write_registry(registry, served)
 
-    with running_inference_server(vllm_registry, tmp_path / "attached.log", *options) as attached:
+    with running_inference_server(registry, tmp_path / "attached.log", *options) as attached:
         wait_for_vllm(attached, tmp_path)
         (status,) = vllm_servers(attached)
         assert status["external"] and status["pid"] is None
