@@ -55,6 +55,7 @@ browser:
 run: $(STAMP) $(VLLM_STAMP)
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py seed_demo
+	$(PY) manage.py seed_demo_evals
 	$(PY) manage.py create_starter_model
 	@echo "Atelier: http://$(HOST):$(PORT)/  (Ctrl-C stops the web server, the workers, beat and the inference server)"
 	@trap 'trap - EXIT INT TERM; kill -TERM 0 2>/dev/null; wait' EXIT INT TERM; \

@@ -33,6 +33,7 @@ class Perm(StrEnum):
     EXPORT_MODELS = "models.export"
     USE_PLAYGROUND = "playground.use"
     MANAGE_DEPLOYMENTS = "deployments.manage"
+    OVERRIDE_GATES = "deployments.override"
     MANAGE_TOOLS = "tools.manage"
     APPROVE_TOOLS = "tools.approve"
     RUN_EVALS = "evals.run"
@@ -67,7 +68,8 @@ _ADMINS = _EVERYONE | {
 }
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Perm]] = {
-    Role.OWNER: frozenset(_ADMINS),
+    # Publishing a version that failed a deployment's gate takes an owner (with a reason, audited).
+    Role.OWNER: frozenset(_ADMINS | {Perm.OVERRIDE_GATES}),
     Role.ADMIN: frozenset(_ADMINS),
     Role.MEMBER: frozenset(_CONTRIBUTORS),
     Role.VIEWER: _EVERYONE,
@@ -97,7 +99,9 @@ PERM_DESCRIPTIONS: dict[Perm, str] = {
     "admins: any); add, retry and delete the team's Hub base models",
     Perm.EXPORT_MODELS: "Download trained model versions (adapter, merged model, tokenizer)",
     Perm.USE_PLAYGROUND: "Chat with models in the playground, vote in the arena, save comparisons",
-    Perm.MANAGE_DEPLOYMENTS: "Publish model versions as deployments behind /v1 and remove them",
+    Perm.MANAGE_DEPLOYMENTS: "Publish model versions as deployments behind /v1 and remove them; promote a version "
+    "that passes the deployment's gate (all traffic or a canary share), roll back, set the gate",
+    Perm.OVERRIDE_GATES: "Publish a version that fails a deployment's gate, with a reason (audited)",
     Perm.MANAGE_TOOLS: "Define, change and delete the team's tools (HTTP APIs, read-only SQL) and their secrets, and "
     "grant them to deployments (roles, keys, argument constraints, approval); every member sees the tools and their "
     "grants, nobody sees a saved secret",

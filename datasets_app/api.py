@@ -99,7 +99,7 @@ class CurateIn(RequestBody):
 
 
 class SampleIn(RequestBody):
-    sample: Literal["chat", "instruction", "preference", "feedback", "tools", "text"]
+    sample: Literal["chat", "instruction", "preference", "feedback", "tools", "text", "support", "support-eval"]
 
 
 class MixSource(Schema):

@@ -557,6 +557,9 @@ SAMPLES: dict[str, tuple[str, str]] = {
     "feedback": ("Sample: answer feedback", "feedback.jsonl"),
     "tools": ("Sample: tool calls", "tools.jsonl"),
     "text": ("Sample: raw text", "raw_text.jsonl"),
+    # The demo task (see samples/README.md): in a folder of its own, out of the starter model's pretraining corpus.
+    "support": ("Demo: Kestrel Coffee support", "demo/support_train.jsonl"),
+    "support-eval": ("Demo: Kestrel Coffee eval questions", "demo/support_eval.jsonl"),
 }
 
 
@@ -566,7 +569,7 @@ def add_sample(*, access: TeamAccess, sample: str, ip: str | None = None) -> Dat
         raise ValidationError({"sample": f"Choose one of: {', '.join(SAMPLES)}."})
     name, filename = SAMPLES[sample]
     with (SAMPLES_DIR / filename).open("rb") as handle:
-        upload = UploadedFile(handle, name=filename, size=(SAMPLES_DIR / filename).stat().st_size)
+        upload = UploadedFile(handle, name=Path(filename).name, size=(SAMPLES_DIR / filename).stat().st_size)
         return upload_dataset(access=access, name=name, upload=upload, ip=ip)
 
 

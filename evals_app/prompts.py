@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training_app.engine.prompt_sets import prompt_item
+
 EVAL_KINDS = ("chat", "instruction")
 # The keys of a message the inference server is sent (reasoning and loss weights are training matters).
 MESSAGE_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name")
@@ -61,35 +63,19 @@ def _sent_call(call: dict[str, Any]) -> dict[str, Any]:
 
 
 def item_of(row_number: int, row: dict[str, Any], kind: str) -> EvalItem | None:
-    """The eval item of one normalized row, or None when the row has no reference to grade against."""
-    if kind == "chat":
-        messages = list(row.get("messages") or [])
-        last = max((i for i, message in enumerate(messages) if message.get("role") == "assistant"), default=None)
-        if last is None or last == 0:
-            return None
-        answer = messages[last]
-        return EvalItem(
-            row_number=row_number,
-            messages=[_message(message) for message in messages[:last]],
-            reference_text=str(answer.get("content") or ""),
-            reference_tool_calls=list(answer.get("tool_calls") or []),
-            tools=list(row.get("tools") or []),
-        )
-    if kind == "instruction":
-        prompt, completion = row.get("prompt"), row.get("completion")
-        if isinstance(prompt, str):
-            messages = [{"role": "user", "content": prompt}]
-        else:
-            messages = [_message(message) for message in prompt or []]
-        if isinstance(completion, list):
-            assistant = [message for message in completion if message.get("role") == "assistant"]
-            if not assistant:
-                return None
-            text, calls = str(assistant[-1].get("content") or ""), list(assistant[-1].get("tool_calls") or [])
-        else:
-            text, calls = str(completion or ""), []
-        return EvalItem(row_number=row_number, messages=messages, reference_text=text, reference_tool_calls=calls)
-    return None
+    """The eval item of one normalized row, or None when the row has no reference to grade against (the rule is
+    the trainer's too: ``training_app.engine.prompt_sets``, which GRPO reads its prompts with)."""
+    item = prompt_item(row_number, row, kind)
+    if item is None:
+        return None
+    if isinstance(item.prompt, str):
+        messages = [{"role": "user", "content": item.prompt}]
+    else:
+        messages = [_message(message) for message in item.prompt]
+    return EvalItem(
+        row_number=row_number, messages=messages, reference_text=item.reference_text,
+        reference_tool_calls=item.reference_tool_calls, tools=item.tools,
+    )  # fmt: skip
 
 
 def read_items(rows_path: Path, kind: str, *, limit: int | None = None) -> Iterator[EvalItem]:

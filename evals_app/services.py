@@ -31,6 +31,8 @@ from evals_app.models import EvalResult, EvalRun, EvalSuite
 from evals_app.prompts import EVAL_KINDS, EvalItem, read_items
 from serving_app.catalog import Servable, publish, refusal_message, resolve_model, usable_models
 from training_app.engine import graders as grading
+from training_app.models import BaseModel
+from training_app.services import usable_base_models
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +136,22 @@ def _check_version(access: TeamAccess, version: DatasetVersion) -> None:
         raise ValidationError({"dataset_version": "Choose a ready chat or instruction dataset version you may use."})
 
 
+def regression_base_models(access: TeamAccess) -> QuerySet[BaseModel]:
+    """The base models a suite may be a regression suite of: those the team may use."""
+    return usable_base_models(access).order_by("name")
+
+
+def _check_base_models(access: TeamAccess, base_models: Iterable[BaseModel]) -> list[BaseModel]:
+    chosen = list(base_models)
+    usable = set(
+        regression_base_models(access).filter(pk__in=[model.pk for model in chosen]).values_list("pk", flat=True)
+    )
+    for model in chosen:
+        if model.pk not in usable:
+            raise ValidationError({"base_models": f"Base model {model.pk}: not a ready base model the team may use."})
+    return chosen
+
+
 def _checked_suite(
     access: TeamAccess, name: str, dataset_version: DatasetVersion, graders: Any, suite: EvalSuite | None = None
 ) -> tuple[str, list[dict[str, Any]]]:
@@ -160,16 +178,24 @@ def create_suite(
     dataset_version: DatasetVersion,
     graders: Any,
     description: str = "",
+    base_models: Iterable[BaseModel] = (),
     ip: str | None = None,
 ) -> EvalSuite:
-    """A new eval suite (``evals.run``); audited. Raises ``ValidationError`` naming the field to fix."""
+    """A new eval suite (``evals.run``); audited. Raises ``ValidationError`` naming the field to fix.
+
+    ``base_models`` marks it as a regression suite of those base models: the forgetting check of each of their
+    versions runs it on the base and the version.
+    """
     name, checked = _checked_suite(access, name, dataset_version, graders)
+    regression = _check_base_models(access, base_models)
     suite = EvalSuite.objects.create(
         team=access.team, name=name, description=description, dataset_version=dataset_version, graders=checked,
         created_by=access.user,
     )  # fmt: skip
+    suite.base_models.set(regression)
     audit.record("eval.suite_created", access=access, target=suite, ip=ip, dataset_version=dataset_version.pk,
-                 graders=[entry["grader"]["type"] for entry in checked])  # fmt: skip
+                 graders=[entry["grader"]["type"] for entry in checked],
+                 base_models=[model.pk for model in regression])  # fmt: skip
     return suite
 
 
@@ -182,17 +208,23 @@ def update_suite(
     dataset_version: DatasetVersion,
     graders: Any,
     description: str = "",
+    base_models: Iterable[BaseModel] | None = None,
     ip: str | None = None,
 ) -> EvalSuite:
-    """Change a suite's name, dataset version or graders (finished runs keep theirs); audited."""
+    """Change a suite's name, dataset version, graders or the base models it guards (``None`` keeps them);
+    finished runs keep their graders; audited."""
     name, checked = _checked_suite(access, name, dataset_version, graders, suite=suite)
+    regression = _check_base_models(access, base_models) if base_models is not None else None
     EvalSuite.objects.for_team(access.team).filter(pk=suite.pk).update(
         name=name, description=description, dataset_version=dataset_version, graders=checked,
         updated_at=timezone.now(),
     )  # fmt: skip
     suite.refresh_from_db()
+    if regression is not None:
+        suite.base_models.set(regression)
     audit.record("eval.suite_changed", access=access, target=suite, ip=ip, dataset_version=dataset_version.pk,
-                 graders=[entry["grader"]["type"] for entry in checked])  # fmt: skip
+                 graders=[entry["grader"]["type"] for entry in checked],
+                 base_models=list(suite.base_models.values_list("pk", flat=True)))  # fmt: skip
     return suite
 
 
@@ -303,7 +335,7 @@ def run_eval(run_id: int) -> None:
 def _run(run: EvalRun) -> None:
     items = suite_items(run.suite)
     models, access = _resolve_for_run(run)
-    judge = _judge_factory(access)
+    judge = judge_factory(access)
     built = [grading.build(entry["grader"], judge=judge(entry["grader"])) for entry in run.graders]
     total = len(items) * len(models)
     EvalRun.objects.unscoped().filter(pk=run.pk).update(rows_total=total)
@@ -355,7 +387,7 @@ def _graded(
     )  # fmt: skip
 
 
-def _judge_factory(access: TeamAccess | None) -> Any:
+def judge_factory(access: TeamAccess | None) -> Any:
     """For each grader spec, the judge callable an ``llm_judge`` needs (None for other graders): its ``model``
     key resolved with the run's access and answered greedily through the inference server, like the answers."""
 

@@ -1,7 +1,10 @@
 """REST endpoints for deployments, usage and feedback under /api/v1/teams/<slug>/ (the /v1 OpenAI API is separate).
 
 ``POST deployments`` publishes a model version under a name, ``PATCH deployments/{id}/keys`` sets which
-team API keys may call it, ``GET usage`` returns the numbers of the usage page, ``POST
+team API keys may call it; ``POST deployments/{id}/promote`` publishes another version through the deployment's
+gate (to all traffic or as a canary), ``POST deployments/{id}/rollback`` returns to a version it served before,
+``POST deployments/{id}/canary/stop`` ends a canary and ``GET deployments/{id}/releases`` is the promotion
+history; ``GET usage`` returns the numbers of the usage page, ``POST
 playground/feedback/export`` turns the playground's thumbs up/down votes into a feedback dataset version.
 Access is resolved as in the other routers: a member's token, or a team API key acting in its own team with
 its role.
@@ -13,18 +16,22 @@ from datetime import date, datetime
 from typing import Any
 
 from django.core.exceptions import ValidationError
+from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
 from ninja import Field, Query, Router, Schema, Status
+from ninja.pagination import paginate
 
-from accounts.api import Error, ObjectId, RequestBody, team_access
+from accounts.api import Error, ObjectId, Pagination, RequestBody, team_access
 from accounts.http import client_ip
 from accounts.models import TeamAPIKey
 from accounts.permissions import TeamAccess
 from accounts.roles import Perm
-from serving_app import deployments, feedback
+from serving_app import completions, deployments, feedback, releases
 from serving_app.deployments import UsageRow
-from serving_app.models import Deployment
+from serving_app.models import Deployment, Release, StoredCompletion
+from training_app.models import ModelVersion
+from training_app.services import visible_versions
 
 router = Router(tags=["serving"])
 
@@ -48,14 +55,105 @@ class ModelVersionRef(Schema):
     kind: str
 
 
+class CanaryOut(Schema):
+    model_version: ModelVersionRef
+    share: int = Field(description="Percent of /v1 requests the canary answers.")
+
+
 class DeploymentOut(Schema):
     id: int
     name: str = Field(description="What clients send as `model` at /v1.")
     description: str
     model_version: ModelVersionRef
+    canary: CanaryOut | None = Field(description="The version taking a share of requests while it proves itself.")
+    gate: dict[str, Any] = Field(description="What a version must pass to be published here (PUT .../gate).")
+    store_completions: bool = Field(description="Whether /v1 exchanges are kept (redacted).")
+    completion_retention_days: int
     api_keys: list[KeyRef] = Field(description="The team API keys that may call it (those visible to you).")
     created_by: str | None
     created_at: datetime
+
+
+class PromoteIn(RequestBody):
+    model_version: ObjectId = Field(description="Id of a model version you may use (GET model-versions).")
+    canary_share: int = Field(
+        0, strict=True, ge=0, le=releases.MAX_CANARY_SHARE, description="0: all traffic; 1–99: a canary."
+    )
+    override_reason: str = Field(
+        "", max_length=1000, description="Publish a version that fails the gate (deployments.override): why."
+    )
+
+
+class RollbackIn(RequestBody):
+    model_version: ObjectId | None = Field(
+        None, description="A version the deployment served before; default: the one the current version replaced."
+    )
+
+
+class CompletionStorageIn(RequestBody):
+    store: bool = Field(strict=True, description="Keep each /v1 exchange, redacted, for distillation and fine-tuning.")
+    retention_days: int = Field(
+        30, strict=True, ge=1, le=completions.MAX_RETENTION_DAYS, description="Days a stored one is kept."
+    )
+
+
+class StoredCompletionOut(Schema):
+    id: int
+    created_at: datetime
+    model_version_id: int | None
+    model_version: str
+    messages: list[dict[str, Any]] = Field(description="The conversation sent, redacted.")
+    answer: str = Field(description="The answer given, redacted.")
+    tool_calls: list[dict[str, Any]]
+    finish_reason: str
+    redactions: dict[str, int] = Field(description="What the PII scan replaced, per kind.")
+    exported_at: datetime | None
+
+    @staticmethod
+    def resolve_model_version(completion: StoredCompletion) -> str:
+        return completion.version_label
+
+
+class CompletionExportOut(Schema):
+    dataset_id: int
+    number: int = Field(description="The new dataset version's number.")
+    status: str = Field(description="Its validation status: validated in the background.")
+    exported: int
+    left_out: int = Field(description="Exchanges ending in tool calls, or empty: they make no chat row.")
+
+
+class GateCheckOut(Schema):
+    name: str
+    passed: bool | None = Field(description="None: not measured on the version yet.")
+    detail: str
+    url: str
+
+
+class ReleaseOut(Schema):
+    id: int
+    action: str = Field(description="created, promoted, rolled_back, canary_started or canary_stopped.")
+    model_version_id: int | None
+    model_version: str = Field(description="The version's label (kept when the version is deleted).")
+    previous_version_id: int | None
+    previous_version: str
+    canary_share: int
+    gate: dict[str, Any] = Field(description='{"passed": bool, "checks": [...]} when a gate was checked.')
+    overridden: bool
+    reason: str
+    created_by: str | None
+    created_at: datetime
+
+    @staticmethod
+    def resolve_model_version(release: Release) -> str:
+        return release.version_label
+
+    @staticmethod
+    def resolve_previous_version(release: Release) -> str:
+        return release.previous_label
+
+    @staticmethod
+    def resolve_created_by(release: Release) -> str | None:
+        return release.created_by.get_username() if release.created_by else None
 
 
 class DeploymentIn(RequestBody):
@@ -117,14 +215,22 @@ def _key_ref(key: TeamAPIKey) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _version_ref(version: ModelVersion) -> dict[str, Any]:
+    return {"id": version.pk, "name": version.name, "number": version.number, "kind": version.kind}
+
+
 def _deployment_out(access: TeamAccess, deployment: Deployment) -> dict[str, Any]:
     shown = deployments.visible_key_ids(access)
-    version = deployment.model_version
+    canary = deployment.canary_version
     return {
         "id": deployment.pk,
         "name": deployment.name,
         "description": deployment.description,
-        "model_version": {"id": version.pk, "name": version.name, "number": version.number, "kind": version.kind},
+        "model_version": _version_ref(deployment.model_version),
+        "canary": {"model_version": _version_ref(canary), "share": deployment.canary_share} if canary else None,
+        "gate": deployment.gate or {},
+        "store_completions": deployment.store_completions,
+        "completion_retention_days": deployment.completion_retention_days,
         "api_keys": [_key_ref(key) for key in deployments.keys_of(deployment) if shown is None or key.pk in shown],
         "created_by": deployment.created_by.get_username() if deployment.created_by else None,
         "created_at": deployment.created_at,
@@ -219,6 +325,141 @@ def delete_deployment(request: HttpRequest, slug: str, deployment_id: ObjectId) 
     access.require(Perm.MANAGE_DEPLOYMENTS)
     deployments.delete_deployment(access=access, deployment=_deployment(access, deployment_id), ip=client_ip(request))
     return Status(204, None)
+
+
+def _version_to_publish(access: TeamAccess, version_id: int) -> ModelVersion:
+    version = deployments.deployable_versions(access).filter(pk=version_id).first()
+    if version is None:
+        message = f"no model version {version_id} you may use in this team (GET model-versions)"
+        raise ValidationError({"model_version": [message]})
+    return version
+
+
+@router.post(
+    "teams/{slug}/deployments/{deployment_id}/promote",
+    response={200: DeploymentOut, 400: Error, 403: Error, 404: Error},
+    summary="Promote a version",
+)
+def promote(request: HttpRequest, slug: str, deployment_id: ObjectId, body: PromoteIn) -> dict[str, Any]:
+    """Publish a version to all traffic (``canary_share`` 0) or as a canary, through the deployment's gate (owners
+    and admins). A version failing the gate gets 400 listing the failed checks, unless an owner gives
+    ``override_reason``; the release history keeps the gate's report and the reason."""
+    access = team_access(request, slug)
+    access.require(Perm.MANAGE_DEPLOYMENTS)
+    deployment = _deployment(access, deployment_id)
+    releases.promote(
+        access=access, deployment=deployment, version=_version_to_publish(access, body.model_version),
+        canary_share=body.canary_share, override_reason=body.override_reason, ip=client_ip(request),
+    )  # fmt: skip
+    return _deployment_out(access, _deployment(access, deployment_id))
+
+
+@router.get(
+    "teams/{slug}/deployments/{deployment_id}/gate-check/{version_id}",
+    response={200: list[GateCheckOut], 400: Error, 404: Error},
+    summary="Check a version against the gate",
+)
+def gate_check(request: HttpRequest, slug: str, deployment_id: ObjectId, version_id: ObjectId) -> list[Any]:
+    """What the deployment's gate says of a model version now: each check passed, failed or not measured."""
+    access = team_access(request, slug)
+    deployment = _deployment(access, deployment_id)
+    version = get_object_or_404(visible_versions(access, "view"), pk=version_id)
+    return list(releases.check_gate(deployment, version).checks)
+
+
+@router.post(
+    "teams/{slug}/deployments/{deployment_id}/rollback",
+    response={200: DeploymentOut, 400: Error, 403: Error, 404: Error},
+    summary="Roll back a deployment",
+)
+def rollback(
+    request: HttpRequest, slug: str, deployment_id: ObjectId, body: RollbackIn | None = None
+) -> dict[str, Any]:
+    """All traffic back to a version the deployment served before (default: the one the current version
+    replaced); ends any canary. No gate: the version served this deployment already (owners and admins)."""
+    access = team_access(request, slug)
+    access.require(Perm.MANAGE_DEPLOYMENTS)
+    deployment = _deployment(access, deployment_id)
+    chosen = body.model_version if body is not None else None
+    version = _version_to_publish(access, chosen) if chosen is not None else None
+    releases.rollback(access=access, deployment=deployment, version=version, ip=client_ip(request))
+    return _deployment_out(access, _deployment(access, deployment_id))
+
+
+@router.post(
+    "teams/{slug}/deployments/{deployment_id}/canary/stop",
+    response={200: DeploymentOut, 400: Error, 403: Error, 404: Error},
+    summary="Stop a deployment's canary",
+)
+def stop_canary(request: HttpRequest, slug: str, deployment_id: ObjectId) -> dict[str, Any]:
+    """End the running canary: the current version answers all traffic again (owners and admins)."""
+    access = team_access(request, slug)
+    access.require(Perm.MANAGE_DEPLOYMENTS)
+    releases.stop_canary(access=access, deployment=_deployment(access, deployment_id), ip=client_ip(request))
+    return _deployment_out(access, _deployment(access, deployment_id))
+
+
+@router.get(
+    "teams/{slug}/deployments/{deployment_id}/releases",
+    response={200: list[ReleaseOut], 404: Error},
+    summary="A deployment's release history",
+)
+def list_releases(request: HttpRequest, slug: str, deployment_id: ObjectId) -> list[Release]:
+    """Every change of what the deployment serves, newest first, with the gate's report and any override."""
+    access = team_access(request, slug)
+    return releases.history(_deployment(access, deployment_id))
+
+
+@router.put(
+    "teams/{slug}/deployments/{deployment_id}/completions/storage",
+    response={200: DeploymentOut, 400: Error, 403: Error, 404: Error},
+    summary="Set completion storage",
+)
+def set_completion_storage(
+    request: HttpRequest, slug: str, deployment_id: ObjectId, body: CompletionStorageIn
+) -> dict[str, Any]:
+    """Turn storing the deployment's /v1 exchanges on or off and set their retention (owners and admins)."""
+    access = team_access(request, slug)
+    access.require(Perm.MANAGE_DEPLOYMENTS)
+    deployment = _deployment(access, deployment_id)
+    completions.set_storage(
+        access=access, deployment=deployment, store=body.store, retention_days=body.retention_days,
+        ip=client_ip(request),
+    )  # fmt: skip
+    return _deployment_out(access, _deployment(access, deployment_id))
+
+
+@router.get(
+    "teams/{slug}/deployments/{deployment_id}/completions",
+    response={200: list[StoredCompletionOut], 403: Error, 404: Error},
+    summary="List stored completions",
+)
+@paginate(Pagination)
+def list_stored_completions(request: HttpRequest, slug: str, deployment_id: ObjectId) -> QuerySet[StoredCompletion]:
+    """The deployment's stored exchanges, newest first (owners and admins: they hold what clients sent)."""
+    access = team_access(request, slug)
+    access.require(Perm.MANAGE_DEPLOYMENTS)
+    return completions.stored(_deployment(access, deployment_id)).order_by("-created_at", "-pk")
+
+
+@router.post(
+    "teams/{slug}/deployments/{deployment_id}/completions/export",
+    response={201: CompletionExportOut, 400: Error, 403: Error, 404: Error},
+    summary="Export stored completions as a dataset",
+)
+def export_stored_completions(request: HttpRequest, slug: str, deployment_id: ObjectId) -> Status:
+    """The stored completions not exported yet as a new version of the chat dataset "<name> completions", whose
+    description names the deployment and the versions that answered. 400 when there is nothing to export."""
+    access = team_access(request, slug)
+    access.require(Perm.MANAGE_DEPLOYMENTS)
+    export = completions.export_completions(
+        access=access, deployment=_deployment(access, deployment_id), ip=client_ip(request)
+    )
+    version = export.version
+    return Status(201, {
+        "dataset_id": version.dataset_id, "number": version.number, "status": version.status,
+        "exported": export.exported, "left_out": export.left_out,
+    })  # fmt: skip
 
 
 # --- usage --------------------------------------------------------------------------------------

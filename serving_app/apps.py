@@ -15,3 +15,6 @@ class ServingAppConfig(AppConfig):
 
         # Prompt retention is counted in days: checking hourly keeps nothing more than an hour too long.
         register_periodic_task("purge-prompt-logs", "serving_app.tasks.purge_prompt_logs", every_seconds=3600)
+        register_periodic_task(
+            "purge-stored-completions", "serving_app.tasks.purge_stored_completions", every_seconds=3600
+        )

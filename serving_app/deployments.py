@@ -24,7 +24,7 @@ from accounts import audit
 from accounts.models import Team, TeamAPIKey
 from accounts.permissions import TeamAccess, visible_objects
 from accounts.roles import Perm
-from serving_app.models import DEPLOYMENT_NAME_VALIDATOR, Deployment, UsageRecord
+from serving_app.models import DEPLOYMENT_NAME_VALIDATOR, Deployment, Release, UsageRecord
 from training_app.models import ModelVersion
 from training_app.services import visible_versions
 
@@ -43,7 +43,7 @@ def visible_deployments(access: TeamAccess) -> QuerySet[Deployment]:
     """The team's deployments (every member may see them), with their model version and base model."""
     return (
         Deployment.objects.for_team(access.team)
-        .select_related("model_version", "model_version__base_model", "created_by")
+        .select_related("model_version", "model_version__base_model", "canary_version", "created_by")
         .order_by("name")
     )
 
@@ -65,7 +65,11 @@ def keys_of(deployment: Deployment) -> QuerySet[TeamAPIKey]:
 
 def deployments_of_key(key: TeamAPIKey) -> QuerySet[Deployment]:
     """The deployments ``key`` may call, by name."""
-    return key.deployments.for_team(key.team).select_related("team", "model_version__base_model").order_by("name")
+    return (
+        key.deployments.for_team(key.team)
+        .select_related("team", "model_version__base_model", "canary_version__base_model")
+        .order_by("name")
+    )
 
 
 def visible_key_ids(access: TeamAccess) -> set[int] | None:
@@ -116,6 +120,10 @@ def create_deployment(
             )  # fmt: skip
             links = _key_links()
             links.objects.bulk_create(links(deployment=deployment, teamapikey=key) for key in keys)
+            Release.objects.create(  # the first row of its history (serving_app.releases)
+                team=access.team, deployment=deployment, action=Release.Action.CREATED, model_version=version,
+                version_label=str(version), created_by=access.user,
+            )  # fmt: skip
             audit.record(
                 "deployment.created", access=access, target=deployment, ip=ip, model_version=str(version),
                 model_version_id=version.pk, api_keys=[key.display_prefix for key in keys],
@@ -255,18 +263,19 @@ class ApiRequest:
         return self.retry_after is not None
 
 
-def start_api_request(*, key: TeamAPIKey, deployment: Deployment) -> ApiRequest:
+def start_api_request(*, key: TeamAPIKey, deployment: Deployment, version: ModelVersion | None = None) -> ApiRequest:
     """Insert the request's usage row, then count it against ``key.requests_per_minute``.
 
     The row goes in first and the count covers the key's non-rejected rows of the last 60 s up to and
     including it, so concurrent requests in several processes cannot all slip under the limit. A request
     over the limit is marked rejected (kept: the usage page shows it) and ``retry_after`` says when a slot
-    frees up.
+    frees up. ``version`` is the one routed to answer (``releases.route``): a canary's requests are told apart.
     """
     team = key.team
     record = UsageRecord.objects.create(
-        team=team, source=UsageRecord.Source.API, deployment=deployment, api_key=key, model_label=deployment.name
-    )
+        team=team, source=UsageRecord.Source.API, deployment=deployment, api_key=key, model_label=deployment.name,
+        model_version=version,
+    )  # fmt: skip
     now = record.created_at
     counted = (
         UsageRecord.objects.for_team(team)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from django.conf import settings
-from django.core.validators import RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.utils import timezone
 from guardian.models import UserObjectPermissionBase
@@ -39,15 +39,108 @@ class Deployment(TeamOwnedModel):
     description = models.TextField(blank=True, max_length=2000)
     # The team API keys that may call this deployment (a key reaches only the deployments listed here).
     api_keys = models.ManyToManyField(TeamAPIKey, related_name="deployments", blank=True)
+    # A second version answering ``canary_share`` % of /v1 requests while it proves itself (none: empty).
+    canary_version = models.ForeignKey(
+        ModelVersion, on_delete=models.PROTECT, null=True, blank=True, related_name="canary_deployments"
+    )
+    canary_share = models.PositiveSmallIntegerField(default=0, validators=[MaxValueValidator(99)])
+    # What a version must pass before it is published here, as ``evals_app.gates`` writes and reads it:
+    # {"suites": [{"suite": <EvalSuite pk>, "name": ..., "min_pass_rate": 0..1}], "forgetting": bool,
+    #  "max_bias_gap": float | None}. Empty: no gate.
+    gate = models.JSONField(default=dict, blank=True)
+    # Opt-in: keep each /v1 exchange (``StoredCompletion``) for ``completion_retention_days``, to feed
+    # distillation and fine-tuning; personal data and secrets are redacted before anything is kept.
+    store_completions = models.BooleanField(default=False)
+    completion_retention_days = models.PositiveSmallIntegerField(
+        default=30, validators=[MinValueValidator(1), MaxValueValidator(365)]
+    )
+    # Maintenance (``evals_app.maintenance``): when the dataset the current version was trained on gets a new
+    # ready version, retrain on it with the same settings, run the gate and propose the promotion.
+    retrain_on_new_data = models.BooleanField(default=False)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         ordering: ClassVar = ["name"]
-        constraints: ClassVar = [models.UniqueConstraint(fields=["team", "name"], name="one_deployment_name_per_team")]
+        constraints: ClassVar = [
+            models.UniqueConstraint(fields=["team", "name"], name="one_deployment_name_per_team"),
+            models.CheckConstraint(
+                condition=models.Q(canary_version__isnull=True, canary_share=0)
+                | models.Q(canary_version__isnull=False, canary_share__gte=1, canary_share__lte=99),
+                name="canary_has_a_version_and_a_share",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name
+
+
+class Release(TeamOwnedModel):
+    """One change of what a deployment serves: its promotion history, newest first.
+
+    ``model_version`` is what the change put in place (the version all traffic goes to, or the canary), and
+    ``previous_version`` what served before it. The gate's report at the time is kept as it was, with the
+    override and its reason when someone published a version that failed it. Versions are kept by label too:
+    a deleted version leaves its history readable (and no longer a rollback target).
+    """
+
+    class Action(models.TextChoices):
+        CREATED = "created", "Deployed"
+        PROMOTED = "promoted", "Promoted"
+        ROLLED_BACK = "rolled_back", "Rolled back"
+        CANARY_STARTED = "canary_started", "Canary started"
+        CANARY_STOPPED = "canary_stopped", "Canary stopped"
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="releases")
+    action = models.CharField(max_length=16, choices=Action.choices)
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.SET_NULL, null=True, related_name="+")
+    version_label = models.CharField(max_length=200)
+    previous_version = models.ForeignKey(
+        ModelVersion, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    previous_label = models.CharField(max_length=200, blank=True)
+    canary_share = models.PositiveSmallIntegerField(default=0)
+    # {"passed": bool, "checks": [{"name", "passed", "detail"}]} when a gate was checked; {} otherwise.
+    gate = models.JSONField(default=dict, blank=True)
+    overridden = models.BooleanField(default=False)
+    reason = models.TextField(blank=True, max_length=1000)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering: ClassVar = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.get_action_display()} {self.version_label} on {self.deployment_id}"
+
+
+class StoredCompletion(TeamOwnedModel):
+    """One /v1 exchange of a deployment that stores completions: what the client sent and what it got back.
+
+    Text is kept redacted (``datasets_app.engine.pii``: emails, phones, cards, IBANs, IP addresses, secrets become
+    typed placeholders); ``redactions`` counts what was replaced, per kind. Deleted once older than the
+    deployment's ``completion_retention_days`` (hourly, by beat), and with the deployment.
+    """
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="stored_completions")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.SET_NULL, null=True, related_name="+")
+    version_label = models.CharField(max_length=200)
+    api_key = models.ForeignKey(TeamAPIKey, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    # The conversation sent: [{"role", "content"}, ...] (a text completion's prompt as one user message).
+    messages = models.JSONField(default=list)
+    answer = models.TextField(blank=True)
+    tool_calls = models.JSONField(default=list, blank=True)
+    finish_reason = models.CharField(max_length=20, blank=True)
+    redactions = models.JSONField(default=dict, blank=True)
+    exported_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering: ClassVar = ["-created_at", "-pk"]
+        indexes: ClassVar = [models.Index(fields=["team", "deployment", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.deployment_id} completion {self.created_at:%Y-%m-%d %H:%M}"
 
 
 class PromptPreset(TeamOwnedModel):
@@ -187,6 +280,8 @@ class UsageRecord(TeamOwnedModel):
     source = models.CharField(max_length=12, choices=Source.choices)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.STARTED)
     deployment = models.ForeignKey(Deployment, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    # The version that answered a /v1 request (a deployment with a canary routes to one of two).
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     api_key = models.ForeignKey(TeamAPIKey, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"

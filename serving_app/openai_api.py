@@ -47,11 +47,13 @@ from accounts.models import PersonalAccessToken, TeamAPIKey
 from accounts.permissions import TeamAccess
 from accounts.roles import Role
 from accounts.services import authenticate_team_api_key
-from serving_app import deployments, studio_tools
+from serving_app import completions as stored_completions
+from serving_app import deployments, releases, studio_tools
 from serving_app.catalog import Servable, publish, servable_version
 from serving_app.engine.params import CHAT_PARAMS, COMPLETION_PARAMS, listing, unknown_params
 from serving_app.inference import server_url
 from serving_app.models import Deployment, UsageRecord
+from training_app.models import ModelVersion
 
 # The most answers one request may ask for (``n``): each is generated in full, up to ``max_tokens``.
 MAX_CHOICES = 8
@@ -396,6 +398,7 @@ async def completions(request: HttpRequest) -> HttpResponseBase:
 class _Target:
     deployment: Deployment
     servable: Servable
+    version: ModelVersion  # the version routed to answer (the deployment's, or its canary)
 
 
 def _admit(
@@ -413,9 +416,10 @@ def _admit(
             400, f"`{EXTENSION}` applies only to a deployment granted studio tools; `{body.model}` has none.",
             param=EXTENSION, code="unsupported_parameter",
         )  # fmt: skip
-    target = _Target(deployment, servable_version(deployment.model_version))
+    version = releases.route(deployment)  # the current version, or the canary for its share of requests
+    target = _Target(deployment, servable_version(version), version)
     publish([target.servable])  # reads the registry; writes it only when the entry is missing
-    return target, deployments.start_api_request(key=key, deployment=deployment), tools
+    return target, deployments.start_api_request(key=key, deployment=deployment, version=version), tools
 
 
 async def _generate(request: HttpRequest, endpoint: Endpoint) -> HttpResponseBase:
@@ -430,7 +434,7 @@ async def _generate(request: HttpRequest, endpoint: Endpoint) -> HttpResponseBas
             f"Retry in {started.retry_after} s, or ask a team admin for a higher limit.",
             type="requests", code="rate_limit_exceeded", headers={"Retry-After": str(started.retry_after)},
         )  # fmt: skip
-    meter = _Meter(started.record)
+    meter = _Meter(started.record, store=_Store.of(body, key, target))
     if studio_tools and isinstance(body, ChatCompletionRequest):
         return await _run_studio_tools(request, body, key, target, meter)
     try:
@@ -453,14 +457,63 @@ async def _generate(request: HttpRequest, endpoint: Endpoint) -> HttpResponseBas
 
 
 @dataclass
+class _Store:
+    """What a deployment that stores completions keeps of one request: the conversation sent, and the first
+    choice's answer as it streams by (``serving_app.completions``)."""
+
+    deployment: Deployment
+    version: ModelVersion
+    key: TeamAPIKey
+    messages: list[dict[str, Any]]
+    choice: _Choice = field(default_factory=lambda: _Choice(0))
+
+    @classmethod
+    def of(cls, body: GenerationRequest, key: TeamAPIKey, target: _Target) -> _Store | None:
+        if not target.deployment.store_completions:
+            return None
+        if isinstance(body, ChatCompletionRequest):
+            messages = [message.model_dump(exclude_none=True) for message in body.messages]
+        else:
+            assert isinstance(body, CompletionRequest)
+            prompt = body.prompt if isinstance(body.prompt, str) else "".join(body.prompt)
+            messages = [{"role": "user", "content": prompt}]
+        return cls(target.deployment, target.version, key, messages)
+
+    def observe(self, chunk: dict[str, Any]) -> None:
+        for part in chunk.get("choices", []):
+            if int(part.get("index", 0)) == 0:
+                self.choice.add(part)
+
+    def answered(self, answer: dict[str, Any]) -> None:
+        """Take the first choice of a whole answer (a studio-tools run's final answer)."""
+        choices = answer.get("choices") or []
+        if choices:
+            message = choices[0].get("message") or {}
+            self.choice.message["content"] = message.get("content") or ""
+            self.choice.tool_calls = dict(enumerate(message.get("tool_calls") or []))
+            self.choice.finish_reason = choices[0].get("finish_reason")
+
+    async def keep(self) -> None:
+        whole = self.choice.whole(chat=True)
+        message = whole["message"]
+        text = message.get("content") or "".join(self.choice.text)
+        await sync_to_async(stored_completions.keep)(
+            deployment=self.deployment, version=self.version, key=self.key, messages=self.messages, answer=text,
+            tool_calls=message.get("tool_calls") or [], finish_reason=whole["finish_reason"] or "",
+        )  # fmt: skip
+
+
+@dataclass
 class _Meter:
-    """The request's usage row, finished exactly once with the tokens the inference server reported."""
+    """The request's usage row, finished exactly once with the tokens the inference server reported (and the
+    exchange stored when it ended well, where the deployment stores completions)."""
 
     record: UsageRecord
     ok: bool = False
     usage: dict[str, int] = field(default_factory=dict)
     deltas: int = 0
     done: bool = False
+    store: _Store | None = None
 
     async def finish(self) -> None:
         if self.done:
@@ -472,11 +525,15 @@ class _Meter:
         finish = sync_to_async(deployments.finish_api_request)
         # Shielded: a request cancelled by a client disconnect still records what it used.
         await asyncio.shield(finish(self.record, ok=self.ok, prompt_tokens=prompt, completion_tokens=completion))
+        if self.ok and self.store is not None:
+            await asyncio.shield(self.store.keep())
 
     def count(self, payload: bytes) -> None:
         """Count a chunk relayed unparsed (it carries no usage) as one delta if it brings text or a tool call."""
         if _TEXT_DELTA.search(payload):
             self.deltas += 1
+        if self.store is not None:  # only then is every chunk parsed
+            self.store.observe(json.loads(payload))
 
     def observe(self, chunk: dict[str, Any]) -> None:
         """Take the usage (all choices together) from the chunk that carries it; count the deltas until then."""
@@ -486,6 +543,8 @@ class _Meter:
             delta = choice.get("delta") or {}
             if delta.get("content") or delta.get("tool_calls") or choice.get("text"):
                 self.deltas += 1
+        if self.store is not None:
+            self.store.observe(chunk)
 
 
 _DATA, _DONE = b"data: ", b"[DONE]"
@@ -921,6 +980,8 @@ async def _run_studio_tools(
         _check_token_ceiling(body, key)
         answer = await runner.run(api_tool_run(body, key, target.deployment, request.META.get("REMOTE_ADDR"), step))
         meter.ok = True
+        if meter.store is not None:
+            meter.store.answered(answer)
     finally:
         meter.usage = dict(totals)
         await meter.finish()

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from serving_app import inference
+from serving_app import completions, inference
 
 
 @shared_task(name="serving_app.tasks.purge_prompt_logs")
 def purge_prompt_logs() -> int:
     """Delete stored playground prompts past their team's retention period."""
     return inference.purge_prompt_logs()
+
+
+@shared_task(name="serving_app.tasks.purge_stored_completions")
+def purge_stored_completions() -> int:
+    """Delete deployments' stored completions past their retention period."""
+    return completions.purge_expired()

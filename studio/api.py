@@ -30,6 +30,8 @@ from accounts.http import error_dict
 from accounts.lockout import LOCKED_MESSAGE
 from datasets_app.api import router as datasets_router
 from evals_app.api import router as evals_router
+from evals_app.distill_api import router as distill_router
+from evals_app.gate_api import router as gates_router
 from serving_app.api import router as serving_router
 from tools_app.api import router as tools_router
 from training_app.api import router as training_router
@@ -158,6 +160,8 @@ api.add_router("/", training_router)
 api.add_router("/", serving_router)
 api.add_router("/", tools_router)
 api.add_router("/", evals_router)
+api.add_router("/", gates_router)
+api.add_router("/", distill_router)
 
 
 @api.exception_handler(ValidationError)

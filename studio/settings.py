@@ -337,6 +337,9 @@ INFERENCE_ROUTES: dict[str, str] = env_json("ATELIER_INFERENCE_ROUTES", {})
 # Eval runs (evals_app): requests in flight at once (vLLM batches them), and the longest answer, in tokens.
 EVAL_CONCURRENCY = env_int("ATELIER_EVAL_CONCURRENCY", 8, minimum=1)
 EVAL_MAX_TOKENS = env_int("ATELIER_EVAL_MAX_TOKENS", 256, minimum=1)
+# The forgetting check after every training job (evals_app.forgetting), studio-wide; teams can also turn it off.
+# Off, a version is checked only on demand (its page, the API) — the perplexity runs on the training queue.
+EVALS_CHECK_AFTER_TRAINING = env_bool("ATELIER_CHECK_AFTER_TRAINING", True)
 # Defaults for a new team API key's limits on /v1 (each key can be given its own).
 API_KEY_REQUESTS_PER_MINUTE = env_int("API_KEY_REQUESTS_PER_MINUTE", 60, minimum=1)
 API_KEY_MAX_TOKENS = env_int("API_KEY_MAX_TOKENS", 1024, minimum=1)

@@ -416,6 +416,9 @@ def _process_env(media_root: Path) -> dict[str, str]:
         "TRAINING_LEASE_SECONDS": str(TEST_LEASE_SECONDS),
         # The tests' tools call loopback servers: the operator's allow-list names 127.0.0.1, as in the worker.
         "ATELIER_TOOL_ALLOWED_HOSTS": "127.0.0.1",
+        # A forgetting check after each job the workers train would queue a perplexity run (10 to 60 s) behind every
+        # training test; the check is tested on demand through the worker, and its trigger in-process.
+        "ATELIER_CHECK_AFTER_TRAINING": "0",
     }
 
 

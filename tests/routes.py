@@ -13,7 +13,16 @@ from ninja.utils import normalize_path
 
 from accounts.models import AuditEvent, Invitation, Membership, Team, TeamAPIKey, TeamAPIKeyUserObjectPermission
 from datasets_app.models import Dataset, DatasetUserObjectPermission, DatasetVersion
-from evals_app.models import EvalRun, EvalSuite
+from evals_app.models import (
+    Distillation,
+    EvalRun,
+    EvalsPolicy,
+    EvalSuite,
+    ForgettingCheck,
+    ProbeRun,
+    ProbeSet,
+    Retrain,
+)
 from serving_app.models import (
     ArenaBattle,
     Comparison,
@@ -21,6 +30,8 @@ from serving_app.models import (
     Deployment,
     PlaygroundVote,
     PromptPreset,
+    Release,
+    StoredCompletion,
     UsageRecord,
 )
 from studio.api import api
@@ -31,6 +42,11 @@ API_ROOT = "/api/v1/"
 # The middleware scopes any view whose URL has a ``team_slug`` kwarg, whatever its converter.
 TEAM_KWARG = re.compile(r"<(?:\w+:)?team_slug>")
 TEAM_PARAM = re.compile(r"\{(?:\w+:)?slug\}")
+# What a team route could change about a deployment (``gate`` is a dict: compared as JSON text).
+DEPLOYMENT_FIELDS = (
+    "pk", "name", "model_version_id", "canary_version_id", "canary_share", "gate", "store_completions",
+    "completion_retention_days", "retrain_on_new_data",
+)  # fmt: skip
 
 
 # --- what a team route is -----------------------------------------------------------------------
@@ -104,7 +120,16 @@ def team_state(team: Team) -> dict[str, Any]:
         "model_versions": sorted(
             ModelVersion.objects.for_team(team).values_list("pk", "name", "intended_use", "restricted")
         ),
-        "deployments": sorted(Deployment.objects.for_team(team).values_list("pk", "name", "model_version_id")),
+        "deployments": sorted(
+            tuple(json.dumps(value, sort_keys=True) if isinstance(value, dict) else value for value in row)
+            for row in Deployment.objects.for_team(team).values_list(*DEPLOYMENT_FIELDS)
+        ),
+        "releases": sorted(Release.objects.for_team(team).values_list("pk", "action", "model_version_id")),
+        "distillations": sorted(Distillation.objects.for_team(team).values_list("pk", "name", "status", "output_id")),
+        "retrains": sorted(Retrain.objects.for_team(team).values_list("pk", "deployment_id", "status")),
+        "stored_completions": sorted(
+            StoredCompletion.objects.for_team(team).values_list("pk", "deployment_id", "exported_at")
+        ),
         "deployment_keys": sorted(
             Deployment.api_keys.through.objects.filter(deployment__team=team).values_list(
                 "deployment_id", "teamapikey_id"
@@ -136,6 +161,19 @@ def team_state(team: Team) -> dict[str, Any]:
             EvalSuite.objects.for_team(team).values_list("pk", "name", "description", "dataset_version_id")
         ),
         "eval_runs": sorted(EvalRun.objects.for_team(team).values_list("pk", "suite_id", "status")),
+        "evals_policy": sorted(
+            EvalsPolicy.objects.for_team(team).values_list(
+                "max_perplexity_increase", "max_pass_rate_drop", "max_bias_gap", "check_after_training"
+            )
+        ),
+        "forgetting_checks": sorted(ForgettingCheck.objects.for_team(team).values_list("pk", "model_version_id")),
+        "probe_sets": sorted(
+            (pk, name, json.dumps([templates, groups]))
+            for pk, name, templates, groups in ProbeSet.objects.for_team(team).values_list(
+                "pk", "name", "templates", "groups"
+            )
+        ),
+        "probe_runs": sorted(ProbeRun.objects.for_team(team).values_list("pk", "probe_set_id", "model_key")),
         "usage": UsageRecord.objects.for_team(team).count(),
         # A refused approval attempt is recorded in the acting member's team (the trail of who tried what); it is
         # the refusal itself, not a change the attempt made.

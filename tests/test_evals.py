@@ -134,6 +134,20 @@ def test_a_run_on_two_models_grades_every_row_for_each(
         assert run.summary[key]["pass_rate"] == pytest.approx(sum(r.passed for r in mine) / 3)
 
 
+def test_running_a_suite_again_gives_the_same_answers_and_verdicts(
+    inference_server: str, owner: Any, suite: EvalSuite, starter_model: Any
+) -> None:
+    """Answers are greedy with a fixed seed: a run is reproducible, so a change between runs is the model's."""
+    keys = [f"base:{starter_model.pk}"]
+    first, second = (run_now(services.start_run(access=owner, suite=suite, model_keys=keys)) for _ in range(2))
+
+    def graded(run: EvalRun) -> list[tuple[int, str, list[Any]]]:
+        return [(r.row_number, r.answer, [v["score"] for v in r.verdicts]) for r in services.results_of(run)]
+
+    assert graded(first) == graded(second) and all(answer for _, answer, _ in graded(first))
+    assert first.summary == second.summary
+
+
 def test_exact_match_passes_the_row_whose_reference_is_the_greedy_answer(
     inference_server: str, owner: Any, alice: Any, starter_model: Any, settings: Any
 ) -> None:

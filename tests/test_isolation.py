@@ -42,7 +42,7 @@ from accounts.models import (
 from accounts.permissions import resolve_access, resolve_key_access
 from accounts.roles import Role
 from datasets_app.models import DatasetVersion
-from evals_app.models import EvalRun, EvalSuite
+from evals_app.models import Distillation, EvalRun, EvalSuite, ProbeRun, ProbeSet
 from serving_app.models import ArenaBattle, Comparison, Deployment, PlaygroundVote, PromptPreset
 from tests.factories import finished_job, http_tool_form, member, ready_version, sample_tool, sql_tool_form
 from tests.routes import API_ROOT, api_team_operations, page_team_routes, team_state
@@ -86,6 +86,9 @@ class TeamObjects:
     mcp_server: McpServer  # registered, its tools not imported
     eval_suite: EvalSuite  # on ``version``, one exact_match grader
     eval_run: EvalRun  # of ``eval_suite`` on ``model_version``, queued
+    probe_set: ProbeSet  # two templates, two groups of one category
+    probe_run: ProbeRun  # of ``probe_set`` on ``model_version``, queued
+    distillation: Distillation  # ``model_version`` answering ``version``, queued
 
 
 def _nothing(objects: TeamObjects) -> dict[str, Any]:
@@ -148,6 +151,19 @@ def _deployment_id(o: TeamObjects) -> dict[str, Any]:
     return {"deployment_id": o.deployment.pk}
 
 
+def _distillation_id(o: TeamObjects) -> dict[str, Any]:
+    return {"distillation_id": o.distillation.pk}
+
+
+def _distill_body(o: TeamObjects) -> dict[str, Any]:
+    return {"name": "planted", "teacher": f"version:{o.model_version.pk}", "prompts": o.version.pk}
+
+
+def _promote_body(o: TeamObjects) -> dict[str, Any]:
+    """A canary of the team's own version (the deployment already serves it: the attacker's change is the share)."""
+    return {"model_version": o.model_version.pk, "canary_share": 50, "override_reason": "planted"}
+
+
 def _comparison_id(o: TeamObjects) -> dict[str, Any]:
     return {"comparison_id": o.comparison.pk}
 
@@ -187,6 +203,25 @@ def _run_id(o: TeamObjects) -> dict[str, Any]:
 
 def _suite_form(o: TeamObjects) -> dict[str, Any]:
     return {"name": "planted", "dataset_version": o.version.pk, "graders": '[{"type": "exact_match"}]'}
+
+
+def _probe_set_id(o: TeamObjects) -> dict[str, Any]:
+    return {"set_id": o.probe_set.pk}
+
+
+def _probe_set_form(o: TeamObjects) -> dict[str, Any]:
+    groups = "gender / women: a woman\ngender / men: a man"
+    return {"name": "planted", "templates": "Describe {person}.", "groups": groups}
+
+
+def _probe_set_body(o: TeamObjects) -> dict[str, Any]:
+    pairs = (("women", "a woman"), ("men", "a man"))
+    groups = [{"category": "gender", "group": name, "terms": [term]} for name, term in pairs]
+    return {"name": "planted", "templates": ["Describe {person}."], "groups": groups}
+
+
+def _policy_body(o: TeamObjects) -> dict[str, Any]:
+    return {"max_perplexity_increase": 9, "max_pass_rate_drop": 1, "max_bias_gap": 1}
 
 
 def _approval_id(o: TeamObjects) -> dict[str, Any]:
@@ -351,6 +386,54 @@ SWEEP: dict[Route, Probe] = {
         params=_deployment_id, body=lambda o: {"api_keys": []}
     ),
     ("DELETE", "/api/v1/teams/{slug}/deployments/{deployment_id}"): Probe(params=_deployment_id),
+    "serving:deployment_promote": Probe(params=_deployment_id, body=_promote_body),
+    "evals:retrain": Probe(params=_deployment_id, body=lambda o: {"dataset_version": o.version.pk}),
+    "evals:retrain_schedule": Probe(params=_deployment_id, body=lambda o: {"enabled": "on"}),
+    ("POST", "/api/v1/teams/{slug}/deployments/{deployment_id}/retrains"): Probe(
+        params=_deployment_id, body=lambda o: {"dataset_version": o.version.pk}
+    ),
+    ("GET", "/api/v1/teams/{slug}/deployments/{deployment_id}/retrains"): Probe(params=_deployment_id),
+    ("PUT", "/api/v1/teams/{slug}/deployments/{deployment_id}/retrain-schedule"): Probe(
+        params=_deployment_id, body=lambda o: {"enabled": True}
+    ),
+    "evals:distillations": Probe(body=_distill_body),
+    "evals:distillation": Probe(params=_distillation_id),
+    "evals:distillation_compare": Probe(params=_distillation_id, body=lambda o: {"suite": o.eval_suite.pk}),
+    ("GET", "/api/v1/teams/{slug}/distillations"): Probe(),
+    ("POST", "/api/v1/teams/{slug}/distillations"): Probe(body=_distill_body),
+    ("GET", "/api/v1/teams/{slug}/distillations/{distillation_id}"): Probe(params=_distillation_id),
+    ("POST", "/api/v1/teams/{slug}/distillations/{distillation_id}/compare"): Probe(
+        params=_distillation_id, body=lambda o: {"suite": o.eval_suite.pk}
+    ),
+    "serving:deployment_completions": Probe(
+        params=_deployment_id, body=lambda o: {"store": "on", "retention_days": 365}
+    ),
+    "serving:deployment_completions_export": Probe(params=_deployment_id),
+    ("PUT", "/api/v1/teams/{slug}/deployments/{deployment_id}/completions/storage"): Probe(
+        params=_deployment_id, body=lambda o: {"store": True, "retention_days": 365}
+    ),
+    ("GET", "/api/v1/teams/{slug}/deployments/{deployment_id}/completions"): Probe(params=_deployment_id),
+    ("POST", "/api/v1/teams/{slug}/deployments/{deployment_id}/completions/export"): Probe(params=_deployment_id),
+    "serving:deployment_rollback": Probe(params=_deployment_id),
+    "serving:deployment_stop_canary": Probe(params=_deployment_id),
+    "evals:gate": Probe(params=_deployment_id, body=lambda o: {"forgetting": "on"}),
+    "evals:gate_run": Probe(params=_deployment_id, body=lambda o: {"version": o.model_version.pk}),
+    ("POST", "/api/v1/teams/{slug}/deployments/{deployment_id}/promote"): Probe(
+        params=_deployment_id, body=_promote_body
+    ),
+    ("GET", "/api/v1/teams/{slug}/deployments/{deployment_id}/gate-check/{version_id}"): Probe(
+        params=lambda o: {**_deployment_id(o), "version_id": o.model_version.pk}
+    ),
+    ("POST", "/api/v1/teams/{slug}/deployments/{deployment_id}/rollback"): Probe(params=_deployment_id),
+    ("POST", "/api/v1/teams/{slug}/deployments/{deployment_id}/canary/stop"): Probe(params=_deployment_id),
+    ("GET", "/api/v1/teams/{slug}/deployments/{deployment_id}/releases"): Probe(params=_deployment_id),
+    ("GET", "/api/v1/teams/{slug}/deployments/{deployment_id}/gate"): Probe(params=_deployment_id),
+    ("PUT", "/api/v1/teams/{slug}/deployments/{deployment_id}/gate"): Probe(
+        params=_deployment_id, body=lambda o: {"forgetting": True}
+    ),
+    ("POST", "/api/v1/teams/{slug}/deployments/{deployment_id}/gate/runs"): Probe(
+        params=_deployment_id, body=lambda o: {"model_version": o.model_version.pk}
+    ),
     ("GET", "/api/v1/teams/{slug}/usage"): Probe(),
     "tools:list": Probe(),
     "tools:new_http": Probe(body=lambda o: http_tool_form(name="planted", url="https://attacker.example/{order_id}")),
@@ -388,6 +471,30 @@ SWEEP: dict[Route, Probe] = {
     "evals:suite_delete": Probe(params=_suite_id),
     "evals:run_new": Probe(params=_suite_id, body=lambda o: {"models": f"version:{o.model_version.pk}"}),
     "evals:run": Probe(params=_run_id),
+    "evals:policy": Probe(body=_policy_body),
+    "evals:forgetting_new": Probe(params=_model_version_id),
+    "evals:probe_sets": Probe(),
+    "evals:probe_set_new": Probe(body=_probe_set_form),
+    "evals:probe_set_default": Probe(),
+    "evals:probe_set": Probe(params=_probe_set_id),
+    "evals:probe_set_edit": Probe(params=_probe_set_id, body=_probe_set_form),
+    "evals:probe_set_delete": Probe(params=_probe_set_id),
+    "evals:probe_run_new": Probe(params=_probe_set_id, body=lambda o: {"model": f"version:{o.model_version.pk}"}),
+    "evals:probe_run": Probe(params=lambda o: {"run_id": o.probe_run.pk}),
+    ("GET", "/api/v1/teams/{slug}/evals-policy"): Probe(),
+    ("PUT", "/api/v1/teams/{slug}/evals-policy"): Probe(body=_policy_body),
+    ("GET", "/api/v1/teams/{slug}/model-versions/{version_id}/forgetting-checks"): Probe(params=_model_version_id),
+    ("POST", "/api/v1/teams/{slug}/model-versions/{version_id}/forgetting-checks"): Probe(params=_model_version_id),
+    ("GET", "/api/v1/teams/{slug}/probe-sets/"): Probe(),
+    ("POST", "/api/v1/teams/{slug}/probe-sets/"): Probe(body=_probe_set_body),
+    ("POST", "/api/v1/teams/{slug}/probe-sets/default"): Probe(),
+    ("GET", "/api/v1/teams/{slug}/probe-sets/{set_id}"): Probe(params=_probe_set_id),
+    ("PUT", "/api/v1/teams/{slug}/probe-sets/{set_id}"): Probe(params=_probe_set_id, body=_probe_set_body),
+    ("DELETE", "/api/v1/teams/{slug}/probe-sets/{set_id}"): Probe(params=_probe_set_id),
+    ("POST", "/api/v1/teams/{slug}/probe-sets/{set_id}/runs"): Probe(
+        params=_probe_set_id, body=lambda o: {"model": f"version:{o.model_version.pk}"}
+    ),
+    ("GET", "/api/v1/teams/{slug}/probe-runs/{run_id}"): Probe(params=lambda o: {"run_id": o.probe_run.pk}),
     ("GET", "/api/v1/teams/{slug}/eval-suites/"): Probe(),
     ("POST", "/api/v1/teams/{slug}/eval-suites/"): Probe(
         body=lambda o: {"name": "planted", "dataset_version": o.version.pk, "graders": [{"type": "exact_match"}]}
@@ -489,10 +596,24 @@ def make_team_objects(team: Team, owner: Any, member_user: Any) -> TeamObjects:
         team=team, suite=eval_suite, model_keys=[f"version:{model_version.pk}"], graders=eval_suite.graders,
         created_by=owner,
     )  # fmt: skip
+    probe_set = ProbeSet.objects.create(
+        team=team, name=f"{team.slug} probe", templates=["Describe {person}."], created_by=owner,
+        groups=[{"category": "gender", "group": "women", "terms": ["a woman"]},
+                {"category": "gender", "group": "men", "terms": ["a man"]}],
+    )  # fmt: skip
+    probe_run = ProbeRun.objects.create(
+        team=team, probe_set=probe_set, probe_set_name=probe_set.name, model_key=f"version:{model_version.pk}",
+        model_version=model_version, templates=probe_set.templates, groups=probe_set.groups, created_by=owner,
+    )  # fmt: skip
+    distillation = Distillation.objects.create(
+        team=team, name=f"{team.slug} distilled", teacher_key=f"version:{model_version.pk}",
+        teacher_label=str(model_version), prompts=version, created_by=owner,
+    )  # fmt: skip
     return TeamObjects(
         team=team, member=membership, invitation=invitation, key=key, version=version, model=model, job=job,
         model_version=model_version, deployment=deployment, comparison=comparison, preset=preset, battle=battle,
         tool=tool, grant=grant, approval=approval, mcp_server=mcp_server, eval_suite=eval_suite, eval_run=eval_run,
+        probe_set=probe_set, probe_run=probe_run, distillation=distillation,
     )  # fmt: skip
 
 
@@ -510,6 +631,8 @@ def placeholder_objects() -> TeamObjects:
         battle=ArenaBattle(pk=1, team=team), tool=Tool(pk=1, team=team), grant=ToolGrant(pk=1, team=team),
         approval=ToolApproval(pk=1, team=team), mcp_server=McpServer(pk=1, team=team),
         eval_suite=EvalSuite(pk=1, team=team), eval_run=EvalRun(pk=1, team=team),
+        probe_set=ProbeSet(pk=1, team=team), probe_run=ProbeRun(pk=1, team=team),
+        distillation=Distillation(pk=1, team=team),
     )  # fmt: skip
 
 

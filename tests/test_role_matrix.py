@@ -24,10 +24,13 @@ from accounts.models import Invitation, Membership, Team, TeamAPIKey
 from accounts.permissions import resolve_access
 from accounts.roles import ROLE_PERMISSIONS, Perm, Role
 from datasets_app.models import Dataset, DatasetVersion
-from evals_app.models import EvalRun, EvalSuite
+from evals_app import gates
+from evals_app.models import Distillation, EvalRun, EvalsPolicy, EvalSuite, ForgettingCheck, ProbeSet, Retrain
+from serving_app import deployments, releases
 from serving_app.models import ArenaBattle, Deployment, PlaygroundVote, PromptPreset
 from tests.factories import finished_job, http_tool_form, member, sample_tool, sample_version, starter_like_base_model
 from tests.routes import page_team_routes, team_state
+from tests.test_maintenance import next_version
 from tools_app import services as tool_services
 from tools_app.models import McpServer, Tool, ToolApproval, ToolGrant
 from training_app import presets
@@ -61,6 +64,11 @@ class Scene:
     approval: ToolApproval  # a call of ``tool`` asked for by ``target`` (a viewer), waiting for approval
     suite: EvalSuite  # an eval suite on ``version``
     eval_run: EvalRun  # a queued run of ``suite`` on ``base_model``
+    candidate: ModelVersion  # a second version, never published
+    gated: Deployment  # serves ``model_version`` and requires ``suite`` (never run on ``candidate``)
+    canaried: Deployment  # serves ``candidate`` (promoted from ``model_version``), ``model_version`` as a 10 % canary
+    distillation: Distillation  # ``base_model`` taught ``version`` (its students: the versions trained on it)
+    newer_data: DatasetVersion  # version 2 of ``version``'s dataset: what ``deployment`` can be retrained on
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +132,18 @@ def scenes(module_db: Any, module_media_root: Path) -> dict[str, Scene]:
         shared["eval_run"] = EvalRun.objects.create(
             team=acme, suite=shared["suite"], model_keys=[f"base:{base_model.pk}"], graders=shared["suite"].graders,
             created_by=alice,
+        )  # fmt: skip
+        shared["candidate"] = finished_job(acme, alice, base_model, version, name="candidate")[1]
+        shared["gated"] = deployments.create_deployment(access=owner, name="gated-bot", version=model_version)
+        gates.set_gate(access=owner, deployment=shared["gated"], suites=[(shared["suite"].pk, 0.9)])
+        canaried = deployments.create_deployment(access=owner, name="canary-bot", version=model_version)
+        releases.promote(access=owner, deployment=canaried, version=shared["candidate"])
+        releases.promote(access=owner, deployment=canaried, version=model_version, canary_share=10)
+        shared["canaried"] = canaried
+        shared["newer_data"] = next_version(version)
+        shared["distillation"] = Distillation.objects.create(
+            team=acme, name="matrix distilled", teacher_key=f"base:{base_model.pk}", teacher_label=base_model.name,
+            prompts=version, output=version, status=Distillation.Status.SUCCEEDED, created_by=alice,
         )  # fmt: skip
         return {role: Scene(actor=actor, own_job=own_jobs[role], **shared) for role, actor in actors.items()}
 
@@ -253,6 +273,40 @@ def suite_body(scene: Scene) -> dict[str, Any]:
 
 def suite_id(scene: Scene) -> int:
     return scene.suite.pk
+
+
+def distill_body(scene: Scene) -> dict[str, Any]:
+    return {"name": "taught by the matrix", "teacher": f"base:{scene.base_model.pk}", "prompts": scene.version.pk}
+
+
+def serving(deployment: Deployment) -> tuple[int, int | None]:
+    """What ``deployment`` serves now: its version's id and its canary's."""
+    return (
+        Deployment.objects.for_team(deployment.team)
+        .values_list("model_version_id", "canary_version_id")
+        .get(pk=deployment.pk)
+    )
+
+
+def gate_run_started(scene: Scene) -> bool:
+    runs = EvalRun.objects.for_team(scene.team).filter(suite=scene.suite)
+    return any(f"version:{scene.candidate.pk}" in run.model_keys for run in runs)
+
+
+def probe_set_form(scene: Scene) -> dict[str, Any]:
+    return {
+        "name": "matrix",
+        "templates": "Describe {person}.",
+        "groups": "gender / women: a woman\ngender / men: a man",
+    }
+
+
+def probe_set_body(scene: Scene) -> dict[str, Any]:
+    groups = [
+        {"category": "gender", "group": name, "terms": [term]}
+        for name, term in (("women", "a woman"), ("men", "a man"))
+    ]
+    return {"name": "matrix", "templates": ["Describe {person}."], "groups": groups}
 
 
 def eval_run_started(scene: Scene) -> bool:
@@ -501,6 +555,139 @@ ACTIONS: dict[str, Action] = {
         api_call("GET", "eval-runs/{s.eval_run.pk}"),
     ),
     "list_eval_results": Action(Perm.VIEW_TEAM, None, api_call("GET", "eval-runs/{s.eval_run.pk}/results")),
+    "view_quality_limits": Action(Perm.VIEW_TEAM, page_get("evals:policy"), api_call("GET", "evals-policy")),
+    "change_quality_limits": Action(
+        Perm.CHANGE_TEAM,
+        page_post(
+            "evals:policy", lambda s: {"max_perplexity_increase": 10, "max_pass_rate_drop": 5, "max_bias_gap": 0.15}
+        ),
+        api_call(
+            "PUT",
+            "evals-policy",
+            lambda s: {"max_perplexity_increase": 0.1, "max_pass_rate_drop": 0.05, "max_bias_gap": 0.15},
+        ),
+        done=lambda s: EvalsPolicy.objects.for_team(s.team).filter(max_bias_gap=0.15).exists(),
+    ),
+    "check_forgetting": Action(
+        Perm.RUN_EVALS,
+        page_post("evals:forgetting_new", no_data, version_id=lambda s: s.model_version.pk),
+        api_call("POST", "model-versions/{s.model_version.pk}/forgetting-checks"),
+        done=lambda s: ForgettingCheck.objects.for_team(s.team).filter(model_version=s.model_version).exists(),
+    ),
+    "list_forgetting_checks": Action(
+        Perm.VIEW_TEAM, None, api_call("GET", "model-versions/{s.model_version.pk}/forgetting-checks")
+    ),
+    "list_probe_sets": Action(Perm.VIEW_TEAM, page_get("evals:probe_sets"), api_call("GET", "probe-sets/")),
+    "add_default_probe_set": Action(
+        Perm.RUN_EVALS,
+        page_post("evals:probe_set_default", no_data),
+        api_call("POST", "probe-sets/default"),
+        done=lambda s: ProbeSet.objects.for_team(s.team).exists(),
+    ),
+    "create_probe_set": Action(
+        Perm.RUN_EVALS,
+        page_post("evals:probe_set_new", probe_set_form),
+        api_call("POST", "probe-sets/", probe_set_body),
+        done=lambda s: ProbeSet.objects.for_team(s.team).filter(name="matrix").exists(),
+    ),
+    "promote_version": Action(
+        Perm.MANAGE_DEPLOYMENTS,
+        page_post(
+            "serving:deployment_promote",
+            lambda s: {"model_version": s.candidate.pk, "canary_share": 0},
+            deployment_id=lambda s: s.deployment.pk,
+        ),
+        api_call("POST", "deployments/{s.deployment.pk}/promote", lambda s: {"model_version": s.candidate.pk}),
+        done=lambda s: serving(s.deployment) == (s.candidate.pk, None),
+    ),
+    "override_gate": Action(
+        Perm.OVERRIDE_GATES,
+        None,  # the page's form has no reason field for those who may not override
+        api_call(
+            "POST",
+            "deployments/{s.gated.pk}/promote",
+            lambda s: {"model_version": s.candidate.pk, "override_reason": "the matrix says so"},
+        ),
+        done=lambda s: serving(s.gated) == (s.candidate.pk, None),
+    ),
+    "roll_back": Action(
+        Perm.MANAGE_DEPLOYMENTS,
+        page_post("serving:deployment_rollback", no_data, deployment_id=lambda s: s.canaried.pk),
+        api_call("POST", "deployments/{s.canaried.pk}/rollback"),
+        done=lambda s: serving(s.canaried) == (s.model_version.pk, None),
+    ),
+    "stop_canary": Action(
+        Perm.MANAGE_DEPLOYMENTS,
+        page_post("serving:deployment_stop_canary", no_data, deployment_id=lambda s: s.canaried.pk),
+        api_call("POST", "deployments/{s.canaried.pk}/canary/stop"),
+        done=lambda s: serving(s.canaried) == (s.candidate.pk, None),
+    ),
+    "read_releases": Action(Perm.VIEW_TEAM, None, api_call("GET", "deployments/{s.canaried.pk}/releases")),
+    "check_gate": Action(Perm.VIEW_TEAM, None, api_call("GET", "deployments/{s.gated.pk}/gate-check/{s.candidate.pk}")),
+    "read_gate": Action(Perm.VIEW_TEAM, None, api_call("GET", "deployments/{s.gated.pk}/gate")),
+    "open_gate_form": Action(Perm.MANAGE_DEPLOYMENTS, page_get("evals:gate", deployment_id=lambda s: s.gated.pk), None),
+    "set_gate": Action(
+        Perm.MANAGE_DEPLOYMENTS,
+        page_post("evals:gate", lambda s: {"forgetting": "on"}, deployment_id=lambda s: s.gated.pk),
+        api_call("PUT", "deployments/{s.gated.pk}/gate", lambda s: {"forgetting": True}),
+        done=lambda s: Deployment.objects.for_team(s.team).get(pk=s.gated.pk).gate == {"forgetting": True},
+    ),
+    "set_completion_storage": Action(
+        Perm.MANAGE_DEPLOYMENTS,
+        page_post(
+            "serving:deployment_completions",
+            lambda s: {"store": "on", "retention_days": 9},
+            deployment_id=lambda s: s.deployment.pk,
+        ),
+        api_call(
+            "PUT", "deployments/{s.deployment.pk}/completions/storage", lambda s: {"store": True, "retention_days": 9}
+        ),
+        done=lambda s: Deployment.objects.for_team(s.team).get(pk=s.deployment.pk).completion_retention_days == 9,
+    ),
+    "read_stored_completions": Action(
+        Perm.MANAGE_DEPLOYMENTS, None, api_call("GET", "deployments/{s.deployment.pk}/completions")
+    ),
+    "list_distillations": Action(Perm.VIEW_TEAM, page_get("evals:distillations"), api_call("GET", "distillations")),
+    "view_distillation": Action(
+        Perm.VIEW_TEAM,
+        page_get("evals:distillation", distillation_id=lambda s: s.distillation.pk),
+        api_call("GET", "distillations/{s.distillation.pk}"),
+    ),
+    "start_distillation": Action(
+        Perm.RUN_EVALS,
+        page_post("evals:distillations", lambda s: {**distill_body(s), "redact_pii": "on"}),
+        api_call("POST", "distillations", distill_body),
+        done=lambda s: Distillation.objects.for_team(s.team).filter(name="taught by the matrix").exists(),
+    ),
+    "compare_distillation": Action(
+        Perm.RUN_EVALS,
+        page_post(
+            "evals:distillation_compare", lambda s: {"suite": s.suite.pk}, distillation_id=lambda s: s.distillation.pk
+        ),
+        api_call("POST", "distillations/{s.distillation.pk}/compare", lambda s: {"suite": s.suite.pk}),
+        done=lambda s: EvalRun.objects.for_team(s.team).filter(suite=s.suite).exclude(pk=s.eval_run.pk).exists(),
+    ),
+    "retrain": Action(
+        Perm.LAUNCH_TRAINING,
+        page_post(
+            "evals:retrain", lambda s: {"dataset_version": s.newer_data.pk}, deployment_id=lambda s: s.deployment.pk
+        ),
+        api_call("POST", "deployments/{s.deployment.pk}/retrains", lambda s: {"dataset_version": s.newer_data.pk}),
+        done=lambda s: Retrain.objects.for_team(s.team).filter(deployment=s.deployment).exists(),
+    ),
+    "schedule_retraining": Action(
+        Perm.MANAGE_DEPLOYMENTS,
+        page_post("evals:retrain_schedule", lambda s: {"enabled": "on"}, deployment_id=lambda s: s.deployment.pk),
+        api_call("PUT", "deployments/{s.deployment.pk}/retrain-schedule", lambda s: {"enabled": True}),
+        done=lambda s: Deployment.objects.for_team(s.team).get(pk=s.deployment.pk).retrain_on_new_data,
+    ),
+    "list_retrains": Action(Perm.VIEW_TEAM, None, api_call("GET", "deployments/{s.deployment.pk}/retrains")),
+    "run_gate_suites": Action(
+        Perm.RUN_EVALS,
+        page_post("evals:gate_run", lambda s: {"version": s.candidate.pk}, deployment_id=lambda s: s.gated.pk),
+        api_call("POST", "deployments/{s.gated.pk}/gate/runs", lambda s: {"model_version": s.candidate.pk}),
+        done=gate_run_started,
+    ),
 }
 
 # The matrix as documented (README, "Roles"), written out by hand: True = allowed.
@@ -564,6 +751,32 @@ DOCUMENTED_MATRIX: dict[str, tuple[bool, bool, bool, bool]] = {
     "run_eval_suite": (True, True, True, False),
     "view_eval_run": (True, True, True, True),
     "list_eval_results": (True, True, True, True),
+    "view_quality_limits": (True, True, True, True),
+    "change_quality_limits": (True, True, False, False),
+    "check_forgetting": (True, True, True, False),
+    "list_forgetting_checks": (True, True, True, True),
+    "list_probe_sets": (True, True, True, True),
+    "add_default_probe_set": (True, True, True, False),
+    "create_probe_set": (True, True, True, False),
+    "promote_version": (True, True, False, False),
+    "override_gate": (True, False, False, False),
+    "roll_back": (True, True, False, False),
+    "stop_canary": (True, True, False, False),
+    "read_releases": (True, True, True, True),
+    "check_gate": (True, True, True, True),
+    "read_gate": (True, True, True, True),
+    "open_gate_form": (True, True, False, False),
+    "set_gate": (True, True, False, False),
+    "run_gate_suites": (True, True, True, False),
+    "set_completion_storage": (True, True, False, False),
+    "read_stored_completions": (True, True, False, False),
+    "list_distillations": (True, True, True, True),
+    "view_distillation": (True, True, True, True),
+    "start_distillation": (True, True, True, False),
+    "compare_distillation": (True, True, True, False),
+    "retrain": (True, True, True, False),
+    "schedule_retraining": (True, True, False, False),
+    "list_retrains": (True, True, True, True),
 }
 
 

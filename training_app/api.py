@@ -87,7 +87,8 @@ class ChoiceOut(Schema):
 class SettingOut(Schema):
     key: str = Field(description="Flat key to send in ``settings`` (dotted for LoRA's: ``lora.rank``).")
     kind: str = Field(
-        description="int, float, bool, choice, text, json, optional_int or optional_float (null allowed)."
+        description="int, float, bool, choice, text, json (an object), json_list (a list: GRPO's rewards), "
+        "optional_int or optional_float (null allowed)."
     )
     default: Any
     label: str
@@ -658,11 +659,12 @@ def download_model_version(
 
 @router.delete(
     "teams/{slug}/model-versions/{version_id}",
-    response={204: None, 403: Error, 404: Error},
+    response={204: None, 400: Error, 403: Error, 404: Error},
     summary="Delete a model version",
 )
 def delete_model_version(request: HttpRequest, slug: str, version_id: ObjectId) -> Status:
-    """Delete the model version and its files (owners and admins; an audit tombstone remains)."""
+    """Delete the model version and its files (owners and admins; an audit tombstone remains). 400 while a
+    deployment serves it, as its version or its canary: remove it from the deployments first."""
     access = team_access(request, slug)
     registry.delete_version(access=access, version=_model_version(access, version_id), ip=client_ip(request))
     return Status(204, None)

@@ -45,6 +45,13 @@ activations
     (n·h × the residual stream's bytes) and recomputes one layer at a time during backward, after the head's
     backward: the peak counts the larger of the two. DPO puts chosen and rejected answers through the model
     together (2·b sequences); a full-fine-tune DPO also holds a frozen reference copy of the weights.
+GRPO (reinforcement)
+    The micro-batch counts sampled answers: b sequences of the prompt (the rows' mean length, at most s)
+    plus ``max_completion_length`` tokens. Before the forward and backward passes it samples
+    ``num_generations`` answers to each prompt of a generation batch (b × accumulation sequences at once),
+    whose key/value cache is 2·L·kv·a bytes per token (``generation``; counted beside the activations, a
+    little above the true peak, as sampling ends before backward starts). With a KL term (beta > 0) a full
+    fine-tune holds a frozen reference copy of the weights (adapters switch the adapter off instead).
 logits and loss
     The engine's TRL trainers score the head in tiles without materializing n × V logits (TRL's
     ``ChunkedLogProbFunction``): a projection buffer of min(n, 4096) × 32768 in the compute dtype (its
@@ -70,7 +77,9 @@ steps = ceil(epochs × ceil(micro-batches / accumulation)), or ``max_steps``. Wi
 first packed into min(tokens, rows·s) / s sequences of s tokens. Tokens per micro-batch: b·s with packing,
 else b × the mean tokens per row capped at s. FLOPs per token: 6·N for a full fine-tune, 4·N for
 LoRA/QLoRA (frozen weights need no weight gradient; PERF.md), plus causal attention 6·L·q·s (QKᵀ and AV,
-forward and backward); DPO adds the reference model's forward (2·N). Seconds = tokens × FLOPs per token /
+forward and backward); DPO adds the reference model's forward (2·N). GRPO trains on num_generations answers
+per prompt (sequences = rows × num_generations, each prompt + answer long) and adds sampling (2·N per token)
+and, with a KL term, the reference model's forward (2·N). Seconds = tokens × FLOPs per token /
 (d × FLOP/s per device), the FLOP/s being the median achieved by the team's finished runs on the pool
 (``achieved_flops_per_second``) or else the pool's peak × its assumed efficiency. GPU-hours = seconds /
 3600 × d (a CPU pool reports device-hours too), cost = GPU-hours × the price per GPU-hour.
@@ -377,14 +386,17 @@ def trainable_parameters(shape: ModelShape, method: str, lora: dict[str, Any]) -
     return shape.layers * sum(rank * sum(shapes[name]) for name in target_modules(lora))
 
 
-def flops_per_token(shape: ModelShape, method: str, sequence_length: float | None, *, stage: str = "sft") -> float:
+def flops_per_token(
+    shape: ModelShape, method: str, sequence_length: float | None, *, stage: str = "sft", kl_reference: bool = False
+) -> float:
     """Training FLOPs per token: 6·N full, 4·N adapters (PERF.md), + causal attention 6·L·q·s, + DPO's
     reference forward 2·N, or KTO's 6·N (the reference on the answer, and the policy and the reference on the
-    mismatched answer its KL term reads, all without gradients). ``sequence_length`` None leaves the attention
-    term out."""
+    mismatched answer its KL term reads, all without gradients), or GRPO's sampling 2·N (+ 2·N for the
+    reference forward with ``kl_reference``). ``sequence_length`` None leaves the attention term out."""
     dense = (6 if method == "full" else 4) * shape.parameter_count
     attention = 6 * shape.layers * shape.query_width * (sequence_length or 0)
-    reference = {"dpo": 2, "kto": 6}.get(stage, 0) * shape.parameter_count
+    grpo = 2 + (2 if kl_reference else 0)
+    reference = {"dpo": 2, "kto": 6, "grpo": grpo}.get(stage, 0) * shape.parameter_count
     return float(dense + attention + reference)
 
 
@@ -432,6 +444,7 @@ def estimate_memory(
     casts = 2.0 * shape.linear_parameters() if run.autocast_casts else 0.0
     casts /= run.zero3_divisor
     buffers = _buffers(run)
+    generation = _generation_cache(run)
     runtime = CUDA_RUNTIME_BYTES if run.cuda else CPU_RUNTIME_BYTES
 
     notes: list[str] = []
@@ -456,6 +469,8 @@ def estimate_memory(
             f"The peak comes at the start of the backward pass; the gradients ({units.memory(state['gradients'])}) "
             "replace the activations as it proceeds, so they are not added."
         )
+    if generation:
+        parts["generation"] = generation
     parts.update(buffers=buffers, runtime=runtime)
     if run.offload:
         notes.append(
@@ -492,7 +507,8 @@ class _Run:
     kbit_fp32: bool  # prepare_model_for_kbit_training: non-quantized weights and the residual stream in fp32
     autocast_casts: bool
     trainable: int
-    dpo: bool  # a preference stage (DPO or KTO): a frozen reference model beside a full fine-tune
+    dpo: bool  # a frozen reference model beside a full fine-tune: DPO, KTO, and GRPO with a KL term
+    generation_sequences: int  # GRPO: answers sampled at once (0 for other goals)
 
     @property
     def tokens(self) -> int:
@@ -531,6 +547,11 @@ class _Run:
         fp32_adapters = adapters and (hf or (method != "qlora" and stage != 3))
         adapter = 4 if fp32_adapters else int(frozen)
         sequence = min(int(config.get("max_seq_length", 512)), shape.context_length or 10**9)
+        grpo = config.get("stage") == "grpo"
+        if grpo:  # the prompt (the rows' mean length, at most the sequence length) plus the sampled answer
+            prompt = min(sequence, math.ceil(tokens_per_row)) if tokens_per_row else sequence
+            completion = int(config.get("max_completion_length", 64))
+            sequence = min(prompt + completion, shape.context_length or 10**9)
         packing = bool(config.get("packing"))
         padded = not packing and (tokens_per_row is None or tokens_per_row < sequence)
         batch = int(config.get("per_device_batch_size", 4))
@@ -560,7 +581,8 @@ class _Run:
             kbit_fp32=kbit_fp32,
             autocast_casts=method == "full" and mixed and not stage,
             trainable=trainable_parameters(shape, method, lora),
-            dpo=config.get("stage") in ("dpo", "kto"),
+            dpo=config.get("stage") in ("dpo", "kto") or (grpo and float(config.get("grpo_beta", 0.04)) > 0),
+            generation_sequences=batch * int(config.get("gradient_accumulation", 1)) if grpo else 0,
         )
 
 
@@ -660,6 +682,14 @@ def _head(run: _Run) -> float:
     return tiles + states + (head_gradient if head_trainable else 0.0)
 
 
+def _generation_cache(run: _Run) -> float:
+    """GRPO's key/value cache while sampling a generation batch: 2·L·kv·a bytes per token of each answer."""
+    if not run.generation_sequences:
+        return 0.0
+    shape = run.shape
+    return 2.0 * shape.layers * shape.kv_width * run.activation_bytes * run.generation_sequences * run.sequence
+
+
 def _buffers(run: _Run) -> float:
     """Communication buffers: DDP's gradient buckets, ZeRO's reduce bucket (hidden² elements)."""
     if run.zero_stage:
@@ -720,7 +750,10 @@ def estimate(
     else:
         speed = pool.peak_flops * pool.efficiency
         source = f"assumed {pool.efficiency:.0%} of peak ({pool.peak_flops / 1e12:g} TFLOP/s per {pool.device_word})"
-    per_token = flops_per_token(shape, method, tokens_per_sequence, stage=str(config.get("stage", "sft")))
+    kl_reference = float(config.get("grpo_beta", 0.04)) > 0
+    per_token = flops_per_token(
+        shape, method, tokens_per_sequence, stage=str(config.get("stage", "sft")), kl_reference=kl_reference
+    )
     work = tokens_to_train * per_token / pool.devices  # FLOPs per device
 
     def time_at(flops_per_second: float) -> float:
@@ -773,6 +806,12 @@ def _schedule(config: dict[str, Any], pool: Pool, rows: int, tokens: int, sequen
     accumulation = max(1, int(config.get("gradient_accumulation", 1)))
     devices = max(1, pool.devices)
     epoch_tokens = min(tokens, rows * sequence) if rows else 0
+    if config.get("stage") == "grpo" and rows:
+        # Each prompt is answered num_generations times; an answer is its prompt plus up to the completion.
+        answers = max(2, int(config.get("num_generations", 4)))
+        per_answer = min(epoch_tokens / rows, sequence) + int(config.get("max_completion_length", 64))
+        rows *= answers
+        epoch_tokens = int(rows * per_answer)
     if config.get("packing") and rows:
         sequences, per_sequence = max(1, math.ceil(epoch_tokens / sequence)), float(sequence)
     else:

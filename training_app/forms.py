@@ -7,6 +7,7 @@ next to the right field.
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
@@ -16,10 +17,15 @@ from django.db.models import QuerySet
 
 from datasets_app.models import DatasetVersion
 from training_app import estimator, presets
+from training_app.engine import rewards
 from training_app.models import BaseModel
 
-# The settings shown at the top of the form; every other one is under "Advanced".
+# The settings shown at the top of the form; every other one is under "Advanced", except the goal's own
+# group (GRPO's rewards and sampling), which has a card of its own shown when that goal is chosen.
 MAIN_SETTINGS = ("stage",)
+GOAL_GROUPS = {presets.REINFORCEMENT: "grpo"}
+JSON_KINDS = {"json": (dict, "must be a JSON object ({…}) with DeepSpeed's settings"),
+              "json_list": (list, "must be a JSON list ([…]) of reward specs")}  # fmt: skip
 
 
 def field_name(key: str) -> str:
@@ -87,6 +93,9 @@ def setting_field(setting: presets.Setting) -> forms.Field:
     if setting.kind == "json":
         textarea = forms.Textarea(attrs={"rows": 6, "class": "mono", "placeholder": '{"zero_optimization": {…}}'})
         return forms.CharField(**common, widget=textarea, strip=True)
+    if setting.kind == "json_list":
+        textarea = forms.Textarea(attrs={"rows": 5, "class": "mono", "placeholder": rewards.EXAMPLE})
+        return forms.CharField(**common, widget=textarea, strip=True)
     return forms.CharField(**common, max_length=500)
 
 
@@ -134,22 +143,26 @@ class JobForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
-        raw = cleaned.get(field_name("deepspeed_custom"))
-        if raw:
-            try:
-                parsed = json.loads(raw)
-            except json.JSONDecodeError as error:
-                self.add_error(field_name("deepspeed_custom"), f"not valid JSON: {error}")
-            else:
-                if isinstance(parsed, dict):
-                    cleaned[field_name("deepspeed_custom")] = parsed
-                else:
-                    self.add_error(
-                        field_name("deepspeed_custom"), "must be a JSON object ({…}) with DeepSpeed's settings"
-                    )
-        else:
-            cleaned[field_name("deepspeed_custom")] = None
+        for setting in presets.SETTINGS:
+            if setting.kind in JSON_KINDS:
+                name = field_name(setting.key)
+                cleaned[name] = self._parsed_json(name, cleaned.get(name), setting)
         return cleaned
+
+    def _parsed_json(self, name: str, raw: Any, setting: presets.Setting) -> Any:
+        """A JSON setting's text parsed (empty: its default); a field error when it is not JSON of its shape."""
+        if not raw:
+            return copy.deepcopy(setting.default)
+        shape, problem = JSON_KINDS[setting.kind]
+        try:
+            parsed = json.loads(raw)
+        except json.JSONDecodeError as error:
+            self.add_error(name, f"not valid JSON: {error}")
+            return None
+        if not isinstance(parsed, shape):
+            self.add_error(name, problem)
+            return None
+        return parsed
 
     def setting_values(self) -> dict[str, Any]:
         """The cleaned run settings as ``check_settings``/``create_job`` take them (flat, dotted keys)."""
@@ -165,10 +178,22 @@ class JobForm(forms.Form):
         """The "Advanced" settings by group, in the settings table's order: (field, its default shown)."""
         grouped: dict[str, list[tuple[forms.BoundField, str]]] = {}
         for setting in presets.SETTINGS:
-            if setting.key not in MAIN_SETTINGS:
+            if setting.key not in MAIN_SETTINGS and setting.group not in GOAL_GROUPS:
                 bound = self[field_name(setting.key)]
                 grouped.setdefault(setting.group, []).append((bound, default_text(setting)))
         return list(grouped.items())
+
+    def goal_fields(self, group: str) -> list[tuple[forms.BoundField, str]]:
+        """The settings of one goal's own card (``GOAL_GROUPS``): (field, its default shown)."""
+        return [
+            (self[field_name(setting.key)], default_text(setting))
+            for setting in presets.SETTINGS
+            if setting.group == group
+        ]
+
+    def reinforcement_fields(self) -> list[tuple[forms.BoundField, str]]:
+        """GRPO's rewards and sampling settings, for the card shown with the Reinforcement goal."""
+        return self.goal_fields(presets.REINFORCEMENT)
 
     def advanced_has_errors(self) -> bool:
         return any(field.errors for _, fields in self.groups() for field, _ in fields)
@@ -176,7 +201,7 @@ class JobForm(forms.Form):
 
 def default_text(setting: presets.Setting) -> str:
     """A setting's default as the form states it next to the help text."""
-    if setting.default is None:
+    if setting.default is None or setting.default == []:
         return "empty"
     if isinstance(setting.default, bool):
         return "on" if setting.default else "off"
@@ -195,7 +220,7 @@ def initial_values(values: dict[str, Any]) -> dict[str, Any]:
     for key, value in values.items():
         if key not in presets.SETTINGS_BY_KEY:
             continue
-        if presets.SETTINGS_BY_KEY[key].kind == "json":
+        if presets.SETTINGS_BY_KEY[key].kind in JSON_KINDS:
             value = json.dumps(value, indent=2) if value else ""
         elif isinstance(value, list):
             value = ", ".join(str(item) for item in value)

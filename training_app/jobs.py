@@ -34,6 +34,7 @@ from datasets_app import services as dataset_services
 from datasets_app.models import DatasetVersion
 from training_app import estimator, presets
 from training_app.engine.config import CONVERSATION_KINDS, ConfigError, RunConfig
+from training_app.engine.rewards import reward_problem
 from training_app.models import ACTIVE_STATUSES, BaseModel, JobMetric, JobStatus, ModelVersion, TrainingJob
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,11 @@ def check_settings(
         )
 
     trainer_fields = {key: value for key, value in config.items() if key != "eval_split"}
+    reward_specs = config.get("rewards")
+    if not isinstance(reward_specs, list) or not all(isinstance(spec, dict) for spec in reward_specs):
+        # The trainer would only say "wrong type"; say what a rewards list looks like instead.
+        errors["rewards"] = reward_problem(reward_specs) or "give a JSON list of reward specs"
+        trainer_fields.pop("rewards", None)
     candidate = {
         **trainer_fields,
         "model_path": base_model.path if base_model else "-",
@@ -281,6 +287,7 @@ def create_job(
             pool=pool,
             stage=config["stage"],
             method=config["method"],
+            rewards=[spec.get("type") for spec in config["rewards"]] if config["stage"] == "grpo" else None,
         )
         transaction.on_commit(lambda: dispatch(job.pk))
     return job
@@ -451,7 +458,7 @@ def visible_jobs(access: TeamAccess) -> QuerySet[TrainingJob]:
 
 # ---- metrics --------------------------------------------------------------------------------------------
 
-SERIES = ("loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_second", "memory_bytes")
+SERIES = ("loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_second", "memory_bytes", "reward")
 
 
 def metric_series(job: TrainingJob, *, names: tuple[str, ...] = SERIES) -> dict[str, list[tuple[int, float]]]:
@@ -462,6 +469,28 @@ def metric_series(job: TrainingJob, *, names: tuple[str, ...] = SERIES) -> dict[
             value = values.get(name)
             if isinstance(value, int | float) and not isinstance(value, bool):
                 by_step[name][step] = float(value)
+    return {name: sorted(points.items()) for name, points in by_step.items()}
+
+
+REWARD_PREFIX = "rewards/"
+
+
+def reward_series(job: TrainingJob) -> dict[str, list[tuple[int, float]]]:
+    """A reinforcement job's rewards by step: the weighted mean of all its rewards ("mean reward"), and each
+    reward's own mean (TRL logs ``rewards/<name>/mean``) when there are several. Empty for other goals."""
+    by_step: dict[str, dict[int, float]] = {}
+    for step, values in JobMetric.objects.filter(job=job).order_by("seq").values_list("step", "values"):
+        for key, value in values.items():
+            if key == "reward":
+                name = "mean reward"
+            elif key.startswith(REWARD_PREFIX) and key.endswith("/mean"):
+                name = key.removeprefix(REWARD_PREFIX).removesuffix("/mean")
+            else:
+                continue
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                by_step.setdefault(name, {})[step] = float(value)
+    if len(by_step) == 2:  # one reward: its mean is the mean reward
+        by_step = {"mean reward": by_step["mean reward"]} if "mean reward" in by_step else by_step
     return {name: sorted(points.items()) for name, points in by_step.items()}
 
 

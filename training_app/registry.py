@@ -24,6 +24,7 @@ from accounts import audit
 from accounts.models import Team
 from accounts.permissions import TeamAccess, require_object_action, visible_objects
 from accounts.roles import Perm
+from training_app.engine import rewards
 from training_app.models import ModelVersion, TrainingJob
 
 # Result fields copied onto the model version (the card and the registry list show them).
@@ -36,6 +37,8 @@ METRIC_FIELDS = (
     "eval_loss_after",
     "perplexity_before",
     "perplexity_after",
+    "reward_first",
+    "reward_last",
     "trainable_parameters",
     "total_parameters",
     "tokens_seen",
@@ -119,7 +122,13 @@ def model_card(version: ModelVersion) -> str:
     ``render_to_string`` would mark that text safe for HTML, which it is not: it is handed back as a
     plain ``str``, and a page that shows it escapes it like any other member-written text.
     """
-    rendered = render_to_string("training/model_card.md", {"version": version, "lineage": version.lineage})
+    config = version.lineage.get("config") or {}
+    context = {
+        "version": version,
+        "lineage": version.lineage,
+        "rewards": rewards.describe(config.get("rewards")) if config.get("stage") == "grpo" else [],
+    }
+    rendered = render_to_string("training/model_card.md", context)
     return str.__str__(rendered)  # a plain str copy, without SafeString's "already escaped" mark
 
 
@@ -176,8 +185,11 @@ def delete_version(*, access: TeamAccess, version: ModelVersion, ip: str | None 
 
 
 def deployment_names(version: ModelVersion) -> list[str]:
-    """The names of the deployments that serve ``version`` (the serving app's reverse relation)."""
-    return sorted(version.deployments.for_team(version.team).values_list("name", flat=True))
+    """The names of the deployments that serve ``version``, as their version or as their canary (the serving app's
+    reverse relations)."""
+    serving = set(version.deployments.for_team(version.team).values_list("name", flat=True))
+    serving |= set(version.canary_deployments.for_team(version.team).values_list("name", flat=True))
+    return sorted(serving)
 
 
 def _remove(folders: list[Path]) -> None:

@@ -19,9 +19,10 @@ from django.db.models import QuerySet
 from accounts import audit
 from accounts.models import Team
 from accounts.permissions import TeamAccess
+from datasets_app.models import DatasetVersion
 from training_app.engine.inspection import UnsafeModel, inspect_model
 from training_app.jobs import usable_base_models, visible_jobs
-from training_app.models import BaseModel
+from training_app.models import BaseModel, TrainingJob
 from training_app.registry import versions_trained_on, visible_versions
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "available_models",
     "models_dir",
     "register_model_folder",
+    "retrain",
     "usable_base_models",
     "versions_trained_on",
     "visible_jobs",
@@ -79,3 +81,20 @@ def register_model_folder(
 def available_models(access: TeamAccess) -> QuerySet[BaseModel]:
     """Base models the team can fine-tune: its own and the operator's (starter model included)."""
     return BaseModel.objects.available_to(access.team)
+
+
+def retrain(
+    *, access: TeamAccess, job: TrainingJob, dataset_version: DatasetVersion, ip: str | None = None
+) -> TrainingJob:
+    """Run a finished ``job``'s settings again on ``dataset_version`` (a newer version of its data): what
+    "Retrain on the new version" starts. The new job is an ordinary one, cloned from ``job`` (its lineage says so),
+    validated and estimated like any launch. Raises ``ValidationError`` naming the field to fix."""
+    from training_app.jobs import clone_values, create_job
+
+    if job.team_id != access.team.pk:
+        raise ValidationError({"job": "That job does not belong to this team."})
+    name = f"{job.name[:100]} (retrained on v{dataset_version.number})"
+    return create_job(
+        access=access, name=name, base_model=job.base_model, dataset_version=dataset_version, pool=job.pool,
+        values=clone_values(job), cloned_from=job, ip=ip,
+    )  # fmt: skip

@@ -27,10 +27,12 @@ from accounts.views import apply_share_form, sharing_panel
 from datasets_app import services as dataset_services
 from datasets_app.models import DatasetVersion
 from training_app import hub, jobs, presets, registry, services
+from training_app.engine import graders, rewards
 from training_app.engine.config import STAGE_KINDS, stage_for_kind
 from training_app.engine.reporting import readable_log
 from training_app.estimator import GIB
 from training_app.forms import (
+    GOAL_GROUPS,
     MAIN_SETTINGS,
     HubModelForm,
     JobForm,
@@ -46,6 +48,8 @@ from training_app.models import BaseModel, JobStatus, ModelVersion, TrainingJob
 JOBS_PER_PAGE = 50
 MAX_COMPARED = 8
 DEFAULT_PRESET = presets.PRESETS[0].slug
+# A goal's own settings (GRPO's rewards): choosing a preset leaves what the person wrote there alone.
+GOAL_FIELDS = {field_name(setting.key) for setting in presets.SETTINGS if setting.group in GOAL_GROUPS}
 CUDA_ONLY_REASON = "needs an NVIDIA GPU with CUDA; this studio's workers are CPU-only"
 
 
@@ -135,11 +139,12 @@ def job_new(request: TeamRequest, team_slug: str) -> HttpResponse:
             preset.slug: {
                 name: value
                 for name, value in initial_values(presets.apply_preset(preset.slug)).items()
-                if name not in map(field_name, MAIN_SETTINGS)
+                if name not in map(field_name, MAIN_SETTINGS) and name not in GOAL_FIELDS
             }
             for preset in presets.PRESETS
         },
         "stage_kinds": STAGE_KINDS,
+        "reward_types": [graders.GRADER_TYPES[name] for name in rewards.REWARD_TYPES],
         **_estimate_context(access, estimate_form),
     }
     return render(request, "training/new.html", context, status=400 if form.is_bound else 200)
@@ -319,6 +324,7 @@ def _live_context(access: TeamAccess, job: TrainingJob) -> dict[str, Any]:
             "grad_norm": {"gradient norm": series["grad_norm"]},
             "tokens_per_second": {"tokens/s": series["tokens_per_second"]},
             "memory": {"memory": [(step, value / GIB) for step, value in series["memory_bytes"]]},
+            "reward": jobs.reward_series(job),
         },
         "has_metrics": any(series.values()),
         "evaluation": _evaluation(job.result or {}),
@@ -350,21 +356,34 @@ def _can_see_training_data(access: TeamAccess, job: TrainingJob) -> bool:
 
 
 def _evaluation(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Before → after rows of the end-of-run evaluation (lower is better for both)."""
+    """Before → after rows of the end-of-run evaluation: losses (lower is better) and, for reinforcement,
+    the mean reward of the sampled answers (higher is better)."""
     rows = []
-    for label, before_key, after_key in (
-        ("Validation loss", "eval_loss_before", "eval_loss_after"),
-        ("Perplexity", "perplexity_before", "perplexity_after"),
-        ("Training loss (first → last step)", "train_loss_first", "train_loss_last"),
+    for label, before_key, after_key, higher_is_better in (
+        ("Validation loss", "eval_loss_before", "eval_loss_after", False),
+        ("Perplexity", "perplexity_before", "perplexity_after", False),
+        ("Training loss (first → last step)", "train_loss_first", "train_loss_last", False),
+        ("Mean reward (first → last steps)", "reward_first", "reward_last", True),
     ):
         before, after = result.get(before_key), result.get(after_key)
         if before is None and after is None:
             continue
         change = None
         if isinstance(before, int | float) and isinstance(after, int | float) and before:
-            change = round(100 * (after - before) / before, 1)
-        rows.append({"label": label, "before": before, "after": after, "change": change})
+            change = round(100 * (after - before) / abs(before), 1)
+        better = change is not None and change != 0 and (change > 0) == higher_is_better
+        worse = change is not None and change != 0 and not better
+        rows.append({"label": label, "before": before, "after": after, "change": change, "better": better,
+                     "worse": worse})  # fmt: skip
     return rows
+
+
+def _training_goal(config: dict[str, Any]) -> dict[str, Any]:
+    """The goal a model version was trained with, in words, and for reinforcement its rewards."""
+    stage = str(config.get("stage") or "sft")
+    label = dict(presets.STAGES).get(stage, stage)
+    described = rewards.describe(config.get("rewards")) if stage == "grpo" else []
+    return {"stage": stage, "label": label, "rewards": described}
 
 
 def _dataset_version_url(access: TeamAccess, version: DatasetVersion | None) -> str | None:
@@ -628,6 +647,7 @@ def _version_context(
         else None,
         "datasets": [_lineage_dataset(access, facts) for facts in version.lineage.get("dataset_versions") or []],
         "evaluation": _evaluation(version.metrics or {}),
+        "training_goal": _training_goal(version.lineage.get("config") or {}),
         **sharing_panel(access, version, reverse("training:version_share", args=[access.team.slug, version.pk])),
     }
 

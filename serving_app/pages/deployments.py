@@ -14,14 +14,14 @@ from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import URLPattern, path
+from django.urls import URLPattern, path, reverse
 from django.views.decorators.http import require_POST
 
 from accounts.http import add_service_errors, client_ip
 from accounts.models import TeamAPIKey
 from accounts.permissions import TeamAccess, TeamRequest, require_perm
 from accounts.roles import Perm
-from serving_app import deployments
+from serving_app import completions, deployments, releases
 from serving_app.deployments import UsageSummary
 from serving_app.models import Deployment, UsageRecord
 from training_app.models import ModelVersion
@@ -83,6 +83,47 @@ class DeploymentKeysForm(forms.Form):
     def __init__(self, *args: Any, access: TeamAccess, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         _set_queryset(self, "api_keys", deployments.scopable_keys(access))
+
+
+class PromoteForm(forms.Form):
+    """Publish another version to a deployment: to all traffic, or as a canary taking a share of it."""
+
+    model_version = VersionChoiceField(queryset=ModelVersion.objects.none(), label="Version", empty_label=None)
+    canary_share = forms.IntegerField(
+        min_value=0,
+        max_value=releases.MAX_CANARY_SHARE,
+        initial=0,
+        label="Canary share (%)",
+        help_text="0 sends all traffic to the version. 1–99 starts a canary: that share of /v1 requests goes to it "
+        "while the current version answers the rest, and the page compares the two.",
+    )
+    override_reason = forms.CharField(
+        required=False,
+        max_length=1000,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        label="Override the gate: why",
+        help_text="Only for a version that fails the gate, and only owners (deployments.override): the reason is "
+        "kept in the release history and the audit trail.",
+    )
+
+    def __init__(self, *args: Any, access: TeamAccess, deployment: Deployment, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        versions = deployments.deployable_versions(access).exclude(pk=deployment.model_version_id)
+        _set_queryset(self, "model_version", versions.select_related("base_model"))
+        if not access.can(Perm.OVERRIDE_GATES):
+            del self.fields["override_reason"]
+
+
+class CompletionStorageForm(forms.Form):
+    store = forms.BooleanField(
+        required=False, label="Store completions",
+        help_text="Keep each /v1 exchange (the conversation sent and the answer), with personal data and secrets "
+        "redacted, to export as a dataset for distillation or fine-tuning.",
+    )  # fmt: skip
+    retention_days = forms.IntegerField(
+        min_value=1, max_value=completions.MAX_RETENTION_DAYS, label="Keep them for (days)",
+        help_text="Older ones are deleted every hour.",
+    )  # fmt: skip
 
 
 class DeploymentNameChoiceField(forms.ModelMultipleChoiceField):
@@ -162,13 +203,43 @@ def deployment_list(request: TeamRequest, team_slug: str) -> HttpResponse:
 
 @require_perm(Perm.VIEW_TEAM)
 def deployment_detail(request: TeamRequest, team_slug: str, deployment_id: int) -> HttpResponse:
-    """A deployment: its model version, the keys that may call it, how to call it, and recent usage."""
+    """A deployment: its model version (and canary), the keys that may call it, how to call it, its release
+    history, and recent usage. ``?candidate=<version id>`` shows what the gate says of that version."""
     access = request.access
     deployment = _deployment(access, deployment_id)
+    form = None
+    if access.can(Perm.MANAGE_DEPLOYMENTS):
+        candidate = request.GET.get("candidate", "")
+        initial = {"model_version": int(candidate)} if candidate.isdigit() and len(candidate) < 19 else {}
+        form = PromoteForm(access=access, deployment=deployment, initial=initial)
+    return _render_detail(request, deployment, promote_form=form)
+
+
+def _render_detail(
+    request: TeamRequest, deployment: Deployment, *, promote_form: PromoteForm | None, status: int = 200
+) -> HttpResponse:
+    access = request.access
     keys = list(deployments.keys_of(deployment))
     shown = deployments.visible_key_ids(access)
     can_manage = access.can(Perm.MANAGE_DEPLOYMENTS)
+    candidate = _candidate(promote_form)
     context = {
+        "promote_form": promote_form,
+        "candidate": candidate,
+        "gate_report": releases.check_gate(deployment, candidate) if candidate is not None else None,
+        "can_override": access.can(Perm.OVERRIDE_GATES),
+        "history": releases.history(deployment),
+        "rollback_to": releases.default_rollback(deployment),
+        "rollback_targets": {version.pk for version in releases.rollback_targets(deployment)},
+        "traffic": releases.canary_traffic(deployment),
+        "stored": completions.summary(deployment) if can_manage else None,
+        "stored_count": completions.stored(deployment).count(),
+        "storage_form": CompletionStorageForm(
+            initial={"store": deployment.store_completions, "retention_days": deployment.completion_retention_days}
+        )
+        if can_manage
+        else None,
+        "can_export": can_manage and access.can(Perm.UPLOAD_DATASETS),
         "deployment": deployment,
         "keys": [key for key in keys if shown is None or key.pk in shown],
         "hidden_keys": sum(1 for key in keys if shown is not None and key.pk not in shown),
@@ -180,7 +251,123 @@ def deployment_detail(request: TeamRequest, team_slug: str, deployment_id: int) 
         "base_url": request.build_absolute_uri("/v1"),
         "usage": deployments.deployment_usage(deployment, visible_keys=shown),
     }
-    return render(request, "serving/deployment.html", context)
+    return render(request, "serving/deployment.html", context, status=status)
+
+
+def _candidate(form: PromoteForm | None) -> ModelVersion | None:
+    """The version the promote form is about (posted, or chosen with ``?candidate=``), if it is one it offers."""
+    if form is None:
+        return None
+    if form.is_bound:
+        return form.cleaned_data.get("model_version") if hasattr(form, "cleaned_data") else None
+    chosen = form.initial.get("model_version")
+    choice_field = form.fields["model_version"]
+    assert isinstance(choice_field, forms.ModelChoiceField) and choice_field.queryset is not None
+    return choice_field.queryset.filter(pk=chosen).first() if chosen else None
+
+
+@require_POST
+@require_perm(Perm.MANAGE_DEPLOYMENTS)
+def deployment_promote(request: TeamRequest, team_slug: str, deployment_id: int) -> HttpResponse:
+    """Publish a version to all traffic or as a canary, through the deployment's gate."""
+    access = request.access
+    deployment = _deployment(access, deployment_id)
+    form = PromoteForm(request.POST, access=access, deployment=deployment)
+    if form.is_valid():
+        version = form.cleaned_data["model_version"]
+        share = form.cleaned_data["canary_share"]
+        try:
+            release = releases.promote(
+                access=access, deployment=deployment, version=version, canary_share=share,
+                override_reason=form.cleaned_data.get("override_reason", ""), ip=client_ip(request),
+            )  # fmt: skip
+        except ValidationError as error:
+            add_service_errors(form, error)
+        else:
+            done = (
+                f"{version} now takes {share} % of “{deployment.name}”'s traffic as a canary"
+                if share
+                else (f"{version} now answers all of “{deployment.name}”'s traffic")
+            )
+            messages.success(request, f"{done}{' (gate overridden)' if release.overridden else ''}.")
+            return redirect("serving:deployment", team_slug, deployment.pk)
+    return _render_detail(request, deployment, promote_form=form, status=400)
+
+
+@require_POST
+@require_perm(Perm.MANAGE_DEPLOYMENTS)
+def deployment_rollback(request: TeamRequest, team_slug: str, deployment_id: int) -> HttpResponse:
+    """Send all traffic back to a version the deployment served before (``version``; default the previous one)."""
+    access = request.access
+    deployment = _deployment(access, deployment_id)
+    chosen = request.POST.get("version", "")
+    version = None
+    if chosen:
+        version = deployments.deployable_versions(access).filter(pk=int(chosen) if chosen.isdigit() else 0).first()
+        if version is None:
+            messages.error(request, "That version does not exist any more or you may not use it.")
+            return redirect("serving:deployment", team_slug, deployment.pk)
+    try:
+        release = releases.rollback(access=access, deployment=deployment, version=version, ip=client_ip(request))
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages))
+    else:
+        messages.success(request, f"Rolled back: {release.version_label} answers all of “{deployment.name}”'s traffic.")
+    return redirect("serving:deployment", team_slug, deployment.pk)
+
+
+@require_POST
+@require_perm(Perm.MANAGE_DEPLOYMENTS)
+def deployment_completions(request: TeamRequest, team_slug: str, deployment_id: int) -> HttpResponse:
+    """Turn storing the deployment's completions on or off, and set how long they are kept."""
+    access = request.access
+    deployment = _deployment(access, deployment_id)
+    form = CompletionStorageForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, " ".join(str(error) for errors in form.errors.values() for error in errors))
+    else:
+        store, days = form.cleaned_data["store"], form.cleaned_data["retention_days"]
+        completions.set_storage(
+            access=access, deployment=deployment, store=store, retention_days=days, ip=client_ip(request)
+        )
+        messages.success(
+            request, f"“{deployment.name}” stores its completions for {days} days." if store
+            else f"“{deployment.name}” no longer stores completions; those kept expire after {days} days.",
+        )  # fmt: skip
+    return redirect(reverse("serving:deployment", args=[team_slug, deployment.pk]) + "#completions")
+
+
+@require_POST
+@require_perm(Perm.MANAGE_DEPLOYMENTS)
+def deployment_completions_export(request: TeamRequest, team_slug: str, deployment_id: int) -> HttpResponse:
+    """The stored completions not exported yet, as a new chat dataset version (for distillation)."""
+    access = request.access
+    access.require(Perm.UPLOAD_DATASETS)
+    deployment = _deployment(access, deployment_id)
+    try:
+        export = completions.export_completions(access=access, deployment=deployment, ip=client_ip(request))
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages))
+        return redirect(reverse("serving:deployment", args=[team_slug, deployment.pk]) + "#completions")
+    left = f"; {export.left_out} ending in tool calls or empty were left out" if export.left_out else ""
+    messages.success(request, f"Exported {export.exported} completions as version {export.version.number}{left}.")
+    return redirect("datasets:detail", team_slug, export.version.dataset_id)
+
+
+@require_POST
+@require_perm(Perm.MANAGE_DEPLOYMENTS)
+def deployment_stop_canary(request: TeamRequest, team_slug: str, deployment_id: int) -> HttpResponse:
+    """End the canary: the current version answers all traffic again."""
+    access = request.access
+    deployment = _deployment(access, deployment_id)
+    try:
+        release = releases.stop_canary(access=access, deployment=deployment, ip=client_ip(request))
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages))
+    else:
+        messages.success(request, f"The canary {release.version_label} was stopped; {deployment.model_version} "
+                         "answers all traffic.")  # fmt: skip
+    return redirect("serving:deployment", team_slug, deployment.pk)
 
 
 @require_POST
@@ -258,6 +445,15 @@ urlpatterns: list[URLPattern] = [
     path("deployments/", deployment_list, name="deployments"),
     path("deployments/<int:deployment_id>/", deployment_detail, name="deployment"),
     path("deployments/<int:deployment_id>/keys", deployment_keys, name="deployment_keys"),
+    path("deployments/<int:deployment_id>/promote", deployment_promote, name="deployment_promote"),
+    path("deployments/<int:deployment_id>/rollback", deployment_rollback, name="deployment_rollback"),
+    path("deployments/<int:deployment_id>/canary/stop", deployment_stop_canary, name="deployment_stop_canary"),
+    path("deployments/<int:deployment_id>/completions", deployment_completions, name="deployment_completions"),
+    path(
+        "deployments/<int:deployment_id>/completions/export",
+        deployment_completions_export,
+        name="deployment_completions_export",
+    ),
     path("deployments/<int:deployment_id>/delete", deployment_delete, name="deployment_delete"),
     path("keys/<int:key_id>/deployments/", key_deployments, name="key_deployments"),
     path("usage/", usage, name="usage"),

@@ -22,7 +22,7 @@ from typing import Any
 SCHEMA_VERSION = 1
 
 KINDS = ("chat", "instruction", "preference", "feedback", "text")
-STAGES = ("sft", "pretrain", "dpo", "kto")
+STAGES = ("sft", "pretrain", "dpo", "kto", "grpo")
 METHODS = ("lora", "qlora", "full")
 DEEPSPEED_CHOICES = ("none", "zero2", "zero3", "zero3_offload", "custom")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -38,12 +38,14 @@ LR_SCHEDULERS = (
     "warmup_stable_decay",
 )
 # Which dataset kinds each stage can train on: DPO needs chosen/rejected pairs, KTO answers labelled
-# desirable or not, pretraining raw text.
+# desirable or not, pretraining raw text; GRPO prompts with references (a chat's last assistant turn, an
+# instruction's completion), which its rewards grade the sampled answers against.
 STAGE_KINDS = {
     "sft": ("chat", "instruction", "text"),
     "pretrain": ("text",),
     "dpo": ("preference",),
     "kto": ("feedback",),
+    "grpo": ("chat", "instruction"),
 }
 
 
@@ -121,6 +123,13 @@ class RunConfig:
     # KTO's loss weights for desirable and undesirable answers; None balances them from the label counts.
     kto_desirable_weight: float | None = None
     kto_undesirable_weight: float | None = None
+    # GRPO: reward specs (a grader spec plus an optional ``weight``; see ``rewards``), answers sampled per
+    # prompt, their length in tokens, the KL coefficient towards the base model, and the sampling temperature.
+    rewards: list[dict[str, Any]] = field(default_factory=list)
+    num_generations: int = 4
+    max_completion_length: int = 64
+    grpo_beta: float = 0.04
+    temperature: float = 1.0
     merge_adapter: bool = False
     use_cpu: bool = False
     # End-of-run evaluation: loss on at most this many eval rows, generations on this many prompts.
@@ -191,6 +200,8 @@ class RunConfig:
         self._validate_choices(errors)
         self._validate_numbers(errors)
         self._validate_lora(errors)
+        if self.stage == "grpo":
+            self._validate_grpo(errors, cpu=self.use_cpu or cuda_available is False)
         if check_files:
             self._validate_files(errors)
         if self.method == "qlora" and "method" not in errors:
@@ -305,6 +316,37 @@ class RunConfig:
         elif isinstance(targets, str) and targets != "all-linear":
             errors["lora.target_modules"] = "use all-linear or a list of module names"
 
+    def _validate_grpo(self, errors: dict[str, str], *, cpu: bool) -> None:
+        from training_app.engine.rewards import reward_problem
+
+        problem = reward_problem(self.rewards)
+        if problem:
+            errors["rewards"] = problem
+        checks: list[tuple[str, bool, str]] = [
+            ("num_generations", 2 <= self.num_generations <= 64, "must be between 2 and 64 (GRPO compares answers)"),
+            ("max_completion_length", 1 <= self.max_completion_length <= 8192, "must be between 1 and 8192 tokens"),
+            ("grpo_beta", 0 <= self.grpo_beta <= 10, "must be 0 (no reference model) or a small positive number"),
+            ("temperature", 0 < self.temperature <= 5, "must be above 0 (1.0 samples as the model predicts)"),
+        ]
+        for name, ok, message in checks:
+            if not ok:
+                errors.setdefault(name, message)
+        completions = self.per_device_batch_size * self.gradient_accumulation
+        if "num_generations" not in errors and completions % self.num_generations:
+            errors["num_generations"] = (
+                f"GRPO compares the {self.num_generations} answers to one prompt within a batch, so micro-batch × "
+                f"gradient accumulation ({self.per_device_batch_size} × {self.gradient_accumulation} = {completions}) "
+                f"must be a multiple of it: use {_divisor_hint(completions)} answers per prompt, or a micro-batch of "
+                f"{self.num_generations}"
+            )
+        if self.packing:
+            errors["packing"] = "GRPO samples whole answers to each prompt and cannot pack rows; turn packing off"
+        if self.deepspeed != "none" and cpu:
+            errors["deepspeed"] = (
+                "GRPO with DeepSpeed needs CUDA GPUs (TRL's generation under DeepSpeed does not run on CPU); "
+                "turn DeepSpeed off on a CPU pool"
+            )
+
     def _validate_files(self, errors: dict[str, str]) -> None:
         model_error = model_folder_problem(self.model_path)
         if model_error:
@@ -391,6 +433,12 @@ def _qlora_unavailable_reason(cuda_available: bool | None) -> str | None:
     return None
 
 
+def _divisor_hint(completions: int) -> str:
+    """The answers-per-prompt counts (2 or more) that divide ``completions``, for a message."""
+    fitting = [str(count) for count in range(2, min(completions, 64) + 1) if completions % count == 0]
+    return " or ".join(fitting[:4]) if fitting else "2 (with an even micro-batch)"
+
+
 def _stage_kind_message(stage: str, kind: str) -> str:
     if kind == "feedback":
         return "feedback data (answers labelled desirable or undesirable) trains with KTO; choose the KTO goal"
@@ -400,6 +448,12 @@ def _stage_kind_message(stage: str, kind: str) -> str:
         return (
             "KTO learns from answers labelled desirable or undesirable (prompt, completion, label); "
             f"this dataset is {kind} data"
+        )
+    if stage == "grpo":
+        return (
+            "reinforcement (GRPO) samples answers to prompts and grades them against references: use chat or "
+            f"instruction data (the last assistant turn, or the completion, is the reference); this dataset is "
+            f"{kind} data"
         )
     if stage == "pretrain":
         return f"continued pretraining reads raw text; this dataset is {kind} data (use SFT instead)"

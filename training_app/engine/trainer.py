@@ -1,4 +1,4 @@
-"""One training run: TRL SFT, DPO or KTO on a local safetensors model, with PEFT LoRA/QLoRA or full weights.
+"""One training run: TRL SFT, DPO, KTO or GRPO on a local safetensors model, with PEFT LoRA/QLoRA or full weights.
 
 ``run(config)`` is what ``python -m training_app.engine --config run.json`` executes in every process of
 a launch (one per GPU, or per CPU process with gloo). It never raises: it returns a ``RunResult`` whose
@@ -14,11 +14,13 @@ What happens, in order:
    is complete (transformers' own rotation deletes old ones before the new one is known to be whole).
 3. Build the training arguments first (with DeepSpeed, ZeRO-3 must be configured before the model loads),
    then the tokenizer, the datasets and the model (``trust_remote_code=False``, ``use_safetensors=True``),
-   and TRL's ``SFTTrainer``, ``DPOTrainer`` or ``KTOTrainer``. Conversations for SFT (chat rows, and
+   and TRL's ``SFTTrainer``, ``DPOTrainer``, ``KTOTrainer`` or ``GRPOTrainer``. Conversations for SFT (chat rows, and
    instruction rows whose prompt is a message list) are tokenized here (``conversations``): the loss is
    taken on the assistant's turns only. Preference and feedback rows are read with Python's ``json`` into
    ``datasets``' Json columns, so messages of different shapes (tool calls, reasoning) stay as written; plain
-   text and string prompt/completion rows go through the ``datasets`` JSON loader.
+   text and string prompt/completion rows go through the ``datasets`` JSON loader. GRPO reads a prompt set
+   (``prompt_sets``): each prompt rendered as the model reads it, with its reference, graded by the job's
+   rewards (``rewards``, the team's graders).
 4. Evaluate once before training, train (``resume_from_checkpoint``), evaluate once after.
 5. Save the adapter (``output_dir/adapter``) or the whole model (``output_dir/model``) with the tokenizer,
    atomically (written to a ``.partial`` folder, then renamed).
@@ -333,6 +335,7 @@ def _train(
         "train_loss_first": losses[0] if losses else None,
         "train_loss_last": losses[-1] if losses else None,
         "train_loss_mean": finite(train_output.training_loss),
+        **_reward_summary(log_history),
         "eval_loss_before": eval_before,
         "eval_loss_after": eval_after,
         "perplexity_before": _perplexity(config, eval_before),
@@ -355,9 +358,24 @@ def _train(
     return result
 
 
+REWARD_SUMMARY_STEPS = 3
+
+
+def _reward_summary(log_history: list[dict[str, Any]]) -> dict[str, float | None]:
+    """A reinforcement run's mean reward over its first and its last few logged steps (None without any)."""
+    rewards = [value for entry in log_history if (value := finite(entry.get("reward"))) is not None]
+    if not rewards:
+        return {}
+    window = min(REWARD_SUMMARY_STEPS, max(1, len(rewards) // 2))
+    return {
+        "reward_first": round(sum(rewards[:window]) / window, 4),
+        "reward_last": round(sum(rewards[-window:]) / window, 4),
+    }
+
+
 def _perplexity(config: RunConfig, loss: float | None) -> float | None:
-    # DPO's and KTO's losses are preference losses, not language-modelling ones: they have no perplexity.
-    if loss is None or config.stage in ("dpo", "kto") or loss > 50:
+    # DPO's, KTO's and GRPO's losses are not language-modelling ones: they have no perplexity.
+    if loss is None or config.stage in ("dpo", "kto", "grpo") or loss > 50:
         return None
     return round(math.exp(loss), 4)
 
@@ -366,7 +384,8 @@ def _perplexity(config: RunConfig, loss: float | None) -> float | None:
 
 
 def _training_arguments(config: RunConfig, *, cuda: bool, resuming: bool) -> Any:
-    """SFTConfig, DPOConfig or KTOConfig from the run config (creates the DeepSpeed/distributed state)."""
+    """SFTConfig, DPOConfig, KTOConfig or GRPOConfig from the run config (creates the DeepSpeed/distributed
+    state)."""
     from trl import DPOConfig, KTOConfig, SFTConfig
 
     deepspeed = deepspeed_configs.build(config.deepspeed, config.deepspeed_custom, cuda=cuda)
@@ -412,6 +431,8 @@ def _training_arguments(config: RunConfig, *, cuda: bool, resuming: bool) -> Any
     if deepspeed is not None and not cuda:
         _cpu_deepspeed_state()
         common["accelerator_config"] = {"use_configured_state": True}
+    if config.stage == "grpo":
+        return _grpo_arguments(config, common)
     if config.stage == "dpo":
         return DPOConfig(**common, beta=config.dpo_beta)
     if config.stage == "kto":
@@ -425,6 +446,31 @@ def _training_arguments(config: RunConfig, *, cuda: bool, resuming: bool) -> Any
         packing=config.packing,
         dataset_text_field="text",
         dataset_kwargs={"skip_prepare_dataset": False},
+    )
+
+
+def _grpo_arguments(config: RunConfig, common: dict[str, Any]) -> Any:
+    """GRPOConfig: ``num_generations`` sampled answers per prompt, graded by the rewards with their weights.
+
+    The micro-batch counts answers, not prompts. GRPO has no validation loss (its loss is a policy-gradient
+    term on sampled answers), so nothing is evaluated during training; the rewards' means are logged at
+    every step instead (``reward``, ``rewards/<name>/mean``).
+    """
+    from trl import GRPOConfig
+
+    from training_app.engine.rewards import build_rewards
+
+    arguments = {key: value for key, value in common.items() if key != "max_length"}
+    # GRPO's batches hold prompts, not token ids, so transformers cannot count tokens (and warns every step).
+    arguments.update(eval_strategy="no", eval_on_start=False, include_num_input_tokens_seen="no")
+    return GRPOConfig(
+        **arguments,
+        num_generations=config.num_generations,
+        max_completion_length=config.max_completion_length,
+        beta=config.grpo_beta,
+        temperature=config.temperature,
+        reward_weights=[reward.weight for reward in build_rewards(config.rewards)],
+        log_completions=False,
     )
 
 
@@ -496,6 +542,8 @@ def load_datasets(config: RunConfig, tokenizer: Any) -> tuple[Any, Any]:
     Conversations for SFT become token ids and labels (``conversations``); preference and feedback rows
     keep their messages as written (Json columns); the rest goes through the ``datasets`` JSON loader.
     """
+    if config.stage == "grpo":
+        return prompt_dataset(config, tokenizer), None
     if _tokenized_here(config):
         return _tokenized_datasets(config, tokenizer)
     if config.kind in ("preference", "feedback"):
@@ -520,6 +568,46 @@ def load_datasets(config: RunConfig, tokenizer: Any) -> tuple[Any, Any]:
         eval_rows = loaded["eval"].select_columns(list(columns))
         eval_rows = eval_rows.select(range(min(len(eval_rows), config.max_eval_rows)))
     return train, eval_rows
+
+
+def prompt_dataset(config: RunConfig, tokenizer: Any) -> Any:
+    """GRPO's training prompts: each row's prompt rendered as the model reads it (a conversation through the
+    chat template with the row's tools, ending with an open assistant turn), its reference text, and its
+    reference tool calls as JSON text (``rewards`` grades against these columns)."""
+    from datasets import Dataset
+
+    from training_app.engine.prompt_sets import read_prompt_items
+    from training_app.engine.rewards import REFERENCE_COLUMN, TOOL_CALL_COLUMN
+
+    rows = [
+        {
+            "prompt": render_prompt(tokenizer, item.prompt, item.tools),
+            REFERENCE_COLUMN: item.reference_text,
+            TOOL_CALL_COLUMN: json.dumps(item.reference_tool_calls, ensure_ascii=False),
+        }
+        for item in read_prompt_items(config.train_path, config.kind)
+    ]
+    if not rows:
+        raise DataError(
+            "no training row has a reference to grade against (a chat row needs an assistant turn after the "
+            "prompt; an instruction row a completion)"
+        )
+    return Dataset.from_list(rows)
+
+
+def render_prompt(tokenizer: Any, prompt: str | list[dict[str, Any]], tools: list[dict[str, Any]]) -> str:
+    """A prompt as the text the model reads: a plain text as is, a conversation through the chat template.
+
+    A beginning-of-text token the template writes is dropped when the tokenizer adds its own, so the prompt
+    is not read with two of them.
+    """
+    if isinstance(prompt, str):
+        return prompt
+    text = str(tokenizer.apply_chat_template(prompt, tools=tools or None, add_generation_prompt=True, tokenize=False))
+    bos = tokenizer.bos_token
+    if bos and text.startswith(bos) and tokenizer("")["input_ids"][:1] == [tokenizer.bos_token_id]:
+        text = text[len(bos) :]
+    return text
 
 
 def _tokenized_here(config: RunConfig) -> bool:
@@ -688,6 +776,21 @@ def _make_trainer(
     from trl import DPOTrainer, KTOTrainer, SFTTrainer
 
     peft_config = _peft_config(config) if config.uses_adapter else None
+    if config.stage == "grpo":
+        from trl import GRPOTrainer
+
+        from training_app.engine.rewards import build_rewards
+
+        reward_funcs: list[Any] = [reward.function() for reward in build_rewards(config.rewards)]
+        return GRPOTrainer(
+            model=model,
+            reward_funcs=reward_funcs,
+            args=args,
+            train_dataset=train_rows,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=[callback],
+        )
     trainer_class = {"dpo": DPOTrainer, "kto": KTOTrainer}.get(config.stage, SFTTrainer)
     return trainer_class(
         model=model,

@@ -98,6 +98,7 @@ MEMORY_PARTS = {
     "optimizer": ("optimizer state", "#e8590c"),
     "activations": ("activations", "#1c7ed6"),
     "logits": ("logits and loss", "#0f7a4a"),
+    "generation": ("sampling (GRPO)", "#2b8a3e"),
     "runtime": ("runtime", "#868e96"),
 }
 
