@@ -184,6 +184,38 @@ def make_lora_adapter(base_path: Path, folder: Path, seed: int, *, rank: int = 8
     return folder
 
 
+def grown_model(base_path: Path, adapter: Path, folder: Path, *, extra_layers: int = 2) -> Path:
+    """A larger model of the starter's architecture that answers as the tuned one does: the base with ``adapter``
+    merged in, then ``extra_layers`` more decoder layers whose output projections are zero (each adds nothing to
+    the residual stream, so greedy answers stay the merged model's). Saved as a full model folder (safetensors,
+    tokenizer, generation config) in ``folder``: a teacher bigger than its students."""
+    import copy
+    import shutil
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base_path, use_safetensors=True), str(adapter)
+    ).merge_and_unload()
+    layers = model.model.layers
+    for index in range(len(layers), len(layers) + extra_layers):
+        layer = copy.deepcopy(layers[-1])
+        layer.self_attn.o_proj.weight.data.zero_()
+        layer.mlp.down_proj.weight.data.zero_()
+        layer.self_attn.layer_idx = index
+        layers.append(layer)
+    model.config.num_hidden_layers = len(layers)
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = [model.config.layer_types[0]] * len(layers)
+    model.save_pretrained(folder, safe_serialization=True)
+    AutoTokenizer.from_pretrained(base_path).save_pretrained(folder)
+    for name in ("generation_config.json",):
+        if (base_path / name).exists():
+            shutil.copy(base_path / name, folder / name)
+    return folder
+
+
 def starter_deployment(starter_model_path: Path, adapter: Path, *, name: str) -> tuple[Team, Any, Any]:
     """Team acme, its owner's access (alice) and a deployment ``name`` of a LoRA version ("support") of the starter
     model at ``starter_model_path`` with the adapter in ``adapter``: the scene of the tests on a studio process."""

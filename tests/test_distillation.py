@@ -22,7 +22,7 @@ from accounts.permissions import TeamAccess
 from datasets_app.models import DatasetVersion
 from evals_app import distill, services
 from evals_app.models import Distillation, EvalRun, EvalSuite
-from tests.factories import adapter_model_version, finished_job, ready_version
+from tests.factories import adapter_model_version, finished_job, full_model_version, grown_model, ready_version
 from training_app import jobs
 from training_app.models import BaseModel, ModelVersion, TrainingJob
 
@@ -102,9 +102,17 @@ def test_a_bad_grader_is_refused_naming_the_grader_and_its_field(
 @pytest.mark.timeout(900)
 @pytest.mark.django_db(transaction=True)
 def test_teacher_to_dataset_to_student_to_comparison_with_complete_lineage(
-    celery_worker: None, owner: TeamAccess, acme: Any, alice: Any, starter_model: BaseModel, lora_adapters: list[Path]
+    celery_worker: None,
+    owner: TeamAccess,
+    acme: Any,
+    alice: Any,
+    starter_model: BaseModel,
+    lora_adapters: list[Path],
+    tmp_path: Path,
 ) -> None:
-    teacher = adapter_model_version(acme, alice, starter_model, lora_adapters[0], name="support-teacher")
+    # A larger tuned model of the starter's architecture (6 layers to the student's 4): the tuned adapter merged in.
+    folder = grown_model(Path(starter_model.path), lora_adapters[0], tmp_path / "teacher")
+    teacher = full_model_version(acme, alice, starter_model, folder, name="support-teacher")
     prompts = ready_version(acme, alice, PROMPTS * 3, kind="chat", name="Questions")
 
     distillation = distill.start(
@@ -156,7 +164,9 @@ def test_teacher_to_dataset_to_student_to_comparison_with_complete_lineage(
     # the prompt it is asked now (the three rows with an email).
     assert teacher_facts.pass_rate is not None and teacher_facts.pass_rate >= (done.kept - 3) / done.kept - 1e-9
     assert student_facts.pass_rate is not None and student_facts.mean_latency_s is not None
-    assert teacher_facts.parameters == student_facts.parameters == starter_model.parameter_count
+    assert student_facts.parameters == starter_model.parameter_count
+    assert teacher_facts.parameters is not None and teacher_facts.parameters > student_facts.parameters
+    assert teacher_facts.serving_memory_bytes > student_facts.serving_memory_bytes  # type: ignore[operator]
     assert services.current_summary(finished)[f"version:{student.pk}"]["rows"] == done.kept
     actions = set(AuditEvent.objects.for_team(acme).values_list("action", flat=True))
     assert {"eval.distillation_started", "eval.distillation_finished", "eval.run_started"} <= actions

@@ -300,3 +300,15 @@ def test_a_run_is_enqueued_on_the_default_queue_once_committed(
         run = services.start_run(access=owner, suite=suite, model_keys=[f"base:{base_model_row.pk}"])
         assert sent == []
     assert sent == [run.pk]
+
+
+def test_an_answer_is_marked_word_by_word_against_its_reference_and_stays_escaped() -> None:
+    from evals_app.templatetags.answer_diff import marked_against
+
+    marked = marked_against("Refunds take <b>5</b> days.", "Refunds take 3 days.")
+
+    assert marked == (
+        'Refunds take <del class="diff-missing">3 </del><ins class="diff-extra">&lt;b&gt;5&lt;/b&gt; </ins>days.'
+    )
+    assert marked_against("Same answer.", "Same answer.") == "Same answer."
+    assert marked_against("<i>no reference</i>", "") == "&lt;i&gt;no reference&lt;/i&gt;"
