@@ -191,12 +191,11 @@ def test_estimated_memory_is_within_a_quarter_of_a_real_cpu_runs_peak(
     assert result.trainable_parameters == run["result"]["trainable_parameters"]
     print(f"{case}: estimated {result.memory_bytes / 2**20:.0f} MiB, measured {measured / 2**20:.0f} MiB")
     if case == BASELINE_CASE:
-        # The process baseline alone measured 539 MiB on a quiet machine (673 MiB on 2026-12-06, and 674 with
-        # three busy loops beside it) but up to 1,151 MiB inside the full suite on the same machine (the peak
-        # RSS of a nearly empty run depends on something in the suite's surroundings, not on the model or the
-        # load): the constant is checked within a factor of 2.5, and the cases whose model terms carry the
-        # peak are held to ±25%.
-        assert CPU_RUNTIME_BYTES / 2 <= measured <= CPU_RUNTIME_BYTES * 2.5, measured
+        # The process baseline alone measured 539 MiB on a quiet machine (673 MiB on 2026-12-06). Inside the
+        # full suite it once read 1.1-1.9 GiB: the engine reported ``ru_maxrss``, which a child inherits from the
+        # process that started it (this test's); it now reads ``VmHWM`` (see ``reporting._peak_rss``). The
+        # constant is checked within a factor of two; the cases whose model terms carry the peak within ±25%.
+        assert CPU_RUNTIME_BYTES / 2 <= measured <= CPU_RUNTIME_BYTES * 2, measured
     else:
         assert within(result.memory_bytes, measured), (result.memory_breakdown, measured)
 

@@ -645,3 +645,16 @@ def test_eta_follows_the_median_recent_step_and_ignores_a_slow_first_step() -> N
     for step in range(6, 26):  # another job shares the cores: steps take 2 s from now on
         clock.step_done(step, now=34.0 + 2 * (step - 5))
     assert clock.eta(25, 45) == 40.0  # 20 steps left at the new median 2 s
+
+
+def test_a_trainers_peak_memory_is_its_own_not_the_process_that_started_it() -> None:
+    """A Celery worker (or this test process) of several hundred MB starts the trainer: the trainer's reported
+    peak must not include the parent's (``ru_maxrss`` survives ``execve``)."""
+    import subprocess
+    import sys
+
+    ballast = bytearray(b"x") * (400 * 1024 * 1024)  # written, so resident
+    code = "from training_app.engine.reporting import memory_in_use; print(memory_in_use()[0])"
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+
+    assert int(child.stdout) < 200 * 1024 * 1024 < len(ballast)

@@ -80,8 +80,24 @@ def memory_in_use() -> tuple[int, str]:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         return int(torch.cuda.max_memory_allocated()), "gpu_max_allocated"
-    # ru_maxrss is in kilobytes on Linux.
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "cpu_peak_rss"
+    return _peak_rss(), "cpu_peak_rss"
+
+
+def _peak_rss() -> int:
+    """This program's peak resident memory, in bytes.
+
+    Linux's ``VmHWM`` belongs to the address space, which ``execve`` replaces, so it counts this program only.
+    ``ru_maxrss`` survives ``execve``: a trainer started by a Celery worker (or a test process) of 1.9 GB would
+    report at least 1.9 GB whatever it used. It is the fallback where /proc is missing (kilobytes on Linux).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 class Reporter:
