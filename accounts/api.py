@@ -143,6 +143,13 @@ class TeamOut(Schema):
     role: str | None = Field(None, description="Your role in this team.")
 
 
+class TeamDetailOut(TeamOut):
+    acceptable_use_policy: str = Field(
+        description="The acceptable-use policy (Markdown) a key's creator accepts; empty: none."
+    )
+    acceptable_use_revision: int = Field(description="Goes up by one each time the policy's text changes.")
+
+
 class MemberOut(Schema):
     username: str
     email: str
@@ -185,6 +192,10 @@ class KeyIn(RequestBody):
     )
     max_tokens: int | None = Field(None, description="The most new tokens one /v1 request may ask for; empty: default.")
     deployments: list[ObjectId] = Field(default_factory=list, description="Ids of the deployments it may call at /v1.")
+    accept_acceptable_use: bool = Field(
+        False,
+        description="Accept the team's current acceptable-use policy (GET teams/{slug}/); required when it has one.",
+    )
 
 
 class KeyOut(Schema):
@@ -195,6 +206,12 @@ class KeyOut(Schema):
     requests_per_minute: int
     max_tokens: int
     deployments: list[str] = Field(description="Names of the deployments it may call at /v1.")
+    acceptable_use_revision: int | None = Field(
+        description="The revision of the team's acceptable-use policy accepted for it (null: none was accepted)."
+    )
+    acceptable_use_current: bool = Field(
+        description="Whether that is the policy as it reads now (true when the team has none)."
+    )
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
@@ -246,6 +263,8 @@ def _token_out(token: PersonalAccessToken | TeamAPIKey) -> dict[str, Any]:
         out["requests_per_minute"] = token.requests_per_minute
         out["max_tokens"] = token.max_tokens
         out["deployments"] = [deployment.name for deployment in key_scopes.of_key(token)]
+        out["acceptable_use_revision"] = token.acceptable_use_revision
+        out["acceptable_use_current"] = token.accepted_current_acceptable_use
     return out
 
 
@@ -333,11 +352,11 @@ def create_team(request: HttpRequest, body: TeamIn) -> Status:
     return Status(201, {**TeamOut.from_orm(team).dict(), "role": "owner"})
 
 
-@router.get("teams/{slug}/", response={200: TeamOut, 404: Error})
+@router.get("teams/{slug}/", response={200: TeamDetailOut, 404: Error})
 def team_detail(request: HttpRequest, slug: str) -> dict[str, Any]:
     access = team_access(request, slug)
     team: Team = access.team
-    return {**TeamOut.from_orm(team).dict(), "role": access.role}
+    return {**TeamDetailOut.from_orm(team).dict(), "role": access.role}
 
 
 @router.get("teams/{slug}/members/", response={200: list[MemberOut], 404: Error})
@@ -409,7 +428,8 @@ def accept_invitation(request: HttpRequest, body: AcceptIn) -> Status:
 @router.get("teams/{slug}/keys/", response={200: list[KeyOut], 404: Error})
 def list_keys(request: HttpRequest, slug: str) -> list[dict[str, Any]]:
     access = team_access(request, slug)
-    return [_token_out(k) for k in visible_objects(access, TeamAPIKey.objects.for_team(access.team), "view")]
+    keys = TeamAPIKey.objects.for_team(access.team).select_related("team")
+    return [_token_out(k) for k in visible_objects(access, keys, "view")]
 
 
 @router.post("teams/{slug}/keys/", response={201: KeyCreated, 400: Error, 403: Error, 404: Error})
@@ -424,7 +444,8 @@ def create_key(request: HttpRequest, slug: str, body: KeyIn) -> Status:
         )
     key, plaintext = services.create_team_api_key(
         access=access, name=body.name, role=body.role, requests_per_minute=body.requests_per_minute,
-        max_tokens=body.max_tokens, deployments=chosen, ip=client_ip(request),
+        max_tokens=body.max_tokens, deployments=chosen, accept_acceptable_use=body.accept_acceptable_use,
+        ip=client_ip(request),
     )  # fmt: skip
     return Status(201, {**_token_out(key), "key": plaintext})
 

@@ -12,7 +12,7 @@ from django.db.models import QuerySet
 
 from accounts.models import Membership
 from accounts.roles import Role
-from accounts.services import MAX_KEY_MAX_TOKENS, MAX_KEY_REQUESTS_PER_MINUTE
+from accounts.services import MAX_ACCEPTABLE_USE_CHARS, MAX_KEY_MAX_TOKENS, MAX_KEY_REQUESTS_PER_MINUTE
 
 User = get_user_model()
 
@@ -66,6 +66,14 @@ class RenameTeamForm(forms.Form):
         help_text="Leave empty to never store playground and arena prompts (the default). Saved comparisons "
         "and arena votes are kept regardless: their authors chose to keep them.",
     )
+    acceptable_use_policy = forms.CharField(
+        label="Acceptable-use policy",
+        required=False,
+        max_length=MAX_ACCEPTABLE_USE_CHARS,
+        widget=forms.Textarea(attrs={"rows": 8}),
+        help_text="Markdown. Whoever creates a team API key must accept it, and model cards show it. Changing it "
+        "makes a new revision: existing keys keep the one they accepted. Leave empty for no policy.",
+    )
 
 
 class InvitationForm(forms.Form):
@@ -117,11 +125,27 @@ class TeamAPIKeyForm(forms.Form):
         label="Deployments it may call",
         help_text="Change this later on each deployment's page.",
     )
+    accept_acceptable_use = forms.BooleanField(
+        required=False,
+        label="I accept the team's acceptable-use policy (above) for this key",
+        help_text="Required while the team has a policy: the key records which revision you accepted.",
+    )
 
-    def __init__(self, *args: Any, deployments: QuerySet[Any] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        deployments: QuerySet[Any] | None = None,
+        acceptable_use_revision: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.fields["requests_per_minute"].initial = settings.API_KEY_REQUESTS_PER_MINUTE
         self.fields["max_tokens"].initial = settings.API_KEY_MAX_TOKENS
+        if acceptable_use_revision is None:
+            del self.fields["accept_acceptable_use"]  # the team has no policy to accept
+        else:
+            accept = self.fields["accept_acceptable_use"]
+            accept.label = f"I accept the team's acceptable-use policy (revision {acceptable_use_revision}, above)"
         if deployments is None or not deployments.exists():
             del self.fields["deployments"]  # nothing to choose (yet)
         else:

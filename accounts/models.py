@@ -51,12 +51,30 @@ class Team(models.Model):
             "are never stored."
         ),
     )
+    # The acceptable-use policy (Markdown) whoever creates an API key accepts; its revision goes up by one
+    # each time the text changes, and every key records the revision it accepted.
+    acceptable_use_policy = models.TextField(
+        blank=True,
+        max_length=20000,
+        help_text="Markdown. Whoever creates an API key must accept it; empty means no policy to accept.",
+    )
+    acceptable_use_revision = models.PositiveIntegerField(default=0)
+    acceptable_use_updated_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering: ClassVar = ["name"]
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def has_acceptable_use_policy(self) -> bool:
+        return bool(self.acceptable_use_policy.strip())
+
+    @property
+    def acceptable_use_sha256(self) -> str:
+        """SHA-256 of the current policy text: what a key's acceptance is recorded against, with the revision."""
+        return hashlib.sha256(self.acceptable_use_policy.encode()).hexdigest()
 
     @property
     def storage_quota(self) -> int:
@@ -199,9 +217,24 @@ class TeamAPIKey(TokenBase, TeamOwnedModel):
     max_tokens = models.PositiveIntegerField(
         default=1024, help_text="The most new tokens one /v1 request may ask for (more get 400)."
     )
+    # Who accepted the team's acceptable-use policy for this key, which text (revision and SHA-256) and when;
+    # empty when the team had no policy at creation.
+    acceptable_use_revision = models.PositiveIntegerField(null=True, blank=True)
+    acceptable_use_sha256 = models.CharField(max_length=64, blank=True)
+    acceptable_use_accepted_at = models.DateTimeField(null=True, blank=True)
+    acceptable_use_accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
 
     class Meta(TokenBase.Meta):
         pass
+
+    @property
+    def accepted_current_acceptable_use(self) -> bool:
+        """True when the key accepted the team's policy as it reads now (or the team has none)."""
+        if not self.team.has_acceptable_use_policy:
+            return True
+        return self.acceptable_use_revision == self.team.acceptable_use_revision
 
 
 class TeamAPIKeyUserObjectPermission(UserObjectPermissionBase):
@@ -257,3 +290,66 @@ class AuditEvent(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
         raise PermissionError("Audit events are append-only.")
+
+
+class SpendKind(models.TextChoices):
+    TRAINING = "training", "Training"
+    SERVING = "serving", "Serving"
+
+
+class SpendRecord(TeamOwnedModel):
+    """What one training job or one day of a deployment cost the team: the spend ledger (``accounts.costs``).
+
+    Written by the apps that spend (training when a job ends, serving hourly for each deployment's day), read by
+    the Costs page and the budget check, which therefore need nothing of the apps above accounts. ``source_id``
+    is the job's or the deployment's id and ``label`` its name at the time, so the ledger still reads after either
+    is deleted. One row per source and period (``period_start``): recording again updates it.
+    """
+
+    kind = models.CharField(max_length=10, choices=SpendKind.choices)
+    source_id = models.PositiveBigIntegerField()
+    label = models.CharField(max_length=200)
+    # A job trained on a restricted dataset: its name is shown only to owners and admins.
+    restricted = models.BooleanField(default=False)
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField(db_index=True, help_text="The month a row counts towards is its end's.")
+    accelerator = models.CharField(max_length=4, default="cuda", help_text="cuda (GPUs) or cpu (processes).")
+    devices = models.PositiveIntegerField(default=0, help_text="GPUs (or CPU processes) held over the period.")
+    device_hours = models.DecimalField(max_digits=14, decimal_places=4, default=0)
+    gpu_hours = models.DecimalField(max_digits=14, decimal_places=4, default=0)
+    tokens = models.PositiveBigIntegerField(default=0, help_text="Tokens served over the period (deployments).")
+    amount = models.DecimalField(
+        max_digits=14, decimal_places=2, null=True, blank=True, help_text="Empty: no price was set for the device."
+    )
+    currency = models.CharField(max_length=3, default="USD")
+    recorded_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering: ClassVar = ["-period_end", "-pk"]
+        constraints: ClassVar = [
+            models.UniqueConstraint(fields=["team", "kind", "source_id", "period_start"], name="one_spend_per_period")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} {self.label} {self.period_start:%Y-%m-%d %H:%M}: {self.amount}"
+
+
+class Budget(TeamOwnedModel):
+    """A team's monthly budget and its price per CPU-hour (one row per team; owners change it, audited).
+
+    ``soft_limit`` warns (a banner on the Costs page and the launch form) once the month's spend reaches it;
+    ``hard_limit`` refuses new launches (training jobs, new deployments) until the next month or a higher limit.
+    ``cpu_hour_price`` prices the device-hours of CPU pools; empty prices them like GPU-hours.
+    """
+
+    soft_limit = models.DecimalField(max_digits=12, decimal_places=2, null=True, blank=True)
+    hard_limit = models.DecimalField(max_digits=12, decimal_places=2, null=True, blank=True)
+    cpu_hour_price = models.DecimalField(max_digits=8, decimal_places=2, null=True, blank=True)
+    updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints: ClassVar = [models.UniqueConstraint(fields=["team"], name="one_budget_per_team")]
+
+    def __str__(self) -> str:
+        return f"Budget of team {self.team_id}: soft {self.soft_limit}, hard {self.hard_limit}"

@@ -37,6 +37,7 @@ class Perm(StrEnum):
     MANAGE_TOOLS = "tools.manage"
     APPROVE_TOOLS = "tools.approve"
     RUN_EVALS = "evals.run"
+    CHANGE_BUDGETS = "costs.budgets"
 
 
 _EVERYONE = frozenset({Perm.VIEW_TEAM})
@@ -69,7 +70,8 @@ _ADMINS = _EVERYONE | {
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Perm]] = {
     # Publishing a version that failed a deployment's gate takes an owner (with a reason, audited).
-    Role.OWNER: frozenset(_ADMINS | {Perm.OVERRIDE_GATES}),
+    # Budgets (the monthly soft and hard limits, the CPU-hour price) are the owners' call, like gate overrides.
+    Role.OWNER: frozenset(_ADMINS | {Perm.OVERRIDE_GATES, Perm.CHANGE_BUDGETS}),
     Role.ADMIN: frozenset(_ADMINS),
     Role.MEMBER: frozenset(_CONTRIBUTORS),
     Role.VIEWER: _EVERYONE,
@@ -86,7 +88,7 @@ ROLE_OBJECT_ACTIONS: dict[Role, frozenset[str]] = {
 
 PERM_DESCRIPTIONS: dict[Perm, str] = {
     Perm.VIEW_TEAM: "See the team, its members and everything not restricted to named members",
-    Perm.CHANGE_TEAM: "Rename the team",
+    Perm.CHANGE_TEAM: "Change the team's settings: its name, prices, prompt retention and acceptable-use policy",
     Perm.INVITE_MEMBERS: "Create and revoke invitation links",
     Perm.CHANGE_ROLES: "Change a member's role (only owners grant or take away 'owner')",
     Perm.REMOVE_MEMBERS: "Remove a member (only owners remove an owner)",
@@ -109,6 +111,8 @@ PERM_DESCRIPTIONS: dict[Perm, str] = {
     "themselves); every member sees the approvals inbox",
     Perm.RUN_EVALS: "Create, change and delete eval suites and run them on the models they may use; every member sees "
     "the suites and their results",
+    Perm.CHANGE_BUDGETS: "Set the team's monthly budget (a soft limit that warns, a hard limit that refuses new "
+    "launches) and its price per CPU-hour (audited); every member sees the Costs page",
 }
 
 

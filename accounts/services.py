@@ -116,6 +116,40 @@ def set_prompt_retention(*, access: TeamAccess, days: int | None, ip: str | None
     return team
 
 
+# The longest acceptable-use policy a team may write (Team.acceptable_use_policy).
+MAX_ACCEPTABLE_USE_CHARS = 20_000
+
+
+def set_acceptable_use_policy(*, access: TeamAccess, text: str, ip: str | None = None) -> Team:
+    """Replace the team's acceptable-use policy (Markdown; empty: none). Owners and admins.
+
+    A changed text is a new revision: keys created from then on accept it, existing keys keep the revision
+    they accepted (their page says it is an older one). An unchanged text changes nothing.
+    """
+    access.require(Perm.CHANGE_TEAM)
+    text = text.replace("\r\n", "\n").strip()
+    if len(text) > MAX_ACCEPTABLE_USE_CHARS:
+        raise ValidationError(
+            {"acceptable_use_policy": f"Use at most {MAX_ACCEPTABLE_USE_CHARS:,} characters (this is {len(text):,})."}
+        )
+    with transaction.atomic():
+        team = Team.objects.select_for_update().get(pk=access.team.pk)
+        if team.acceptable_use_policy == text:
+            return team
+        team.acceptable_use_policy = text
+        team.acceptable_use_revision += 1
+        team.acceptable_use_updated_at = timezone.now()
+        team.save(update_fields=["acceptable_use_policy", "acceptable_use_revision", "acceptable_use_updated_at"])
+        audit.record(
+            "team.acceptable_use_changed", access=access, target=team, ip=ip, revision=team.acceptable_use_revision,
+            sha256=team.acceptable_use_sha256 if text else "", removed=not text,
+        )  # fmt: skip
+    access.team.acceptable_use_policy = team.acceptable_use_policy
+    access.team.acceptable_use_revision = team.acceptable_use_revision
+    access.team.acceptable_use_updated_at = team.acceptable_use_updated_at
+    return team
+
+
 # --- members ------------------------------------------------------------------------------------
 
 
@@ -317,13 +351,16 @@ def create_team_api_key(
     requests_per_minute: int | None = None,
     max_tokens: int | None = None,
     deployments: Iterable[Deployment] = (),
+    accept_acceptable_use: bool = False,
     ip: str | None = None,
 ) -> tuple[TeamAPIKey, str]:
     """A team service key acting with ``role`` (member or viewer); plaintext returned once.
 
     ``requests_per_minute`` and ``max_tokens`` limit the key on the OpenAI-compatible API (empty: the
     studio's defaults, API_KEY_REQUESTS_PER_MINUTE and API_KEY_MAX_TOKENS); ``deployments`` (the team's
-    ``serving_app`` deployments) are the ones it may call there.
+    ``serving_app`` deployments) are the ones it may call there. When the team has an acceptable-use
+    policy, the creator must accept it (``accept_acceptable_use``); the key records the revision, its
+    SHA-256, who accepted it and when.
     """
     access.require(Perm.MANAGE_API_KEYS)
     name = name.strip()
@@ -346,14 +383,33 @@ def create_team_api_key(
         raise ValidationError({"deployments": "Choose deployments of this team."})
     plaintext, prefix, digest = TeamAPIKey.generate()
     with transaction.atomic():
+        # Locked, so the policy accepted is the one in force when the key is made (not one changed meanwhile).
+        team = Team.objects.select_for_update().get(pk=access.team.pk)
+        acceptance: dict[str, Any] = {}
+        if team.has_acceptable_use_policy:
+            if not accept_acceptable_use:
+                raise ValidationError(
+                    {"accept_acceptable_use": f"Accept {team.name}'s acceptable-use policy (revision "
+                     f"{team.acceptable_use_revision}) to create a key: read it on this page, then tick the box "
+                     "(API: send \"accept_acceptable_use\": true)."}
+                )  # fmt: skip
+            acceptance = {
+                "acceptable_use_revision": team.acceptable_use_revision,
+                "acceptable_use_sha256": team.acceptable_use_sha256,
+                "acceptable_use_accepted_at": timezone.now(),
+                "acceptable_use_accepted_by": access.user,
+            }
         key = TeamAPIKey.objects.create(
             team=access.team, name=name, role=role, prefix=prefix, secret_hash=digest, created_by=access.user,
-            requests_per_minute=requests_per_minute, max_tokens=max_tokens,
+            requests_per_minute=requests_per_minute, max_tokens=max_tokens, **acceptance,
         )  # fmt: skip
         key.deployments.add(*deployments)
+        recorded = ("acceptable_use_revision", "acceptable_use_sha256")
+        accepted = {field: value for field, value in acceptance.items() if field in recorded}
         audit.record(
             "apikey.created", access=access, target=key, ip=ip, role=role, requests_per_minute=requests_per_minute,
             max_tokens=max_tokens, deployments=sorted(str(deployment) for deployment in deployments),
+            **accepted,
         )  # fmt: skip
     return key, plaintext
 

@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, reverse_lazy
 
-from accounts import views
+from accounts import cost_views, views
 
 app_name = "accounts"
 
@@ -18,6 +18,8 @@ team_patterns = [
     path("keys/<int:key_id>/", views.api_key_detail, name="api_key_detail"),
     path("keys/<int:key_id>/revoke/", views.api_key_revoke, name="api_key_revoke"),
     path("keys/<int:key_id>/share/", views.api_key_share, name="api_key_share"),
+    path("costs/", cost_views.costs_page, name="costs"),
+    path("costs/budget/", cost_views.budget_change, name="budget_change"),
 ]
 
 

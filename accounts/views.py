@@ -267,6 +267,7 @@ def team_settings(request: TeamRequest, team_slug: str) -> HttpResponse:
         "gpu_hour_price": team.gpu_hour_price,
         "currency": team.currency,
         "prompt_retention_days": team.prompt_retention_days,
+        "acceptable_use_policy": team.acceptable_use_policy,
     }
     form = RenameTeamForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
@@ -278,6 +279,7 @@ def team_settings(request: TeamRequest, team_slug: str) -> HttpResponse:
                 access=access, gpu_hour_price=data["gpu_hour_price"], currency=data["currency"], ip=client_ip(request)
             )
             services.set_prompt_retention(access=access, days=data["prompt_retention_days"], ip=client_ip(request))
+            services.set_acceptable_use_policy(access=access, text=data["acceptable_use_policy"], ip=client_ip(request))
         except ValidationError as error:
             add_service_errors(form, error)
         else:
@@ -319,7 +321,9 @@ def api_keys(request: TeamRequest, team_slug: str) -> HttpResponse:
         access.require(Perm.MANAGE_API_KEYS)
     # The deployments a new key may call (the serving app owns them); only admins see the form.
     choices = key_scopes.choices(access) if access.can(Perm.MANAGE_API_KEYS) else None
-    form = TeamAPIKeyForm(request.POST or None, deployments=choices)
+    # With a policy, the form asks to accept it (the service refuses a key without that).
+    policy = access.team.acceptable_use_revision if access.team.has_acceptable_use_policy else None
+    form = TeamAPIKeyForm(request.POST or None, deployments=choices, acceptable_use_revision=policy)
     new_key = None
     if request.method == "POST" and form.is_valid():
         try:
@@ -327,7 +331,7 @@ def api_keys(request: TeamRequest, team_slug: str) -> HttpResponse:
         except ValidationError as error:
             add_service_errors(form, error)
         else:
-            form = TeamAPIKeyForm(deployments=choices)
+            form = TeamAPIKeyForm(deployments=choices, acceptable_use_revision=policy)
     keys = (
         visible_objects(access, TeamAPIKey.objects.for_team(access.team), "view")
         .select_related("created_by")
@@ -339,7 +343,9 @@ def api_keys(request: TeamRequest, team_slug: str) -> HttpResponse:
 @require_perm(Perm.VIEW_TEAM)
 def api_key_detail(request: TeamRequest, team_slug: str, key_id: int) -> HttpResponse:
     access = request.access
-    key = get_object_or_404(TeamAPIKey.objects.for_team(access.team).select_related("created_by"), pk=key_id)
+    key = get_object_or_404(
+        TeamAPIKey.objects.for_team(access.team).select_related("created_by", "acceptable_use_accepted_by"), pk=key_id
+    )
     actions = require_object_action(access, key, "view")
     context = {
         "key": key,

@@ -22,7 +22,7 @@ from django.urls import reverse
 
 from accounts.permissions import TeamAccess
 from accounts.roles import Perm
-from evals_app import services
+from evals_app import guard_tests, services
 from evals_app.models import EvalRun, EvalSuite
 from serving_app import releases
 from serving_app.models import Deployment
@@ -115,6 +115,8 @@ def set_gate(
         gate["forgetting"] = True
     if max_bias_gap is not None:
         gate["max_bias_gap"] = max_bias_gap
+    if (deployment.gate or {}).get("guard"):  # the guard policy's requirement is set on its own page
+        gate["guard"] = deployment.gate["guard"]
     releases.set_gate(access=access, deployment=deployment, gate=gate, ip=ip)
     return gate_of(deployment)
 
@@ -125,10 +127,13 @@ def set_gate(
 def checks_for(deployment: Deployment, version: ModelVersion) -> list[GateCheck]:
     """The gate's checks of ``version`` (registered with ``serving_app.releases``)."""
     gate = gate_of(deployment)
-    if gate.empty:
+    guard = guard_tests.guard_check(deployment)  # of the deployment's guard policy, whatever the version
+    if gate.empty and guard is None:
         return []
     team = deployment.team.slug
     checks = [_suite_check(requirement, version, team) for requirement in gate.suites]
+    if guard is not None:
+        checks.append(guard)
     checks += [
         GateCheck(f"Suite “{name}”", False, "the suite was deleted: edit the gate") for name in gate.missing_suites
     ]

@@ -391,3 +391,38 @@ class Retrain(TeamOwnedModel):
     @property
     def is_active(self) -> bool:
         return self.status in (self.Status.TRAINING, self.Status.GATING)
+
+
+class GuardTest(TeamOwnedModel):
+    """A deployment's guard policy tried on an eval suite before go-live (``evals_app.guard_tests``).
+
+    A row whose reference is ``BLOCK`` (or block / refuse / unsafe) is a prompt the policy should refuse; every
+    other row is one it should let through. ``rows`` keeps each row's outcome: [{"row", "expected", "blocked",
+    "category"}] (no prompt text: it is in the suite).
+    """
+
+    deployment = models.ForeignKey("serving_app.Deployment", on_delete=models.CASCADE, related_name="+")
+    suite = models.ForeignKey(EvalSuite, on_delete=models.SET_NULL, null=True, related_name="+")
+    suite_name = models.CharField(max_length=120)
+    revision = models.PositiveIntegerField()  # of the guard policy tested
+    allowed = models.PositiveIntegerField()  # rows that should pass
+    disallowed = models.PositiveIntegerField()  # rows that should be refused
+    false_positives = models.PositiveIntegerField()  # allowed rows the policy refused
+    false_negatives = models.PositiveIntegerField()  # disallowed rows it let through
+    rows = models.JSONField(default=list)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering: ClassVar = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"Guard test of {self.deployment_id} r{self.revision} on {self.suite_name}"
+
+    @property
+    def false_positive_rate(self) -> float | None:
+        return self.false_positives / self.allowed if self.allowed else None
+
+    @property
+    def false_negative_rate(self) -> float | None:
+        return self.false_negatives / self.disallowed if self.disallowed else None

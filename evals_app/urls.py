@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from evals_app import distill_views, gate_views, views
+from evals_app import distill_views, gate_views, guard_views, views
 
 app_name = "evals"
 
@@ -31,4 +31,5 @@ urlpatterns = [
     path("gates/<int:deployment_id>/run", gate_views.gate_run, name="gate_run"),
     path("gates/<int:deployment_id>/retrain", gate_views.retrain_start, name="retrain"),
     path("gates/<int:deployment_id>/retrain-schedule", gate_views.retrain_schedule, name="retrain_schedule"),
+    *guard_views.urlpatterns,
 ]

@@ -274,7 +274,8 @@ def list_deployments(request: HttpRequest, slug: str) -> list[dict[str, Any]]:
     summary="Deploy a model version",
 )
 def create_deployment(request: HttpRequest, slug: str, body: DeploymentIn) -> Status:
-    """Publish a model version under ``name`` for /v1 (owners and admins); ``api_keys`` may call it."""
+    """Publish a model version under ``name`` for /v1 (owners and admins); ``api_keys`` may call it. A version whose
+    model card lacks its intended use, out-of-scope uses or known limitations gets 400 (PATCH model-versions/{id})."""
     access = team_access(request, slug)
     access.require(Perm.MANAGE_DEPLOYMENTS)
     version = deployments.deployable_versions(access).filter(pk=body.model_version).first()
@@ -343,7 +344,8 @@ def _version_to_publish(access: TeamAccess, version_id: int) -> ModelVersion:
 def promote(request: HttpRequest, slug: str, deployment_id: ObjectId, body: PromoteIn) -> dict[str, Any]:
     """Publish a version to all traffic (``canary_share`` 0) or as a canary, through the deployment's gate (owners
     and admins). A version failing the gate gets 400 listing the failed checks, unless an owner gives
-    ``override_reason``; the release history keeps the gate's report and the reason."""
+    ``override_reason``; the release history keeps the gate's report and the reason. A version whose model card is
+    incomplete (intended use, out of scope, known limitations) gets 400, with no override."""
     access = team_access(request, slug)
     access.require(Perm.MANAGE_DEPLOYMENTS)
     deployment = _deployment(access, deployment_id)

@@ -18,3 +18,5 @@ class ServingAppConfig(AppConfig):
         register_periodic_task(
             "purge-stored-completions", "serving_app.tasks.purge_stored_completions", every_seconds=3600
         )
+        # A deployment's GPU time is charged by the hour it exists (serving_app.costs).
+        register_periodic_task("record-serving-spend", "serving_app.tasks.record_serving_spend", every_seconds=3600)

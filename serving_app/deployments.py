@@ -18,9 +18,10 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Count, F, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
+from django.urls import reverse
 from django.utils import timezone
 
-from accounts import audit
+from accounts import audit, costs
 from accounts.models import Team, TeamAPIKey
 from accounts.permissions import TeamAccess, visible_objects
 from accounts.roles import Perm
@@ -83,6 +84,19 @@ def visible_key_ids(access: TeamAccess) -> set[int] | None:
 # --- changing -----------------------------------------------------------------------------------
 
 
+def require_complete_card(version: ModelVersion) -> None:
+    """Refuse (``ValidationError`` on ``model_version``) to publish a version whose model card lacks its intended
+    use, out-of-scope uses or known limitations: every path that makes a version live calls this first."""
+    missing = version.missing_card_fields
+    if missing:
+        fields = missing[0] if len(missing) == 1 else f"{', '.join(missing[:-1])} and {missing[-1]}"
+        page = reverse("training:version", args=[version.team.slug, version.pk])
+        raise ValidationError(
+            {"model_version": f"Model card incomplete: fill in {fields} on {page} (the page of {version}), then "
+             "publish it again."}
+        )  # fmt: skip
+
+
 def create_deployment(
     *,
     access: TeamAccess,
@@ -94,10 +108,12 @@ def create_deployment(
 ) -> Deployment:
     """Publish ``version`` as ``name``, callable at /v1 by ``api_keys``. Admins only.
 
-    The person must be allowed to ``use`` the version; the name must be free in the team. Bad input
-    raises ``ValidationError`` keyed by ``name``, ``model_version``, ``api_keys`` or ``description``.
+    The person must be allowed to ``use`` the version, its model card must be complete
+    (``require_complete_card``) and the name must be free in the team. Bad input raises
+    ``ValidationError`` keyed by ``name``, ``model_version``, ``api_keys`` or ``description``.
     """
     access.require(Perm.MANAGE_DEPLOYMENTS)
+    costs.check_budget(team=access.team)  # a deployment reserves GPUs: over the hard budget, it is a refused launch
     name = name.strip()
     _check_name(name)
     if version.team_id != access.team.pk or not deployable_versions(access).filter(pk=version.pk).exists():
@@ -107,6 +123,7 @@ def create_deployment(
                 "from the team's models."
             }
         )
+    require_complete_card(version)
     if len(description) > 2000:
         raise ValidationError({"description": f"Use at most 2000 characters (this is {len(description)})."})
     keys = _team_keys(access, api_keys)

@@ -57,6 +57,13 @@ class Deployment(TeamOwnedModel):
     # Maintenance (``evals_app.maintenance``): when the dataset the current version was trained on gets a new
     # ready version, retrain on it with the same settings, run the gate and propose the promotion.
     retrain_on_new_data = models.BooleanField(default=False)
+    # The serving plan its cost is estimated from (``serving_app.costs``): the weights' precision, the longest
+    # request in tokens (empty: the base model's context length) and the requests answered at once.
+    serving_precision = models.CharField(max_length=4, default="bf16")
+    serving_context_length = models.PositiveIntegerField(null=True, blank=True)
+    expected_concurrency = models.PositiveSmallIntegerField(
+        default=4, validators=[MinValueValidator(1), MaxValueValidator(1024)]
+    )
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -104,6 +111,8 @@ class Release(TeamOwnedModel):
     gate = models.JSONField(default=dict, blank=True)
     overridden = models.BooleanField(default=False)
     reason = models.TextField(blank=True, max_length=1000)
+    # The deployment's guard policy revision in force when the change was made (None: no policy).
+    guard_revision = models.PositiveIntegerField(null=True, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -316,3 +325,76 @@ class PromptLog(TeamOwnedModel):
 
     def __str__(self) -> str:
         return f"{self.source} {self.model_label} {self.created_at:%Y-%m-%d %H:%M}"
+
+
+DEFAULT_GUARD_PROMPT = """You are a safety classifier. Decide whether the text below falls into one of these unsafe \
+categories:
+S1: violence or weapons
+S2: illegal activity
+S3: self-harm
+S4: hate or harassment
+
+Text:
+{content}
+
+Answer "safe", or "unsafe" and the category on the next line."""
+
+
+class GuardPolicy(TeamOwnedModel):
+    """A deployment's guardrails (``serving_app.guard_filter`` applies them to every /v1 request and playground
+    column on it): personal data redacted, blocked topics and the guard model's "unsafe" refused, answers capped.
+
+    Each change raises ``revision`` and keeps the policy as it was in a ``GuardPolicyRevision``; releases record
+    the revision in force, so a deployment's history says which policy served each version.
+    """
+
+    class Checks(models.TextChoices):
+        INPUT = "input", "Prompts"
+        OUTPUT = "output", "Answers"
+        BOTH = "both", "Prompts and answers"
+
+    deployment = models.OneToOneField(Deployment, on_delete=models.CASCADE, related_name="guard_policy")
+    enabled = models.BooleanField(default=True)
+    redact_input_pii = models.BooleanField(
+        default=True, help_text="Replace e-mails, phone numbers, cards, IBANs, IPs and secrets in prompts by [EMAIL]…"
+    )
+    redact_output_pii = models.BooleanField(default=True, help_text="The same in answers, before they reach anyone.")
+    # [{"name": "weapons", "terms": ["rifle", …], "patterns": ["how to (make|build) a bomb", …]}]
+    blocked_topics = models.JSONField(default=list, blank=True)
+    # A team model used as a classifier (a serving_app.catalog model key: ``base:<pk>`` or ``version:<pk>``).
+    guard_model_key = models.CharField(max_length=40, blank=True)
+    guard_model_label = models.CharField(max_length=200, blank=True)
+    guard_prompt = models.TextField(default=DEFAULT_GUARD_PROMPT, max_length=8000)
+    guard_checks = models.CharField(max_length=6, choices=Checks.choices, default=Checks.BOTH)
+    max_answer_chars = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(200_000)]
+    )
+    refusal_message = models.CharField(max_length=1000, default="I can't help with that request.")
+    fail_closed = models.BooleanField(
+        default=True, help_text="Refuse when a check cannot run (the guard model is down, a pattern runs too long)."
+    )
+    revision = models.PositiveIntegerField(default=1)
+    updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"Guard policy r{self.revision} of {self.deployment}"
+
+
+class GuardPolicyRevision(TeamOwnedModel):
+    """A guard policy as it was at one revision (``GuardPolicy.document()``), kept when it changes."""
+
+    policy = models.ForeignKey(GuardPolicy, on_delete=models.CASCADE, related_name="revisions")
+    revision = models.PositiveIntegerField()
+    document = models.JSONField()
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering: ClassVar = ["-revision"]
+        constraints: ClassVar = [
+            models.UniqueConstraint(fields=["policy", "revision"], name="one_guard_policy_revision_per_number")
+        ]
+
+    def __str__(self) -> str:
+        return f"r{self.revision} of {self.policy_id}"

@@ -30,6 +30,7 @@ import ipaddress
 import json
 import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from functools import wraps
@@ -48,9 +49,10 @@ from accounts.permissions import TeamAccess
 from accounts.roles import Role
 from accounts.services import authenticate_team_api_key
 from serving_app import completions as stored_completions
-from serving_app import deployments, releases, studio_tools
+from serving_app import deployments, guardrails, releases, studio_tools
 from serving_app.catalog import Servable, publish, servable_version
 from serving_app.engine.params import CHAT_PARAMS, COMPLETION_PARAMS, listing, unknown_params
+from serving_app.guard_filter import AnswerGuard, check_prompt
 from serving_app.inference import server_url
 from serving_app.models import Deployment, UsageRecord
 from training_app.models import ModelVersion
@@ -403,10 +405,11 @@ class _Target:
 
 def _admit(
     key: TeamAPIKey, body: GenerationRequest, endpoint: Endpoint
-) -> tuple[_Target, deployments.ApiRequest, bool]:
+) -> tuple[_Target, deployments.ApiRequest, bool, guardrails.Guard | None]:
     """The deployment ``key`` calls as ``body.model``, made known to the inference server, whether it runs studio
-    tools on this endpoint, and the request metered against the key's limit: one trip to the database thread for
-    all. 404 when the key may not call it; 400, unmetered, for a resume of studio tools it has none of."""
+    tools on this endpoint, its guard policy, and the request metered against the key's limit: one trip to the
+    database thread for all. 404 when the key may not call it; 400, unmetered, for a resume of studio tools it
+    has none of, or log-probabilities under a guard policy."""
     deployment = deployments.find_deployment_for_key(key, body.model)
     if deployment is None:
         raise _model_not_found(body.model)
@@ -416,10 +419,17 @@ def _admit(
             400, f"`{EXTENSION}` applies only to a deployment granted studio tools; `{body.model}` has none.",
             param=EXTENSION, code="unsupported_parameter",
         )  # fmt: skip
+    guard = guardrails.guard_for(deployment)
+    if guard is not None and (body.model_extra or {}).get("logprobs"):
+        raise OpenAIError(
+            400, f"`logprobs` is not available on `{body.model}`: its guard policy checks answers before they are "
+            "released, and log-probabilities would show the text unchecked. Leave `logprobs` out.",
+            param="logprobs", code="unsupported_parameter",
+        )  # fmt: skip
     version = releases.route(deployment)  # the current version, or the canary for its share of requests
     target = _Target(deployment, servable_version(version), version)
     publish([target.servable])  # reads the registry; writes it only when the entry is missing
-    return target, deployments.start_api_request(key=key, deployment=deployment, version=version), tools
+    return target, deployments.start_api_request(key=key, deployment=deployment, version=version), tools, guard
 
 
 async def _generate(request: HttpRequest, endpoint: Endpoint) -> HttpResponseBase:
@@ -427,30 +437,218 @@ async def _generate(request: HttpRequest, endpoint: Endpoint) -> HttpResponseBas
     _require_method(request, "POST")
     key = await authenticate(request)
     body = parse_request(request.body, endpoint)
-    target, started, studio_tools = await sync_to_async(_admit)(key, body, endpoint)
+    target, started, studio_tools, guard = await sync_to_async(_admit)(key, body, endpoint)
     if started.retry_after is not None:
         raise OpenAIError(
             429, f"Rate limit reached: this API key may make {key.requests_per_minute} requests per minute. "
             f"Retry in {started.retry_after} s, or ask a team admin for a higher limit.",
             type="requests", code="rate_limit_exceeded", headers={"Retry-After": str(started.retry_after)},
         )  # fmt: skip
-    meter = _Meter(started.record, store=_Store.of(body, key, target))
+    meter = _Meter(started.record)
+    guarded = _Guarded(guard, key, target.deployment, request.META.get("REMOTE_ADDR")) if guard else None
+    if guarded is not None:
+        try:
+            body, refused = await guarded.check_prompt(body, endpoint)
+        except BaseException:
+            await meter.finish()
+            await guarded.audit()
+            raise
+        if refused is not None:
+            meter.ok = True
+            await meter.finish()
+            await guarded.audit()
+            return _respond(refused, body)
+    meter.store = _Store.of(body, key, target)  # what is kept is what the model was sent (redacted)
     if studio_tools and isinstance(body, ChatCompletionRequest):
-        return await _run_studio_tools(request, body, key, target, meter)
+        return await _run_studio_tools(request, body, key, target, meter, guarded)
     try:
         _check_token_ceiling(body, key)
         relay = await _open_relay(body, key, target, endpoint)
     except BaseException:
         await meter.finish()
+        if guarded is not None:
+            await guarded.audit()
         raise
     if body.stream:
-        response = StreamingHttpResponse(
-            _event_stream(relay, meter, include_usage=body.include_usage), content_type="text/event-stream"
-        )
+        stream = (
+            _event_stream(relay, meter, include_usage=body.include_usage) if guarded is None
+            else _guarded_stream(relay, meter, guarded, include_usage=body.include_usage)
+        )  # fmt: skip
+        response = StreamingHttpResponse(stream, content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
         return response
-    return JsonResponse(await _whole_answer(relay, meter, endpoint))
+    return JsonResponse(await _whole_answer(relay, meter, endpoint, guarded))
+
+
+def _respond(answer: dict[str, Any], body: GenerationRequest) -> HttpResponseBase:
+    """A whole answer as the client asked for it: JSON, or replayed as a stream."""
+    if not body.stream:
+        return JsonResponse(answer)
+    response = StreamingHttpResponse(
+        _replayed(answer, include_usage=body.include_usage), content_type="text/event-stream"
+    )
+    response["Cache-Control"] = "no-cache"
+    return response
+
+
+# --- guard policies: the prompt checked before generation, the answer before release ---------------------------
+
+
+@dataclass
+class _Guarded:
+    """A request under its deployment's guard policy (``serving_app.guard_filter``): the prompt redacted or refused
+    before anything is generated, each choice's text released only once checked, and what the policy did
+    audited once the request ends, as the key that sent it."""
+
+    guard: guardrails.Guard
+    key: TeamAPIKey
+    deployment: Deployment
+    ip: str | None
+    answers: dict[int, AnswerGuard] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    audited: bool = False
+
+    async def check_prompt(
+        self, body: GenerationRequest, endpoint: Endpoint
+    ) -> tuple[GenerationRequest, dict[str, Any] | None]:
+        """The request as the model gets it (personal data replaced), or the refusal when the policy blocks it."""
+        if isinstance(body, ChatCompletionRequest):
+            messages = [message.model_dump(exclude_none=True) for message in body.messages]
+        else:
+            assert isinstance(body, CompletionRequest)
+            messages = [{"role": "user", "content": body.prompt if isinstance(body.prompt, str) else body.prompt[0]}]
+        check = await check_prompt(self.guard.rules, messages, self.guard.classify)
+        self.events += [event.as_dict() for event in check.events]
+        if check.blocked is not None:
+            return body, self.refusal(endpoint, body, check.blocked.as_dict())
+        if isinstance(body, ChatCompletionRequest):
+            body = body.model_copy(update={"messages": [ChatMessage.model_validate(m) for m in check.messages]})
+        else:
+            body = body.model_copy(update={"prompt": check.messages[0]["content"]})
+        return body, None
+
+    def refusal(self, endpoint: Endpoint, body: GenerationRequest, blocked: dict[str, Any]) -> dict[str, Any]:
+        """The whole answer to a refused prompt: the policy's refusal, ``finish_reason`` content_filter."""
+        text = self.guard.rules.refusal
+        choices = [
+            {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": None,
+             "finish_reason": "content_filter"} if endpoint.chat
+            else {"index": index, "text": text, "logprobs": None, "finish_reason": "content_filter"}
+            for index in range(body.n or 1)
+        ]  # fmt: skip
+        return {
+            "id": f"guard-{uuid.uuid4().hex[:24]}", "object": endpoint.answer_object, "created": int(time.time()),
+            "model": body.model, "choices": choices,
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+            EXTENSION: {"guard": {"blocked": blocked["stage"], "category": blocked["category"],
+                                  "revision": self.guard.revision}},
+        }  # fmt: skip
+
+    async def filter_chunk(self, chunk: dict[str, Any]) -> bool:
+        """Replace each choice's new text in ``chunk`` by what the policy releases now; drop the parts of a
+        blocked choice. Whether anything is left to send."""
+        kept = []
+        for part in chunk.get("choices", []):
+            answer = self.answers.setdefault(
+                int(part.get("index", 0)), AnswerGuard(self.guard.rules, self.guard.classify)
+            )
+            if answer.stopped is not None:
+                continue  # what a blocked choice still generates goes nowhere
+            delta = part.get("delta")
+            text = (delta.get("content") or "") if isinstance(delta, dict) else (part.get("text") or "")
+            released = await answer.feed(text)
+            if part.get("finish_reason") is not None and answer.stopped is None:
+                released += await answer.finish()
+            if answer.stopped is not None:
+                part["finish_reason"] = answer.stopped_reason
+                part.pop("logprobs", None)
+            if isinstance(delta, dict):
+                if released or "content" in delta:
+                    delta["content"] = released
+                if released or part.get("finish_reason") or any(k != "content" for k in delta):
+                    kept.append(part)
+            else:
+                part["text"] = released
+                if released or part.get("finish_reason"):
+                    kept.append(part)
+        if "choices" in chunk:
+            chunk["choices"] = kept
+        return bool(kept) or bool(chunk.get("usage"))
+
+    @property
+    def all_stopped(self) -> bool:
+        return bool(self.answers) and all(answer.stopped is not None for answer in self.answers.values())
+
+    async def whole(self, answer: dict[str, Any]) -> dict[str, Any]:
+        """A whole answer's choices as the policy lets them through."""
+        for choice in answer.get("choices", []):
+            guard = self.answers.setdefault(
+                int(choice.get("index", 0)), AnswerGuard(self.guard.rules, self.guard.classify)
+            )
+            message = choice.get("message")
+            text = (message.get("content") or "") if isinstance(message, dict) else (choice.get("text") or "")
+            released = await guard.check_whole(text)
+            if isinstance(message, dict):
+                if message.get("content") is not None or released:
+                    message["content"] = released
+            else:
+                choice["text"] = released
+            if guard.stopped is not None:
+                choice["finish_reason"] = guard.stopped_reason
+                choice["logprobs"] = None
+        return answer
+
+    async def audit(self) -> None:
+        """Record what the policy did (once), shielded from a client that went away."""
+        if self.audited:
+            return
+        self.audited = True
+        for answer in self.answers.values():
+            self.events += [event.as_dict() for event in answer.events]
+        if not self.events:
+            return
+        access = TeamAccess(team=self.key.team, role=Role(self.key.role), api_key=self.key)
+        record = sync_to_async(guardrails.record)
+        await asyncio.shield(
+            record(self.events, team=self.key.team, deployment_id=self.deployment.pk, revision=self.guard.revision,
+                   via="api", access=access, ip=self.ip)
+        )  # fmt: skip
+
+
+async def _guarded_stream(
+    relay: _Relay, meter: _Meter, guarded: _Guarded, *, include_usage: bool
+) -> AsyncIterator[bytes]:
+    """``_event_stream`` under a guard policy: every chunk parsed, its text replaced by what the policy releases.
+    Once every choice is blocked the relay is closed, which stops the generation."""
+    try:
+        async for payloads in relay.batches():
+            events: list[bytes] = []
+            for payload in payloads:
+                chunk = relay.parse(payload)
+                if "error" in chunk:
+                    yield b"".join([*events, _sse(chunk)])
+                    return
+                keep = await guarded.filter_chunk(chunk)
+                meter.observe(chunk)
+                if not include_usage:
+                    chunk.pop("usage", None)
+                    keep = keep and bool(chunk.get("choices"))
+                if keep:
+                    events.append(_sse(chunk))
+            if events:
+                yield b"".join(events)
+            if guarded.all_stopped:
+                break
+        meter.ok = True
+        await meter.finish()
+        yield b"data: [DONE]\n\n"
+    except Exception as error:  # headers are sent: report it in the stream, as OpenAI does
+        yield _sse(OpenAIError(500, f"The generation stopped: {error}", type="server_error").body())
+    finally:
+        await relay.close()
+        await meter.finish()
+        await guarded.audit()
 
 
 # --- relaying the inference server's stream ----------------------------------------------------
@@ -934,13 +1132,22 @@ async def _collect(relay: _Relay, endpoint: Endpoint, observe: Callable[[dict[st
     }
 
 
-async def _whole_answer(relay: _Relay, meter: _Meter, endpoint: Endpoint) -> dict[str, Any]:
-    """The whole answer (``_collect``) with the usage of all its choices, metered."""
+async def _whole_answer(
+    relay: _Relay, meter: _Meter, endpoint: Endpoint, guarded: _Guarded | None = None
+) -> dict[str, Any]:
+    """The whole answer (``_collect``) with the usage of all its choices, metered (and checked, under a guard
+    policy, before anything is kept or returned)."""
     try:
         answer = await _collect(relay, endpoint, meter.observe)
+        if guarded is not None:
+            answer = await guarded.whole(answer)
+            if meter.store is not None:
+                meter.store.answered(answer)
         meter.ok = True
     finally:
         await meter.finish()
+        if guarded is not None:
+            await guarded.audit()
     prompt, completion = meter.usage.get("prompt_tokens", 0), meter.usage.get("completion_tokens", meter.deltas)
     answer["usage"] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
     return answer
@@ -950,8 +1157,9 @@ async def _whole_answer(relay: _Relay, meter: _Meter, endpoint: Endpoint) -> dic
 
 
 async def _run_studio_tools(
-    request: HttpRequest, body: ChatCompletionRequest, key: TeamAPIKey, target: _Target, meter: _Meter
-) -> HttpResponseBase:
+    request: HttpRequest, body: ChatCompletionRequest, key: TeamAPIKey, target: _Target, meter: _Meter,
+    guarded: _Guarded | None = None,
+) -> HttpResponseBase:  # fmt: skip
     """Answer through the tools app's loop: each step a whole generation, all of them metered as one request.
     A streamed request gets the final answer as a stream once the run ends (tool calls run in between)."""
     runner = studio_tools.runner()
@@ -979,12 +1187,16 @@ async def _run_studio_tools(
     try:
         _check_token_ceiling(body, key)
         answer = await runner.run(api_tool_run(body, key, target.deployment, request.META.get("REMOTE_ADDR"), step))
+        if guarded is not None:  # the final answer: what the calls brought back is checked with it
+            answer = await guarded.whole(answer)
         meter.ok = True
         if meter.store is not None:
             meter.store.answered(answer)
     finally:
         meter.usage = dict(totals)
         await meter.finish()
+        if guarded is not None:
+            await guarded.audit()
     prompt, completion = totals["prompt_tokens"], totals["completion_tokens"]
     answer["usage"] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
     if not body.stream:

@@ -30,7 +30,7 @@ from django.db.models import Count, Q, Sum
 from accounts import audit
 from accounts.permissions import TeamAccess
 from accounts.roles import Perm
-from serving_app import deployments
+from serving_app import deployments, guardrails
 from serving_app.models import Deployment, Release, UsageRecord
 from training_app.models import ModelVersion
 
@@ -223,7 +223,8 @@ def promote(
 
     The gate is checked first; a failing (or unmeasured) version needs ``override_reason`` from someone with
     ``deployments.override`` (``PermissionDenied`` for anyone else who gives one). Promoting the running canary
-    with share 0 completes it. The person must be allowed to ``use`` the version, as when deploying. Raises
+    with share 0 completes it. The person must be allowed to ``use`` the version and its model card must be
+    complete, as when deploying (no override: the card is not a measurement). Raises
     ``ValidationError`` keyed by ``model_version``, ``canary_share`` or ``override_reason``.
     """
     access.require(Perm.MANAGE_DEPLOYMENTS)
@@ -234,6 +235,7 @@ def promote(
             {"model_version": "That model version does not exist in this team or you may not use it; pick one from "
              "the team's models."}
         )  # fmt: skip
+    deployments.require_complete_card(version)
     if not 0 <= canary_share <= MAX_CANARY_SHARE:
         raise ValidationError(
             {"canary_share": f"Use 0 (all traffic) to {MAX_CANARY_SHARE} % for a canary; this is {canary_share}."}
@@ -272,7 +274,7 @@ def promote(
             team=access.team, deployment=locked, action=action, model_version=version, version_label=str(version),
             previous_version=previous, previous_label=str(previous), canary_share=canary_share,
             gate=report.as_json() if report.checks else {}, overridden=overridden, reason=reason if overridden else "",
-            created_by=access.user,
+            created_by=access.user, guard_revision=guardrails.current_revision(locked),
         )  # fmt: skip
         event = "deployment.canary_started" if canary else "deployment.promoted"
         details: dict[str, Any] = {
@@ -294,7 +296,9 @@ def rollback(
     """Send all traffic back to ``version`` (default: the version the current one replaced), ending any canary.
 
     Only a version this deployment served before may be the target; no gate applies (it served this
-    deployment's traffic already). Raises ``ValidationError`` keyed by ``model_version``.
+    deployment's traffic already), nor the model-card check: a rollback is the way out of a bad release, and
+    the version passed that check when it was published (or was published before cards were required).
+    Raises ``ValidationError`` keyed by ``model_version``.
     """
     access.require(Perm.MANAGE_DEPLOYMENTS)
     _check_team(access, deployment)
@@ -315,7 +319,7 @@ def rollback(
         release = Release.objects.create(
             team=access.team, deployment=locked, action=Release.Action.ROLLED_BACK, model_version=target,
             version_label=str(target), previous_version=previous, previous_label=str(previous),
-            created_by=access.user,
+            created_by=access.user, guard_revision=guardrails.current_revision(locked),
         )  # fmt: skip
         audit.record(
             "deployment.rolled_back", access=access, target=locked, ip=ip, model_version=str(target),
@@ -339,6 +343,7 @@ def stop_canary(*, access: TeamAccess, deployment: Deployment, ip: str | None = 
             team=access.team, deployment=locked, action=Release.Action.CANARY_STOPPED, model_version=canary,
             version_label=str(canary), previous_version=locked.model_version,
             previous_label=str(locked.model_version), canary_share=locked.canary_share, created_by=access.user,
+            guard_revision=guardrails.current_revision(locked),
         )  # fmt: skip
         audit.record(
             "deployment.canary_stopped", access=access, target=locked, ip=ip, model_version=str(canary),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from serving_app import completions, inference
+from serving_app import completions, costs, inference
 
 
 @shared_task(name="serving_app.tasks.purge_prompt_logs")
@@ -17,3 +17,9 @@ def purge_prompt_logs() -> int:
 def purge_stored_completions() -> int:
     """Delete deployments' stored completions past their retention period."""
     return completions.purge_expired()
+
+
+@shared_task(name="serving_app.tasks.record_serving_spend")
+def record_serving_spend() -> int:
+    """Write each deployment's GPU time and tokens served for yesterday and today to the spend ledger."""
+    return costs.record_serving_spend()

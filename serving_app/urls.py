@@ -2,8 +2,14 @@
 
 from django.urls import URLPattern
 
-from serving_app.pages import arena, deployments, playground
+from serving_app.pages import arena, costs, deployments, guard, playground
 
 app_name = "serving"
 
-urlpatterns: list[URLPattern] = [*playground.urlpatterns, *arena.urlpatterns, *deployments.urlpatterns]
+urlpatterns: list[URLPattern] = [
+    *playground.urlpatterns,
+    *arena.urlpatterns,
+    *deployments.urlpatterns,
+    *guard.urlpatterns,
+    *costs.urlpatterns,
+]

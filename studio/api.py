@@ -26,13 +26,18 @@ from ninja.security import HttpBearer, SessionAuth
 from accounts import services
 from accounts.api import Error, InvalidRequest
 from accounts.api import router as accounts_router
+from accounts.cost_api import router as costs_router
 from accounts.http import error_dict
 from accounts.lockout import LOCKED_MESSAGE
 from datasets_app.api import router as datasets_router
 from evals_app.api import router as evals_router
 from evals_app.distill_api import router as distill_router
 from evals_app.gate_api import router as gates_router
+from evals_app.guard_api import router as guard_tests_router
+from exports_app.api import router as exports_router
 from serving_app.api import router as serving_router
+from serving_app.cost_api import router as serving_costs_router
+from serving_app.guard_api import router as guard_router
 from tools_app.api import router as tools_router
 from training_app.api import router as training_router
 
@@ -158,10 +163,15 @@ api.add_router("/", accounts_router)
 api.add_router("/", datasets_router)
 api.add_router("/", training_router)
 api.add_router("/", serving_router)
+api.add_router("/", serving_costs_router)
+api.add_router("/", costs_router)
+api.add_router("/", guard_router)
 api.add_router("/", tools_router)
 api.add_router("/", evals_router)
 api.add_router("/", gates_router)
+api.add_router("/", guard_tests_router)
 api.add_router("/", distill_router)
+api.add_router("/", exports_router)
 
 
 @api.exception_handler(ValidationError)

@@ -135,6 +135,7 @@ INSTALLED_APPS = [
     "serving_app",
     "tools_app",
     "evals_app",
+    "exports_app",
 ]
 
 MIDDLEWARE = [
@@ -171,9 +172,9 @@ TEMPLATES = [
                 "csp.context_processors.nonce",
                 "accounts.context_processors.studio_shell",
             ],
-            # The charts every app draws; a library here rather than "studio" as an app, whose static
-            # folder STATICFILES_DIRS already lists.
-            "libraries": {"charts": "studio.templatetags.charts"},
+            # The charts every app draws and member-written Markdown (sanitized); libraries here rather than
+            # "studio" as an app, whose static folder STATICFILES_DIRS already lists.
+            "libraries": {"charts": "studio.templatetags.charts", "markdown": "studio.templatetags.markdown"},
         },
     },
 ]
@@ -340,6 +341,14 @@ EVAL_MAX_TOKENS = env_int("ATELIER_EVAL_MAX_TOKENS", 256, minimum=1)
 # The forgetting check after every training job (evals_app.forgetting), studio-wide; teams can also turn it off.
 # Off, a version is checked only on demand (its page, the API) — the perplexity runs on the training queue.
 EVALS_CHECK_AFTER_TRAINING = env_bool("ATELIER_CHECK_AFTER_TRAINING", True)
+# The GPU kinds a deployment can be served on, for its serving cost before publishing (serving_app.costs): each
+# with its memory per GPU. A deployment is placed on the kind that needs the fewest GPUs (tensor parallel: 1, 2, 4
+# or 8 of them), priced at the team's GPU-hour price per GPU. Override with ATELIER_SERVING_GPUS (JSON), e.g.
+#   [{"name": "L4", "memory_gib": 24}, {"name": "H100 80GB", "memory_gib": 80}]
+SERVING_GPUS: list[dict[str, Any]] = env_json(
+    "ATELIER_SERVING_GPUS",
+    [{"name": "24 GB GPU (L4, A10)", "memory_gib": 24}, {"name": "80 GB GPU (A100, H100)", "memory_gib": 80}],
+)
 # Defaults for a new team API key's limits on /v1 (each key can be given its own).
 API_KEY_REQUESTS_PER_MINUTE = env_int("API_KEY_REQUESTS_PER_MINUTE", 60, minimum=1)
 API_KEY_MAX_TOKENS = env_int("API_KEY_MAX_TOKENS", 1024, minimum=1)

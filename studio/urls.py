@@ -18,6 +18,7 @@ urlpatterns = [
     path("t/<slug:team_slug>/", include("serving_app.urls")),
     path("t/<slug:team_slug>/tools/", include("tools_app.urls")),
     path("t/<slug:team_slug>/evals/", include("evals_app.urls")),
+    path("t/<slug:team_slug>/exports/", include("exports_app.urls")),
     path("v1/", include("serving_app.openai_urls")),
     # The team's home page; its members and roles are at /t/<team_slug>/members/ (accounts).
     path("t/<slug:team_slug>/", team_dashboard, name="team_dashboard"),

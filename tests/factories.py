@@ -127,6 +127,14 @@ def starter_like_base_model() -> Any:
     )  # fmt: skip
 
 
+# A complete model card: a deployment publishes a version only with all three written (serving_app.deployments).
+CARD_USES: dict[str, str] = {
+    "intended_use": "Answering the team's support questions in tests.",
+    "out_of_scope": "Anything outside the test suite.",
+    "limitations": "A tiny test model: its answers are not to be trusted.",
+}
+
+
 def finished_job(team: Team, owner: Any, base_model: Any, version: Any, *, name: str = "support bot") -> Any:
     """A succeeded training job on ``version`` with a few metrics and its registered model version.
 
@@ -159,7 +167,7 @@ def finished_job(team: Team, owner: Any, base_model: Any, version: Any, *, name:
     model_version = ModelVersion.objects.create(
         team=team, name=name, number=1, job=job, base_model=base_model, kind=ModelVersion.Kind.ADAPTER,
         path=str(folder), metrics={"eval_loss_before": 3.2, "eval_loss_after": 2.1}, created_by=owner,
-        lineage={**job.lineage, "config": config, "job": {"id": job.pk, "name": name, "pool": "cpu"}},
+        lineage={**job.lineage, "config": config, "job": {"id": job.pk, "name": name, "pool": "cpu"}}, **CARD_USES,
     )  # fmt: skip
     return job, model_version
 
@@ -244,7 +252,7 @@ def adapter_model_version(
     return ModelVersion.objects.create(
         team=team, name=name, number=number, base_model=base_model, kind=ModelVersion.Kind.ADAPTER,
         path=str(folder), restricted=restricted, created_by=owner,
-        lineage={"base_model": {"name": base_model.name, "path": base_model.path}},
+        lineage={"base_model": {"name": base_model.name, "path": base_model.path}}, **CARD_USES,
     )  # fmt: skip
 
 
@@ -255,7 +263,7 @@ def full_model_version(team: Team, owner: Any, base_model: Any, folder: Path, *,
     number = ModelVersion.objects.for_team(team).filter(name=name).count() + 1
     return ModelVersion.objects.create(
         team=team, name=name, number=number, base_model=base_model, kind=ModelVersion.Kind.FULL, path=str(folder),
-        created_by=owner, lineage={"base_model": {"name": base_model.name, "path": base_model.path}},
+        created_by=owner, lineage={"base_model": {"name": base_model.name, "path": base_model.path}}, **CARD_USES,
     )  # fmt: skip
 
 

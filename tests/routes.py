@@ -11,7 +11,16 @@ from typing import Any
 from django.urls import URLPattern, URLResolver, get_resolver
 from ninja.utils import normalize_path
 
-from accounts.models import AuditEvent, Invitation, Membership, Team, TeamAPIKey, TeamAPIKeyUserObjectPermission
+from accounts.models import (
+    AuditEvent,
+    Budget,
+    Invitation,
+    Membership,
+    SpendRecord,
+    Team,
+    TeamAPIKey,
+    TeamAPIKeyUserObjectPermission,
+)
 from datasets_app.models import Dataset, DatasetUserObjectPermission, DatasetVersion
 from evals_app.models import (
     Distillation,
@@ -19,15 +28,19 @@ from evals_app.models import (
     EvalsPolicy,
     EvalSuite,
     ForgettingCheck,
+    GuardTest,
     ProbeRun,
     ProbeSet,
     Retrain,
 )
+from exports_app.models import ExportSettings, ModelExport
 from serving_app.models import (
     ArenaBattle,
     Comparison,
     ComparisonUserObjectPermission,
     Deployment,
+    GuardPolicy,
+    GuardPolicyRevision,
     PlaygroundVote,
     PromptPreset,
     Release,
@@ -45,7 +58,8 @@ TEAM_PARAM = re.compile(r"\{(?:\w+:)?slug\}")
 # What a team route could change about a deployment (``gate`` is a dict: compared as JSON text).
 DEPLOYMENT_FIELDS = (
     "pk", "name", "model_version_id", "canary_version_id", "canary_share", "gate", "store_completions",
-    "completion_retention_days", "retrain_on_new_data",
+    "completion_retention_days", "retrain_on_new_data", "serving_precision", "serving_context_length",
+    "expected_concurrency",
 )  # fmt: skip
 
 
@@ -90,7 +104,9 @@ def api_team_operations() -> set[tuple[str, str]]:
 def team_state(team: Team) -> dict[str, Any]:
     """Everything a team route could change about ``team``, in a comparable form."""
     return {
-        "team": Team.objects.filter(pk=team.pk).values_list("name", "slug").get(),
+        "team": Team.objects.filter(pk=team.pk)
+        .values_list("name", "slug", "acceptable_use_policy", "acceptable_use_revision")
+        .get(),
         "memberships": sorted(Membership.objects.filter(team=team).values_list("user__username", "role")),
         "invitations": sorted(
             Invitation.objects.for_team(team).values_list("pk", "role", "email", "revoked_at", "accepted_at")
@@ -118,7 +134,9 @@ def team_state(team: Team) -> dict[str, Any]:
             )
         ),
         "model_versions": sorted(
-            ModelVersion.objects.for_team(team).values_list("pk", "name", "intended_use", "restricted")
+            ModelVersion.objects.for_team(team).values_list(
+                "pk", "name", "intended_use", "out_of_scope", "limitations", "restricted"
+            )
         ),
         "deployments": sorted(
             tuple(json.dumps(value, sort_keys=True) if isinstance(value, dict) else value for value in row)
@@ -174,7 +192,16 @@ def team_state(team: Team) -> dict[str, Any]:
             )
         ),
         "probe_runs": sorted(ProbeRun.objects.for_team(team).values_list("pk", "probe_set_id", "model_key")),
+        "model_exports": sorted(ModelExport.objects.for_team(team).values_list("pk", "format", "status", "hub_repo")),
+        "export_settings": sorted(ExportSettings.objects.for_team(team).values_list("pk", "hub_token_set_at")),
+        "guard_policies": sorted(
+            GuardPolicy.objects.for_team(team).values_list("pk", "deployment_id", "revision", "refusal_message")
+        ),
+        "guard_revisions": GuardPolicyRevision.objects.for_team(team).count(),
+        "guard_tests": sorted(GuardTest.objects.for_team(team).values_list("pk", "deployment_id", "revision")),
         "usage": UsageRecord.objects.for_team(team).count(),
+        "budget": sorted(Budget.objects.for_team(team).values_list("soft_limit", "hard_limit", "cpu_hour_price")),
+        "spend": SpendRecord.objects.for_team(team).count(),
         # A refused approval attempt is recorded in the acting member's team (the trail of who tried what); it is
         # the refusal itself, not a change the attempt made.
         "audit_events": AuditEvent.objects.for_team(team).exclude(action="tool.approval_refused").count(),

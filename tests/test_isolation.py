@@ -43,6 +43,7 @@ from accounts.permissions import resolve_access, resolve_key_access
 from accounts.roles import Role
 from datasets_app.models import DatasetVersion
 from evals_app.models import Distillation, EvalRun, EvalSuite, ProbeRun, ProbeSet
+from exports_app.models import ModelExport
 from serving_app.models import ArenaBattle, Comparison, Deployment, PlaygroundVote, PromptPreset
 from tests.factories import finished_job, http_tool_form, member, ready_version, sample_tool, sql_tool_form
 from tests.routes import API_ROOT, api_team_operations, page_team_routes, team_state
@@ -89,6 +90,7 @@ class TeamObjects:
     probe_set: ProbeSet  # two templates, two groups of one category
     probe_run: ProbeRun  # of ``probe_set`` on ``model_version``, queued
     distillation: Distillation  # ``model_version`` answering ``version``, queued
+    export: ModelExport | None = None  # a queued bundle export of ``model_version``
 
 
 def _nothing(objects: TeamObjects) -> dict[str, Any]:
@@ -153,6 +155,10 @@ def _deployment_id(o: TeamObjects) -> dict[str, Any]:
 
 def _distillation_id(o: TeamObjects) -> dict[str, Any]:
     return {"distillation_id": o.distillation.pk}
+
+
+def _export_id(o: TeamObjects) -> dict[str, Any]:
+    return {"export_id": o.export.pk if o.export else 0}
 
 
 def _distill_body(o: TeamObjects) -> dict[str, Any]:
@@ -250,7 +256,9 @@ PLANTED_PRESET = {"name": "planted", "system_prompt": "Obey Mallory.", "temperat
 SWEEP: dict[Route, Probe] = {
     "team_dashboard": Probe(),
     "accounts:team_home": Probe(),
-    "accounts:team_settings": Probe(body=lambda o: {"name": "Taken over", "currency": "USD"}),
+    "accounts:team_settings": Probe(
+        body=lambda o: {"name": "Taken over", "currency": "USD", "acceptable_use_policy": "Taken over"}
+    ),
     "accounts:audit_log": Probe(),
     "accounts:invitation_create": Probe(body=lambda o: {"role": Role.OWNER, "email": "mallory@example.com"}),
     "accounts:invitation_revoke": Probe(params=_invitation_id),
@@ -269,7 +277,9 @@ SWEEP: dict[Route, Probe] = {
     ("POST", "/api/v1/teams/{slug}/invitations/"): Probe(body=lambda o: {"role": "owner", "email": ""}),
     ("DELETE", "/api/v1/teams/{slug}/invitations/{invitation_id}"): Probe(params=_invitation_id),
     ("GET", "/api/v1/teams/{slug}/keys/"): Probe(),
-    ("POST", "/api/v1/teams/{slug}/keys/"): Probe(body=lambda o: {"name": "exfiltrate", "role": "member"}),
+    ("POST", "/api/v1/teams/{slug}/keys/"): Probe(
+        body=lambda o: {"name": "exfiltrate", "role": "member", "accept_acceptable_use": True}
+    ),
     ("DELETE", "/api/v1/teams/{slug}/keys/{key_id}"): Probe(params=_key_id),
     ("POST", "/api/v1/teams/{slug}/keys/{key_id}/shares"): Probe(
         params=_key_id, body=lambda o: {"username": o.member.user.get_username(), "level": "change"}
@@ -290,7 +300,9 @@ SWEEP: dict[Route, Probe] = {
     "training:job_delete": Probe(params=_job_id),
     "training:config": Probe(params=_job_id),
     "training:version": Probe(params=_model_version_id),
-    "training:version_card": Probe(params=_model_version_id, body=lambda o: {"intended_use": "Taken over"}),
+    "training:version_card": Probe(
+        params=_model_version_id, body=lambda o: {"intended_use": "Taken over", "out_of_scope": "Taken over"}
+    ),
     "training:version_download": Probe(params=_model_version_id),
     "training:version_delete": Probe(params=_model_version_id),
     "training:version_share": Probe(
@@ -353,7 +365,7 @@ SWEEP: dict[Route, Probe] = {
     ("GET", "/api/v1/teams/{slug}/model-versions"): Probe(),
     ("GET", "/api/v1/teams/{slug}/model-versions/{version_id}"): Probe(params=_model_version_id),
     ("PATCH", "/api/v1/teams/{slug}/model-versions/{version_id}"): Probe(
-        params=_model_version_id, body=lambda o: {"intended_use": "Taken over"}
+        params=_model_version_id, body=lambda o: {"intended_use": "Taken over", "out_of_scope": "Taken over"}
     ),
     ("GET", "/api/v1/teams/{slug}/model-versions/{version_id}/card"): Probe(params=_model_version_id),
     ("GET", "/api/v1/teams/{slug}/model-versions/{version_id}/download"): Probe(params=_model_version_id),
@@ -418,6 +430,31 @@ SWEEP: dict[Route, Probe] = {
     "serving:deployment_stop_canary": Probe(params=_deployment_id),
     "evals:gate": Probe(params=_deployment_id, body=lambda o: {"forgetting": "on"}),
     "evals:gate_run": Probe(params=_deployment_id, body=lambda o: {"version": o.model_version.pk}),
+    "serving:deployment_guard": Probe(
+        params=_deployment_id, body=lambda o: {"refusal_message": "planted", "guard_checks": "both"}
+    ),
+    "serving:guard_activity": Probe(),
+    ("GET", "/api/v1/teams/{slug}/deployments/{deployment_id}/guard-policy"): Probe(params=_deployment_id),
+    ("PUT", "/api/v1/teams/{slug}/deployments/{deployment_id}/guard-policy"): Probe(
+        params=_deployment_id, body=lambda o: {"refusal_message": "planted"}
+    ),
+    ("GET", "/api/v1/teams/{slug}/deployments/{deployment_id}/guard-policy/revisions"): Probe(params=_deployment_id),
+    ("GET", "/api/v1/teams/{slug}/guard-activity"): Probe(),
+    "evals:guard_tests": Probe(params=_deployment_id),
+    "evals:guard_test_run": Probe(params=_deployment_id, body=lambda o: {"suite": o.eval_suite.pk}),
+    "evals:guard_gate": Probe(
+        params=_deployment_id,
+        body=lambda o: {
+            "suite": o.eval_suite.pk,
+            "require": "on",
+            "max_false_positive_rate": 10,
+            "max_false_negative_rate": 10,
+        },
+    ),
+    ("GET", "/api/v1/teams/{slug}/deployments/{deployment_id}/guard-tests"): Probe(params=_deployment_id),
+    ("POST", "/api/v1/teams/{slug}/deployments/{deployment_id}/guard-tests"): Probe(
+        params=_deployment_id, body=lambda o: {"suite": o.eval_suite.pk}
+    ),
     ("POST", "/api/v1/teams/{slug}/deployments/{deployment_id}/promote"): Probe(
         params=_deployment_id, body=_promote_body
     ),
@@ -435,6 +472,18 @@ SWEEP: dict[Route, Probe] = {
         params=_deployment_id, body=lambda o: {"model_version": o.model_version.pk}
     ),
     ("GET", "/api/v1/teams/{slug}/usage"): Probe(),
+    "accounts:costs": Probe(),
+    "accounts:budget_change": Probe(body=lambda o: {"soft_limit": "1", "hard_limit": "1", "cpu_hour_price": "99"}),
+    ("GET", "/api/v1/teams/{slug}/costs/"): Probe(),
+    ("GET", "/api/v1/teams/{slug}/costs/budget"): Probe(),
+    ("PUT", "/api/v1/teams/{slug}/costs/budget"): Probe(body=lambda o: {"soft_limit": 1, "hard_limit": 1}),
+    "serving:deployment_serving_plan": Probe(
+        params=_deployment_id, body=lambda o: {"precision": "fp32", "context_length": "1", "concurrency": "1000"}
+    ),
+    ("GET", "/api/v1/teams/{slug}/deployments/{deployment_id}/cost"): Probe(params=_deployment_id),
+    ("PUT", "/api/v1/teams/{slug}/deployments/{deployment_id}/serving-plan"): Probe(
+        params=_deployment_id, body=lambda o: {"precision": "fp32", "context_length": 1, "concurrency": 1000}
+    ),
     "tools:list": Probe(),
     "tools:new_http": Probe(body=lambda o: http_tool_form(name="planted", url="https://attacker.example/{order_id}")),
     "tools:new_sql": Probe(body=lambda o: sql_tool_form(name="planted")),
@@ -504,6 +553,16 @@ SWEEP: dict[Route, Probe] = {
     ),
     ("GET", "/api/v1/teams/{slug}/eval-runs/{run_id}"): Probe(params=_run_id),
     ("GET", "/api/v1/teams/{slug}/eval-runs/{run_id}/results"): Probe(params=_run_id),
+    "exports:settings": Probe(body=lambda o: {"token": "hf_planted"}),
+    "exports:section": Probe(params=_model_version_id),
+    "exports:create": Probe(params=_model_version_id, body=lambda o: {"format": "bundle"}),
+    "exports:download": Probe(params=_export_id),
+    ("GET", "/api/v1/teams/{slug}/model-versions/{version_id}/exports"): Probe(params=_model_version_id),
+    ("POST", "/api/v1/teams/{slug}/model-versions/{version_id}/exports"): Probe(
+        params=_model_version_id, body=lambda o: {"format": "bundle"}
+    ),
+    ("GET", "/api/v1/teams/{slug}/exports/{export_id}"): Probe(params=_export_id),
+    ("GET", "/api/v1/teams/{slug}/exports/{export_id}/download"): Probe(params=_export_id),
 }
 
 PAGE_ROUTES = sorted(name for name in SWEEP if isinstance(name, str))
@@ -609,11 +668,12 @@ def make_team_objects(team: Team, owner: Any, member_user: Any) -> TeamObjects:
         team=team, name=f"{team.slug} distilled", teacher_key=f"version:{model_version.pk}",
         teacher_label=str(model_version), prompts=version, created_by=owner,
     )  # fmt: skip
+    export = ModelExport.objects.create(team=team, model_version=model_version, format="bundle", created_by=owner)
     return TeamObjects(
         team=team, member=membership, invitation=invitation, key=key, version=version, model=model, job=job,
         model_version=model_version, deployment=deployment, comparison=comparison, preset=preset, battle=battle,
         tool=tool, grant=grant, approval=approval, mcp_server=mcp_server, eval_suite=eval_suite, eval_run=eval_run,
-        probe_set=probe_set, probe_run=probe_run, distillation=distillation,
+        probe_set=probe_set, probe_run=probe_run, distillation=distillation, export=export,
     )  # fmt: skip
 
 
@@ -632,7 +692,7 @@ def placeholder_objects() -> TeamObjects:
         approval=ToolApproval(pk=1, team=team), mcp_server=McpServer(pk=1, team=team),
         eval_suite=EvalSuite(pk=1, team=team), eval_run=EvalRun(pk=1, team=team),
         probe_set=ProbeSet(pk=1, team=team), probe_run=ProbeRun(pk=1, team=team),
-        distillation=Distillation(pk=1, team=team),
+        distillation=Distillation(pk=1, team=team), export=ModelExport(pk=1, team=team),
     )  # fmt: skip
 
 

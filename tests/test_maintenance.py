@@ -25,7 +25,7 @@ from evals_app import gates, maintenance
 from evals_app.models import EvalRun, EvalSuite, Retrain
 from serving_app import deployments, releases
 from serving_app.models import Deployment
-from tests.factories import finished_job, sample_version
+from tests.factories import CARD_USES, finished_job, sample_version
 from tests.test_releases import finished_run
 from training_app.models import BaseModel, JobStatus, ModelVersion, TrainingJob
 
@@ -56,7 +56,7 @@ def finish(job: TrainingJob, *, status: str = JobStatus.SUCCEEDED) -> ModelVersi
     number = ModelVersion.objects.for_team(job.team).filter(name=job.name).count() + 1
     return ModelVersion.objects.create(
         team=job.team, name=job.name, number=number, job=job, base_model=job.base_model,
-        kind=ModelVersion.Kind.ADAPTER, path=str(job.folder()), created_by=job.created_by,
+        kind=ModelVersion.Kind.ADAPTER, path=str(job.folder()), created_by=job.created_by, **CARD_USES,
     )  # fmt: skip
 
 
@@ -200,7 +200,7 @@ def test_a_version_not_made_by_a_job_cannot_retrain_automatically(
 ) -> None:
     uploaded = ModelVersion.objects.create(
         team=acme, name="imported", number=1, base_model=base_model_row, kind=ModelVersion.Kind.ADAPTER, path="/x",
-        created_by=alice,
+        created_by=alice, **CARD_USES,
     )  # fmt: skip
     deployment = deployments.create_deployment(access=owner, name="imported-bot", version=uploaded)
 
@@ -247,7 +247,7 @@ def test_a_version_not_made_by_a_job_has_no_data_to_retrain_on(
 ) -> None:
     uploaded = ModelVersion.objects.create(
         team=acme, name="imported", number=1, base_model=base_model_row, kind=ModelVersion.Kind.ADAPTER, path="/x",
-        created_by=alice,
+        created_by=alice, **CARD_USES,
     )  # fmt: skip
     deployment = deployments.create_deployment(access=owner, name="imported-bot", version=uploaded)
 

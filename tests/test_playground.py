@@ -771,3 +771,32 @@ def test_the_engine_of_another_teams_version_reads_as_no_such_model(
 
     assert login(charlie).get(url).status_code == 404
     assert login(charlie).get(own_team).status_code == 404
+
+
+# --- guard policies ---------------------------------------------------------------------------------------------
+
+
+def test_a_deployment_column_refuses_a_blocked_topic_while_the_other_column_answers(
+    studio_server: str, alice: Any, owner: Any, starter_model: Any, lora_version: ModelVersion
+) -> None:
+    from serving_app import deployments, guardrails
+
+    deployment = deployments.create_deployment(access=owner, name="support-bot", version=lora_version)
+    topics = [{"name": "lock picking", "terms": ["bump key"], "patterns": []}]
+    guardrails.save_policy(
+        access=owner, deployment=deployment, settings={"blocked_topics": topics, "refusal_message": "Not here."}
+    )
+    client = signed_in(studio_server, "alice")
+    session = open_playground(client, "acme")
+    prompt = "Where do I get a bump key?"
+    events = call(
+        client, session, "compare",
+        compare_data(prompt, column(f"deployment:{deployment.pk}"), column(f"version:{lora_version.pk}")),
+    )  # fmt: skip
+    chats = completed(events)[0:4]
+    assert last_answer(chats[0]) == "Not here."
+    assert last_answer(chats[1]) and last_answer(chats[1]) != "Not here."
+    blocked = AuditEvent.objects.get(action="guard.blocked")
+    assert (blocked.details["via"], blocked.details["category"], blocked.actor_label) == (
+        "playground", "lock picking", "alice",
+    )  # fmt: skip

@@ -20,15 +20,33 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts import services
-from accounts.models import Invitation, Membership, Team, TeamAPIKey
+from accounts.models import Budget, Invitation, Membership, Team, TeamAPIKey
 from accounts.permissions import resolve_access
 from accounts.roles import ROLE_PERMISSIONS, Perm, Role
 from datasets_app.models import Dataset, DatasetVersion
 from evals_app import gates
-from evals_app.models import Distillation, EvalRun, EvalsPolicy, EvalSuite, ForgettingCheck, ProbeSet, Retrain
-from serving_app import deployments, releases
-from serving_app.models import ArenaBattle, Deployment, PlaygroundVote, PromptPreset
-from tests.factories import finished_job, http_tool_form, member, sample_tool, sample_version, starter_like_base_model
+from evals_app.models import (
+    Distillation,
+    EvalRun,
+    EvalsPolicy,
+    EvalSuite,
+    ForgettingCheck,
+    GuardTest,
+    ProbeSet,
+    Retrain,
+)
+from exports_app.models import ModelExport
+from serving_app import deployments, guardrails, releases
+from serving_app.models import ArenaBattle, Deployment, GuardPolicy, PlaygroundVote, PromptPreset
+from tests.factories import (
+    finished_job,
+    http_tool_form,
+    member,
+    ready_version,
+    sample_tool,
+    sample_version,
+    starter_like_base_model,
+)
 from tests.routes import page_team_routes, team_state
 from tests.test_maintenance import next_version
 from tools_app import services as tool_services
@@ -69,6 +87,8 @@ class Scene:
     canaried: Deployment  # serves ``candidate`` (promoted from ``model_version``), ``model_version`` as a 10 % canary
     distillation: Distillation  # ``base_model`` taught ``version`` (its students: the versions trained on it)
     newer_data: DatasetVersion  # version 2 of ``version``'s dataset: what ``deployment`` can be retrained on
+    guarded: Deployment  # serves ``model_version`` under a guard policy blocking one topic
+    guard_suite: EvalSuite  # prompts to refuse (reference BLOCK) and to let through
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +161,14 @@ def scenes(module_db: Any, module_media_root: Path) -> dict[str, Scene]:
         releases.promote(access=owner, deployment=canaried, version=model_version, canary_share=10)
         shared["canaried"] = canaried
         shared["newer_data"] = next_version(version)
+        shared["guarded"] = deployments.create_deployment(access=owner, name="guarded-bot", version=model_version)
+        topics = [{"name": "lock picking", "terms": ["bump key"]}]
+        guardrails.save_policy(access=owner, deployment=shared["guarded"], settings={"blocked_topics": topics})
+        guard_rows = [{"prompt": "Where is a bump key?", "completion": "BLOCK"}, {"prompt": "Hi", "completion": "Hi"}]
+        shared["guard_suite"] = EvalSuite.objects.create(
+            team=acme, name="guard prompts", created_by=alice, graders=[{"type": "exact_match", "pass_rate": 0.5}],
+            dataset_version=ready_version(acme, alice, guard_rows, kind="instruction", name="guard prompts"),
+        )  # fmt: skip
         shared["distillation"] = Distillation.objects.create(
             team=acme, name="matrix distilled", teacher_key=f"base:{base_model.pk}", teacher_label=base_model.name,
             prompts=version, output=version, status=Distillation.Status.SUCCEEDED, created_by=alice,
@@ -342,6 +370,14 @@ ACTIONS: dict[str, Action] = {
         page_post("team_settings", lambda s: {"name": "Acme Labs", "currency": "USD"}),
         None,
         done=lambda s: Team.objects.get(pk=s.team.pk).name == "Acme Labs",
+    ),
+    "set_acceptable_use": Action(
+        Perm.CHANGE_TEAM,
+        page_post(
+            "team_settings", lambda s: {"name": s.team.name, "currency": "USD", "acceptable_use_policy": "Be kind."}
+        ),
+        None,
+        done=lambda s: Team.objects.get(pk=s.team.pk).acceptable_use_policy == "Be kind.",
     ),
     "list_invitations": Action(Perm.INVITE_MEMBERS, None, api_call("GET", "invitations/")),
     "create_invitation": Action(
@@ -682,12 +718,83 @@ ACTIONS: dict[str, Action] = {
         done=lambda s: Deployment.objects.for_team(s.team).get(pk=s.deployment.pk).retrain_on_new_data,
     ),
     "list_retrains": Action(Perm.VIEW_TEAM, None, api_call("GET", "deployments/{s.deployment.pk}/retrains")),
+    "read_guard_policy": Action(
+        Perm.VIEW_TEAM,
+        page_get("serving:deployment_guard", deployment_id=lambda s: s.guarded.pk),
+        api_call("GET", "deployments/{s.guarded.pk}/guard-policy"),
+    ),
+    "set_guard_policy": Action(
+        Perm.MANAGE_DEPLOYMENTS,
+        page_post(
+            "serving:deployment_guard",
+            lambda s: {"enabled": "on", "guard_checks": "both", "refusal_message": "Matrix says no."},
+            deployment_id=lambda s: s.deployment.pk,
+        ),
+        api_call("PUT", "deployments/{s.deployment.pk}/guard-policy", lambda s: {"refusal_message": "Matrix says no."}),
+        done=lambda s: GuardPolicy.objects.for_team(s.team).filter(refusal_message="Matrix says no.").exists(),
+    ),
+    "read_guard_activity": Action(
+        Perm.VIEW_TEAM, page_get("serving:guard_activity"), api_call("GET", "guard-activity")
+    ),
+    "read_guard_tests": Action(
+        Perm.VIEW_TEAM,
+        page_get("evals:guard_tests", deployment_id=lambda s: s.guarded.pk),
+        api_call("GET", "deployments/{s.guarded.pk}/guard-tests"),
+    ),
+    "run_guard_test": Action(
+        Perm.RUN_EVALS,
+        page_post("evals:guard_test_run", lambda s: {"suite": s.guard_suite.pk}, deployment_id=lambda s: s.guarded.pk),
+        api_call("POST", "deployments/{s.guarded.pk}/guard-tests", lambda s: {"suite": s.guard_suite.pk}),
+        done=lambda s: GuardTest.objects.for_team(s.team).filter(deployment=s.guarded).exists(),
+    ),
+    "set_guard_gate": Action(
+        Perm.MANAGE_DEPLOYMENTS,
+        page_post(
+            "evals:guard_gate",
+            lambda s: {
+                "suite": s.guard_suite.pk,
+                "require": "on",
+                "max_false_positive_rate": 10,
+                "max_false_negative_rate": 10,
+            },
+            deployment_id=lambda s: s.guarded.pk,
+        ),
+        None,
+        done=lambda s: "guard" in Deployment.objects.for_team(s.team).get(pk=s.guarded.pk).gate,
+    ),
+    "read_costs": Action(Perm.VIEW_TEAM, page_get("costs"), api_call("GET", "costs/")),
+    "read_budget": Action(Perm.VIEW_TEAM, None, api_call("GET", "costs/budget")),
+    "change_budget": Action(
+        Perm.CHANGE_BUDGETS,
+        page_post("budget_change", lambda s: {"soft_limit": "7", "hard_limit": "9"}),
+        api_call("PUT", "costs/budget", lambda s: {"soft_limit": 7, "hard_limit": 9}),
+        done=lambda s: Budget.objects.for_team(s.team).filter(hard_limit=9).exists(),
+    ),
+    "read_serving_cost": Action(Perm.VIEW_TEAM, None, api_call("GET", "deployments/{s.deployment.pk}/cost")),
+    "set_serving_plan": Action(
+        Perm.MANAGE_DEPLOYMENTS,
+        page_post(
+            "serving:deployment_serving_plan",
+            lambda s: {"precision": "fp8", "concurrency": "3"},
+            deployment_id=lambda s: s.deployment.pk,
+        ),
+        api_call("PUT", "deployments/{s.deployment.pk}/serving-plan", lambda s: {"precision": "fp8", "concurrency": 3}),
+        done=lambda s: Deployment.objects.for_team(s.team).get(pk=s.deployment.pk).expected_concurrency == 3,
+    ),
     "run_gate_suites": Action(
         Perm.RUN_EVALS,
         page_post("evals:gate_run", lambda s: {"version": s.candidate.pk}, deployment_id=lambda s: s.gated.pk),
         api_call("POST", "deployments/{s.gated.pk}/gate/runs", lambda s: {"model_version": s.candidate.pk}),
         done=gate_run_started,
     ),
+    "export_model": Action(
+        Perm.EXPORT_MODELS,
+        page_post("exports:create", lambda s: {"format": "bundle"}, version_id=lambda s: s.model_version.pk),
+        api_call("POST", "model-versions/{s.model_version.pk}/exports", lambda s: {"format": "bundle"}),
+        done=lambda s: ModelExport.objects.for_team(s.team).filter(model_version=s.model_version).exists(),
+    ),
+    "list_exports": Action(Perm.VIEW_TEAM, None, api_call("GET", "model-versions/{s.model_version.pk}/exports")),
+    "open_export_settings": Action(Perm.CHANGE_TEAM, page_get("exports:settings"), None),
 }
 
 # The matrix as documented (README, "Roles"), written out by hand: True = allowed.
@@ -758,6 +865,7 @@ DOCUMENTED_MATRIX: dict[str, tuple[bool, bool, bool, bool]] = {
     "list_probe_sets": (True, True, True, True),
     "add_default_probe_set": (True, True, True, False),
     "create_probe_set": (True, True, True, False),
+    "set_acceptable_use": (True, True, False, False),
     "promote_version": (True, True, False, False),
     "override_gate": (True, False, False, False),
     "roll_back": (True, True, False, False),
@@ -777,6 +885,20 @@ DOCUMENTED_MATRIX: dict[str, tuple[bool, bool, bool, bool]] = {
     "retrain": (True, True, True, False),
     "schedule_retraining": (True, True, False, False),
     "list_retrains": (True, True, True, True),
+    "read_guard_policy": (True, True, True, True),
+    "set_guard_policy": (True, True, False, False),
+    "read_guard_activity": (True, True, True, True),
+    "read_guard_tests": (True, True, True, True),
+    "run_guard_test": (True, True, True, False),
+    "set_guard_gate": (True, True, False, False),
+    "export_model": (True, True, True, False),
+    "list_exports": (True, True, True, True),
+    "open_export_settings": (True, True, False, False),
+    "read_costs": (True, True, True, True),
+    "read_budget": (True, True, True, True),
+    "change_budget": (True, False, False, False),
+    "read_serving_cost": (True, True, True, True),
+    "set_serving_plan": (True, True, False, False),
 }
 
 

@@ -40,7 +40,7 @@ from serving_app.models import Deployment
 from serving_app.openai_api import OpenAIError
 from tests import test_tool_runtime
 from tests.conftest import injection_cases
-from tests.factories import member
+from tests.factories import CARD_USES, member
 from tests.test_tool_runtime import actions, continued, regrant
 from tools_app import services
 from tools_app.models import Tool, ToolApproval
@@ -199,7 +199,7 @@ def deployment(owner: TeamAccess, acme: Any, alice: Any, starter_model: Any, obe
     version = ModelVersion.objects.create(
         team=acme, name="support", number=1, base_model=starter_model, kind=ModelVersion.Kind.FULL,
         path=str(obedient_model_path), created_by=alice,
-        lineage={"base_model": {"name": starter_model.name, "path": starter_model.path}},
+        lineage={"base_model": {"name": starter_model.name, "path": starter_model.path}}, **CARD_USES,
     )  # fmt: skip
     return deployments.create_deployment(access=owner, name="support-bot", version=version, api_keys=[key])
 

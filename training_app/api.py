@@ -287,7 +287,8 @@ class FileOut(Schema):
 
 class ModelVersionDetail(ModelVersionOut):
     intended_use: str
-    limitations: str
+    out_of_scope: str
+    limitations: str = Field(description="Known limitations.")
     lineage: dict[str, Any] = Field(description="Base model, data, settings, hardware and library versions.")
     files: list[FileOut] = Field(description="The adapter or model files (empty when they are gone).")
 
@@ -302,7 +303,12 @@ class ModelVersionDetail(ModelVersionOut):
 
 class CardPatch(RequestBody):
     intended_use: str | None = Field(None, description="What the model is for; at most 4000 characters.")
-    limitations: str | None = Field(None, description="Where it should not be trusted; at most 4000 characters.")
+    out_of_scope: str | None = Field(
+        None, description="Uses it is not meant for, even if it seems to handle them; at most 4000 characters."
+    )
+    limitations: str | None = Field(
+        None, description="Known limitations: where it should not be trusted; at most 4000 characters."
+    )
 
 
 # --- helpers ----------------------------------------------------------------------------------------
@@ -615,13 +621,16 @@ def model_version_detail(request: HttpRequest, slug: str, version_id: ObjectId) 
     summary="Edit a model card",
 )
 def update_model_card(request: HttpRequest, slug: str, version_id: ObjectId, body: CardPatch) -> ModelVersion:
-    """Change the card's intended use and limitations (fields left out keep their text)."""
+    """Change the card's intended use, out-of-scope uses and known limitations (fields left out keep their text).
+
+    A deployment publishes the version only once all three are written."""
     access = team_access(request, slug)
     version = _model_version(access, version_id)
     return registry.update_card(
         access=access,
         version=version,
         intended_use=version.intended_use if body.intended_use is None else body.intended_use,
+        out_of_scope=version.out_of_scope if body.out_of_scope is None else body.out_of_scope,
         limitations=version.limitations if body.limitations is None else body.limitations,
         ip=client_ip(request),
     )
@@ -634,7 +643,8 @@ def update_model_card(request: HttpRequest, slug: str, version_id: ObjectId, bod
     openapi_extra={"responses": {200: {"description": "The card", "content": {"text/markdown": {}}}}},
 )
 def model_card(request: HttpRequest, slug: str, version_id: ObjectId) -> HttpResponse:
-    """The model card as Markdown: intended use, limitations, training data, settings and evaluation."""
+    """The model card as Markdown: intended use, out of scope, known limitations, the team's acceptable-use policy,
+    training data, settings and evaluation."""
     version = _model_version(team_access(request, slug), version_id)
     return HttpResponse(registry.model_card(version), content_type="text/markdown; charset=utf-8")
 

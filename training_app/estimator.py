@@ -902,6 +902,67 @@ def _candidate_changes(config: dict[str, Any], pool: Pool) -> list[tuple[str, di
     return candidates
 
 
+# ---- serving ------------------------------------------------------------------------------------------
+
+# Bytes per weight by serving precision; the key/value cache is kept in 16 bits except under fp32.
+SERVING_PRECISIONS = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
+# Tensor-parallel sizes a model is split over (they must divide the attention heads: powers of two).
+TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
+
+
+@dataclass(frozen=True)
+class ServingMemory:
+    """GPU memory to serve a model: ``weights`` (+ an adapter's), the key/value cache for ``concurrency``
+    sequences of ``context_length`` tokens each, and the runtime a GPU process holds besides."""
+
+    weights: int
+    adapter: int
+    kv_cache: int
+    runtime: int
+    kv_bytes_per_token: int
+
+    @property
+    def model_bytes(self) -> int:
+        """What tensor parallelism splits across GPUs: weights, adapter and cache."""
+        return self.weights + self.adapter + self.kv_cache
+
+    @property
+    def total(self) -> int:
+        return self.model_bytes + self.runtime
+
+    def gpus_needed(self, memory_per_gpu: int) -> int | None:
+        """The fewest GPUs of ``memory_per_gpu`` bytes (1, 2, 4 or 8, split tensor-parallel) that hold it within
+        ``FIT_SHARE`` of each GPU (vLLM's default ``gpu_memory_utilization`` is the same 0.9), each paying the
+        runtime; None when eight are not enough."""
+        for gpus in TENSOR_PARALLEL_SIZES:
+            if self.model_bytes / gpus + self.runtime <= FIT_SHARE * memory_per_gpu:
+                return gpus
+        return None
+
+
+def serving_memory(
+    shape: ModelShape, *, precision: str, context_length: int, concurrency: int, adapter_bytes: int = 0
+) -> ServingMemory:
+    """GPU memory to serve ``shape`` at ``precision`` (``SERVING_PRECISIONS``) to ``concurrency`` requests at once,
+    each up to ``context_length`` tokens (prompt + answer).
+
+    weights = N × bytes(precision); key/value cache = 2 (K and V) × L × kv_heads × head_dim × a bytes per token
+    (a = 4 under fp32, else 2), × context_length × concurrency, as vLLM reserves it for full-length sequences; plus
+    ``adapter_bytes`` (a LoRA adapter's files) and the CUDA runtime (``CUDA_RUNTIME_BYTES``).
+    """
+    if precision not in SERVING_PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(SERVING_PRECISIONS)}")
+    cache_bytes = 4 if precision == "fp32" else 2
+    per_token = 2 * shape.layers * shape.kv_width * cache_bytes
+    return ServingMemory(
+        weights=shape.parameter_count * SERVING_PRECISIONS[precision],
+        adapter=max(int(adapter_bytes), 0),
+        kv_cache=per_token * max(int(context_length), 0) * max(int(concurrency), 0),
+        runtime=CUDA_RUNTIME_BYTES,
+        kv_bytes_per_token=per_token,
+    )
+
+
 def _first(values: dict[str, Any], *keys: str) -> Any:
     for key in keys:
         if values.get(key):

@@ -257,15 +257,27 @@ def _as_list(messages: Any) -> list[str]:
 
 
 class ModelCardForm(forms.Form):
-    """The model card's free text: what the model is for, and where it should not be trusted."""
+    """The model card's free text: what the model is for, what it is not for, and where it should not be trusted.
+
+    All three may be saved empty, but a deployment publishes the version only once all three are written.
+    """
 
     intended_use = forms.CharField(
+        label="Intended use",
         required=False,
         max_length=4000,
         widget=forms.Textarea(attrs={"rows": 4}),
         help_text="What this model is for and who should use it.",
     )
+    out_of_scope = forms.CharField(
+        label="Out of scope",
+        required=False,
+        max_length=4000,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Uses it is not meant for, even if it seems to handle them: e.g. medical or legal advice.",
+    )
     limitations = forms.CharField(
+        label="Known limitations",
         required=False,
         max_length=4000,
         widget=forms.Textarea(attrs={"rows": 4}),

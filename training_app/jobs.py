@@ -27,7 +27,7 @@ from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from accounts import audit
+from accounts import audit, costs
 from accounts.permissions import TeamAccess, require_object_action
 from accounts.roles import Perm
 from datasets_app import services as dataset_services
@@ -150,7 +150,8 @@ def estimate_job(
     tokens = int((dataset_version.stats.get("tokens") or {}).get("total") or 0)
     train_rows = max(rows - held_out, 0)
     train_tokens = round(tokens * train_rows / rows) if rows else 0
-    price = team.gpu_hour_price
+    # A CPU pool's process-hours are priced at the team's CPU-hour price when it set one (accounts.costs).
+    price = costs.device_hour_price(team, pool_spec.accelerator)
     return estimator.estimate(
         _trainer_view(config),
         shape,
@@ -242,8 +243,12 @@ def create_job(
     cloned_from: TrainingJob | None = None,
     ip: str | None = None,
 ) -> TrainingJob:
-    """Validate the settings, estimate, save the job and enqueue it once the transaction commits."""
+    """Validate the settings, estimate, save the job and enqueue it once the transaction commits.
+
+    Refused (``ValidationError`` keyed ``budget``) once the month's spend has reached the team's hard budget.
+    """
     access.require(Perm.LAUNCH_TRAINING)
+    costs.check_budget(team=access.team)
     if base_model is not None and not usable_base_models(access).filter(pk=base_model.pk).exists():
         raise ValidationError({"base_model": "choose one of your team's base models"})
     if dataset_version is not None:
@@ -363,6 +368,8 @@ def cancel_job(*, access: TeamAccess, job: TrainingJob, ip: str | None = None) -
         locked.cancel_requested_at = now
         locked.save(update_fields=["status", "message", "finished_at", "cancel_requested_at"])
         audit.record("job.cancelled", access=access, target=locked, ip=ip, status_at_cancel=previous)
+        if locked.is_finished:  # a requeued job ran before it was cancelled in the queue
+            record_job_spend(locked)
     return locked
 
 
@@ -494,6 +501,24 @@ def reward_series(job: TrainingJob) -> dict[str, list[tuple[int, float]]]:
     return {name: sorted(points.items()) for name, points in by_step.items()}
 
 
+# ---- what a job cost ------------------------------------------------------------------------------------
+
+
+def record_job_spend(job: TrainingJob) -> None:
+    """Write what a finished job cost to the team's spend ledger (``accounts.costs``): the wall-clock hours from
+    its first start to its end × the devices its pool gives a job (GPUs on a CUDA pool, processes on a CPU one).
+    A job that never started cost nothing and writes nothing. Call it where the job ends, in that transaction."""
+    if job.started_at is None or job.finished_at is None:
+        return
+    spec = settings.TRAINING_POOLS.get(job.pool)
+    pool = estimator.Pool.from_settings(job.pool, spec) if spec is not None else None
+    costs.record_spend(
+        team=job.team, kind="training", source_id=job.pk, label=job.name, period_start=job.started_at,
+        period_end=job.finished_at, accelerator=pool.accelerator if pool else "cuda",
+        devices=pool.devices if pool else 1, restricted=job.restricted,
+    )  # fmt: skip
+
+
 # ---- the reaper -----------------------------------------------------------------------------------------
 
 
@@ -551,6 +576,8 @@ def _reap_one(job_id: int, now: Any) -> str | None:
             outcome = "requeued"
         job.save()
         audit.record(f"job.{outcome}_by_reaper", team=job.team, target=job, worker=worker)
+        if job.is_finished:
+            record_job_spend(job)
     if outcome == "requeued":
         transaction.on_commit(lambda: dispatch(job_id))
     return outcome

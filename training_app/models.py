@@ -227,8 +227,16 @@ class ModelVersion(TeamOwnedModel):
     )
     metrics = models.JSONField(default=dict, blank=True)
     lineage = models.JSONField(default=dict)
-    intended_use = models.TextField(blank=True, max_length=4000)
-    limitations = models.TextField(blank=True, max_length=4000)
+    # The card's three prompts; a deployment refuses to publish the version until all three are written.
+    intended_use = models.TextField(
+        blank=True, max_length=4000, help_text="What the model is for and who should use it."
+    )
+    out_of_scope = models.TextField(
+        blank=True, max_length=4000, help_text="Uses the model is not meant for, even if it seems to handle them."
+    )
+    limitations = models.TextField(
+        blank=True, max_length=4000, help_text="Known limitations: where the model should not be trusted."
+    )
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -241,6 +249,17 @@ class ModelVersion(TeamOwnedModel):
 
     def __str__(self) -> str:
         return f"{self.name} v{self.number}"
+
+    CARD_USE_FIELDS: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("intended_use", "Intended use"),
+        ("out_of_scope", "Out of scope"),
+        ("limitations", "Known limitations"),
+    )
+
+    @property
+    def missing_card_fields(self) -> list[str]:
+        """Labels of the card prompts still empty; publishing on a deployment needs none missing."""
+        return [label for field, label in self.CARD_USE_FIELDS if not getattr(self, field).strip()]
 
 
 class ModelVersionUserObjectPermission(UserObjectPermissionBase):

@@ -50,6 +50,17 @@ METRIC_FIELDS = (
 )
 
 
+def _carried_card(job: TrainingJob) -> dict[str, str]:
+    """A clone's or retrain's card starts from the card of the version its source job made (same use, same
+    limits: the data is newer, the purpose is not), so a retrained version can be proposed for promotion."""
+    if job.cloned_from_id is None:
+        return {}
+    source = ModelVersion.objects.for_team(job.team).filter(job_id=job.cloned_from_id).order_by("-number").first()
+    if source is None:
+        return {}
+    return {"intended_use": source.intended_use, "out_of_scope": source.out_of_scope, "limitations": source.limitations}
+
+
 def register_from_job(job: TrainingJob, result: dict[str, Any]) -> ModelVersion:
     """Register the artifact of a succeeded job (call inside the job's completion transaction)."""
     artifacts = result.get("artifacts") or {}
@@ -85,6 +96,7 @@ def register_from_job(job: TrainingJob, result: dict[str, Any]) -> ModelVersion:
             "finished_at": job.finished_at.isoformat() if job.finished_at else None,
         },
         created_by=job.created_by,
+        **_carried_card(job),
     )
     if restricted and job.created_by is not None:
         for action in ("view", "use"):
@@ -101,17 +113,30 @@ def visible_versions(access: TeamAccess, action: str = "view") -> QuerySet[Model
 
 
 def update_card(
-    *, access: TeamAccess, version: ModelVersion, intended_use: str, limitations: str, ip: str | None = None
+    *,
+    access: TeamAccess,
+    version: ModelVersion,
+    intended_use: str,
+    out_of_scope: str,
+    limitations: str,
+    ip: str | None = None,
 ) -> ModelVersion:
-    """Edit the card's free-text fields (intended use, limitations)."""
+    """Edit the card's free-text prompts: intended use, out of scope, known limitations.
+
+    A deployment publishes the version only when all three are written (``ModelVersion.missing_card_fields``).
+    """
     require_object_action(access, version, "change")
-    for field, value in (("intended_use", intended_use), ("limitations", limitations)):
+    values = {"intended_use": intended_use, "out_of_scope": out_of_scope, "limitations": limitations}
+    for field, value in values.items():
         if len(value) > 4000:
             raise ValidationError({field: f"use at most 4000 characters (this is {len(value)})"})
     with transaction.atomic():
-        version.intended_use, version.limitations = intended_use.strip(), limitations.strip()
-        version.save(update_fields=["intended_use", "limitations"])
-        audit.record("model_version.card_edited", access=access, target=version, ip=ip)
+        for field, value in values.items():
+            setattr(version, field, value.strip())
+        version.save(update_fields=list(values))
+        audit.record(
+            "model_version.card_edited", access=access, target=version, ip=ip, complete=not version.missing_card_fields
+        )
     return version
 
 
@@ -120,11 +145,16 @@ def model_card(version: ModelVersion) -> str:
 
     Its template renders with autoescape off, so names and card fields read as typed, and
     ``render_to_string`` would mark that text safe for HTML, which it is not: it is handed back as a
-    plain ``str``, and a page that shows it escapes it like any other member-written text.
+    plain ``str``, and a page that shows it escapes it like any other member-written text. The team's
+    acceptable-use policy is quoted in it as written (Markdown), under "Acceptable use".
     """
     config = version.lineage.get("config") or {}
+    team = version.team
     context = {
         "version": version,
+        "team": team,
+        # Quoted, so the policy's own headings stay inside its section of the card.
+        "acceptable_use": "\n".join(f"> {line}".rstrip() for line in team.acceptable_use_policy.splitlines()),
         "lineage": version.lineage,
         "rewards": rewards.describe(config.get("rewards")) if config.get("stage") == "grpo" else [],
     }

@@ -43,6 +43,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts import audit
+from training_app import jobs
 from training_app.engine.config import RunConfig
 from training_app.engine.reporting import (
     CANCEL_FLAG,
@@ -448,6 +449,7 @@ def _complete(
         # "job.cancelled" is the person's request (jobs.cancel_job); the run stopping is "job.stopped".
         outcome = "stopped" if status == JobStatus.CANCELLED else status
         audit.record(f"job.{outcome}", team=locked.team, target=locked, worker=worker)
+        jobs.record_job_spend(locked)
         if status == JobStatus.SUCCEEDED and result is not None:
             registry.register_from_job(locked, result)
     return True

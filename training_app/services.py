@@ -8,6 +8,8 @@ other apps import it from here.
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +22,22 @@ from accounts import audit
 from accounts.models import Team
 from accounts.permissions import TeamAccess
 from datasets_app.models import DatasetVersion
+from training_app import estimator
 from training_app.engine.inspection import UnsafeModel, inspect_model
 from training_app.jobs import usable_base_models, visible_jobs
 from training_app.models import BaseModel, TrainingJob
-from training_app.registry import versions_trained_on, visible_versions
+from training_app.registry import model_card, versions_trained_on, visible_versions
 
 __all__ = [
     "STARTER_MODEL_NAME",
     "available_models",
+    "model_card",
+    "model_shape",
     "models_dir",
     "register_model_folder",
     "retrain",
+    "serving_memory",
+    "serving_precisions",
     "usable_base_models",
     "versions_trained_on",
     "visible_jobs",
@@ -98,3 +105,37 @@ def retrain(
         access=access, name=name, base_model=job.base_model, dataset_version=dataset_version, pool=job.pool,
         values=clone_values(job), cloned_from=job, ip=ip,
     )  # fmt: skip
+
+
+def model_shape(base_model: BaseModel) -> estimator.ModelShape:
+    """The decoder shape of ``base_model`` (an ``estimator.ModelShape``): read from its folder's config.json (layers,
+    key/value heads, head dim) when the folder is there, else from the facts recorded when it was registered."""
+    config_path = Path(base_model.path) / "config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = None
+    if isinstance(config, dict):
+        shape = estimator.ModelShape.from_config(config)
+        return shape if not base_model.parameter_count else replace(shape, parameter_count=base_model.parameter_count)
+    return estimator.ModelShape.from_details(
+        base_model.parameter_count, base_model.details, base_model.context_length, base_model.vocab_size
+    )
+
+
+def serving_memory(
+    *, base_model: BaseModel, adapter_path: str = "", precision: str, context_length: int, concurrency: int
+) -> estimator.ServingMemory:
+    """GPU memory to serve ``base_model`` (plus the LoRA adapter in ``adapter_path``, counted by its safetensors
+    files) at ``precision`` to ``concurrency`` requests of ``context_length`` tokens: an ``estimator.ServingMemory``
+    (formula: ``estimator.serving_memory``). Raises ``ValueError`` for an unknown precision."""
+    adapter_bytes = sum(path.stat().st_size for path in Path(adapter_path).glob("*.safetensors")) if adapter_path else 0
+    return estimator.serving_memory(
+        model_shape(base_model), precision=precision, context_length=context_length, concurrency=concurrency,
+        adapter_bytes=adapter_bytes,
+    )  # fmt: skip
+
+
+def serving_precisions() -> tuple[str, ...]:
+    """The precisions a model can be served at (bytes per weight: ``estimator.SERVING_PRECISIONS``)."""
+    return tuple(estimator.SERVING_PRECISIONS)

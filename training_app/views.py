@@ -607,14 +607,14 @@ def version_detail(request: TeamRequest, team_slug: str, version_id: int) -> Htt
     """A trained model: its card, metrics, lineage, downloads, sharing."""
     access = request.access
     version, actions = _version(access, version_id)
-    form = ModelCardForm(initial={"intended_use": version.intended_use, "limitations": version.limitations})
+    form = ModelCardForm(initial={field: getattr(version, field) for field, _ in ModelVersion.CARD_USE_FIELDS})
     return render(request, "training/version.html", _version_context(access, version, actions, form))
 
 
 @require_POST
 @require_perm(Perm.VIEW_TEAM)
 def version_card(request: TeamRequest, team_slug: str, version_id: int) -> HttpResponse:
-    """Edit the card's intended use and limitations."""
+    """Edit the card's intended use, out-of-scope uses and known limitations."""
     access = request.access
     version, actions = _version(access, version_id, "change")
     form = ModelCardForm(request.POST)

@@ -21,7 +21,7 @@ from accounts.http import add_service_errors, client_ip
 from accounts.models import TeamAPIKey
 from accounts.permissions import TeamAccess, TeamRequest, require_perm
 from accounts.roles import Perm
-from serving_app import completions, deployments, releases
+from serving_app import completions, deployments, guardrails, releases
 from serving_app.deployments import UsageSummary
 from serving_app.models import Deployment, UsageRecord
 from training_app.models import ModelVersion
@@ -40,7 +40,8 @@ SOURCE_COLORS = {
 class VersionChoiceField(forms.ModelChoiceField):
     def label_from_instance(self, obj: Any) -> str:
         base = obj.base_model.name if obj.base_model else obj.lineage.get("base_model", {}).get("name", "")
-        return f"{obj} ({obj.get_kind_display()}{f' of {base}' if base else ''})"
+        incomplete = " — model card incomplete" if obj.missing_card_fields else ""
+        return f"{obj} ({obj.get_kind_display()}{f' of {base}' if base else ''}){incomplete}"
 
 
 class KeyChoiceField(forms.ModelMultipleChoiceField):
@@ -241,6 +242,7 @@ def _render_detail(
         else None,
         "can_export": can_manage and access.can(Perm.UPLOAD_DATASETS),
         "deployment": deployment,
+        "guard_policy": guardrails.policy_of(deployment),
         "keys": [key for key in keys if shown is None or key.pk in shown],
         "hidden_keys": sum(1 for key in keys if shown is not None and key.pk not in shown),
         "keys_form": DeploymentKeysForm(access=access, initial={"api_keys": [k.pk for k in keys if k.is_active]})

@@ -38,9 +38,10 @@ from django.urls import reverse
 
 from accounts.permissions import TeamAccess
 from accounts.roles import Perm
-from serving_app import comparisons, studio_tools
+from serving_app import comparisons, guardrails, studio_tools
 from serving_app.catalog import Servable, resolve_model, resolve_models, usable_models
 from serving_app.comparisons import ColumnSettings, figures_line
+from serving_app.guard_filter import check_prompt
 from serving_app.inference import EngineInfo, InferenceError, StreamUpdate, ToolCall, aengine_of, stream_answer
 from serving_app.models import Comparison, Deployment, PromptPreset
 from serving_app.openai_api import OpenAIError
@@ -511,19 +512,31 @@ ColumnEvent = tuple[int, StreamUpdate | StudioProgress | str | None]
 
 
 async def _generate(run: ColumnRun, prompt: str, access: TeamAccess, queue: asyncio.Queue[ColumnEvent]) -> None:
-    """Stream one column into ``queue`` as (position, update | progress | error), then (position, None)."""
+    """Stream one column into ``queue`` as (position, update | progress | error), then (position, None).
+
+    A deployment's column is answered as its clients are: under its guard policy (the prompt checked first, the
+    answer released only once checked), and what the policy did is audited as this member."""
+    guard = await sync_to_async(_guard_of)(access, run.servable.deployment_id)
+    events: list[dict[str, Any]] = []
     try:
+        messages = run.messages(prompt)
+        if guard is not None:
+            check = await check_prompt(guard.rules, messages, guard.classify)
+            events += [event.as_dict() for event in check.events]
+            if check.blocked is not None:
+                queue.put_nowait((run.position, guardrails.refused_update(guard)))
+                return
+            messages = check.messages
         if run.studio:
-            await _run_studio_tools(run, prompt, access, queue)
+            await _run_studio_tools(run, messages, access, queue, guard, events)
         else:
-            async for update in stream_answer(
-                run.servable,
-                run.messages(prompt),
-                run.settings.sampling(),
-                team=access.team,
-                user=access.user,
+            updates = stream_answer(
+                run.servable, messages, run.settings.sampling(), team=access.team, user=access.user,
                 source="playground",
-            ):
+            )  # fmt: skip
+            if guard is not None:
+                updates = guardrails.guard_updates(guard, updates, events)
+            async for update in updates:
                 queue.put_nowait((run.position, update))
     except (InferenceError, OpenAIError) as error:
         queue.put_nowait((run.position, str(error)))
@@ -532,9 +545,26 @@ async def _generate(run: ColumnRun, prompt: str, access: TeamAccess, queue: asyn
         queue.put_nowait((run.position, "Something went wrong while generating this answer; try again."))
     finally:
         queue.put_nowait((run.position, None))
+        if guard is not None and events:
+            await asyncio.shield(
+                sync_to_async(guardrails.record)(
+                    events, team=access.team, deployment_id=guard.deployment_id, revision=guard.revision,
+                    via="playground", access=access,
+                )
+            )  # fmt: skip
 
 
-async def _run_studio_tools(run: ColumnRun, prompt: str, access: TeamAccess, queue: asyncio.Queue[ColumnEvent]) -> None:
+def _guard_of(access: TeamAccess, deployment_id: int | None) -> guardrails.Guard | None:
+    if deployment_id is None:
+        return None
+    deployment = Deployment.objects.for_team(access.team).filter(pk=deployment_id).first()
+    return guardrails.guard_for(deployment) if deployment is not None else None
+
+
+async def _run_studio_tools(
+    run: ColumnRun, messages: list[dict[str, Any]], access: TeamAccess, queue: asyncio.Queue[ColumnEvent],
+    guard: guardrails.Guard | None, events: list[dict[str, Any]],
+) -> None:  # fmt: skip
     """A deployment column with studio tools: the tools app's runner drives the loop for this member, each
     generation streams into the column, each call's decision and result arrive as progress. The column's own
     tools (if any) are offered beside the granted ones, as a client's; a call of one of them ends the answer."""
@@ -550,10 +580,13 @@ async def _run_studio_tools(run: ColumnRun, prompt: str, access: TeamAccess, que
             queue.put_nowait((run.position, StudioProgress(next_step=True)))
         generations += 1
         last: StreamUpdate | None = None
-        async for update in stream_answer(
+        updates = stream_answer(
             run.servable, messages, replace(sampling, tools=tuple(tools)), team=access.team, user=access.user,
             source="playground",
-        ):  # fmt: skip
+        )  # fmt: skip
+        if guard is not None:
+            updates = guardrails.guard_updates(guard, updates, events)
+        async for update in updates:
             last = update
             queue.put_nowait((run.position, update))
         return _completion(last, deployment.name)
@@ -567,7 +600,7 @@ async def _run_studio_tools(run: ColumnRun, prompt: str, access: TeamAccess, que
         studio_tools.ToolRun(
             access=access,
             deployment=deployment,
-            messages=run.messages(prompt),
+            messages=messages,
             step=step,
             via="playground",
             client_tools=[dict(tool) for tool in sampling.tools],
