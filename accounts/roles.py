@@ -38,6 +38,7 @@ class Perm(StrEnum):
     APPROVE_TOOLS = "tools.approve"
     RUN_EVALS = "evals.run"
     CHANGE_BUDGETS = "costs.budgets"
+    APPROVE_EXPORTS = "exports.approve"
 
 
 _EVERYONE = frozenset({Perm.VIEW_TEAM})
@@ -65,6 +66,7 @@ _ADMINS = _EVERYONE | {
     Perm.MANAGE_DEPLOYMENTS,
     Perm.MANAGE_TOOLS,
     Perm.APPROVE_TOOLS,
+    Perm.APPROVE_EXPORTS,
     Perm.RUN_EVALS,
 }
 
@@ -111,6 +113,8 @@ PERM_DESCRIPTIONS: dict[Perm, str] = {
     "themselves); every member sees the approvals inbox",
     Perm.RUN_EVALS: "Create, change and delete eval suites and run them on the models they may use; every member sees "
     "the suites and their results",
+    Perm.APPROVE_EXPORTS: "Approve or reject a model export that waits for a person, when the team's export "
+    "settings ask for approval (never one they asked for themselves); set whether they do",
     Perm.CHANGE_BUDGETS: "Set the team's monthly budget (a soft limit that warns, a hard limit that refuses new "
     "launches) and its price per CPU-hour (audited); every member sees the Costs page",
 }

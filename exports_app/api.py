@@ -1,6 +1,8 @@
-"""REST endpoints for exports: ``POST teams/<slug>/model-versions/{id}/exports`` queues one (``models.export``),
+r"""REST endpoints for exports: ``POST teams/<slug>/model-versions/{id}/exports`` queues one (``models.export``),
 ``GET …/exports`` lists a version's, ``GET teams/<slug>/exports/{id}`` follows one (status, progress, size, SHA-256,
-Hub URL, error) and ``GET …/exports/{id}/download`` fetches the file.
+Hub URL, error) and ``GET …/exports/{id}/download`` fetches the file. Where the team's exports need approval, a new
+export waits (``awaiting_approval``) until an owner or admin other than its requester ``POST``\ s ``…/approve`` (or
+``…/reject``).
 
 No ``from __future__ import annotations`` here: django-ninja reads the annotations at runtime.
 """
@@ -36,7 +38,7 @@ class ExportOut(Schema):
     model_version_id: int
     format: str
     quantization: str
-    status: Literal["queued", "running", "succeeded", "failed"]
+    status: Literal["awaiting_approval", "rejected", "queued", "running", "succeeded", "failed"]
     phase: str
     progress: float = Field(description="Share done (0-1).")
     size_bytes: int | None
@@ -45,6 +47,7 @@ class ExportOut(Schema):
     hub_repo: str
     hub_url: str
     error: str = Field(description="Why it failed, and what to do.")
+    decision_reason: str = Field(description="Why it was approved or rejected, when the team's exports need approval.")
     created_at: datetime
     finished_at: datetime | None
 
@@ -107,3 +110,28 @@ def download_export(request: HttpRequest, slug: str, export_id: ObjectId) -> Fil
     export = get_object_or_404(services.visible_exports(access), pk=export_id)
     handle, filename = services.open_download(access=access, export=export, ip=client_ip(request))
     return FileResponse(handle, as_attachment=True, filename=filename)
+
+
+class DecisionIn(RequestBody):
+    reason: str = Field("", max_length=500)
+
+
+@router.post("teams/{slug}/exports/{export_id}/approve", response={200: ExportOut, 400: Error, 403: Error, 404: Error},
+             summary="Approve an export that waits")  # fmt: skip
+def approve_export(request: HttpRequest, slug: str, export_id: ObjectId, body: DecisionIn) -> ModelExport:
+    """Queue an export that waits for approval (owners and admins, never the person who asked for it)."""
+    return _decide(request, slug, export_id, body, approve=True)
+
+
+@router.post("teams/{slug}/exports/{export_id}/reject", response={200: ExportOut, 400: Error, 403: Error, 404: Error},
+             summary="Reject an export that waits")  # fmt: skip
+def reject_export(request: HttpRequest, slug: str, export_id: ObjectId, body: DecisionIn) -> ModelExport:
+    """Reject an export that waits for approval: it never runs."""
+    return _decide(request, slug, export_id, body, approve=False)
+
+
+def _decide(request: HttpRequest, slug: str, export_id: int, body: DecisionIn, *, approve: bool) -> ModelExport:
+    access = team_access(request, slug)
+    access.require(Perm.APPROVE_EXPORTS)
+    export = get_object_or_404(services.visible_exports(access), pk=export_id)
+    return services.decide(access=access, export=export, approve=approve, reason=body.reason, ip=client_ip(request))

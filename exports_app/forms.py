@@ -26,3 +26,14 @@ class HubTokenForm(forms.Form):
         help_text="A Hugging Face token with write access. Stored encrypted; never shown again. Empty keeps it.",
     )  # fmt: skip
     remove = forms.BooleanField(required=False, label="Remove the saved token")
+
+
+class ApprovalSettingForm(forms.Form):
+    require_approval = forms.BooleanField(
+        required=False, label="Exports need approval",
+        help_text="Every export waits until an owner or admin other than the person who asked approves it.",
+    )  # fmt: skip
+
+
+class DecisionForm(forms.Form):
+    reason = forms.CharField(max_length=500, required=False)

@@ -32,6 +32,8 @@ class ModelExport(TeamOwnedModel):
         Q8_0 = "q8_0", "Q8_0"
 
     class Status(models.TextChoices):
+        AWAITING_APPROVAL = "awaiting_approval", "Waiting for approval"
+        REJECTED = "rejected", "Rejected"
         QUEUED = "queued", "Queued"
         RUNNING = "running", "Running"
         SUCCEEDED = "succeeded", "Ready"
@@ -42,7 +44,11 @@ class ModelExport(TeamOwnedModel):
     quantization = models.CharField(max_length=8, choices=Quantization.choices, blank=True, default="")
     hub_repo = models.CharField(max_length=200, blank=True, help_text="owner/name on the Hub, to push the files to.")
     hub_private = models.BooleanField(default=True)
-    status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    # When the team's settings ask for approval: who decided (never the one who asked), when, and why.
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decision_reason = models.CharField(max_length=500, blank=True)
     phase = models.CharField(max_length=40, blank=True)
     progress = models.FloatField(default=0.0)
     file_path = models.CharField(max_length=500, blank=True)
@@ -67,6 +73,10 @@ class ModelExport(TeamOwnedModel):
     def is_active(self) -> bool:
         return self.status in (self.Status.QUEUED, self.Status.RUNNING)
 
+    @property
+    def is_awaiting_approval(self) -> bool:
+        return self.status == self.Status.AWAITING_APPROVAL
+
     def folder(self) -> Path:
         """Where the job writes this export's files."""
         return Path(settings.MEDIA_ROOT) / "teams" / str(self.team_id) / "exports" / str(self.pk)
@@ -76,6 +86,9 @@ class ExportSettings(TeamOwnedModel):
     """A team's export settings: its Hugging Face Hub token, encrypted at rest (``tools_app.secrets``)."""
 
     hub_token = models.BinaryField(null=True, blank=True, editable=False)
+    # Every export waits until a second person with ``exports.approve`` approves it (the Privileges issue's rule:
+    # weights leaving the studio are a privileged action).
+    require_approval = models.BooleanField(default=False)
     hub_token_set_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -21,16 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounts import audit
+from accounts.models import Team
 from accounts.permissions import TeamAccess, object_actions, require_object_action
 from accounts.roles import Perm
 from exports_app import documents, hub
-from exports_app.models import ModelExport
+from exports_app.models import ExportSettings, ModelExport
 from training_app import services as training
 from training_app.models import ModelVersion
 
@@ -87,17 +88,77 @@ def start_export(
     quantization = (quantization or "").strip().lower()
     hub_repo = (hub_repo or "").strip()
     _check_request(access, version, format, quantization, hub_repo)
+    waits = approval_required(access.team)
     with transaction.atomic():
         export = ModelExport.objects.create(
             team=access.team, model_version=version, format=format, quantization=quantization, hub_repo=hub_repo,
             hub_private=hub_private, created_by=access.user,
+            status=ModelExport.Status.AWAITING_APPROVAL if waits else ModelExport.Status.QUEUED,
         )  # fmt: skip
         audit.record(
             "model_version.export_requested", access=access, target=version, ip=ip, export=export.pk, format=format,
-            quantization=quantization, hub_repo=hub_repo,
+            quantization=quantization, hub_repo=hub_repo, awaiting_approval=waits,
         )  # fmt: skip
-        queue = _queue(version)
-        transaction.on_commit(lambda: _enqueue(export.pk, queue))
+        if not waits:
+            queue = _queue(version)
+            transaction.on_commit(lambda: _enqueue(export.pk, queue))
+    return export
+
+
+# --- approval ---------------------------------------------------------------------------------------------------
+
+
+def approval_required(team: Team) -> bool:
+    """Whether the team's exports wait for a second person's approval."""
+    return bool(ExportSettings.objects.for_team(team).filter(require_approval=True).exists())
+
+
+def set_approval_required(*, access: TeamAccess, required: bool, ip: str | None = None) -> None:
+    """Make every new export wait for approval, or not (owners and admins: ``exports.approve``); audited."""
+    access.require(Perm.APPROVE_EXPORTS)
+    with transaction.atomic():
+        row, _ = ExportSettings.objects.for_team(access.team).get_or_create(team=access.team)
+        ExportSettings.objects.for_team(access.team).filter(pk=row.pk).update(require_approval=required)
+        audit.record("exports.approval_setting_changed", access=access, ip=ip, require_approval=required)
+
+
+def decide(
+    *, access: TeamAccess, export: ModelExport, approve: bool, reason: str = "", ip: str | None = None
+) -> ModelExport:
+    """Approve (the export is queued) or reject an export that waits (``exports.approve``, never one's own).
+
+    A refused attempt is audited too. Raises ``PermissionDenied`` for a person who may not decide it and
+    ``ValidationError`` for an export that no longer waits.
+    """
+    if export.team_id != access.team.pk:
+        raise ValidationError({"export": "That export does not belong to this team."})
+    refused = None
+    if not access.can(Perm.APPROVE_EXPORTS):
+        refused = "only owners and admins approve exports"
+    elif access.user is None or access.user.pk == export.created_by_id:
+        refused = "an export is approved by someone other than the person who asked for it"
+    if refused is not None:
+        audit.record("model_version.export_approval_refused", access=access, target=export.model_version, ip=ip,
+                     export=export.pk, reason=refused)  # fmt: skip
+        raise PermissionDenied(f"You cannot decide this export: {refused}.")
+    status = ModelExport.Status.QUEUED if approve else ModelExport.Status.REJECTED
+    with transaction.atomic():
+        taken = (
+            ModelExport.objects.for_team(access.team)
+            .filter(pk=export.pk, status=ModelExport.Status.AWAITING_APPROVAL)
+            .update(status=status, decided_by=access.user, decided_at=timezone.now(), decision_reason=reason[:500])
+        )
+        if not taken:
+            now = ModelExport.objects.for_team(access.team).get(pk=export.pk).get_status_display().lower()
+            raise ValidationError({"export": f"{export} is not waiting for approval (it is {now})."})
+        audit.record(
+            "model_version.export_approved" if approve else "model_version.export_rejected", access=access,
+            target=export.model_version, ip=ip, export=export.pk, reason=reason[:500],
+        )  # fmt: skip
+        if approve:
+            queue = _queue(export.model_version)
+            transaction.on_commit(lambda: _enqueue(export.pk, queue))
+    export.refresh_from_db()
     return export
 
 

@@ -11,4 +11,6 @@ urlpatterns = [
     path("versions/<int:version_id>/", views.export_section, name="section"),
     path("versions/<int:version_id>/new", views.export_create, name="create"),
     path("<int:export_id>/download", views.export_download, name="download"),
+    path("<int:export_id>/approve", views.export_approve, name="approve"),
+    path("<int:export_id>/reject", views.export_reject, name="reject"),
 ]

@@ -15,7 +15,7 @@ from accounts.http import client_ip
 from accounts.permissions import TeamRequest, require_perm
 from accounts.roles import Perm
 from exports_app import hub, services
-from exports_app.forms import ExportForm, HubTokenForm
+from exports_app.forms import ApprovalSettingForm, DecisionForm, ExportForm, HubTokenForm
 from exports_app.templatetags.model_exports import section_context
 from training_app import services as training
 
@@ -64,10 +64,46 @@ def export_download(request: TeamRequest, team_slug: str, export_id: int) -> Htt
     return FileResponse(handle, as_attachment=True, filename=filename)
 
 
+@require_POST
+@require_perm(Perm.APPROVE_EXPORTS)
+def export_approve(request: TeamRequest, team_slug: str, export_id: int) -> HttpResponseBase:
+    """Approve an export that waits (never one's own): it is queued."""
+    return _decide(request, export_id, approve=True)
+
+
+@require_POST
+@require_perm(Perm.APPROVE_EXPORTS)
+def export_reject(request: TeamRequest, team_slug: str, export_id: int) -> HttpResponseBase:
+    """Reject an export that waits: it never runs."""
+    return _decide(request, export_id, approve=False)
+
+
+def _decide(request: TeamRequest, export_id: int, *, approve: bool) -> HttpResponseBase:
+    access = request.access
+    export = get_object_or_404(services.visible_exports(access), pk=export_id)
+    form = DecisionForm(request.POST)
+    reason = form.cleaned_data["reason"] if form.is_valid() else ""
+    try:
+        export = services.decide(access=access, export=export, approve=approve, reason=reason, ip=client_ip(request))
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages))
+    else:
+        messages.success(request, f"{export} approved: it is queued." if approve else f"{export} rejected.")
+    return redirect(reverse("training:version", args=[request.access.team.slug, export.model_version_id]) + "#exports")
+
+
 @require_perm(Perm.CHANGE_TEAM)
 def export_settings(request: TeamRequest, team_slug: str) -> HttpResponse:
-    """The team's Hugging Face token for pushing exports (owners and admins; never shown again)."""
+    """The team's Hugging Face token for pushing exports (owners and admins; never shown again), and whether exports
+    need approval."""
     access = request.access
+    if request.method == "POST" and "approval" in request.POST:
+        approval = ApprovalSettingForm(request.POST)
+        if approval.is_valid():
+            required = approval.cleaned_data["require_approval"]
+            services.set_approval_required(access=access, required=required, ip=client_ip(request))
+            messages.success(request, "Exports now need approval." if required else "Exports no longer need approval.")
+        return redirect("exports:settings", team_slug)
     form = HubTokenForm(request.POST or None)
     if form.is_bound and form.is_valid():
         token, remove = form.cleaned_data["token"], form.cleaned_data["remove"]
@@ -75,7 +111,9 @@ def export_settings(request: TeamRequest, team_slug: str) -> HttpResponse:
             services.set_hub_token(access=access, token=None if remove else token, ip=client_ip(request))
             messages.success(request, "Hub token removed." if remove else "Hub token saved (encrypted).")
         return redirect("exports:settings", team_slug)
-    return render(request, "exports/settings.html", {"form": form, "has_token": hub.has_token(access.team)})
+    approval_form = ApprovalSettingForm(initial={"require_approval": services.approval_required(access.team)})
+    context = {"form": form, "has_token": hub.has_token(access.team), "approval_form": approval_form}
+    return render(request, "exports/settings.html", context)
 
 
 def _first_error(errors: dict[str, list[dict[str, str]]]) -> str:

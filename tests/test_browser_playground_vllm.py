@@ -54,9 +54,20 @@ REMINDER_SCHEMA = {
     "required": ["task", "day"],
     "additionalProperties": False,
 }
-# The same tool with a bounded task: the starter model's free text would otherwise run past max_tokens inside
-# the string (a forced call's arguments follow the schema, so a maxLength bounds them).
-SHORT_REMINDER = {**SET_REMINDER, "function": {**SET_REMINDER["function"], "parameters": REMINDER_SCHEMA}}
+# The same tool with a task from a list: a forced call's arguments follow the schema, and vLLM's grammar does not
+# enforce a string's maxLength, so a starter model that pads free text with spaces runs past max_tokens inside the
+# string (the starter model built on some machines does); an enum bounds it whatever the weights.
+SHORT_REMINDER = {
+    **SET_REMINDER,
+    "function": {
+        **SET_REMINDER["function"],
+        "parameters": {
+            **REMINDER_SCHEMA,
+            "properties": {"task": {"type": "string", "enum": ["water the plants", "call the bank"]},
+                           "day": REMINDER_SCHEMA["properties"]["day"]},  # type: ignore[index]
+        },
+    },
+}  # fmt: skip
 
 # Records what the watched elements show each time any of them changes: ``window.__seen`` is a list of
 # snapshots, each a list of their texts. A chatbot (an "answer" element) shows its last answer bubble.

@@ -114,13 +114,20 @@ def test_an_identity_adapter_passes(
 
 
 def test_the_teams_limit_decides(owner: Any, damaged: Any) -> None:
-    """The damaged adapter raises perplexity by about a third: within a limit of 50 %."""
-    update_policy(access=owner, max_perplexity_increase=0.5, max_pass_rate_drop=0.05, max_bias_gap=0.2,
+    """The damaged adapter raises perplexity (by a third to a half, depending on how the starter model was built):
+    a limit above the increase passes it, the same check under a limit below it is flagged."""
+    update_policy(access=owner, max_perplexity_increase=5.0, max_pass_rate_drop=0.05, max_bias_gap=0.2,
                   check_after_training=True)  # fmt: skip
     check = checked(forgetting.start_check(access=owner, version=damaged))
-    assert not check.flagged
-    assert check.limits["max_perplexity_increase"] == 0.5
+    assert not check.flagged, check.reasons
+    assert check.limits["max_perplexity_increase"] == 5.0
     assert forgetting.latest_check(damaged) == check
+    increase = check.perplexity_after / check.perplexity_before - 1
+    assert increase > 0.1
+    update_policy(access=owner, max_perplexity_increase=round(increase / 2, 3), max_pass_rate_drop=0.05,
+                  max_bias_gap=0.2, check_after_training=True)  # fmt: skip
+    stricter = checked(forgetting.start_check(access=owner, version=damaged))
+    assert stricter.flagged and stricter.reasons[0].startswith("Perplexity")
 
 
 def base_answers(access: Any, base_key: str) -> list[str]:

@@ -557,6 +557,14 @@ SWEEP: dict[Route, Probe] = {
     "exports:section": Probe(params=_model_version_id),
     "exports:create": Probe(params=_model_version_id, body=lambda o: {"format": "bundle"}),
     "exports:download": Probe(params=_export_id),
+    "exports:approve": Probe(params=_export_id),
+    "exports:reject": Probe(params=_export_id),
+    ("POST", "/api/v1/teams/{slug}/exports/{export_id}/approve"): Probe(
+        params=_export_id, body=lambda o: {"reason": "planted"}
+    ),
+    ("POST", "/api/v1/teams/{slug}/exports/{export_id}/reject"): Probe(
+        params=_export_id, body=lambda o: {"reason": "planted"}
+    ),
     ("GET", "/api/v1/teams/{slug}/model-versions/{version_id}/exports"): Probe(params=_model_version_id),
     ("POST", "/api/v1/teams/{slug}/model-versions/{version_id}/exports"): Probe(
         params=_model_version_id, body=lambda o: {"format": "bundle"}

@@ -89,6 +89,7 @@ class Scene:
     newer_data: DatasetVersion  # version 2 of ``version``'s dataset: what ``deployment`` can be retrained on
     guarded: Deployment  # serves ``model_version`` under a guard policy blocking one topic
     guard_suite: EvalSuite  # prompts to refuse (reference BLOCK) and to let through
+    waiting_export: ModelExport  # a bundle export of ``candidate`` ``target`` asked for, awaiting approval
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +162,10 @@ def scenes(module_db: Any, module_media_root: Path) -> dict[str, Scene]:
         releases.promote(access=owner, deployment=canaried, version=model_version, canary_share=10)
         shared["canaried"] = canaried
         shared["newer_data"] = next_version(version)
+        shared["waiting_export"] = ModelExport.objects.create(
+            team=acme, model_version=shared["candidate"], format="bundle", created_by=target.user,
+            status=ModelExport.Status.AWAITING_APPROVAL,
+        )  # fmt: skip
         shared["guarded"] = deployments.create_deployment(access=owner, name="guarded-bot", version=model_version)
         topics = [{"name": "lock picking", "terms": ["bump key"]}]
         guardrails.save_policy(access=owner, deployment=shared["guarded"], settings={"blocked_topics": topics})
@@ -794,6 +799,12 @@ ACTIONS: dict[str, Action] = {
         done=lambda s: ModelExport.objects.for_team(s.team).filter(model_version=s.model_version).exists(),
     ),
     "list_exports": Action(Perm.VIEW_TEAM, None, api_call("GET", "model-versions/{s.model_version.pk}/exports")),
+    "approve_export": Action(
+        Perm.APPROVE_EXPORTS,
+        page_post("exports:approve", no_data, export_id=lambda s: s.waiting_export.pk),
+        api_call("POST", "exports/{s.waiting_export.pk}/approve", lambda s: {}),
+        done=lambda s: ModelExport.objects.for_team(s.team).get(pk=s.waiting_export.pk).status == "queued",
+    ),
     "open_export_settings": Action(Perm.CHANGE_TEAM, page_get("exports:settings"), None),
 }
 
@@ -893,6 +904,7 @@ DOCUMENTED_MATRIX: dict[str, tuple[bool, bool, bool, bool]] = {
     "set_guard_gate": (True, True, False, False),
     "export_model": (True, True, True, False),
     "list_exports": (True, True, True, True),
+    "approve_export": (True, True, False, False),
     "open_export_settings": (True, True, False, False),
     "read_costs": (True, True, True, True),
     "read_budget": (True, True, True, True),

@@ -32,11 +32,11 @@ def merge_adapter(base_path: Path, adapter_path: Path, output_dir: Path) -> Path
 
     _check_folder(base_path)
     _check_adapter(adapter_path)
-    torch.set_grad_enabled(False)
-    base = AutoModelForCausalLM.from_pretrained(
-        str(base_path), dtype="auto", use_safetensors=True, trust_remote_code=False
-    )
-    merged = PeftModel.from_pretrained(base, str(adapter_path)).merge_and_unload()
+    with torch.no_grad():  # not torch.set_grad_enabled(False): that would outlive the call in the caller's process
+        base = AutoModelForCausalLM.from_pretrained(
+            str(base_path), dtype="auto", use_safetensors=True, trust_remote_code=False
+        )
+        merged = PeftModel.from_pretrained(base, str(adapter_path)).merge_and_unload()
     partial = output_dir.with_name(output_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     merged.save_pretrained(str(partial), safe_serialization=True)

@@ -8,6 +8,7 @@ from typing import Any
 from django import template
 
 from accounts.permissions import TeamAccess
+from accounts.roles import Perm
 from exports_app import services
 from exports_app.forms import ExportForm
 from training_app.models import ModelVersion
@@ -23,6 +24,8 @@ def section_context(access: TeamAccess, version: ModelVersion) -> dict[str, Any]
         "exports": exports,
         "active": any(export.is_active for export in exports),
         "can_export": services.can_export(access, version),
+        "can_approve": access.can(Perm.APPROVE_EXPORTS),
+        "approval_required": services.approval_required(access.team),
         "form": ExportForm(),
     }
 

@@ -516,9 +516,10 @@ async def _generate(run: ColumnRun, prompt: str, access: TeamAccess, queue: asyn
 
     A deployment's column is answered as its clients are: under its guard policy (the prompt checked first, the
     answer released only once checked), and what the policy did is audited as this member."""
-    guard = await sync_to_async(_guard_of)(access, run.servable.deployment_id)
+    guard: guardrails.Guard | None = None
     events: list[dict[str, Any]] = []
     try:
+        guard = await sync_to_async(_guard_of)(access, run.servable.deployment_id)
         messages = run.messages(prompt)
         if guard is not None:
             check = await check_prompt(guard.rules, messages, guard.classify)
