@@ -40,3 +40,15 @@ print(f"bf16 matmul 8192^3: {2 * 8192**3 / times[len(times) // 2] / 1e12:.0f} TF
 EOF
 python3 bench/train_throughput.py --max-seconds "$seconds" --peak-tflops 989 --models-dir /tmp/bench-models \
   "$@" 2>&1 | tee "$OUT/train_throughput.log"
+# Ablations (#16): ABLATE="attention=sdpa liger=off gradient_checkpointing=true" runs the engine alone on
+# the first scenario once per setting, each turned back to the plain path, within what is left of SECONDS.
+first=${1:-}
+if [ -n "${ABLATE:-}" ] && [ -n "$first" ]; then
+  for setting in $ABLATE; do
+    left=$(( seconds - SECONDS ))
+    [ "$left" -gt 60 ] || { echo "no time left for the ablation $setting"; break; }
+    echo "ablation: $first with --set $setting (engine only, ${left}s left)"
+    python3 bench/train_throughput.py --max-seconds "$left" --peak-tflops 989 --models-dir /tmp/bench-models \
+      --skip-baseline --set "$setting" "$first" 2>&1 | tee -a "$OUT/train_throughput.log"
+  done
+fi

@@ -366,7 +366,10 @@ def engine_config(
     """Write ``run.json`` for Atelier's run of one scenario; returns (path, validation errors).
 
     ``overrides`` (``--set``) replace fields after the scenario's own, for ablations: ``packing=false``,
-    ``gradient_checkpointing=false``, ``per_device_batch_size=2``.
+    ``gradient_checkpointing=false``, ``per_device_batch_size=2``, ``attention=sdpa`` (packing with
+    transformers' mask instead of varlen attention), ``liger=off``, ``torch_compile=on``,
+    ``optimizer=adamw_torch``. The engine's speed settings are automatic otherwise (``speed.json`` in the
+    run folder says what each became and why; the JSON line carries it as ``speed``).
     """
     sys.path.insert(0, str(ROOT))
     from training_app.engine.config import RunConfig
@@ -530,6 +533,7 @@ def run_engine(
         "zero_stage": (result.get("hardware") or {}).get("zero_stage"),
         "device": (result.get("hardware") or {}).get("device"),
         "versions": result.get("versions"),
+        "speed": result.get("speed"),
     }
 
 
@@ -537,7 +541,7 @@ def scenario_notes(config: tuple[Any, ...]) -> list[str]:
     _size, method, _mb, _ckpt, stage, liger = config
     notes = []
     if liger:
-        notes.append("Atelier's engine has no Liger switch: its default path runs against HF Trainer + Liger")
+        notes.append("the peer runs Liger; the engine's Liger is automatic (on where liger-kernel imports on CUDA)")
     if method == "qlora":
         notes.append("the engine quantizes nf4 with double quantization, the peer without")
     if method == "full" and stage:
@@ -772,6 +776,7 @@ def main() -> int:
                 "train_runtime_s": ours.get("train_runtime_s"),
                 "engine_tokens_per_s_whole_run": ours.get("engine_tokens_per_s"),
                 "loss_first_last": ours.get("loss_first_last"),
+                "speed": ours.get("speed"),
                 "zero_stage": ours.get("zero_stage"),
                 "params_B": round(parameters / 1e9, 3),
                 "flops_per_token": flops_per_token,

@@ -33,6 +33,7 @@ from training_app.estimator import (
     estimate,
     estimate_memory,
     flops_per_token,
+    memory_plan,
     trainable_parameters,
 )
 
@@ -517,3 +518,69 @@ def test_nothing_left_to_change_asks_for_a_bigger_pool() -> None:
     result = estimate(config, ModelShape.from_config(LLAMA_8B), tiny_pool, dataset_rows=10, dataset_tokens=5120)
 
     assert result.verdict.endswith("Try: pick a worker pool with more memory per device.")
+
+
+# ---- memory settings chosen by the estimate ------------------------------------------------------------------
+
+LONG_8B = ModelShape.from_config({**LLAMA_8B, "max_position_embeddings": 8192})
+
+
+def _lora(batch: int, sequence: int, **extra: Any) -> dict[str, Any]:
+    return {"method": "lora", "precision": "bf16", "per_device_batch_size": batch, "max_seq_length": sequence,
+            "packing": True, **extra}  # fmt: skip
+
+
+def _fits(config: dict[str, Any], shape: ModelShape, pool: Pool, sequence: int) -> bool:
+    return estimate_memory(config, shape, pool, tokens_per_row=sequence).total <= 0.9 * pool.memory_bytes
+
+
+def test_the_plan_drops_checkpointing_that_memory_does_not_need() -> None:
+    config = _lora(8, 2048, gradient_checkpointing=True)
+
+    plan = memory_plan(config, ModelShape.from_config(LLAMA_1B), H100, tokens_per_row=2048)
+
+    assert (plan["gradient_checkpointing"], plan["per_device_batch_size"], plan["gradient_accumulation"]) == (
+        False,
+        8,
+        1,
+    )
+    assert "micro-batch 8 × 1 accumulation without checkpointing needs about" in plan["reason"]
+
+
+def test_the_plan_takes_the_largest_micro_batch_that_fits_and_keeps_the_rows_per_step() -> None:
+    config = _lora(16, 2048)
+
+    plan = memory_plan(config, LONG_8B, H100, tokens_per_row=2048)
+
+    size = plan["per_device_batch_size"]
+    assert plan["gradient_checkpointing"] is False
+    assert size * plan["gradient_accumulation"] == 16
+    assert _fits({**config, "per_device_batch_size": size}, LONG_8B, H100, 2048)
+    assert not _fits({**config, "per_device_batch_size": size * 2}, LONG_8B, H100, 2048)
+
+
+def test_the_plan_checkpoints_only_when_no_micro_batch_fits_without_it() -> None:
+    config = _lora(2, 8192)
+
+    plan = memory_plan(config, LONG_8B, H100, tokens_per_row=8192)
+
+    assert plan["gradient_checkpointing"] is True
+    assert not _fits({**config, "per_device_batch_size": 1}, LONG_8B, H100, 8192)
+    assert plan["reason"].startswith("the estimate: without checkpointing even micro-batch 1 needs about")
+
+
+def test_an_estimate_with_memory_chosen_reports_the_plan_it_estimated() -> None:
+    config = _lora(2, 8192, memory_auto=True)
+
+    result = estimate(config, LONG_8B, H100, dataset_rows=100, dataset_tokens=819_200)
+
+    assert result.fits and result.memory_plan is not None
+    assert result.memory_plan["gradient_checkpointing"] is True
+
+
+def test_grpo_keeps_its_micro_batch_of_whole_answer_groups() -> None:
+    config = _lora(8, 8192, stage="grpo", num_generations=8, packing=False)
+
+    plan = memory_plan(config, LONG_8B, H100, tokens_per_row=512)
+
+    assert plan["per_device_batch_size"] == 8

@@ -228,6 +228,26 @@ def test_job_detail_logs_and_yaml(alice: Any, bearer: Bearer, base_model_row: Ba
     assert yaml.safe_load(config.content)["lora.rank"] == 4
 
 
+def test_job_detail_lists_the_speed_settings_the_trainer_recorded(
+    alice: Any, bearer: Bearer, base_model_row: BaseModel, chat_version: Any
+) -> None:
+    from training_app.engine import speed
+
+    job = launch(alice, base_model_row, chat_version)
+    client = bearer(alice)
+    assert client.get(f"{API}jobs/{job.pk}").json()["speed_settings"] == []
+    run_dir = job.folder() / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    speed.write([speed.Setting("liger", "off", "Liger's kernels are Triton kernels for CUDA")], run_dir)
+
+    detail = client.get(f"{API}jobs/{job.pk}").json()
+
+    assert detail["speed_settings"] == [
+        {"name": "liger", "value": "off", "reason": "Liger's kernels are Triton kernels for CUDA"}
+    ]
+    assert detail["estimate"]["memory_plan"]["reason"].startswith("the estimate: ")
+
+
 def test_metrics_are_series_of_step_and_value(
     alice: Any, bearer: Bearer, base_model_row: BaseModel, chat_version: Any
 ) -> None:

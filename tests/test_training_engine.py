@@ -658,3 +658,47 @@ def test_a_trainers_peak_memory_is_its_own_not_the_process_that_started_it() -> 
     child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
 
     assert int(child.stdout) < 200 * 1024 * 1024 < len(ballast)
+
+
+# ---- speed settings keep the loss ---------------------------------------------------------------------------
+
+# The same rows, seed and global batch: a speed setting may change the order of floating-point sums, never
+# what is computed. Measured here: identical to 1e-6 or closer; the tolerance leaves room for BLAS threading.
+LOSS_TOLERANCE = 1e-4
+SPEED_STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def plain_packed_losses(tiny: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> list[float]:
+    """The first losses of a packed run on transformers' own SDPA path (a mask over the packed micro-batch)."""
+    config = make_config(
+        tiny, tmp_path_factory.mktemp("plain"), packing=True, attention="sdpa", max_steps=SPEED_STEPS, eval_path=None
+    )
+    outcome = run(config)
+    assert outcome.exit_code == 0, outcome.failure
+    return training_losses(config)
+
+
+@pytest.mark.parametrize(
+    "speed_settings",
+    [
+        {"attention": "varlen"},
+        {"attention": "varlen", "gradient_checkpointing": True},
+        {"attention": "varlen", "per_device_batch_size": 2, "gradient_accumulation": 2},
+    ],
+    ids=["varlen", "varlen-checkpointing", "varlen-micro-batch-2x2"],
+)
+def test_a_speed_setting_keeps_the_first_losses_of_the_plain_packed_run(
+    tiny: dict[str, str], tmp_path: Path, plain_packed_losses: list[float], speed_settings: dict[str, Any]
+) -> None:
+    config = make_config(tiny, tmp_path, packing=True, max_steps=SPEED_STEPS, eval_path=None, **speed_settings)
+
+    outcome = run(config)
+
+    assert outcome.exit_code == 0, outcome.failure
+    losses = training_losses(config)
+    assert len(losses) == len(plain_packed_losses) == SPEED_STEPS
+    assert losses == pytest.approx(plain_packed_losses, abs=LOSS_TOLERANCE)
+    recorded = {row["name"]: row for row in read_json(Path(config.run_dir) / "speed.json")}
+    assert recorded["attention"]["value"] == "varlen"
+    assert "one causal SDPA call per packed row" in recorded["attention"]["reason"]

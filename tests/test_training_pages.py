@@ -214,6 +214,19 @@ def test_estimate_range_spans_the_teams_finished_runs_of_different_speeds(
     assert f'{time}</b> <span class="muted">(from 2 finished runs on this pool)' in html
 
 
+def test_the_estimate_learns_from_the_runs_with_the_same_speed_settings(
+    alice: Any, acme: Any, login: Login, base_model_row: Any, chat_version: Any
+) -> None:
+    same, _ = finished_job(acme, alice, base_model_row, chat_version, name="packed run")
+    other, _ = finished_job(acme, alice, base_model_row, chat_version, name="unpacked run")
+    acme_jobs().filter(pk=same.pk).update(config={**same.config, "packing": True})
+    acme_jobs().filter(pk=other.pk).update(config={**other.config, "packing": False})
+
+    response = login(alice).post(url("estimate"), {**form_data(base_model_row, chat_version), "packing": "on"})
+
+    assert response.context["estimate"].throughput_source == "measured on 1 of your finished run on this pool"
+
+
 INVALID_SETTINGS = [
     pytest.param({"lora__rank": "0"}, "lora__rank", "between 1 and 1024", id="lora-rank-0"),
     pytest.param({"learning_rate": "-0.001"}, "learning_rate", "positive number", id="negative-learning-rate"),
@@ -475,6 +488,27 @@ def test_job_page_shows_the_config_as_yaml_and_the_launch_estimate(
     download = client.get(url("config", job.pk))
     assert download["Content-Disposition"].startswith("attachment;")
     assert b"method: lora" in download.content
+
+
+def test_job_page_shows_the_memory_settings_chosen_and_the_speed_settings_the_trainer_used(
+    alice: Any, login: Login, base_model_row: Any, chat_version: Any
+) -> None:
+    from training_app.engine import speed
+    from training_app.engine.config import RunConfig
+
+    job = launch(alice, base_model_row, chat_version)
+    run_dir = job.folder() / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = RunConfig.from_dict({"model_path": "m", "train_path": "t", "output_dir": "o", "run_dir": str(run_dir),
+                                  "packing": True})  # fmt: skip
+    speed.write(speed.resolve(config, cuda=False, model_type="llama"), run_dir)
+
+    html = login(alice).get(url("job", job.pk)).content.decode()
+
+    assert job.config["memory_auto"] is True
+    assert "Memory settings chosen:</strong>" in html and "without checkpointing needs about" in html
+    assert "Speed settings" in html and "<b>varlen</b>" in html
+    assert "Liger&#x27;s kernels are Triton kernels for CUDA; this run trains on the CPU" in html
 
 
 def test_finished_job_stops_polling_and_the_page_reloads(

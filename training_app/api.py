@@ -8,6 +8,7 @@ is refused here, field by field (``{"detail", "errors": {"lora.rank": [...]}}``)
 No ``from __future__ import annotations`` here: django-ninja reads the annotations at runtime.
 """
 
+from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -25,6 +26,7 @@ from accounts.permissions import TeamAccess
 from datasets_app import services as datasets_services
 from datasets_app.models import DatasetVersion
 from training_app import hub, jobs, presets, registry, services
+from training_app.engine import speed
 from training_app.models import BaseModel, ModelVersion, TrainingJob
 
 router = Router(tags=["training"])
@@ -232,6 +234,14 @@ class JobDetail(JobOut):
     result: dict[str, Any] = Field(description="Losses, perplexity, tokens and timings of a finished run.")
     duration_seconds: float | None
     cancel_requested_at: datetime | None
+    speed_settings: list[dict[str, str]] = Field(
+        description="What each speed setting became on the worker (name, value, reason); empty until the trainer "
+        "has loaded the model."
+    )
+
+    @staticmethod
+    def resolve_speed_settings(job: TrainingJob) -> list[dict[str, str]]:
+        return [asdict(setting) for setting in speed.read(job.folder() / "run")]
 
     @staticmethod
     def resolve_result(job: TrainingJob) -> dict[str, Any]:

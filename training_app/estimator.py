@@ -346,6 +346,8 @@ class Estimate:
     cost_low: float | None = None
     cost_high: float | None = None
     range_basis: str = ""
+    # The memory settings the estimate chose ("Choose memory settings"): ``memory_plan``'s answer, or None.
+    memory_plan: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types, for the API and the job record."""
@@ -739,6 +741,9 @@ def estimate(
     method = str(config.get("method", "lora"))
     sequence = min(int(config.get("max_seq_length", 512)), shape.context_length or 10**9)
     tokens_per_row = dataset_tokens / dataset_rows if dataset_rows else float(sequence)
+    plan = memory_plan(config, shape, pool, tokens_per_row=tokens_per_row) if config.get("memory_auto") else None
+    if plan is not None:
+        config = {**config, **{key: value for key, value in plan.items() if key != "reason"}}
     memory = estimate_memory(config, shape, pool, tokens_per_row=tokens_per_row)
     steps, tokens_to_train, tokens_per_sequence = _schedule(config, pool, dataset_rows, dataset_tokens, sequence)
 
@@ -797,7 +802,59 @@ def estimate(
         cost_low=cost_of(low),
         cost_high=cost_of(high),
         range_basis=basis,
+        memory_plan=plan,
     )
+
+
+def memory_plan(config: dict[str, Any], shape: ModelShape, pool: Pool, *, tokens_per_row: float) -> dict[str, Any]:
+    """Activation checkpointing only when memory needs it, and the largest micro-batch that fits.
+
+    Keeps the rows per optimizer step (micro-batch × accumulation) as set, so the run learns the same; tries
+    every micro-batch that divides them, largest first, without checkpointing, then with it (dropping it
+    was worth 1.4× on 8B LoRA on an H200, more than any micro-batch). GRPO keeps its micro-batch, which
+    must hold whole groups of answers. Returns the three settings and the reason in words; when nothing
+    fits, the settings as they were and the verdict's advice applies.
+    """
+    batch = max(1, int(config.get("per_device_batch_size", 4)))
+    accumulation = max(1, int(config.get("gradient_accumulation", 1)))
+    rows_per_step = batch * accumulation
+    if config.get("stage") == "grpo":
+        micro_batches = [batch]
+    else:
+        micro_batches = [size for size in range(rows_per_step, 0, -1) if rows_per_step % size == 0]
+    limit = FIT_SHARE * pool.memory_bytes
+    where = f"{units.memory(pool.memory_bytes)} per {pool.device_word}"
+    smallest_without: int | None = None
+    for checkpointing in (False, True):
+        for size in micro_batches:
+            settings = {
+                "gradient_checkpointing": checkpointing,
+                "per_device_batch_size": size,
+                "gradient_accumulation": rows_per_step // size,
+            }
+            total = estimate_memory({**config, **settings}, shape, pool, tokens_per_row=tokens_per_row).total
+            if not checkpointing:
+                smallest_without = total
+            if total > limit:
+                continue
+            shape_words = f"micro-batch {size} × {rows_per_step // size} accumulation"
+            if checkpointing:
+                reason = (
+                    f"the estimate: without checkpointing even micro-batch {micro_batches[-1]} needs about "
+                    f"{units.memory(smallest_without or 0)} of {where}; with it, {shape_words} needs about "
+                    f"{units.memory(total)}"
+                )
+            else:
+                reason = (
+                    f"the estimate: {shape_words} without checkpointing needs about {units.memory(total)} of {where}"
+                )
+            return {**settings, "reason": reason}
+    return {
+        "gradient_checkpointing": bool(config.get("gradient_checkpointing")),
+        "per_device_batch_size": batch,
+        "gradient_accumulation": accumulation,
+        "reason": "the estimate found no micro-batch that fits, with or without checkpointing: see its advice",
+    }
 
 
 def _schedule(config: dict[str, Any], pool: Pool, rows: int, tokens: int, sequence: int) -> tuple[int, int, float]:

@@ -91,7 +91,7 @@ def check_settings(
             f"{dataset_version} is {dataset_version.get_status_display().lower()}; train on a ready version"
         )
 
-    trainer_fields = {key: value for key, value in config.items() if key != "eval_split"}
+    trainer_fields = {key: value for key, value in config.items() if key not in presets.LAUNCH_ONLY}
     reward_specs = config.get("rewards")
     if not isinstance(reward_specs, list) or not all(isinstance(spec, dict) for spec in reward_specs):
         # The trainer would only say "wrong type"; say what a rewards list looks like instead.
@@ -159,7 +159,7 @@ def estimate_job(
         dataset_rows=train_rows,
         dataset_tokens=train_tokens,
         price_per_gpu_hour=float(price) if isinstance(price, Decimal | int | float) else None,
-        observed_flops_per_second=_observed_flops(team, pool, shape, pool_spec),
+        observed_flops_per_second=_observed_flops(team, pool, shape, pool_spec, config),
     )
 
 
@@ -171,14 +171,32 @@ def _trainer_view(config: dict[str, Any]) -> dict[str, Any]:
     return view
 
 
-def _observed_flops(team: Any, pool: str, shape: estimator.ModelShape, pool_spec: estimator.Pool) -> list[float]:
-    """Achieved FLOP/s per device of the team's own finished runs on this pool (newest 10)."""
-    finished = (
+# The settings that change a run's speed per token; runs that share them are the estimate's best evidence.
+SPEED_KEYS = ("packing", "attention", "liger", "torch_compile", "optimizer")
+
+
+def _speed_signature(config: dict[str, Any]) -> tuple[Any, ...]:
+    defaults = presets.defaults()
+    return tuple(config.get(key, defaults.get(key)) for key in SPEED_KEYS)
+
+
+def _observed_flops(
+    team: Any, pool: str, shape: estimator.ModelShape, pool_spec: estimator.Pool, config: dict[str, Any] | None = None
+) -> list[float]:
+    """Achieved FLOP/s per device of the team's own finished runs on this pool (newest 10).
+
+    With ``config``: only the runs with the same speed settings (packing, attention, Liger, compile,
+    optimizer) when there are any, so that each setting's speed is learnt from the runs that used it.
+    """
+    finished = list(
         TrainingJob.objects.for_team(team)
         .filter(status=JobStatus.SUCCEEDED, pool=pool)
         .select_related("base_model")
         .order_by("-finished_at")[:10]
     )
+    if config is not None:
+        same = [job for job in finished if _speed_signature(job.config) == _speed_signature(config)]
+        finished = same or finished
     observed: list[float] = []
     for job in finished:
         speed = (job.result or {}).get("tokens_per_second")
@@ -265,6 +283,8 @@ def create_job(
     estimate = estimate_job(
         team=access.team, base_model=base_model, dataset_version=dataset_version, pool=pool, config=config
     )
+    if estimate.memory_plan is not None:  # "Choose memory settings": the run gets what the estimate chose
+        config.update({key: value for key, value in estimate.memory_plan.items() if key != "reason"})
     with transaction.atomic():
         job = TrainingJob.objects.create(
             team=access.team,

@@ -43,7 +43,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts import audit
-from training_app import jobs
+from training_app import jobs, presets
 from training_app.engine.config import RunConfig
 from training_app.engine.reporting import (
     CANCEL_FLAG,
@@ -148,7 +148,10 @@ def prepare(job: TrainingJob) -> RunConfig:
     if not (data / "READY").exists():
         _split_rows(job, train_path, eval_path)
         (data / "READY").write_text("train.jsonl and eval.jsonl are complete\n", encoding="utf-8")
-    options = {key: value for key, value in job.config.items() if key != "eval_split"}
+    options = {key: value for key, value in job.config.items() if key not in presets.LAUNCH_ONLY}
+    plan = (job.estimate or {}).get("memory_plan") if job.config.get("memory_auto") else None
+    if isinstance(plan, dict) and plan.get("reason"):
+        options["memory_reason"] = str(plan["reason"])
     pool = settings.TRAINING_POOLS.get(job.pool, {})
     config = RunConfig.from_dict(
         {

@@ -27,7 +27,7 @@ from accounts.views import apply_share_form, sharing_panel
 from datasets_app import services as dataset_services
 from datasets_app.models import DatasetVersion
 from training_app import hub, jobs, presets, registry, services
-from training_app.engine import graders, rewards
+from training_app.engine import graders, rewards, speed
 from training_app.engine.config import STAGE_KINDS, stage_for_kind
 from training_app.engine.reporting import readable_log
 from training_app.estimator import GIB
@@ -302,6 +302,7 @@ def job_detail(request: TeamRequest, team_slug: str, job_id: int) -> HttpRespons
     context = {
         **live,
         "config_yaml": _yaml(job.config),
+        "speed_settings": speed.read(job.folder() / "run"),
         "launch_estimate": job.estimate or None,
         "dataset_version_url": _dataset_version_url(access, job.dataset_version),
         "cloned_from": _clone_source(access, job.cloned_from_id),

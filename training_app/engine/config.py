@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training_app.engine import speed
+
 SCHEMA_VERSION = 1
 
 KINDS = ("chat", "instruction", "preference", "feedback", "text")
@@ -108,6 +110,13 @@ class RunConfig:
     gradient_checkpointing: bool = False
     max_seq_length: int = 512
     packing: bool = False
+    # Speed settings (see ``speed``): asked for here, resolved per worker with the reason.
+    attention: str = "auto"
+    liger: str = "auto"
+    optimizer: str = "auto"
+    torch_compile: str = "auto"
+    # Why the launch chose the checkpointing and micro-batch above (the estimate's words), empty if a person did.
+    memory_reason: str = ""
     # Chat SFT: whether an assistant turn's reasoning (``reasoning_content``) is trained on or only read.
     train_reasoning: bool = True
     # None: evaluate only before and after training (when there is an eval file).
@@ -242,6 +251,10 @@ class RunConfig:
             "deepspeed": DEEPSPEED_CHOICES,
             "precision": PRECISIONS,
             "lr_scheduler": LR_SCHEDULERS,
+            "attention": speed.ATTENTION_CHOICES,
+            "liger": speed.SWITCH_CHOICES,
+            "optimizer": speed.OPTIMIZER_CHOICES,
+            "torch_compile": speed.SWITCH_CHOICES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

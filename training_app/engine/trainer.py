@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training_app.engine import deepspeed_configs
+from training_app.engine import deepspeed_configs, speed
 from training_app.engine.config import ConfigError, RunConfig
 from training_app.engine.reporting import (
     EXIT_CANCELLED,
@@ -278,10 +278,15 @@ def _train(
     transformers.set_seed(config.seed)
     cuda = torch.cuda.is_available() and not config.use_cpu
     reporter.status("loading", message="loading the tokenizer, the data and the model")
-    args = _training_arguments(config, cuda=cuda, resuming=resumed_from is not None)
+    settings = speed.resolve(config, cuda=cuda, model_type=_model_type(config.model_path))
+    if global_rank() == 0:
+        speed.write(settings, config.run_dir)
+        print("Speed settings: " + "; ".join(f"{s.name} {s.value} ({s.reason})" for s in settings), flush=True)
+    chosen = speed.values(settings)
+    args = _training_arguments(config, cuda=cuda, resuming=resumed_from is not None, speed_settings=chosen)
     tokenizer = load_tokenizer(config.model_path)
     train_rows, eval_rows = load_datasets(config, tokenizer)
-    model = _load_model(config, cuda=cuda)
+    model = _load_model(config, cuda=cuda, attention=chosen["attention"])
     callback = _make_callback(config, reporter=reporter, watcher=watcher, run_state=state)
     trainer = _make_trainer(config, args, model, tokenizer, train_rows, eval_rows, callback)
     trainer.remove_callback(transformers.PrinterCallback)  # it prints raw dicts; ours prints readable lines
@@ -328,6 +333,7 @@ def _train(
         "schema_version": config.schema_version,
         "status": "succeeded",
         "stage": config.stage,
+        "speed": chosen,
         "method": config.method,
         "resumed_from": str(resumed_from) if resumed_from else None,
         "steps": global_step,
@@ -383,13 +389,18 @@ def _perplexity(config: RunConfig, loss: float | None) -> float | None:
 # ---- building blocks ----------------------------------------------------------------------------------
 
 
-def _training_arguments(config: RunConfig, *, cuda: bool, resuming: bool) -> Any:
+def _training_arguments(
+    config: RunConfig, *, cuda: bool, resuming: bool, speed_settings: dict[str, str] | None = None
+) -> Any:
     """SFTConfig, DPOConfig, KTOConfig or GRPOConfig from the run config (creates the DeepSpeed/distributed
-    state)."""
+    state). ``speed_settings``: ``speed.values`` of the resolved settings (None: resolve them here)."""
     from trl import DPOConfig, KTOConfig, SFTConfig
 
     deepspeed = deepspeed_configs.build(config.deepspeed, config.deepspeed_custom, cuda=cuda)
     has_eval = bool(config.eval_path)
+    if speed_settings is None:
+        speed_settings = speed.values(speed.resolve(config, cuda=cuda))
+    optimizer = speed_settings["optimizer"]
     common: dict[str, Any] = {
         "output_dir": config.output_dir,
         "num_train_epochs": config.epochs,
@@ -427,6 +438,10 @@ def _training_arguments(config: RunConfig, *, cuda: bool, resuming: bool) -> Any
         "dataloader_num_workers": 0,
         "ddp_find_unused_parameters": False,
         "max_length": config.max_seq_length,
+        # DeepSpeed's CPU Adam (ZeRO-3 offload) comes from its own config; the name here is then unused.
+        "optim": optimizer if optimizer.startswith("adamw_torch") else "adamw_torch",
+        "use_liger_kernel": speed_settings["liger"] == "on",
+        "torch_compile": speed_settings["compile"] == "on",
     }
     if deepspeed is not None and not cuda:
         _cpu_deepspeed_state()
@@ -724,7 +739,14 @@ def _data_error_in(error: BaseException) -> DataError | None:
     return None
 
 
-def _load_model(config: RunConfig, *, cuda: bool) -> Any:
+def _model_type(model_path: str) -> str | None:
+    try:
+        return str(json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8")).get("model_type"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _load_model(config: RunConfig, *, cuda: bool, attention: str = "sdpa") -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -732,6 +754,8 @@ def _load_model(config: RunConfig, *, cuda: bool) -> Any:
     # Frozen base weights can live in half precision; a full fine-tune keeps fp32 master weights.
     dtype = half if (half is not None and config.uses_adapter) else torch.float32
     kwargs: dict[str, Any] = {"trust_remote_code": False, "use_safetensors": True, "dtype": dtype}
+    if attention == "varlen":
+        kwargs["attn_implementation"] = speed.register_varlen_attention()
     if config.method == "qlora":
         from transformers import BitsAndBytesConfig
 
