@@ -67,7 +67,7 @@ def demo_adapter(starter_model_path: Path, tmp_path_factory: Any) -> Path:
 
     work = Path(tmp_path_factory.mktemp("demo-run"))
     job_config = presets.nest(presets.apply_preset(demo.TRAINING_PRESET, demo.TRAINING_CHANGES))
-    job_config.pop("eval_split")
+    job_config = {key: value for key, value in job_config.items() if key not in presets.LAUNCH_ONLY}
     config = RunConfig.from_dict({
         **job_config, "kind": "chat", "model_path": str(starter_model_path), "train_path": str(TRAIN_FILE),
         "output_dir": str(work / "out"), "run_dir": str(work / "run"), "use_cpu": True, "save_steps": 100_000,
