@@ -584,3 +584,13 @@ def test_grpo_keeps_its_micro_batch_of_whole_answer_groups() -> None:
     plan = memory_plan(config, LONG_8B, H100, tokens_per_row=512)
 
     assert plan["per_device_batch_size"] == 8
+
+
+def test_automatic_precision_is_estimated_as_bf16_on_a_gpu_and_fp32_on_the_cpu() -> None:
+    shape = ModelShape.from_config(LLAMA_1B)
+
+    def total(precision: str, pool: Pool) -> int:
+        return estimate_memory(_lora(4, 2048, precision=precision), shape, pool, tokens_per_row=2048).total
+
+    assert total("auto", H100) == total("bf16", H100)
+    assert total("auto", CPU) == total("fp32", CPU)

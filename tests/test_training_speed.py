@@ -168,3 +168,14 @@ def test_generation_under_varlen_attention_matches_sdpa(tiny_llama: Any) -> None
         tiny_llama.set_attn_implementation("sdpa")
 
     assert got.tolist() == expected.tolist()
+
+
+def test_automatic_precision_is_fp32_on_the_cpu_and_replaces_auto_in_the_run() -> None:
+    run = config(precision="auto", deepspeed="zero2", use_cpu=True)
+    settings = speed.resolve(run, cuda=False)
+
+    assert run.validate(cuda_available=False, check_files=False).get("precision") is None
+    assert settings[0] == speed.Setting("precision", "fp32", settings[0].reason)
+    assert "on the CPU bf16 is slower than fp32" in settings[0].reason
+    assert speed.with_precision(run, settings).precision == "fp32"
+    assert speed.with_precision(config(precision="bf16"), settings).precision == "bf16"

@@ -527,6 +527,8 @@ class _Run:
         method = str(config.get("method", "lora"))
         adapters = method in ("lora", "qlora")
         precision = str(config.get("precision", "fp32"))
+        if precision == "auto":  # as the trainer resolves it (engine.speed): bf16 on GPUs, fp32 on the CPU
+            precision = "bf16" if pool.accelerator == "cuda" else "fp32"
         mixed = PRECISION_BYTES.get(precision, 4) == 2
         deepspeed = str(config.get("deepspeed", "none"))
         stage = _zero_stage(deepspeed, config.get("deepspeed_custom"))

@@ -60,7 +60,12 @@ SCHEDULERS = (
 )
 # The group of GRPO's settings: the form shows it only when the Reinforcement goal is chosen.
 REINFORCEMENT = "Reinforcement"
-PRECISIONS = (("fp32", "fp32 (CPU, safest)"), ("bf16", "bf16 (Ampere GPUs and newer)"), ("fp16", "fp16 (older GPUs)"))
+PRECISIONS = (
+    ("auto", "Automatic: bf16 on GPUs that have it, fp16 on older ones, fp32 on the CPU"),
+    ("fp32", "fp32 (CPU, safest)"),
+    ("bf16", "bf16 (Ampere GPUs and newer)"),
+    ("fp16", "fp16 (older GPUs)"),
+)
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("stage", "choice", "sft", "Goal", "What the model should learn from the dataset.", STAGES, "Goal"),
@@ -129,7 +134,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Only with DeepSpeed 'Custom JSON': a DeepSpeed config object, checked against DeepSpeed's schema.",
         group="Memory",
     ),
-    Setting("precision", "choice", "fp32", "Precision", "Number format for training.", PRECISIONS, "Memory"),
+    Setting("precision", "choice", "auto", "Precision", "Number format for training.", PRECISIONS, "Memory"),
     Setting(
         "attention",
         "choice",

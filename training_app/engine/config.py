@@ -27,7 +27,8 @@ KINDS = ("chat", "instruction", "preference", "feedback", "text")
 STAGES = ("sft", "pretrain", "dpo", "kto", "grpo")
 METHODS = ("lora", "qlora", "full")
 DEEPSPEED_CHOICES = ("none", "zero2", "zero3", "zero3_offload", "custom")
-PRECISIONS = ("fp32", "bf16", "fp16")
+# "auto": bf16 on a GPU that has it, fp16 on one that does not, fp32 on the CPU (``speed``).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LR_SCHEDULERS = (
     "linear",
     "cosine",
@@ -219,7 +220,7 @@ class RunConfig:
                 errors["method"] = reason
         if self.precision == "fp16" and (self.use_cpu or cuda_available is False):
             errors["precision"] = "fp16 mixed precision needs a CUDA GPU; on CPU use bf16 or fp32"
-        elif self.precision != "fp32" and self.deepspeed != "none" and (self.use_cpu or cuda_available is False):
+        elif self.precision == "bf16" and self.deepspeed != "none" and (self.use_cpu or cuda_available is False):
             errors["precision"] = "DeepSpeed on CPU trains in fp32 only (transformers refuses bf16 there); use fp32"
         if self.deepspeed == "custom":
             if not isinstance(self.deepspeed_custom, dict) or not self.deepspeed_custom:

@@ -22,6 +22,7 @@ Activation checkpointing and the micro-batch are memory settings: the launch for
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import inspect
 import json
@@ -60,6 +61,7 @@ class Setting:
 def resolve(config: RunConfig, *, cuda: bool, model_type: str | None = None) -> list[Setting]:
     """The speed settings ``config`` gets on this worker (``cuda``: whether the run trains on a GPU)."""
     return [
+        _precision(config, cuda=cuda),
         _attention(config, cuda=cuda),
         _liger(config, cuda=cuda, model_type=model_type),
         _optimizer(config, cuda=cuda),
@@ -101,6 +103,30 @@ def read(run_dir: str | Path) -> list[Setting]:
 # ---- each setting ----------------------------------------------------------------------------------------
 
 
+def _precision(config: RunConfig, *, cuda: bool) -> Setting:
+    if config.precision != "auto":
+        return Setting("precision", config.precision, "asked for")
+    if not cuda:
+        return Setting("precision", "fp32", "on the CPU bf16 is slower than fp32, and DeepSpeed there takes fp32 only")
+    if bf16_supported():
+        return Setting("precision", "bf16", "this GPU computes in bf16: tensor cores, half the activation memory")
+    return Setting("precision", "fp16", "this GPU has no bf16 (older than Ampere): fp16 with loss scaling")
+
+
+def bf16_supported() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def with_precision(config: RunConfig, settings: list[Setting]) -> RunConfig:
+    """``config`` with an automatic precision replaced by what ``resolve`` chose."""
+    if config.precision != "auto":
+        return config
+    chosen = next(setting.value for setting in settings if setting.name == "precision")
+    return dataclasses.replace(config, precision=chosen)
+
+
 def _attention(config: RunConfig, *, cuda: bool) -> Setting:
     packs = config.packing and config.stage in LANGUAGE_MODELLING
     if config.attention == "sdpa":
@@ -109,7 +135,8 @@ def _attention(config: RunConfig, *, cuda: bool) -> Setting:
     if not packs:
         why = "asked for varlen, but rows are not packed: " if config.attention == "varlen" else ""
         return Setting("attention", "sdpa", why + "padded rows use SDPA's causal kernel")
-    kernel, why = varlen_kernel(cuda=cuda, half=config.precision in ("bf16", "fp16"))
+    half = _precision(config, cuda=cuda).value in ("bf16", "fp16")
+    kernel, why = varlen_kernel(cuda=cuda, half=half)
     return Setting("attention", "varlen", f"packed rows kept apart by their position ids: {kernel} ({why})")
 
 

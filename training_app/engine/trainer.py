@@ -283,6 +283,7 @@ def _train(
         speed.write(settings, config.run_dir)
         print("Speed settings: " + "; ".join(f"{s.name} {s.value} ({s.reason})" for s in settings), flush=True)
     chosen = speed.values(settings)
+    config = speed.with_precision(config, settings)
     args = _training_arguments(config, cuda=cuda, resuming=resumed_from is not None, speed_settings=chosen)
     tokenizer = load_tokenizer(config.model_path)
     train_rows, eval_rows = load_datasets(config, tokenizer)
