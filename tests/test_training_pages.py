@@ -507,7 +507,7 @@ def test_job_page_shows_the_memory_settings_chosen_and_the_speed_settings_the_tr
 
     assert job.config["memory_auto"] is True
     assert "Memory settings chosen:</strong>" in html and "without checkpointing needs about" in html
-    assert "Speed settings" in html and "<b>varlen</b>" in html
+    assert "Speed settings" in html and "<b>varlen</b>" in html and "<td>Activation checkpointing</td>" in html
     assert "Liger&#x27;s kernels are Triton kernels for CUDA; this run trains on the CPU" in html
 
 

@@ -45,6 +45,12 @@ LIGER_MODEL_TYPES = frozenset(
     {"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "olmo2"}
 )
 SPEED_FILE = "speed.json"
+LABELS = {
+    "activation_checkpointing": "Activation checkpointing",
+    "micro_batch": "Micro-batch",
+    "compile": "torch.compile",
+    "liger": "Liger kernels",
+}
 # The stages trained by TRL's SFTTrainer, on a next-token loss: the only ones that pack rows.
 LANGUAGE_MODELLING = ("sft", "pretrain")
 
@@ -56,6 +62,11 @@ class Setting:
     name: str
     value: str
     reason: str
+
+    @property
+    def label(self) -> str:
+        """The setting's name in words, for pages."""
+        return LABELS.get(self.name, self.name.replace("_", " ").capitalize())
 
 
 def resolve(config: RunConfig, *, cuda: bool, model_type: str | None = None) -> list[Setting]:
