@@ -26,6 +26,7 @@ import dataclasses
 import importlib.util
 import inspect
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -125,9 +126,13 @@ def _precision(config: RunConfig, *, cuda: bool) -> Setting:
 
 
 def bf16_supported() -> bool:
+    """Whether this rank's GPU computes in bf16 (compute capability 8.0, Ampere, and later). Asks about the
+    rank's own device, so that no rank sets up CUDA on GPU 0 before the distributed state picks its GPU."""
     import torch
 
-    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if not torch.cuda.is_available():
+        return False
+    return torch.cuda.get_device_capability(int(os.environ.get("LOCAL_RANK", "0")))[0] >= 8
 
 
 def with_precision(config: RunConfig, settings: list[Setting]) -> RunConfig:
@@ -190,11 +195,14 @@ def _optimizer(config: RunConfig, *, cuda: bool) -> Setting:
 
 
 def fused_adamw_available(*, cuda: bool) -> bool:
-    """Whether this torch steps a fused AdamW on the run's device (CPU support came in torch 2.4)."""
+    """Whether this torch steps a fused AdamW on the run's device: always on CUDA (torch 2.0 and later; not
+    probed, so that no memory is taken on a GPU before the run picks it), tried on the CPU (torch 2.4)."""
     import torch
 
+    if cuda:
+        return True
     try:
-        parameter = torch.nn.Parameter(torch.zeros(1, device="cuda" if cuda else "cpu"))
+        parameter = torch.nn.Parameter(torch.zeros(1))
         parameter.grad = torch.zeros_like(parameter)
         torch.optim.AdamW([parameter], fused=True).step()
     except (RuntimeError, TypeError, ValueError):

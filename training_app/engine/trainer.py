@@ -390,17 +390,13 @@ def _perplexity(config: RunConfig, loss: float | None) -> float | None:
 # ---- building blocks ----------------------------------------------------------------------------------
 
 
-def _training_arguments(
-    config: RunConfig, *, cuda: bool, resuming: bool, speed_settings: dict[str, str] | None = None
-) -> Any:
+def _training_arguments(config: RunConfig, *, cuda: bool, resuming: bool, speed_settings: dict[str, str]) -> Any:
     """SFTConfig, DPOConfig, KTOConfig or GRPOConfig from the run config (creates the DeepSpeed/distributed
-    state). ``speed_settings``: ``speed.values`` of the resolved settings (None: resolve them here)."""
+    state). ``speed_settings``: ``speed.values`` of the settings resolved for this run."""
     from trl import DPOConfig, KTOConfig, SFTConfig
 
     deepspeed = deepspeed_configs.build(config.deepspeed, config.deepspeed_custom, cuda=cuda)
     has_eval = bool(config.eval_path)
-    if speed_settings is None:
-        speed_settings = speed.values(speed.resolve(config, cuda=cuda))
     optimizer = speed_settings["optimizer"]
     common: dict[str, Any] = {
         "output_dir": config.output_dir,
