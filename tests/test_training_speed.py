@@ -179,3 +179,46 @@ def test_automatic_precision_is_fp32_on_the_cpu_and_replaces_auto_in_the_run() -
     assert "on the CPU bf16 is slower than fp32" in settings[0].reason
     assert speed.with_precision(run, settings).precision == "fp32"
     assert speed.with_precision(config(precision="bf16"), settings).precision == "bf16"
+
+
+def _reference_varlen(
+    query: Any, key: Any, value: Any, cu_q: Any, cu_k: Any, max_q: int, max_k: int, **options: Any
+) -> Any:
+    """``torch.nn.attention.varlen.varlen_attn``'s contract (tokens × heads × head size, cumulative row starts,
+    causal by ``window_size=(-1, 0)`` or ``is_causal``), computed with SDPA per row: the flash kernel is
+    CUDA-only, and this checks the layout the engine hands it on the CPU."""
+    import torch.nn.functional as F
+
+    assert options.get("window_size", (-1, 0)) == (-1, 0) and options.get("is_causal", True)
+    assert key.shape[1] == query.shape[1] or options.get("enable_gqa")
+    rows = []
+    for start, end in zip(cu_q[:-1].tolist(), cu_q[1:].tolist(), strict=True):
+        q, k, v = (t[start:end].transpose(0, 1)[None] for t in (query, key, value))
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=options["scale"], enable_gqa=True)
+        rows.append(out[0].transpose(0, 1))
+    import torch
+
+    return torch.cat(rows)
+
+
+def _reference_varlen_2_10(query: Any, key: Any, value: Any, cu_q: Any, cu_k: Any, max_q: int, max_k: int, *,
+                           scale: float | None = None, is_causal: bool = False) -> Any:  # fmt: skip
+    """torch 2.10's signature: ``is_causal`` and no ``enable_gqa`` (keys and values must have every head)."""
+    assert is_causal and key.shape[1] == query.shape[1]
+    return _reference_varlen(query, key, value, cu_q, cu_k, max_q, max_k, scale=scale)
+
+
+@pytest.mark.parametrize("kernel", [_reference_varlen, _reference_varlen_2_10], ids=["torch-2.11", "torch-2.10"])
+def test_the_flash_kernels_layout_gives_what_each_row_gets_alone(kernel: Any) -> None:
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(1, 4, 19, 8, generator=generator)
+    key, value = (torch.randn(1, 2, 19, 8, generator=generator) for _ in range(2))  # grouped-query: 2 kv heads
+    positions = torch.cat([torch.arange(7), torch.arange(12)])[None]
+
+    got = speed.flash_varlen(kernel, query, key, value, speed.sequence_bounds(positions), scaling=0.3)
+    expected, _ = speed.varlen_attention_forward(None, query, key, value, None, scaling=0.3, position_ids=positions)
+
+    assert got.shape == (1, 19, 4, 8)
+    assert torch.allclose(got, expected, atol=1e-6)

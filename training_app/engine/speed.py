@@ -221,6 +221,10 @@ def _compile(config: RunConfig) -> Setting:
 # ---- varlen attention -------------------------------------------------------------------------------------
 
 
+# Set once the flash varlen kernel has refused this process's inputs (the run then keeps the per-row loop).
+_flash_refused: list[str] = []
+
+
 def _torch_varlen() -> Any:
     try:
         from torch.nn.attention.varlen import varlen_attn
@@ -291,24 +295,13 @@ def varlen_attention_forward(
     batch, heads, tokens, size = query.shape
     groups = heads // key.shape[1]
     bounds = sequence_bounds(position_ids.expand(batch, -1) if position_ids.shape[0] != batch else position_ids)
-    kernel = _torch_varlen()
+    kernel = None if _flash_refused else _torch_varlen()
     if kernel is not None and query.is_cuda and query.dtype in (torch.bfloat16, torch.float16) and dropout == 0.0:
-        # Tokens, heads, head size: all rows of the micro-batch after each other.
-        flat_q, flat_k, flat_v = (t.transpose(1, 2).reshape(-1, t.shape[1], size) for t in (query, key, value))
-        parameters = inspect.signature(kernel).parameters
-        options: dict[str, Any] = {"scale": scaling}
-        if "window_size" in parameters:  # torch 2.11 and later
-            options["window_size"] = (-1, 0)
-        else:  # torch 2.10
-            options["is_causal"] = True
-        if groups > 1:
-            if "enable_gqa" in parameters:
-                options["enable_gqa"] = True
-            else:
-                flat_k, flat_v = (t.repeat_interleave(groups, dim=1) for t in (flat_k, flat_v))
-        longest = int((bounds[1:] - bounds[:-1]).max())
-        out = kernel(flat_q, flat_k, flat_v, bounds, bounds, longest, longest, **options)
-        return out.reshape(batch, tokens, heads, size), None
+        try:
+            return flash_varlen(kernel, query, key, value, bounds, scaling=scaling), None
+        except RuntimeError as error:  # a GPU or head size the flash kernel does not take: the exact loop below
+            _flash_refused.append(str(error))
+            print(f"varlen attention: the flash kernel refused ({error}); one SDPA call per packed row", flush=True)
     # One causal SDPA call per packed row: exact, and no mask over the whole micro-batch.
     flat_q, flat_k, flat_v = (t.transpose(0, 1).reshape(1, t.shape[1], -1, size) for t in (query, key, value))
     pieces = [
@@ -325,3 +318,34 @@ def varlen_attention_forward(
     ]
     out = torch.cat(pieces, dim=2)  # 1, heads, batch · tokens, head size
     return out.reshape(heads, batch, tokens, size).permute(1, 2, 0, 3), None
+
+
+def flash_varlen(
+    kernel: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    bounds: torch.Tensor,
+    *,
+    scaling: float | None,
+) -> torch.Tensor:
+    """Causal attention within each packed row through ``kernel`` (``torch.nn.attention.varlen.varlen_attn``'s
+    contract: tokens × heads × head size, cumulative row starts); in and out as ``varlen_attention_forward``."""
+    batch, heads, tokens, size = query.shape
+    groups = heads // key.shape[1]
+    # Tokens, heads, head size: all rows of the micro-batch after each other.
+    flat_q, flat_k, flat_v = (t.transpose(1, 2).reshape(-1, t.shape[1], size) for t in (query, key, value))
+    parameters = inspect.signature(kernel).parameters
+    options: dict[str, Any] = {"scale": scaling}
+    if "window_size" in parameters:  # torch 2.11 and later
+        options["window_size"] = (-1, 0)
+    else:  # torch 2.10
+        options["is_causal"] = True
+    if groups > 1:
+        if "enable_gqa" in parameters:
+            options["enable_gqa"] = True
+        else:
+            flat_k, flat_v = (t.repeat_interleave(groups, dim=1) for t in (flat_k, flat_v))
+    longest = int((bounds[1:] - bounds[:-1]).max())
+    out = kernel(flat_q, flat_k, flat_v, bounds, bounds, longest, longest, **options)
+    return out.reshape(batch, tokens, heads, size)
