@@ -52,3 +52,9 @@ if [ -n "${ABLATE:-}" ] && [ -n "$first" ]; then
       --skip-baseline --set "$setting" "$first" 2>&1 | tee -a "$OUT/train_throughput.log"
   done
 fi
+# The attention change alone (#16): transformers' SDPA mask against the flash varlen kernel on a packed
+# micro-batch, in one process, on a 1B-wide Llama of 4 layers.
+if [ $(( seconds - SECONDS )) -gt 90 ]; then
+  python3 bench/packing_attention.py --device cuda --dtype bfloat16 --rows 8 --max-len 2048 --hidden 2048 \
+    --layers 4 2>&1 | tee -a "$OUT/train_throughput.log"
+fi
