@@ -131,6 +131,21 @@ def test_soft_budget_lets_the_launch_through(
     assert TrainingJob.objects.for_team(acme).count() == 1
 
 
+def test_soft_budget_lets_an_api_launch_through_and_says_so(
+    acme: Any, alice: Any, bearer: Any, base_model_row: Any, chat_version: Any
+) -> None:
+    set_limits(acme, soft="10", hard="50")
+    spent(acme, "11.00")
+    body = {"name": "near budget", "base_model": base_model_row.pk, "dataset_version": chat_version.pk,
+            "pool": "idle", "settings": {"max_steps": 2}}  # fmt: skip
+
+    response = bearer(alice).post(API + "jobs", json.dumps(body), content_type="application/json")
+
+    assert response.status_code == 201
+    warning = response.json()["budget_warning"]
+    assert "has reached the team's soft budget of 10.00 USD; launches are refused from 50.00 USD" in warning
+
+
 def test_spend_of_last_month_does_not_count_against_this_months_budget(acme: Any) -> None:
     set_limits(acme, hard="10")
     record = spent(acme, "50.00")

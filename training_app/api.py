@@ -20,6 +20,7 @@ from django.shortcuts import get_object_or_404
 from ninja import Field, Query, Router, Schema, Status
 from ninja.pagination import paginate
 
+from accounts import costs
 from accounts.api import Error, ObjectId, Pagination, RequestBody, team_access
 from accounts.http import client_ip
 from accounts.permissions import TeamAccess
@@ -234,10 +235,19 @@ class JobDetail(JobOut):
     result: dict[str, Any] = Field(description="Losses, perplexity, tokens and timings of a finished run.")
     duration_seconds: float | None
     cancel_requested_at: datetime | None
+    budget_warning: str | None = Field(
+        description="Set while this month's spend is past the team's soft budget (jobs still launch): the message "
+        "the pages show, naming the spend, the limits and the Costs page."
+    )
     speed_settings: list[dict[str, str]] = Field(
         description="What each speed setting became on the worker (name, value, reason); empty until the trainer "
         "has loaded the model."
     )
+
+    @staticmethod
+    def resolve_budget_warning(job: TrainingJob) -> str | None:
+        status = costs.budget_status(job.team)
+        return status.message if status.state == "warning" else None
 
     @staticmethod
     def resolve_speed_settings(job: TrainingJob) -> list[dict[str, str]]:
