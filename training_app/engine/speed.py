@@ -6,12 +6,14 @@ attempted: a setting that needs CUDA, or a package this worker lacks, is turned 
 trainer prints the list, writes it to ``speed.json`` in the run folder and the job page shows it under
 "Advanced".
 
+- **precision**: "auto" is bf16 on a GPU that has it (Ampere and later), fp16 on an older one, fp32 on the CPU.
 - **attention**: with packing, several rows share one sequence of the micro-batch. transformers' SDPA path
   then builds a block-diagonal mask over the whole flattened micro-batch (measured on an H200: 2.3× slower
   than no packing on 1B LoRA). ``varlen`` keeps the rows apart by their position ids instead: PyTorch's
   flash varlen kernel on CUDA in half precision, else one causal SDPA call per packed row. Both are exact.
 - **liger**: Liger's fused kernels (linear + cross-entropy without the full logits, RMSNorm, RoPE, SwiGLU)
-  through transformers' ``use_liger_kernel``. Triton kernels: CUDA only.
+  through transformers' ``use_liger_kernel``, for fine-tuning and continued pretraining. Triton kernels:
+  CUDA only.
 - **optimizer**: PyTorch's fused AdamW where this torch has it for the device, else the loop one.
 - **compile**: ``torch.compile`` of the model. Off unless asked: its compile time is paid by every run and
   it has not been measured to pay off on the studio's scenarios yet.
