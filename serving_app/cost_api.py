@@ -52,7 +52,14 @@ class ServingCostOut(Schema):
 
 
 class DeploymentCostOut(Schema):
-    deployment: ServingCostOut | None = Field(description="Null when the version's base model is gone.")
+    deployment: ServingCostOut | None = Field(
+        description="Null when the version's base model is gone. With a canary that is an adapter of the same base, "
+        "its adapter is counted here (the model label names it)."
+    )
+    canary: ServingCostOut | None = Field(
+        None,
+        description="A canary served as a model of its own (another base or a full fine-tune), on GPUs of its own.",
+    )
     smaller: ServingCostOut | None = Field(description="The largest smaller model the caller may use, if any.")
 
 
@@ -97,8 +104,12 @@ def deployment_cost(
         version = deployments.deployable_versions(access).filter(pk=query.model_version).first()
         if version is None:
             raise Http404("No such model version.")
+    current, canary = (
+        costs.serving_costs(deployment) if version is None else (costs.deployment_cost(deployment, version), None)
+    )
     return {
-        "deployment": _cost(costs.deployment_cost(deployment, version)),
+        "deployment": _cost(current),
+        "canary": _cost(canary),
         "smaller": _cost(costs.candidate_cost(access, deployment)),
     }
 
@@ -116,7 +127,9 @@ def set_serving_plan(request: HttpRequest, slug: str, deployment_id: ObjectId, b
         access=access, deployment=deployment, precision=body.precision, context_length=body.context_length,
         concurrency=body.concurrency, ip=client_ip(request),
     )  # fmt: skip
+    current, canary = costs.serving_costs(deployment)
     return {
-        "deployment": _cost(costs.deployment_cost(deployment)),
+        "deployment": _cost(current),
+        "canary": _cost(canary),
         "smaller": _cost(costs.candidate_cost(access, deployment)),
     }

@@ -17,7 +17,7 @@ caught up by the next and nothing counts twice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -89,6 +89,8 @@ class ServingCost:
     placements: list[Placement]
     price_per_gpu_hour: Decimal | None
     currency: str
+    # The estimate the figures above come from (training_services.serving_memory's answer).
+    memory: Any = field(default=None, repr=False, compare=False)
 
     @property
     def total_bytes(self) -> int:
@@ -139,9 +141,13 @@ def estimate(
         label=label, parameters=base.parameter_count, precision=precision, context_length=length,
         concurrency=concurrency, weights_bytes=memory.weights, adapter_bytes=memory.adapter,
         kv_cache_bytes=memory.kv_cache, runtime_bytes=memory.runtime, kv_bytes_per_token=memory.kv_bytes_per_token,
-        placements=[Placement(kind, memory.gpus_needed(kind.memory_bytes)) for kind in gpu_kinds()],
-        price_per_gpu_hour=costs.device_hour_price(team, "cuda"), currency=team.currency,
+        placements=_placements(memory),
+        price_per_gpu_hour=costs.device_hour_price(team, "cuda"), currency=team.currency, memory=memory,
     )  # fmt: skip
+
+
+def _placements(memory: Any) -> list[Placement]:
+    return [Placement(kind, memory.gpus_needed(kind.memory_bytes)) for kind in gpu_kinds()]
 
 
 def deployment_cost(deployment: Deployment, version: ModelVersion | None = None) -> ServingCost | None:
@@ -150,6 +156,31 @@ def deployment_cost(deployment: Deployment, version: ModelVersion | None = None)
         version or deployment.model_version, team=deployment.team, precision=deployment.serving_precision,
         context_length=deployment.serving_context_length, concurrency=deployment.expected_concurrency,
     )  # fmt: skip
+
+
+def serving_costs(deployment: Deployment) -> tuple[ServingCost | None, ServingCost | None]:
+    """(what serves ``deployment`` now, its canary when that is served as a model of its own, else None).
+
+    A canary that is an adapter of the base an adapter deployment serves rides on the same vLLM server and
+    GPUs: its adapter's memory joins the first estimate, whose label names it. Any other canary (another
+    base, a full fine-tune, or beside a full fine-tune) needs a server of its own: the second estimate, with
+    GPUs of its own, counted in the deployment's spend while the canary runs.
+    """
+    current = deployment_cost(deployment)
+    canary, served = deployment.canary_version, deployment.model_version
+    if current is None or canary is None or canary.pk == served.pk:
+        return current, None
+    own = deployment_cost(deployment, canary)
+    if own is None:
+        return current, None
+    adapters = ModelVersion.Kind.ADAPTER
+    if served.kind == adapters and canary.kind == adapters and canary.base_model_id == served.base_model_id:
+        adapter_bytes = current.adapter_bytes + own.adapter_bytes
+        memory = training_services.serving_memory_with_adapters(current.memory, adapter_bytes)
+        label = f"{current.label} + canary {canary} ({deployment.canary_share} % of requests)"
+        placements = _placements(memory)
+        return replace(current, label=label, adapter_bytes=adapter_bytes, placements=placements, memory=memory), None
+    return current, replace(own, label=f"{own.label}, canary ({deployment.canary_share} % of requests)")
 
 
 def smaller_candidate(access: TeamAccess, deployment: Deployment) -> ModelVersion | BaseModel | None:
@@ -243,10 +274,10 @@ def record_serving_spend(now: datetime | None = None) -> int:
     deployments = Deployment.objects.unscoped().select_related("team", "model_version__base_model")
     for deployment in deployments.order_by("pk"):
         try:
-            cost = deployment_cost(deployment)
+            cost, canary = serving_costs(deployment)
         except ValueError:  # a precision this studio no longer offers: reserve nothing rather than fail the task
-            cost = None
-        gpus = cost.gpus if cost is not None else 0
+            cost, canary = None, None
+        gpus = (cost.gpus if cost is not None else 0) + (canary.gpus if canary is not None else 0)
         for day_start in (today - timedelta(days=1), today):
             start = max(day_start, deployment.created_at)
             end = min(now, day_start + timedelta(days=1))

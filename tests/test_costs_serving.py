@@ -161,3 +161,68 @@ def test_recording_serving_spend_again_rewrites_the_days_row(served_since_half_p
     costs.record_serving_spend(noon_today() + timedelta(hours=1))
     record = SpendRecord.objects.for_team(served_since_half_past_nine.team).get(kind="serving")
     assert record.gpu_hours == Decimal("3.5")
+
+
+# --- a canary beside the published version ------------------------------------------------------------------
+
+
+def with_canary(deployment: Deployment, version: Any, share: int = 10) -> Deployment:
+    Deployment.objects.for_team(deployment.team).filter(pk=deployment.pk).update(
+        canary_version=version, canary_share=share
+    )
+    deployment.refresh_from_db()
+    return deployment
+
+
+def test_an_adapter_canary_of_the_same_base_adds_its_adapter_on_the_same_gpus(
+    acme: Any, alice: Any, llama_8b: BaseModel, big_deployment: Deployment
+) -> None:
+    _, canary = finished_job(acme, alice, llama_8b, sample_version(acme, alice, "chat"), name="big v2")
+    Path(canary.path).mkdir(parents=True, exist_ok=True)
+    (Path(canary.path) / "adapter_model.safetensors").write_bytes(b"\0" * 2**20)
+    alone = costs.deployment_cost(big_deployment)
+    assert alone is not None
+
+    current, own = costs.serving_costs(with_canary(big_deployment, canary))
+
+    assert own is None and current is not None
+    assert current.adapter_bytes == alone.adapter_bytes + 2**20
+    assert current.total_bytes == alone.total_bytes + 2**20
+    assert "+ canary big v2" in current.label and "(10 % of requests)" in current.label
+
+
+def test_a_canary_on_another_base_needs_gpus_of_its_own_and_they_are_spent(
+    acme: Any, alice: Any, llama_8b: BaseModel, served_since_half_past_nine: Deployment
+) -> None:
+    other = BaseModel.objects.create(
+        name="llama-8b-b", source=BaseModel.Source.SERVER_PATH, path=llama_8b.path, architecture="LlamaForCausalLM",
+        parameter_count=LLAMA_8B_PARAMETERS, context_length=8192, vocab_size=128256,
+    )  # fmt: skip
+    _, canary = finished_job(acme, alice, other, sample_version(acme, alice, "chat"), name="other base")
+    deployment = with_canary(served_since_half_past_nine, canary)
+
+    current, own = costs.serving_costs(deployment)
+    costs.record_serving_spend(noon_today())
+
+    assert current is not None and own is not None and (current.gpus, own.gpus) == (1, 1)
+    assert "canary (10 % of requests)" in own.label
+    record = SpendRecord.objects.for_team(acme).get(kind="serving")
+    assert (record.devices, record.gpu_hours) == (2, Decimal("5.0"))  # 2.5 hours on two 80 GB GPUs
+
+
+def test_the_cost_api_and_page_show_a_canary_served_on_its_own(
+    acme: Any, alice: Any, bearer: Any, login: Any, llama_8b: BaseModel, big_deployment: Deployment
+) -> None:
+    other = BaseModel.objects.create(
+        name="llama-8b-b", source=BaseModel.Source.SERVER_PATH, path=llama_8b.path, architecture="LlamaForCausalLM",
+        parameter_count=LLAMA_8B_PARAMETERS, context_length=8192, vocab_size=128256,
+    )  # fmt: skip
+    _, canary = finished_job(acme, alice, other, sample_version(acme, alice, "chat"), name="other base")
+    deployment = with_canary(big_deployment, canary, share=25)
+
+    answer = bearer(alice).get(API + f"deployments/{deployment.pk}/cost").json()
+    html = login(alice).get(reverse("serving:deployment", args=["acme", deployment.pk])).content.decode()
+
+    assert answer["canary"]["gpus"] == 1 and "(25 % of requests)" in answer["canary"]["model"]
+    assert answer["deployment"]["model"] == "big v1 (LoRA adapter of llama-8b)"
+    assert "canary, its own GPUs" in html and "other base" in html

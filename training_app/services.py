@@ -37,6 +37,7 @@ __all__ = [
     "register_model_folder",
     "retrain",
     "serving_memory",
+    "serving_memory_with_adapters",
     "serving_precisions",
     "usable_base_models",
     "versions_trained_on",
@@ -134,6 +135,12 @@ def serving_memory(
         model_shape(base_model), precision=precision, context_length=context_length, concurrency=concurrency,
         adapter_bytes=adapter_bytes,
     )  # fmt: skip
+
+
+def serving_memory_with_adapters(memory: estimator.ServingMemory, adapter_bytes: int) -> estimator.ServingMemory:
+    """``memory`` with ``adapter_bytes`` of adapters resident instead of its own (several adapters of one base
+    served by one engine: their sizes add up, the weights and the cache do not)."""
+    return replace(memory, adapter=adapter_bytes)
 
 
 def serving_precisions() -> tuple[str, ...]:

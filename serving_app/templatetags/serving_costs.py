@@ -22,13 +22,16 @@ register.filter("memory", units.memory)
 
 @register.simple_tag
 def serving_cost(access: TeamAccess, deployment: Deployment, candidate: Any = None) -> dict[str, Any]:
-    """The deployment's serving estimate, a smaller model's at the same plan, and ``candidate``'s (a version the
-    promote form is about to publish), with the plan form for those who manage deployments."""
+    """The deployment's serving estimate (with a canary: ``costs.serving_costs``), a smaller model's at the same
+    plan, and ``candidate``'s (a version the promote form is about to publish), with the plan form for those who
+    manage deployments."""
     can_manage = access.can(Perm.MANAGE_DEPLOYMENTS)
     plan = {"precision": deployment.serving_precision, "context_length": deployment.serving_context_length,
             "concurrency": deployment.expected_concurrency}  # fmt: skip
+    current, canary = costs.serving_costs(deployment)
     return {
-        "current": costs.deployment_cost(deployment),
+        "current": current,
+        "canary": canary,
         "smaller": costs.candidate_cost(access, deployment),
         "promoting": costs.deployment_cost(deployment, candidate) if candidate is not None else None,
         "form": ServingPlanForm(initial=plan) if can_manage else None,
