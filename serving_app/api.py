@@ -22,6 +22,7 @@ from django.shortcuts import get_object_or_404
 from ninja import Field, Query, Router, Schema, Status
 from ninja.pagination import paginate
 
+from accounts import costs
 from accounts.api import Error, ObjectId, Pagination, RequestBody, team_access
 from accounts.http import client_ip
 from accounts.models import TeamAPIKey
@@ -156,6 +157,13 @@ class ReleaseOut(Schema):
         return release.created_by.get_username() if release.created_by else None
 
 
+class DeploymentCreated(DeploymentOut):
+    budget_warning: str | None = Field(
+        description="Set while this month's spend is past the team's soft budget (the deployment is still made): the "
+        "message the pages show, naming the spend, the limits and the Costs page."
+    )
+
+
 class DeploymentIn(RequestBody):
     name: str = Field(max_length=60, description="Lowercase letters, digits, dots, hyphens or underscores.")
     model_version: ObjectId = Field(description="Id of a model version you may use (GET model-versions).")
@@ -270,7 +278,7 @@ def list_deployments(request: HttpRequest, slug: str) -> list[dict[str, Any]]:
 
 @router.post(
     "teams/{slug}/deployments",
-    response={201: DeploymentOut, 400: Error, 403: Error, 404: Error},
+    response={201: DeploymentCreated, 400: Error, 403: Error, 404: Error},
     summary="Deploy a model version",
 )
 def create_deployment(request: HttpRequest, slug: str, body: DeploymentIn) -> Status:
@@ -287,7 +295,9 @@ def create_deployment(request: HttpRequest, slug: str, body: DeploymentIn) -> St
         access=access, name=body.name, version=version, api_keys=_keys(access, body.api_keys),
         description=body.description, ip=client_ip(request),
     )  # fmt: skip
-    return Status(201, _deployment_out(access, _deployment(access, deployment.pk)))
+    budget = costs.budget_status(access.team)
+    warning = budget.message if budget.state == "warning" else None
+    return Status(201, {**_deployment_out(access, _deployment(access, deployment.pk)), "budget_warning": warning})
 
 
 @router.get(

@@ -146,6 +146,19 @@ def test_soft_budget_lets_an_api_launch_through_and_says_so(
     assert "has reached the team's soft budget of 10.00 USD; launches are refused from 50.00 USD" in warning
 
 
+def test_soft_budget_lets_a_deployment_through_the_api_and_says_so(
+    acme: Any, alice: Any, bearer: Any, model_version: Any
+) -> None:
+    set_limits(acme, soft="10")
+    spent(acme, "11.00")
+    body = {"name": "support-bot", "model_version": model_version.pk}
+
+    response = bearer(alice).post(API + "deployments", json.dumps(body), content_type="application/json")
+
+    assert response.status_code == 201, response.content
+    assert "has reached the team's soft budget of 10.00 USD" in response.json()["budget_warning"]
+
+
 def test_spend_of_last_month_does_not_count_against_this_months_budget(acme: Any) -> None:
     set_limits(acme, hard="10")
     record = spent(acme, "50.00")
