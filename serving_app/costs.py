@@ -17,7 +17,7 @@ caught up by the next and nothing counts twice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -89,8 +89,6 @@ class ServingCost:
     placements: list[Placement]
     price_per_gpu_hour: Decimal | None
     currency: str
-    # The estimate the figures above come from (training_services.serving_memory's answer).
-    memory: Any = field(default=None, repr=False, compare=False)
 
     @property
     def total_bytes(self) -> int:
@@ -120,41 +118,51 @@ class ServingCost:
 
 
 def estimate(
-    model: ModelVersion | BaseModel, *, team: Any, precision: str, context_length: int | None, concurrency: int
+    model: ModelVersion | BaseModel,
+    *,
+    team: Any,
+    precision: str,
+    context_length: int | None,
+    concurrency: int,
+    also_adapters: tuple[str, ...] = (),
 ) -> ServingCost | None:
     """The serving estimate of a model version (its base + its adapter) or a base model; None when the version's
-    base model is gone. ``context_length`` None (or longer than the model's) is the model's own."""
+    base model is gone. ``context_length`` None (or longer than the model's) is the model's own.
+    ``also_adapters``: folders of more adapters of the same base resident beside it (a canary)."""
     if isinstance(model, ModelVersion):
         base = model.base_model
         if base is None:
             return None
-        adapter = model.path if model.kind == ModelVersion.Kind.ADAPTER else ""
+        adapters = (model.path,) if model.kind == ModelVersion.Kind.ADAPTER else ()
         label = f"{model} ({model.get_kind_display()} of {base.name})"
     else:
-        base, adapter, label = model, "", f"{model.name} (base model)"
+        base, adapters, label = model, (), f"{model.name} (base model)"
     own = base.context_length or DEFAULT_CONTEXT_LENGTH
     length = min(context_length, own) if context_length else own
     memory = training_services.serving_memory(
-        base_model=base, adapter_path=adapter, precision=precision, context_length=length, concurrency=concurrency
+        base_model=base,
+        adapter_paths=adapters + also_adapters,
+        precision=precision,
+        context_length=length,
+        concurrency=concurrency,
     )
     return ServingCost(
         label=label, parameters=base.parameter_count, precision=precision, context_length=length,
         concurrency=concurrency, weights_bytes=memory.weights, adapter_bytes=memory.adapter,
         kv_cache_bytes=memory.kv_cache, runtime_bytes=memory.runtime, kv_bytes_per_token=memory.kv_bytes_per_token,
-        placements=_placements(memory),
-        price_per_gpu_hour=costs.device_hour_price(team, "cuda"), currency=team.currency, memory=memory,
+        placements=[Placement(kind, memory.gpus_needed(kind.memory_bytes)) for kind in gpu_kinds()],
+        price_per_gpu_hour=costs.device_hour_price(team, "cuda"), currency=team.currency,
     )  # fmt: skip
 
 
-def _placements(memory: Any) -> list[Placement]:
-    return [Placement(kind, memory.gpus_needed(kind.memory_bytes)) for kind in gpu_kinds()]
-
-
-def deployment_cost(deployment: Deployment, version: ModelVersion | None = None) -> ServingCost | None:
+def deployment_cost(
+    deployment: Deployment, version: ModelVersion | None = None, *, also_adapters: tuple[str, ...] = ()
+) -> ServingCost | None:
     """The serving estimate of ``deployment`` at its serving plan, for the version it serves (or ``version``)."""
     return estimate(
         version or deployment.model_version, team=deployment.team, precision=deployment.serving_precision,
         context_length=deployment.serving_context_length, concurrency=deployment.expected_concurrency,
+        also_adapters=also_adapters,
     )  # fmt: skip
 
 
@@ -170,17 +178,13 @@ def serving_costs(deployment: Deployment) -> tuple[ServingCost | None, ServingCo
     canary, served = deployment.canary_version, deployment.model_version
     if current is None or canary is None or canary.pk == served.pk:
         return current, None
-    own = deployment_cost(deployment, canary)
-    if own is None:
-        return current, None
+    share = f"{deployment.canary_share} % of requests"
     adapters = ModelVersion.Kind.ADAPTER
     if served.kind == adapters and canary.kind == adapters and canary.base_model_id == served.base_model_id:
-        adapter_bytes = current.adapter_bytes + own.adapter_bytes
-        memory = training_services.serving_memory_with_adapters(current.memory, adapter_bytes)
-        label = f"{current.label} + canary {canary} ({deployment.canary_share} % of requests)"
-        placements = _placements(memory)
-        return replace(current, label=label, adapter_bytes=adapter_bytes, placements=placements, memory=memory), None
-    return current, replace(own, label=f"{own.label}, canary ({deployment.canary_share} % of requests)")
+        both = deployment_cost(deployment, also_adapters=(canary.path,))
+        return (replace(both, label=f"{both.label} + canary {canary} ({share})") if both else current), None
+    own = deployment_cost(deployment, canary)
+    return current, (replace(own, label=f"{own.label}, canary ({share})") if own else None)
 
 
 def smaller_candidate(access: TeamAccess, deployment: Deployment) -> ModelVersion | BaseModel | None:

@@ -191,15 +191,20 @@ def test_an_adapter_canary_of_the_same_base_adds_its_adapter_on_the_same_gpus(
     assert "+ canary big v2" in current.label and "(10 % of requests)" in current.label
 
 
-def test_a_canary_on_another_base_needs_gpus_of_its_own_and_they_are_spent(
-    acme: Any, alice: Any, llama_8b: BaseModel, served_since_half_past_nine: Deployment
-) -> None:
+@pytest.fixture
+def other_base_version(acme: Any, alice: Any, llama_8b: BaseModel) -> Any:
+    """A LoRA version of a second 8B base model (the same config): served by a vLLM server of its own."""
     other = BaseModel.objects.create(
         name="llama-8b-b", source=BaseModel.Source.SERVER_PATH, path=llama_8b.path, architecture="LlamaForCausalLM",
         parameter_count=LLAMA_8B_PARAMETERS, context_length=8192, vocab_size=128256,
     )  # fmt: skip
-    _, canary = finished_job(acme, alice, other, sample_version(acme, alice, "chat"), name="other base")
-    deployment = with_canary(served_since_half_past_nine, canary)
+    return finished_job(acme, alice, other, sample_version(acme, alice, "chat"), name="other base")[1]
+
+
+def test_a_canary_on_another_base_needs_gpus_of_its_own_and_they_are_spent(
+    acme: Any, other_base_version: Any, served_since_half_past_nine: Deployment
+) -> None:
+    deployment = with_canary(served_since_half_past_nine, other_base_version)
 
     current, own = costs.serving_costs(deployment)
     costs.record_serving_spend(noon_today())
@@ -211,14 +216,9 @@ def test_a_canary_on_another_base_needs_gpus_of_its_own_and_they_are_spent(
 
 
 def test_the_cost_api_and_page_show_a_canary_served_on_its_own(
-    acme: Any, alice: Any, bearer: Any, login: Any, llama_8b: BaseModel, big_deployment: Deployment
+    alice: Any, bearer: Any, login: Any, other_base_version: Any, big_deployment: Deployment
 ) -> None:
-    other = BaseModel.objects.create(
-        name="llama-8b-b", source=BaseModel.Source.SERVER_PATH, path=llama_8b.path, architecture="LlamaForCausalLM",
-        parameter_count=LLAMA_8B_PARAMETERS, context_length=8192, vocab_size=128256,
-    )  # fmt: skip
-    _, canary = finished_job(acme, alice, other, sample_version(acme, alice, "chat"), name="other base")
-    deployment = with_canary(big_deployment, canary, share=25)
+    deployment = with_canary(big_deployment, other_base_version, share=25)
 
     answer = bearer(alice).get(API + f"deployments/{deployment.pk}/cost").json()
     html = login(alice).get(reverse("serving:deployment", args=["acme", deployment.pk])).content.decode()

@@ -37,7 +37,6 @@ __all__ = [
     "register_model_folder",
     "retrain",
     "serving_memory",
-    "serving_memory_with_adapters",
     "serving_precisions",
     "usable_base_models",
     "versions_trained_on",
@@ -125,22 +124,18 @@ def model_shape(base_model: BaseModel) -> estimator.ModelShape:
 
 
 def serving_memory(
-    *, base_model: BaseModel, adapter_path: str = "", precision: str, context_length: int, concurrency: int
+    *, base_model: BaseModel, adapter_paths: tuple[str, ...] = (), precision: str, context_length: int, concurrency: int
 ) -> estimator.ServingMemory:
-    """GPU memory to serve ``base_model`` (plus the LoRA adapter in ``adapter_path``, counted by its safetensors
-    files) at ``precision`` to ``concurrency`` requests of ``context_length`` tokens: an ``estimator.ServingMemory``
-    (formula: ``estimator.serving_memory``). Raises ``ValueError`` for an unknown precision."""
-    adapter_bytes = sum(path.stat().st_size for path in Path(adapter_path).glob("*.safetensors")) if adapter_path else 0
+    """GPU memory to serve ``base_model`` (plus the LoRA adapters in ``adapter_paths``, resident together in one
+    engine and counted by their safetensors files) at ``precision`` to ``concurrency`` requests of
+    ``context_length`` tokens: an ``estimator.ServingMemory`` (formula: ``estimator.serving_memory``). Raises
+    ``ValueError`` for an unknown precision."""
+    files = [path for folder in adapter_paths if folder for path in Path(folder).glob("*.safetensors")]
+    adapter_bytes = sum(path.stat().st_size for path in files)
     return estimator.serving_memory(
         model_shape(base_model), precision=precision, context_length=context_length, concurrency=concurrency,
         adapter_bytes=adapter_bytes,
     )  # fmt: skip
-
-
-def serving_memory_with_adapters(memory: estimator.ServingMemory, adapter_bytes: int) -> estimator.ServingMemory:
-    """``memory`` with ``adapter_bytes`` of adapters resident instead of its own (several adapters of one base
-    served by one engine: their sizes add up, the weights and the cache do not)."""
-    return replace(memory, adapter=adapter_bytes)
 
 
 def serving_precisions() -> tuple[str, ...]:
