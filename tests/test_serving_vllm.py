@@ -22,6 +22,7 @@ import pytest
 from openai import OpenAI
 
 from serving_app.engine.client import StreamUpdate, stream_chat
+from serving_app.engine.vllm_server import IDENTITY_ADAPTER
 from tests.conftest import running_inference_server, vllm_servers, wait_for_vllm
 from tests.factories import make_lora_adapter
 from tests.test_inference_server import MAX_TOKENS, PROMPT, _greedy_in_process, _write_registry
@@ -91,6 +92,17 @@ def test_base_and_adapters_served_at_once_answer_what_peft_gives(
     assert len(set(expected.values())) == len(names), "the adapters must change the greedy answer"
     engines = httpx.get(f"{server}/admin/status").json()["engines"]
     assert {name: engines[name] for name in names} == dict.fromkeys(names, "vllm")
+
+
+def test_vllm_runs_the_studios_lora_kernels_and_base_requests_go_without_an_identity_adapter(
+    server: str, expected: dict[str, str]
+) -> None:
+    assert answer(server, "starter") == expected["starter"]
+
+    status = vllm_status(server)
+    assert status["lora_kernels"] == "atelier"  # vllm_plugin, installed by `make vllm`, is in place
+    loaded = {model["id"] for model in httpx.get(f"{status['url']}/v1/models", timeout=10).json()["data"]}
+    assert IDENTITY_ADAPTER not in loaded
 
 
 def test_a_dora_adapter_is_served_by_the_in_process_engine_which_says_why(
@@ -251,11 +263,13 @@ def test_a_tool_tuned_full_fine_tune_is_served_as_its_own_model_and_streams_tool
     assert tool_tuned_model_path.name in bases
 
 
-def test_an_adapter_of_a_larger_rank_restarts_vllm_at_that_rank_and_is_served(
+def test_an_adapter_of_a_larger_rank_on_more_modules_restarts_vllm_to_fit_it_and_is_served(
     server: str, vllm_registry: Path, starter_model_path: Path, tmp_path: Path
 ) -> None:
-    wide = make_lora_adapter(starter_model_path, tmp_path / "wide", seed=21, rank=32)
-    assert vllm_status(server)["max_lora_rank"] == 8  # the rank its adapters need, not the ceiling of 64
+    wide = make_lora_adapter(starter_model_path, tmp_path / "wide", seed=21, rank=32, targets="all-linear")
+    before = vllm_status(server)
+    assert before["max_lora_rank"] == 8  # the rank its adapters need, not the ceiling of 64
+    assert before["lora_modules"] == ["q_proj", "v_proj"]  # LoRA only where its adapters have weights
     entries = json.loads(vllm_registry.read_text(encoding="utf-8"))
     _write_registry(vllm_registry, {**entries, "wide": {"base": str(starter_model_path), "adapter": str(wide)}})
     try:
@@ -263,7 +277,10 @@ def test_an_adapter_of_a_larger_rank_restarts_vllm_at_that_rank_and_is_served(
         assert restarting.status_code == 503 and int(restarting.headers["Retry-After"]) > 0
         wait_for_vllm(server, tmp_path)
 
+        # Equal to PEFT's answer only if every module the adapter trains is served (o_proj, the MLP …).
         assert answer(server, "wide") == _greedy_in_process(starter_model_path, wide)
     finally:
         _write_registry(vllm_registry, entries)
-    assert vllm_status(server)["max_lora_rank"] == 32
+    after = vllm_status(server)
+    assert after["max_lora_rank"] == 32
+    assert {"o_proj", "gate_proj", "down_proj"} <= set(after["lora_modules"])

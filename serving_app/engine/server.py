@@ -36,8 +36,10 @@ from serving_app.engine.vllm_server import (
     Unavailable,
     VllmServer,
     VllmSupervisor,
+    adapter_modules,
     adapter_problem,
     adapter_rank,
+    served_modules,
 )
 
 # The most new tokens one request may ask for, whatever the model's context allows.
@@ -116,7 +118,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if vllm is not None and preload:
             for base in sorted({served.base for served in registry.models().values()}):
-                await vllm.server(base, _rank_needed(base))
+                await vllm.server(base, *_lora_needed(base))
         yield
         if vllm is not None:
             await vllm.close()
@@ -266,14 +268,14 @@ def create_app(
         if not _engine_choice(served)[0]:
             return None
         assert vllm is not None
-        server = await vllm.server(served.base, _rank_needed(served.base))
+        server = await vllm.server(served.base, *_lora_needed(served.base))
         return None if server.state == "failed" else server
 
-    def _rank_needed(base: str) -> int:
-        """The largest rank among the registry's adapters on ``base``: its vLLM server is started to fit them
-        all, so that a new request seldom restarts it."""
-        ranks = [adapter_rank(m.adapter) for m in registry.models().values() if m.base == base and m.adapter]
-        return max(ranks, default=0)
+    def _lora_needed(base: str) -> tuple[int, frozenset[str] | None]:
+        """The largest rank among the registry's adapters on ``base``, and the modules they train: its vLLM
+        server is started to fit them all, so that a new request seldom restarts it."""
+        adapters = [m.adapter for m in registry.models().values() if m.base == base and m.adapter]
+        return max(map(adapter_rank, adapters), default=0), served_modules(*map(adapter_modules, adapters))
 
     async def _forget_dropped_adapters() -> None:
         models = known["models"] = registry.models()

@@ -40,10 +40,13 @@ logger = logging.getLogger(__name__)
 
 # vLLM's CPU LoRA kernels (torch ops) pick each token's adapter weights by slot index, and a base-model token
 # has index -1, which Python indexing reads as the last slot: in a batch that mixes base and adapter requests,
-# base answers came out with whichever adapter sat in the last slot (vLLM's GPU kernels skip -1). On the
-# servers started here, base requests therefore go through an identity adapter (rank 1, all zeros: it adds
-# nothing), so no token carries -1; it takes one LoRA slot of its own.
+# base answers came out with whichever adapter sat in the last slot (vLLM's GPU kernels skip -1). The studio's
+# vLLM plugin (vllm_plugin/atelier_vllm/cpu_lora.py, installed by `make vllm`) replaces those kernels with ones
+# that leave base rows alone, and logs KERNELS_IN_PLACE when it did. Where it did not (another vLLM version,
+# a virtualenv without it), base requests on the servers started here go through an identity adapter (rank 1,
+# all zeros: it adds nothing), so that no token carries -1; it takes one LoRA slot of its own.
 IDENTITY_ADAPTER = "atelier-base-identity"
+KERNELS_IN_PLACE = "atelier: CPU multi-LoRA kernels in place"  # atelier_vllm.cpu_lora.ACTIVE_MESSAGE
 # The values vLLM's --max-lora-rank takes (1 only serves the identity adapter: 8 is the least a server gets).
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 # Where the identity adapter attaches, first found in the base model's weights (any linear layer will do).
@@ -126,6 +129,31 @@ def adapter_rank(adapter: str | Path) -> int:
         return 0
 
 
+@functools.lru_cache(maxsize=4096)
+def adapter_modules(adapter: str | Path) -> frozenset[str] | None:
+    """The modules (the last part of their names: ``q_proj``, ``down_proj``, ``embed_tokens`` …) a PEFT adapter
+    holds LoRA weights for, read from its safetensors headers; None where they cannot be read."""
+    from safetensors import safe_open
+
+    modules: set[str] = set()
+    try:
+        for path in sorted(Path(adapter).glob("*.safetensors")):
+            with safe_open(str(path), framework="pt") as weights:
+                names = list(weights.keys())
+            modules.update(name.split(".lora_")[0].rsplit(".", 1)[-1] for name in names if ".lora_" in name)
+    except (OSError, ValueError, RuntimeError):
+        return None
+    return frozenset(modules) or None
+
+
+def served_modules(*needs: frozenset[str] | None) -> frozenset[str] | None:
+    """The modules a server wraps for LoRA to serve adapters of each of ``needs``: all of theirs together, or
+    None (every module vLLM supports) where one is unknown or there is none yet."""
+    if not needs or any(need is None for need in needs):
+        return None
+    return frozenset().union(*(need for need in needs if need is not None))
+
+
 def _config_rank(config: dict[str, Any]) -> int:
     pattern = config.get("rank_pattern") or {}
     return max([int(config.get("r") or 0), *(int(rank) for rank in pattern.values())])
@@ -198,9 +226,11 @@ class VllmServer:
         *,
         external_url: str | None = None,
         lora_rank: int = VLLM_LORA_RANKS[0],
+        lora_modules: frozenset[str] | None = None,
     ) -> None:
         self.base = base
         self.lora_rank = served_rank(min(lora_rank, settings.max_lora_rank))
+        self.lora_modules = lora_modules  # None: every module vLLM supports
         self.settings = settings
         self.client = client
         self.external = external_url is not None
@@ -209,6 +239,10 @@ class VllmServer:
         self.base_name = BASE_NAME  # an external server's own name for the base is read from its /v1/models
         self.identity: str | None = None  # the identity adapter's folder ("" where none could be written)
         self.identity_loaded = False
+        # Whether this process runs the studio's CPU LoRA kernels (read from its log once it is ready): base
+        # requests then need no identity adapter. A server run elsewhere (GPU kernels) needs none either.
+        self.own_lora_kernels = False
+        self._log_start = 0
         self.state = "stopped"
         self.failure: str | None = None
         self.process: asyncio.subprocess.Process | None = None
@@ -241,6 +275,10 @@ class VllmServer:
         ]  # fmt: skip
         if settings.max_model_len:
             command += ["--max-model-len", str(settings.max_model_len)]
+        if self.lora_modules:
+            # LoRA only where the adapters have weights: every wrapped module costs each step, adapters or not
+            # (the embeddings and the output head included, which PEFT's all-linear leaves out).
+            command += ["--lora-target-modules", *sorted(self.lora_modules)]
         return command
 
     def environment(self) -> dict[str, str]:
@@ -262,6 +300,7 @@ class VllmServer:
         self.state, self.failure, self.ready_at = "starting", None, None
         self.adapters.clear()  # a new process has none of them
         self.identity_loaded = False
+        self.own_lora_kernels = False
         self.started_at = time.monotonic()
         if self.external:
             self._watch = asyncio.create_task(self._attach())
@@ -270,6 +309,7 @@ class VllmServer:
             self._fail("vLLM is not installed on this machine (make vllm), and no vLLM server is named for it")
             return
         with self.log_path.open("ab") as log:
+            self._log_start = log.tell()
             log.write(f"\n=== starting: {' '.join(self.command())}\n".encode())
             log.flush()
             self.process = await asyncio.create_subprocess_exec(
@@ -288,6 +328,7 @@ class VllmServer:
         deadline = self.started_at + self.settings.start_timeout_s
         while self.state == "starting" and process.returncode is None:
             if await self._healthy():
+                self.own_lora_kernels = await asyncio.to_thread(self._logged_since_start, KERNELS_IN_PLACE)
                 self.state, self.ready_at = "ready", time.monotonic()
                 logger.info("vLLM for %s ready after %.1f s", self.base, self.ready_at - self.started_at)
                 break
@@ -312,13 +353,21 @@ class VllmServer:
         logger.warning("vLLM for %s exited with code %s; restarting", self.base, code)
         await self.start()
 
-    async def fit_rank(self, rank: int) -> None:
-        """Restart the server at a larger ``--max-lora-rank`` if an adapter of ``rank`` does not fit (a server
-        run elsewhere has its own setting). Requests get a 503 with Retry-After until it is back."""
-        if self.external or rank <= self.lora_rank:
+    async def fit(self, rank: int, modules: frozenset[str] | None) -> None:
+        """Restart the server if adapters of ``rank`` on ``modules`` do not fit it: at a larger
+        ``--max-lora-rank``, or with LoRA on more modules (vLLM would load such an adapter and silently leave
+        out the modules it does not wrap). A server run elsewhere has its own settings. Requests get a 503
+        with Retry-After until it is back."""
+        wider = self.lora_modules is not None and (modules is None or not modules <= self.lora_modules)
+        if self.external or (rank <= self.lora_rank and not wider):
             return
-        self.lora_rank = served_rank(min(rank, self.settings.max_lora_rank))
-        logger.info("vLLM for %s restarts at LoRA rank %d for an adapter of rank %d", self.base, self.lora_rank, rank)
+        self.lora_rank = max(self.lora_rank, served_rank(min(rank, self.settings.max_lora_rank)))
+        if wider:
+            self.lora_modules = served_modules(self.lora_modules, modules)
+        logger.info(
+            "vLLM for %s restarts at LoRA rank %d on %s, for adapters of rank %d on %s", self.base, self.lora_rank,
+            ", ".join(sorted(self.lora_modules or ["every module"])), rank, ", ".join(sorted(modules or ["any"])),
+        )  # fmt: skip
         await self.stop()
         await self.start()
 
@@ -354,6 +403,15 @@ class VllmServer:
         self.state = "failed"
         self.failure = f"{reason}. {self.log_tail()}".strip()
         logger.error("vLLM for %s failed: %s", self.base, self.failure)
+
+    def _logged_since_start(self, text: str) -> bool:
+        """Whether this start of the process has written ``text`` to its log."""
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(self._log_start)
+                return text.encode() in log.read()
+        except OSError:
+            return False
 
     def log_tail(self) -> str:
         """The last lines of the server's log (where a failure says why)."""
@@ -426,9 +484,10 @@ class VllmServer:
             return served
 
     async def _identity_name(self) -> str:
-        """The name base requests go under: the identity adapter's on a server started here (see
-        ``IDENTITY_ADAPTER``), loaded on first use; the base's own on one run elsewhere (GPU kernels are sound)."""
-        if self.external:
+        """The name base requests go under: the base's own where the LoRA kernels leave base rows alone (a server
+        run elsewhere, on GPU kernels, or one with the studio's CPU kernels), else the identity adapter's (see
+        ``IDENTITY_ADAPTER``), loaded on first use."""
+        if self.external or self.own_lora_kernels:
             return self.base_name
         async with self._adapter_lock:
             if self.identity is None:
@@ -492,6 +551,8 @@ class VllmServer:
             "pid": self.process.pid if self.process is not None else None,
             "adapters": list(self.adapters),
             "max_lora_rank": self.lora_rank,
+            "lora_modules": sorted(self.lora_modules) if self.lora_modules is not None else None,
+            "lora_kernels": "atelier" if self.own_lora_kernels else "vllm",
             "restarts": len(self.restarts),
             "ready_after_s": round(self.ready_at - self.started_at, 1) if self.ready_at is not None else None,
             "failure": self.failure,
@@ -513,9 +574,12 @@ class VllmSupervisor:
         self.servers: OrderedDict[str, VllmServer] = OrderedDict()
         self._lock = asyncio.Lock()
 
-    async def server(self, base: str, lora_rank: int = VLLM_LORA_RANKS[0]) -> VllmServer:
+    async def server(
+        self, base: str, lora_rank: int = VLLM_LORA_RANKS[0], lora_modules: frozenset[str] | None = None
+    ) -> VllmServer:
         """The server of ``base`` (started now if it has none; it may still be starting or have failed), able
-        to serve adapters up to ``lora_rank`` (restarted at a larger rank if it was started at a smaller one)."""
+        to serve adapters up to ``lora_rank`` on ``lora_modules`` (None: on any module; restarted to fit them if
+        it was started for less)."""
         key = str(Path(base).resolve())
         async with self._lock:
             server = self.servers.get(key)
@@ -526,11 +590,14 @@ class VllmSupervisor:
                     stopped = self.servers.pop(oldest)
                     logger.info("vLLM for %s stopped to make room for %s", stopped.base, key)
                     await stopped.stop()
-                server = VllmServer(key, self.settings, self.client, external_url=external, lora_rank=lora_rank)
+                server = VllmServer(
+                    key, self.settings, self.client, external_url=external, lora_rank=lora_rank,
+                    lora_modules=lora_modules,
+                )  # fmt: skip
                 self.servers[key] = server
                 await server.start()
             else:
-                await server.fit_rank(lora_rank)
+                await server.fit(lora_rank, lora_modules)
             self.servers.move_to_end(key)
             return server
 
