@@ -38,6 +38,11 @@ run (exit 124).
 
     .venv/bin/python bench/serving_concurrency.py                # about 2-3 minutes on the 2-core machine
     .venv/bin/python bench/serving_concurrency.py --rounds 5 --max-tokens 64
+    .venv/bin/python bench/serving_concurrency.py --rounds 5 --pause 1.5 --adapter-modules all-linear
+
+``--adapter-modules`` picks what the 8 adapters train (the studio's default is ``all-linear``); ``--pause`` gives
+each counted round that many seconds of quiet first; ``VLLM_PLUGINS=lora_filesystem_resolver`` in the
+environment leaves the studio's vLLM plugin out (vLLM's own CPU LoRA kernels, for a comparison).
 """
 
 from __future__ import annotations
@@ -220,21 +225,24 @@ def adapter_models() -> list[str]:
     return [adapter_name(index % ADAPTERS + 1) for index in range(STREAMS)]
 
 
-def measure(sides: dict[str, Side], max_tokens: int, rounds: int) -> dict[str, list[dict[str, Any]]]:
+def measure(
+    sides: dict[str, Side], max_tokens: int, rounds: int, pause_s: float = 0.0
+) -> dict[str, list[dict[str, Any]]]:
     """Each side's rounds, rotating which side goes first per round (one warm-up round each first: adapters
-    are loaded, caches warm)."""
+    are loaded, caches warm), ``pause_s`` seconds of quiet before each counted round."""
     names = list(sides)
     for name in names:
         one_round(sides[name], max_tokens)
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for index in range(rounds):
         for name in names[index % len(names) :] + names[: index % len(names)]:
+            time.sleep(pause_s)
             results[name].append(one_round(sides[name], max_tokens))
         print(f"  {', '.join(names)}: round {index + 1}/{rounds} done", file=sys.stderr)
     return results
 
 
-def measure_and_emit(figures: dict[str, dict[str, Any]], sides: dict[str, Side], *sampling: int) -> None:
+def measure_and_emit(figures: dict[str, dict[str, Any]], sides: dict[str, Side], *sampling: Any) -> None:
     for name, rounds in measure(sides, *sampling).items():
         emit(figures, summarize(name, sides[name], rounds))
 
@@ -385,6 +393,11 @@ def main() -> int:
         "--adapter-modules", default="q_proj,v_proj", help="what the 8 adapters train: module names, comma-"
         "separated (default q_proj,v_proj, as the tests' adapters), or all-linear (the studio's LoRA default)",
     )  # fmt: skip
+    parser.add_argument(
+        "--pause", type=float, default=0.0, help="seconds of quiet before each counted round (default 0: each "
+        "round starts as the last one ends; on the 2-core machine a round sent that way sometimes waits 1-6 s "
+        "for its first tokens, even on a plain vLLM server)",
+    )  # fmt: skip
     parser.add_argument("--skip", choices=["in_process", "full_stack"], action="append", default=[], help="phases")
     parser.add_argument("--max-seconds", type=int, default=1800, help="hard cap (default 1800)")
     parser.add_argument(
@@ -411,7 +424,7 @@ def main() -> int:
         starter, adapters = prepare_models(data_dir, options.adapter_modules)
         registry = data_dir / "serving" / "models.json"
         write_registry(registry, starter, adapters)
-        sampling = (options.max_tokens, options.rounds)
+        sampling = (options.max_tokens, options.rounds, options.pause)
 
         def single(url: str) -> Side:
             return Side(url, [BASE] * 4, sequential=True)
@@ -469,6 +482,7 @@ def main() -> int:
         ratios = verdicts(figures, load_before)
         ratios["vllm_inference_server_options"] = vllm_options
         ratios["adapter_modules"] = options.adapter_modules
+        ratios["pause_s"] = options.pause
         ratios["lora_kernels"] = vllm.get("lora_kernels")  # "atelier": vllm_plugin's; "vllm": vLLM's own
         print(json.dumps(ratios), flush=True)
         print("\n" + table(figures, ratios), file=sys.stderr)
