@@ -154,15 +154,24 @@ def refusal_message(error: Exception) -> str:
 # --- the inference server's registry file ---------------------------------------------------------
 
 
+# Per registry file, as this process last read or wrote it: its (mtime, size), and its entries. Every /v1 request
+# publishes its model; while the file is unchanged and already holds the entries, nothing is locked or read.
+_checked: dict[Path, tuple[tuple[int, int], frozenset[tuple[str, str]]]] = {}
+
+
 def publish(servables: Iterable[Servable], registry_path: Path | None = None) -> None:
     """Make sure the inference server's registry has an entry for each of ``servables``.
 
-    Entries whose base folder no longer exists are dropped at the same time (a deleted model version).
-    The file is only rewritten when something changed, so the server re-reads it rarely.
+    Entries whose base folder no longer exists are dropped whenever the file is read here (a deleted model
+    version); a file this process has checked and found unchanged, holding the entries already, is not read
+    again. The file is only rewritten when something changed, so the server re-reads it rarely.
     """
     path = Path(registry_path or settings.INFERENCE_REGISTRY)
-    path.parent.mkdir(parents=True, exist_ok=True)
     wanted = {servable.served_name: servable.registry_entry() for servable in servables}
+    checked = _checked.get(path)
+    if checked is not None and checked[0] == _signature(path) and _items(wanted) <= checked[1]:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         current = _read_registry(path)
@@ -173,11 +182,24 @@ def publish(servables: Iterable[Servable], registry_path: Path | None = None) ->
             and (entry.get("adapter") is None or Path(str(entry["adapter"])).is_dir())
         }
         merged.update(wanted)
-        if merged == current:
-            return
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-            json.dump(merged, handle, indent=1, sort_keys=True)
-        os.replace(handle.name, path)
+        if merged != current:
+            with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
+                json.dump(merged, handle, indent=1, sort_keys=True)
+            os.replace(handle.name, path)
+        _checked[path] = (_signature(path), _items(merged))
+
+
+def _items(entries: dict[str, dict[str, str | None]]) -> frozenset[tuple[str, str]]:
+    return frozenset((name, json.dumps(entry, sort_keys=True)) for name, entry in entries.items())
+
+
+def _signature(path: Path) -> tuple[int, int]:
+    """When the file last changed, and its size ((0, -1) if it is missing)."""
+    try:
+        status = path.stat()
+    except OSError:
+        return (0, -1)
+    return (status.st_mtime_ns, status.st_size)
 
 
 def _read_registry(path: Path) -> dict[str, dict[str, str | None]]:

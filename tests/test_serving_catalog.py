@@ -90,6 +90,19 @@ def test_publish_leaves_an_unchanged_registry_untouched(tmp_path: Path, version:
     assert registry.stat().st_mtime_ns == before
 
 
+def test_publish_reads_a_registry_rewritten_elsewhere_again(tmp_path: Path, version: Any) -> None:
+    # Publishing skips a registry file it has checked while the file is unchanged; one rewritten by another
+    # process (or removed) is read again, so the entry is put back.
+    registry = tmp_path / "models.json"
+    served = catalog.servable_version(version)
+    catalog.publish([served], registry)
+    registry.write_text(json.dumps({"other": {"base": str(tmp_path), "adapter": None}}))
+
+    catalog.publish([served], registry)
+
+    assert set(json.loads(registry.read_text())) == {"other", served.served_name}
+
+
 def test_prompts_are_kept_for_the_retention_period_only(acme: Any, globex: Any, alice: Any) -> None:
     acme.prompt_retention_days = 7
     acme.save()
