@@ -108,19 +108,24 @@ def test_vllm_runs_the_studios_lora_kernels_and_base_requests_go_without_an_iden
 def test_a_dora_adapter_is_served_by_the_in_process_engine_which_says_why(
     server: str, vllm_registry: Path, served: dict[str, dict[str, Any]], starter_model_path: Path, tmp_path: Path
 ) -> None:
-    dora = make_lora_adapter(starter_model_path, tmp_path / "dora", 5, dora=True)
+    # On every linear module: were it counted, the starter's vLLM server would restart to wrap them all.
+    dora = make_lora_adapter(starter_model_path, tmp_path / "dora", 5, dora=True, targets="all-linear")
     entries = json.loads(vllm_registry.read_text(encoding="utf-8"))
+    before = vllm_status(server)
     _write_registry(vllm_registry, {**entries, "dora": {**served["alpha"], "adapter": str(dora)}})
     try:
         assert answer(server, "dora") == _greedy_in_process(starter_model_path, dora)
         engine = httpx.get(f"{server}/admin/status").json()["engines"]["dora"]
         route = httpx.post(f"{server}/v1/route", json={"model": "dora"}).json()
+        answer(server, "alpha")  # a request for an adapter vLLM serves fits the server to the registry
     finally:
         _write_registry(vllm_registry, entries)
 
     assert engine == "in-process (vLLM cannot serve this adapter: it is a DoRA adapter, which vLLM does not serve)"
     assert route == {"engine": "builtin"}  # clients send it to the inference server
-    assert "dora" not in vllm_status(server)["adapters"]
+    after = vllm_status(server)
+    assert "dora" not in after["adapters"]
+    assert (after["pid"], after["lora_modules"]) == (before["pid"], before["lora_modules"])  # not restarted
 
 
 def test_the_route_names_the_vllm_server_and_its_name_for_a_loaded_adapter_which_answers_there(

@@ -272,9 +272,14 @@ def create_app(
         return None if server.state == "failed" else server
 
     def _lora_needed(base: str) -> tuple[int, frozenset[str] | None]:
-        """The largest rank among the registry's adapters on ``base``, and the modules they train: its vLLM
-        server is started to fit them all, so that a new request seldom restarts it."""
-        adapters = [m.adapter for m in registry.models().values() if m.base == base and m.adapter]
+        """The largest rank among the registry's adapters on ``base`` that vLLM serves, and the modules they
+        train: its vLLM server is started to fit them all, so that a new request seldom restarts it (an adapter
+        answered in-process, such as a DoRA one, never restarts it)."""
+        assert vllm is not None
+        adapters = [
+            m.adapter for m in registry.models().values()
+            if m.base == base and m.adapter and adapter_problem(m.adapter, vllm.settings.max_lora_rank) is None
+        ]  # fmt: skip
         return max(map(adapter_rank, adapters), default=0), served_modules(*map(adapter_modules, adapters))
 
     async def _forget_dropped_adapters() -> None:

@@ -209,7 +209,7 @@ def _patch(wrapper: Any) -> None:
             buffer = torch.zeros((x.size(0), lora_b_stacked.size(-1)), dtype=torch.float32, device=x.device)
         picks = self._atelier_choice("sampler", lora_a_stacked.shape[0], buffer.dtype)
         shrink(buffer, x, lora_a_stacked, picks, scale)
-        expand(rows, buffer, lora_b_stacked, picks.to(rows.dtype), add=True)
+        expand(rows, buffer, lora_b_stacked, picks, add=True)
 
     def add_lora_linear(
         self: Any, y: torch.Tensor, x: torch.Tensor, lora_a_stacked: tuple[torch.Tensor, ...],
