@@ -399,6 +399,28 @@ def test_granted_tools_are_what_the_model_is_offered(grant: ToolGrant, tool: Too
 
 
 @pytest.mark.django_db
+def test_the_model_is_shown_a_tools_schema_in_the_order_it_was_written(
+    owner: TeamAccess, grant: ToolGrant, deployment: Deployment
+) -> None:
+    # PostgreSQL's jsonb would sort the keys (shorter first): "required" before "properties", "date" before "title".
+    written = {
+        "type": "object",
+        "properties": {"title": {"type": "string"}, "date": {"type": "string", "description": "YYYY-MM-DD"}},
+        "required": ["title", "date"],
+    }
+    calendar = services.create_tool(
+        access=owner, kind=Tool.Kind.HTTP, name="add_calendar_event", description="Add an event.", risk="write",
+        rate_limit_per_minute=30, parameters=written,
+        config={"method": "POST", "url": "https://calendar.example/events", "query_args": [],
+                "body_args": ["title", "date"], "timeout_s": 5, "max_response_bytes": 100_000, "result_path": ""},
+    )  # fmt: skip
+    services.grant_tool(access=owner, tool=calendar, deployment=deployment)
+
+    [shown] = [tool for tool in services.granted_tools(deployment) if tool["function"]["name"] == "add_calendar_event"]
+    assert json.dumps(shown["function"]["parameters"]) == json.dumps(written)
+
+
+@pytest.mark.django_db
 def test_a_saved_grant_decides_calls_by_its_key(grant: ToolGrant, tool: Tool, key: TeamAPIKey) -> None:
     grant_terms = services.grant_terms(grant)
     allowed = policy.decide(grant_terms, tool, arguments={"order_id": "A-1"}, role=None, api_key_id=key.pk)

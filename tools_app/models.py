@@ -23,6 +23,7 @@ from django.utils import timezone
 from accounts.models import TeamAPIKey
 from accounts.roles import Role
 from accounts.tenancy import TeamOwnedModel
+from tools_app.fields import AuthoredJSONField
 
 TOOL_NAME_VALIDATOR = RegexValidator(
     r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$",
@@ -88,8 +89,9 @@ class Tool(TeamOwnedModel):
     kind = models.CharField(max_length=16, choices=Kind.choices)
     risk = models.CharField(max_length=16, choices=Risk.choices, default=Risk.READ)
     rate_limit_per_minute = models.PositiveIntegerField(default=30)
-    # A JSON Schema of ``type: object``: the arguments the model supplies (checked by ``tools_app.definitions``).
-    parameters = models.JSONField(default=dict)
+    # A JSON Schema of ``type: object``: the arguments the model supplies (checked by ``tools_app.definitions``), kept
+    # as written: the model is shown it as text (``as_openai_tool``; ``tools_app.fields``).
+    parameters = AuthoredJSONField(default=dict)
     # Non-secret settings, by kind (``tools_app.definitions``). http: method, url (``{arg}`` placeholders in the
     # path), query_args, body_args, timeout_s, max_response_bytes, result_path, secret_header_names.
     # sql: mode ("fixed" or "free"), query (the fixed template, ``%(arg)s`` arguments), timeout_ms, max_rows.
