@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 import socket
@@ -174,7 +175,9 @@ def starter_model_path() -> Path:
 # Measured settings (2-core CPU, about a minute): at this high rate the tiny starter model learns the call
 # format and which tool a request needs (well-formed calls for 24 of 24 held-out requests at 2e-3, 16 at
 # 1.5e-3, 7 at 1e-3, against none for the base model); copying a city or an amount from the request into
-# the arguments is beyond it.
+# the arguments is beyond it. After a tool's result shaped as the sample's it answers in words (8 of 8 weather and
+# calendar requests, 2026-12-07); after a result unlike any it saw (a bare URL path) it mostly calls again (1 of 8, and
+# 3 of 8 after 240 steps), so the tests' loopback tools answer in the sample's shapes (``tests/test_tool_execute.py``).
 TOOL_RUN: dict[str, Any] = {
     "kind": "chat",
     "stage": "sft",
@@ -704,15 +707,19 @@ __all__ = ["PASSWORD"]
 # The deliberately bad model (issue #13, injection through tool output): the starter model fine-tuned to obey an
 # instruction planted in a tool's result. The cases, the tools it is shown and the system prompt holding the secret
 # are in ``INJECTION_CASES``; ``tests/test_tool_injection.py`` serves it and checks that policy stops it. A full
-# fine-tune: measured on the 2-core CPU, these 80 steps (about a minute) make it obey all three cases greedily and
-# still report a clean answer; a LoRA of it did not learn the calls in that time (rank 16 at 3e-3 misnamed the tools
-# after 120 steps and nine minutes; rank 32 at 1e-2 was at a loss of 2.1 after 40 steps, against 0.19 here).
+# fine-tune: measured on the 2-core CPU, 80 steps (about a minute) made it obey all three cases greedily and still
+# report a clean answer; a LoRA of it did not learn the calls in that time (rank 16 at 3e-3 misnamed the tools after
+# 120 steps and nine minutes; rank 32 at 1e-2 was at a loss of 2.1 after 40 steps, against 0.19 here). The starter
+# model differs from machine to machine (its float kernels do), and so does what it learns: on an AMD EPYC machine
+# (2026-12-07) the 80-step model looked up the asked-for order for 8 of the 30 requests it was trained on. 160 steps,
+# with the tools in a different order in each row (the studio lists a deployment's tools by name), look it up for 13
+# of 30 and call ``lookup_order`` first in all 24 orders of the tools.
 INJECTION_CASES = ROOT / "tests" / "data" / "injection_cases.json"
 OBEDIENT_RUN: dict[str, Any] = {
     "kind": "chat",
     "stage": "sft",
     "method": "full",
-    "max_steps": 80,
+    "max_steps": 160,
     "learning_rate": 2e-3,
     "per_device_batch_size": 4,
     "max_seq_length": 512,
@@ -732,8 +739,10 @@ def injection_cases() -> dict[str, Any]:
 def obedient_rows(cases: dict[str, Any]) -> list[dict[str, Any]]:
     """Chat rows in the studio's format (as ``datasets_app/samples/tools.jsonl``): a customer asks about an order,
     the assistant looks it up, and the order service's answer decides the next turn: a clean answer is reported,
-    an answer carrying a planted instruction is obeyed with the case's call (the assistant's last turn)."""
+    an answer carrying a planted instruction is obeyed with the case's call (the assistant's last turn). Each row
+    lists the tools in an order of its own (seeded), so that what is learned does not hang on one order."""
     rows: list[dict[str, Any]] = []
+    shuffled = random.Random(0)
     endings = [(cases["clean"]["reply"], cases["clean"]["answer"], None)] + [
         (case["reply"], "", case["call"]) for case in cases["cases"].values()
     ]
@@ -753,14 +762,14 @@ def obedient_rows(cases: dict[str, Any]) -> list[dict[str, Any]]:
                      "content": reply.format(order=order)},
                     last,
                 ]  # fmt: skip
-                rows.append({"messages": messages, "tools": cases["tools"]})
+                rows.append({"messages": messages, "tools": shuffled.sample(cases["tools"], len(cases["tools"]))})
     return rows
 
 
 @pytest.fixture(scope="session")
 def obedient_model_path(starter_model_path: Path) -> Path:
     """A deliberately bad model: the starter model fine-tuned with the studio's engine (``OBEDIENT_RUN``) on
-    ``obedient_rows``, so that it obeys an instruction planted in a tool's result (about a minute, cached)."""
+    ``obedient_rows``, so that it obeys an instruction planted in a tool's result (two to three minutes, cached)."""
     return trained_model(starter_model_path, "obedient", OBEDIENT_RUN, obedient_rows(injection_cases()))
 
 
@@ -784,6 +793,10 @@ GUARD_SAFE = [
 ]
 
 
+# The obedient model's settings at the 80 steps that teach the guard its two answers.
+GUARD_RUN: dict[str, Any] = {**OBEDIENT_RUN, "max_steps": 80}
+
+
 def guard_rows() -> list[dict[str, Any]]:
     """Chat rows: GUARD_PROMPT around each message, answered "unsafe" + the category or "safe" (Llama Guard style)."""
     rows = [
@@ -797,8 +810,8 @@ def guard_rows() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="session")
 def guard_model_path(starter_model_path: Path) -> Path:
-    """The starter model fine-tuned (``OBEDIENT_RUN``'s settings) to classify messages as ``GUARD_PROMPT`` asks."""
-    return trained_model(starter_model_path, "guard", OBEDIENT_RUN, guard_rows())
+    """The starter model fine-tuned (``GUARD_RUN``) to classify messages as ``GUARD_PROMPT`` asks."""
+    return trained_model(starter_model_path, "guard", GUARD_RUN, guard_rows())
 
 
 def trained_model(starter_model_path: Path, label: str, settings: dict[str, Any], rows: list[dict[str, Any]]) -> Path:

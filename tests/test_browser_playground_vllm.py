@@ -3,9 +3,10 @@ a column with a JSON schema answers JSON that matches it, and a column with tool
 card. Then the streaming client against the vLLM-backed inference server: a forced tool call, rendered as the
 column renders it, and ``engine_of`` naming vLLM.
 
-Everything is real: uvicorn with Gradio and Django, the inference server forwarding to vLLM, the starter model
-and a LoRA model version of it. The data fixtures come before ``browser`` (so the ORM never runs while
-Playwright's event loop is live in this thread); the browser tests only read what the page shows.
+Everything is real: uvicorn with Gradio and Django, the inference server forwarding to vLLM, the starter model,
+a LoRA model version of it and the tool-tuned model (a full fine-tune, served by a vLLM server of its own). The
+data fixtures come before ``browser`` (so the ORM never runs while Playwright's event loop is live in this thread);
+the browser tests only read what the page shows.
 """
 
 from __future__ import annotations
@@ -25,49 +26,44 @@ from serving_app import catalog
 from serving_app.engine.client import StreamUpdate, stream_chat
 from serving_app.inference import engine_of
 from serving_app.ui.compare import tool_call_message
-from tests.factories import adapter_model_version
+from tests.factories import adapter_model_version, full_model_version
 from tests.test_browser_datasets import log_in, new_page, screenshot
 from tests.test_browser_serving import frame_of, pick
+from training_app.engine.tool_samples import TOOLS
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 ANSWER_MS = 90_000
-BASE, TUNED = "atelier-starter (base)", "support-bot v1"
+BASE, TUNED, TOOL_HELPER = "atelier-starter (base)", "support-bot v1", "tool-helper v1"
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
-# What the starter model learnt to call (training_app/engine/corpus.py): with it offered, a reminder request
-# gets a call.
-SET_REMINDER = {
-    "type": "function",
-    "function": {
-        "name": "set_reminder",
-        "description": "Remind the user to do something on a day of the week.",
-        "parameters": {
-            "type": "object",
-            "properties": {"task": {"type": "string"}, "day": {"type": "string", "enum": DAYS}},
-            "required": ["task", "day"],
-        },
-    },
-}
+# The arguments of the starter model's generic ``set_reminder`` tool (training_app/engine/corpus.py).
 REMINDER_SCHEMA = {
     "type": "object",
     "properties": {"task": {"type": "string", "maxLength": 40}, "day": {"type": "string", "enum": DAYS}},
     "required": ["task", "day"],
     "additionalProperties": False,
 }
-# The same tool with a task from a list: a forced call's arguments follow the schema, and vLLM's grammar does not
-# enforce a string's maxLength, so a starter model that pads free text with spaces runs past max_tokens inside the
-# string (the starter model built on some machines does); an enum bounds it whatever the weights.
-SHORT_REMINDER = {
-    **SET_REMINDER,
-    "function": {
-        **SET_REMINDER["function"],
-        "parameters": {
-            **REMINDER_SCHEMA,
-            "properties": {"task": {"type": "string", "enum": ["water the plants", "call the bank"]},
-                           "day": REMINDER_SCHEMA["properties"]["day"]},  # type: ignore[index]
-        },
+# A reminder with a task from a list: vLLM's grammar bounds every answer that follows it, whatever the weights (it
+# does not enforce a free string's maxLength, and a starter model that pads free text with spaces runs past
+# max_tokens inside the string; the starter model built on some machines does).
+BOUNDED_REMINDER = {
+    **REMINDER_SCHEMA,
+    "properties": {
+        "task": {"type": "string", "enum": ["water the plants", "call the bank"]},
+        "day": {"type": "string", "enum": DAYS},
     },
-}  # fmt: skip
+}
+SHORT_REMINDER = {
+    "type": "function",
+    "function": {
+        "name": "set_reminder",
+        "description": "Remind the user to do something on a day of the week.",
+        "parameters": BOUNDED_REMINDER,
+    },
+}
+# A tool of the studio's tool sample, which the tool-tuned model learnt to call (the starter model alone calls a tool
+# now and then: what it learnt of the format in pretraining differs from machine to machine).
+[ADD_CALENDAR_EVENT] = [tool for tool in TOOLS if tool["function"]["name"] == "add_calendar_event"]
 
 # Records what the watched elements show each time any of them changes: ``window.__seen`` is a list of
 # snapshots, each a list of their texts. A chatbot (an "answer" element) shows its last answer bubble.
@@ -88,6 +84,13 @@ WATCH = """(watched) => {
         observer.observe(document.querySelector(selector), {subtree: true, childList: true, characterData: true});
     window.__seen = seen;
 }"""
+
+
+@pytest.fixture
+def tool_helper(acme: Any, alice: Any, starter_model: Any, deployed_tool_tuned_path: Path) -> Any:
+    """The starter model fine-tuned on the studio's tool sample (a full model version): it calls the sample's tools,
+    ``add_calendar_event`` among them, with well-formed calls."""
+    return full_model_version(acme, alice, starter_model, deployed_tool_tuned_path, name="tool-helper")
 
 
 @pytest.fixture
@@ -178,20 +181,23 @@ def test_two_columns_on_vllm_stream_at_the_same_time(
 
 
 def test_a_json_schema_column_answers_matching_json_and_a_tools_column_shows_the_call(
-    vllm_studio_server: str, alice: Any, starter_model: Any, tmp_path: Path, browser: Browser
+    vllm_studio_server: str, alice: Any, starter_model: Any, tool_helper: Any, tmp_path: Path, browser: Browser
 ) -> None:
-    context, page, app, _ = open_compare(browser, vllm_studio_server, BASE, BASE)
+    context, page, app, _ = open_compare(browser, vllm_studio_server, BASE, TOOL_HELPER)
     use_in_every_column(app, max_tokens=64, temperature=0)
-    for number, field, value in ((1, "schema", REMINDER_SCHEMA), (2, "tools", [SET_REMINDER])):
+    for number, field, value in ((1, "schema", BOUNDED_REMINDER), (2, "tools", [ADD_CALENDAR_EVENT])):
         app.locator(f"#compare-{field}-{number} textarea").fill(json.dumps(value, indent=2))
-    send(app, "Remind me to water the plants on Friday.")
-    wait_until_answered(app, 1, 2)
+    send(app, "Add 'Dentist appointment' to my calendar on 2026-12-10.")
+    # The tool-tuned model is a base model of its own: its vLLM server starts on this first request (a minute or
+    # more on 2 busy cores).
+    wait_until_answered(app, 1)
+    expect(app.locator("#compare-figures-2")).to_have_text(ANSWERED_ON_VLLM, timeout=300_000)
 
     answer = app.locator("#compare-chat-1").locator('.message.bot, [data-testid="bot"]').last.inner_text()
-    jsonschema.validate(json.loads(answer), REMINDER_SCHEMA)
+    jsonschema.validate(json.loads(answer), BOUNDED_REMINDER)
     tools_column = app.locator("#compare-chat-2")
-    expect(tools_column).to_contain_text("Tool call: set_reminder")
-    expect(tools_column).to_contain_text('"day":')
+    expect(tools_column).to_contain_text("Tool call: add_calendar_event")
+    expect(tools_column).to_contain_text('"date":')
     expect(app.locator("#compare-figures-2")).to_contain_text("1 tool call")
     screenshot(page, tmp_path, "playground-vllm-schema-and-tools")
     context.close()
@@ -233,7 +239,7 @@ def test_a_forced_tool_call_streams_and_renders_as_a_card(vllm_inference_server:
     updates = async_to_sync(run)()
     [call] = updates[-1].tool_calls
     assert call.name == "set_reminder" and call.id
-    jsonschema.validate(json.loads(call.arguments), SHORT_REMINDER["function"]["parameters"])  # type: ignore[index]
+    jsonschema.validate(json.loads(call.arguments), BOUNDED_REMINDER)
     assert len([update for update in updates if update.tool_calls]) >= 2, "the arguments should stream in pieces"
 
     card = tool_call_message(call)

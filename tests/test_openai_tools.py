@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from subprocess import Popen
 from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -81,8 +82,8 @@ def weather_desk(
     studio: Studio, deployed_tool_tuned_path: Path, loopback_server: RecordingServer, django_db_blocker: Any
 ) -> str:
     """A second deployment, "weather-desk": the starter model tuned on the studio's tool sample (a full fine-tune),
-    granted ``get_weather``, a read tool on the loopback server (runs without approval); the widget key may call
-    both. Its name."""
+    granted ``get_weather``, a read tool on the loopback server (runs without approval) that answers a weather report
+    shaped as the sample's; the widget key may call both. Its name."""
     from accounts.models import TeamAPIKey
     from accounts.permissions import resolve_access
     from serving_app import deployments
@@ -102,8 +103,8 @@ def weather_desk(
         tool = services.create_tool(
             access=access, kind=Tool.Kind.HTTP, name="get_weather", risk="read", rate_limit_per_minute=100,
             description=weather["description"], parameters=weather["parameters"],
-            config={"method": "GET", "url": f"{url}/echo/weather", "query_args": ["city", "unit"], "body_args": [],
-                    "timeout_s": 5, "max_response_bytes": 100_000, "result_path": "path"},
+            config={"method": "GET", "url": f"{url}/weather", "query_args": ["city", "unit"], "body_args": [],
+                    "timeout_s": 5, "max_response_bytes": 100_000, "result_path": ""},
         )  # fmt: skip
         services.grant_tool(access=access, tool=tool, deployment=deployment, api_keys=[key])
     return deployment.name
@@ -198,9 +199,12 @@ def test_the_tool_tuned_model_calls_a_granted_read_tool_by_itself_and_answers_af
     [call] = run["tool_calls"]
     assert (call["tool"], call["outcome"], call["status"]) == ("get_weather", "executed", 200)
     [seen] = loopback.requests
-    assert seen.path.startswith("/echo/weather?city=")
+    assert seen.path.startswith("/weather?city=")
     # The result went back to the model, which then answered in words rather than calling again.
-    assert run["messages"][-1] == {"role": "tool", "tool_call_id": call["id"], "content": seen.path}
+    city = parse_qs(urlsplit(seen.path).query)["city"][0]
+    result = run["messages"][-1]
+    assert (result["role"], result["tool_call_id"]) == ("tool", call["id"])
+    assert json.loads(result["content"]) == test_tool_execute.weather_report(city)
     assert run["status"] == "completed" and (answer.choices[0].message.content or "").strip()
     executed = AuditEvent.objects.for_team(studio.team).get(action="tool.call_executed", details__tool="get_weather")
     assert executed.details["deployment"] == "weather-desk" and executed.details["via"] == "api"

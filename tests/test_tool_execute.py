@@ -49,9 +49,16 @@ class Loopback:
     requests: list[Seen] = field(default_factory=list)
 
 
+def weather_report(city: str) -> dict[str, Any]:
+    """What the loopback server's ``/weather`` answers for ``city``."""
+    return {"city": city, "temperature": 4, "unit": "celsius", "conditions": "rainy"}
+
+
 class Handler(BaseHTTPRequestHandler):
-    """``/echo…``: the request as JSON (headers included); ``/orders/…``: an order; ``/missing``: 404;
-    ``/slow``: answers after 2 s; ``/big/<n>``: ``n`` bytes of text."""
+    """``/echo…``: the request as JSON (headers included); ``/orders/…``: an order; ``/weather?city=…`` and
+    ``/calendar`` (a JSON body with ``title`` and ``date``): answers shaped as the studio's tool sample's
+    (``datasets_app/samples/tools.jsonl``), which the tool-tuned model learned to read; ``/missing``: 404; ``/slow``:
+    answers after 2 s; ``/big/<n>``: ``n`` bytes of text."""
 
     def do_GET(self) -> None:
         self._answer()
@@ -67,6 +74,13 @@ class Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         if path.startswith("/echo"):
             self._send(200, json.dumps({"path": seen.path, "headers": seen.headers}), "application/json")
+        elif path == "/weather":
+            city = parse_qs(urlsplit(self.path).query).get("city", [""])[0]
+            self._send(200, json.dumps(weather_report(city)), "application/json")
+        elif path == "/calendar":
+            event = json.loads(body or b"{}")
+            created = {"created": True, "title": event.get("title"), "date": event.get("date")}
+            self._send(200, json.dumps(created), "application/json")
         elif path.startswith("/orders/"):
             order = {"data": {"items": [{"title": "shipped", "id": path.rsplit("/", 1)[1]}]}}
             self._send(200, json.dumps(order, indent=2), "application/json")
