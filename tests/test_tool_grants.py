@@ -16,6 +16,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.test import Client
 from django.urls import reverse
+from django.utils.html import escape
 
 from accounts import services as account_services
 from accounts.models import AuditEvent, Team, TeamAPIKey
@@ -418,6 +419,20 @@ def test_the_model_is_shown_a_tools_schema_in_the_order_it_was_written(
 
     [shown] = [tool for tool in services.granted_tools(deployment) if tool["function"]["name"] == "add_calendar_event"]
     assert json.dumps(shown["function"]["parameters"]) == json.dumps(written)
+
+
+@pytest.mark.django_db
+def test_the_operators_admin_shows_a_tools_schema_as_json(tool: Tool, client: Client) -> None:
+    from django.contrib.auth import get_user_model
+
+    operator = get_user_model().objects.create_superuser("operator", "operator@example.com", "a-long-passphrase-1")
+    client.force_login(operator)
+
+    page = client.get(reverse("admin:tools_app_tool_change", args=[tool.pk]))
+
+    assert page.status_code == 200
+    # As written, indented; the admin breaks the lines with <br>.
+    assert escape(json.dumps(tool.parameters, indent=2)).replace("\n", "<br>") in page.content.decode()
 
 
 @pytest.mark.django_db

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.contrib import admin
@@ -16,7 +17,8 @@ class ToolAdmin(TeamOwnedAdmin):
     list_display = ("name", "team", "kind", "risk", "rate_limit_per_minute", "created_by", "created_at")
     list_filter = ("kind", "risk")
     search_fields = ("name",)
-    exclude = ("secret",)
+    exclude = ("secret", "parameters")
+    readonly_fields = ("parameters_as_written",)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -26,6 +28,10 @@ class ToolAdmin(TeamOwnedAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    @admin.display(description="Parameters (JSON Schema)")
+    def parameters_as_written(self, tool: Tool) -> str:
+        return json.dumps(tool.parameters, indent=2, ensure_ascii=False)
 
 
 @admin.register(McpServer)

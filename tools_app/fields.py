@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from django import forms
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 
@@ -32,5 +33,9 @@ class AuthoredJSONField(models.TextField):
             return None
         return json.dumps(value, ensure_ascii=False, cls=DjangoJSONEncoder)
 
-    def value_to_string(self, obj: models.Model) -> str:
-        return self.get_prep_value(self.value_from_object(obj)) or ""
+    def value_to_string(self, obj: models.Model) -> Any:
+        # The value itself, as JSONField gives it to the serializers (``dumpdata`` writes it as JSON, in order).
+        return self.value_from_object(obj)
+
+    def formfield(self, **kwargs: Any) -> Any:
+        return super().formfield(**{"form_class": forms.JSONField, **kwargs})
