@@ -73,6 +73,11 @@ SLOW_FIXTURES = frozenset(
 )  # fmt: skip
 # Tests on vLLM share one vLLM server per pytest worker: they are grouped onto one worker (``--dist loadgroup``).
 VLLM_FIXTURES = frozenset({"vllm_inference_server", "vllm_studio_server"})
+# The models the tests tune from the starter model: on a cold cache the first test to ask for one trains it in its
+# setup (the obedient model took 163 s at 80 steps on a busy 2-core machine, and now trains 160), and then may start
+# its vLLM server, past the 300 s every test has. Those tests get 900 s unless they say otherwise.
+TRAINED_MODEL_FIXTURES = frozenset({"tool_tuned_model_path", "obedient_model_path", "guard_model_path"})
+TRAINED_MODEL_TIMEOUT_S = 900
 
 
 @pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects
@@ -84,6 +89,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if VLLM_FIXTURES & fixtures:
             item.add_marker(pytest.mark.slow)
             item.add_marker(pytest.mark.xdist_group("vllm"))
+        if TRAINED_MODEL_FIXTURES & fixtures and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(TRAINED_MODEL_TIMEOUT_S))
 
 
 def worker_broker_url(url: str, worker: int) -> str:
