@@ -37,5 +37,11 @@ class AuthoredJSONField(models.TextField):
         # The value itself, as JSONField gives it to the serializers (``dumpdata`` writes it as JSON, in order).
         return self.value_from_object(obj)
 
-    def formfield(self, **kwargs: Any) -> Any:
-        return super().formfield(**{"form_class": forms.JSONField, **kwargs})
+    def formfield(
+        self,
+        form_class: type[forms.Field] | None = None,
+        choices_form_class: type[forms.ChoiceField] | None = None,
+        **kwargs: Any,
+    ) -> forms.Field | None:
+        form_class = form_class or forms.JSONField
+        return super().formfield(form_class=form_class, choices_form_class=choices_form_class, **kwargs)
