@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -207,31 +207,9 @@ def tool_tuned_model_path(starter_model_path: Path) -> Path:
     request needing a tool with a well-formed call. Trained once (about a minute) and cached beside the
     starter model's folder, keyed by its recipe, the run's settings and the sample file; pytest workers wait
     for each other."""
-    from filelock import FileLock
-
     from training_app.engine import tool_samples
-    from training_app.engine.config import RunConfig
-    from training_app.engine.trainer import run
 
-    digest = hashlib.sha256(json.dumps(TOOL_RUN, sort_keys=True).encode() + tool_samples.SAMPLE_PATH.read_bytes())
-    # Beside the starter model's folder, not in it: that folder holds the starter model alone.
-    models_dir = starter_model_path.parent
-    target = models_dir.with_name(f"{models_dir.name}-tool-tuned-{digest.hexdigest()[:12]}")
-    with FileLock(target.with_suffix(".lock")):
-        if not (target / "config.json").is_file():
-            work = target.with_name(target.name + ".partial")
-            shutil.rmtree(work, ignore_errors=True)
-            config = RunConfig.from_dict({
-                **TOOL_RUN, "model_path": str(starter_model_path), "train_path": str(tool_samples.SAMPLE_PATH),
-                "output_dir": str(work / "out"), "run_dir": str(work / "run"),
-            })  # fmt: skip
-            Path(config.run_dir).mkdir(parents=True)
-            outcome = run(config)
-            if outcome.status != "succeeded":
-                pytest.fail(f"the tool-call run failed: {outcome.failure}")
-            os.replace((outcome.result or {})["artifacts"]["model"], target)
-            shutil.rmtree(work, ignore_errors=True)
-    return target
+    return trained_model(starter_model_path, "tool-tuned", TOOL_RUN, tool_samples.SAMPLE_PATH)
 
 
 @pytest.fixture(scope="session")
@@ -821,31 +799,41 @@ def guard_model_path(starter_model_path: Path) -> Path:
     return trained_model(starter_model_path, "guard", GUARD_RUN, guard_rows())
 
 
-def trained_model(starter_model_path: Path, label: str, settings: dict[str, Any], rows: list[dict[str, Any]]) -> Path:
-    """The starter model fine-tuned with the studio's training engine on ``rows``: trained once and cached beside
-    the starter model's folder, keyed by the run's settings and the rows; pytest workers wait for each other."""
+def trained_model(
+    starter_model_path: Path, label: str, settings: dict[str, Any], rows: list[dict[str, Any]] | Path, *,
+    also: Iterable[Path] = (), artifact: str = "model",
+) -> Path:  # fmt: skip
+    """The starter model fine-tuned with the studio's training engine on ``rows`` (or the file of rows ``rows``):
+    trained once and cached beside the starter model's folder (not in it: that folder holds the starter model alone),
+    keyed by the run's settings, the rows and the files in ``also``; pytest workers wait for each other. The run's
+    ``artifact``: ``"model"`` for a full fine-tune, ``"adapter"`` for an adapter's folder."""
     from filelock import FileLock
 
     from training_app.engine.config import RunConfig
     from training_app.engine.trainer import run
 
-    body = "".join(json.dumps(row) + "\n" for row in rows).encode()
+    body = rows.read_bytes() if isinstance(rows, Path) else "".join(json.dumps(row) + "\n" for row in rows).encode()
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode() + body)
+    for path in also:
+        digest.update(path.read_bytes())
     models_dir = starter_model_path.parent
     target = models_dir.with_name(f"{models_dir.name}-{label}-{digest.hexdigest()[:12]}")
+    done = target / ("config.json" if artifact == "model" else "adapter_config.json")
     with FileLock(target.with_suffix(".lock")):
-        if not (target / "config.json").is_file():
+        if not done.is_file():
             work = target.with_name(target.name + ".partial")
             shutil.rmtree(work, ignore_errors=True)
             (work / "run").mkdir(parents=True)
-            (work / "rows.jsonl").write_bytes(body)
+            train_path = rows if isinstance(rows, Path) else work / "rows.jsonl"
+            if not isinstance(rows, Path):
+                train_path.write_bytes(body)
             config = RunConfig.from_dict({
-                **settings, "model_path": str(starter_model_path), "train_path": str(work / "rows.jsonl"),
+                **settings, "model_path": str(starter_model_path), "train_path": str(train_path),
                 "output_dir": str(work / "out"), "run_dir": str(work / "run"),
             })  # fmt: skip
             outcome = run(config)
             if outcome.status != "succeeded":
                 pytest.fail(f"the {label} model's run failed: {outcome.failure}")
-            os.replace((outcome.result or {})["artifacts"]["model"], target)
+            os.replace((outcome.result or {})["artifacts"][artifact], target)
             shutil.rmtree(work, ignore_errors=True)
     return target

@@ -8,11 +8,7 @@ The run is real (the trainer engine on CPU, the shipped settings and training fi
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +21,7 @@ from datasets_app.models import Dataset
 from evals_app import demo
 from evals_app.models import EvalSuite
 from evals_app.prompts import EvalItem, read_items
-from tests.conftest import ROOT
+from tests.conftest import ROOT, trained_model
 from training_app import presets
 from training_app.engine import graders
 
@@ -75,35 +71,14 @@ DEMO_RUN_SOURCES = (
 def demo_adapter(starter_model_path: Path) -> Path:
     """The adapter the demo's training run makes: the ``demo.TRAINING_PRESET`` preset on the training file (no
     checkpoints or sample generations: the test reads the adapter only). A real 648-step run, about three minutes of
-    a busy worker: cached beside the starter model's folder, keyed by the run's settings, the training file and
-    ``DEMO_RUN_SOURCES``, so the suite trains it again only when one of them changes."""
-    from filelock import FileLock
-
-    from training_app.engine.config import RunConfig
-    from training_app.engine.trainer import run
-
+    a busy worker: cached (``trained_model``), keyed also by ``DEMO_RUN_SOURCES``."""
     job_config = presets.nest(presets.apply_preset(demo.TRAINING_PRESET, demo.TRAINING_CHANGES))
-    job_config = {key: value for key, value in job_config.items() if key not in presets.LAUNCH_ONLY}
-    digest = hashlib.sha256(json.dumps(job_config, sort_keys=True).encode() + TRAIN_FILE.read_bytes())
-    for source in DEMO_RUN_SOURCES:
-        digest.update(source.read_bytes())
-    models_dir = starter_model_path.parent
-    target = models_dir.with_name(f"{models_dir.name}-demo-adapter-{digest.hexdigest()[:12]}")
-    with FileLock(target.with_suffix(".lock")):
-        if not (target / "adapter_config.json").is_file():
-            work = target.with_name(target.name + ".partial")
-            shutil.rmtree(work, ignore_errors=True)
-            config = RunConfig.from_dict({
-                **job_config, "kind": "chat", "model_path": str(starter_model_path), "train_path": str(TRAIN_FILE),
-                "output_dir": str(work / "out"), "run_dir": str(work / "run"), "use_cpu": True, "save_steps": 100_000,
-                "logging_steps": 50, "generation_prompts": 0,
-            })  # fmt: skip
-            (work / "run").mkdir(parents=True)
-            outcome = run(config)
-            assert outcome.status == "succeeded", outcome.failure
-            os.replace((outcome.result or {})["artifacts"]["adapter"], target)
-            shutil.rmtree(work, ignore_errors=True)
-    return target
+    settings = {key: value for key, value in job_config.items() if key not in presets.LAUNCH_ONLY} | {
+        "kind": "chat", "use_cpu": True, "save_steps": 100_000, "logging_steps": 50, "generation_prompts": 0,
+    }  # fmt: skip
+    return trained_model(
+        starter_model_path, "demo-adapter", settings, TRAIN_FILE, also=DEMO_RUN_SOURCES, artifact="adapter"
+    )
 
 
 def test_eval_questions_are_not_training_rows() -> None:

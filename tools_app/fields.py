@@ -22,6 +22,10 @@ class AuthoredJSONField(models.TextField):
     """JSON stored as text (``json.dumps`` of the value), read back with its keys in the order they were written.
     For values that are shown, not queried: it has none of ``JSONField``'s lookups."""
 
+    # What django-stubs types the attribute as (as for JSONField): any JSON value, not the text it is stored as.
+    _pyi_private_set_type: Any
+    _pyi_private_get_type: Any
+
     def from_db_value(self, value: str | None, expression: Any, connection: Any) -> Any:
         return None if value is None else json.loads(value)
 
