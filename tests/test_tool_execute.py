@@ -27,6 +27,7 @@ from tests.factories import ORDER_SCHEMA
 from tools_app import dispatch, services
 from tools_app.models import Tool
 from tools_app.sandbox.execute import TEXT_LIMIT, CallOutcome, CallSpec, execute
+from training_app.engine import tool_samples
 
 SECRET = "sk-live-LOOPBACK-5151"
 # The SELECT-only role and its canary database, set up once per module (tests/test_tool_sql.py).
@@ -192,6 +193,18 @@ def test_json_answer_comes_back_as_compact_json(loopback: Loopback) -> None:
         response_bytes=outcome.response_bytes, latency_ms=outcome.latency_ms,
     )  # fmt: skip
     assert outcome.response_bytes > len(outcome.text)  # the server's indented JSON
+
+
+def test_a_json_answer_reaches_the_model_as_the_studios_tool_sample_shows_results(loopback: Loopback) -> None:
+    # A model tuned on the tool sample reads at serving time the text it was trained on (spaced JSON made the
+    # tool-tuned model call again instead of answering).
+    event = {"title": "Dentist appointment", "date": "2026-12-10"}
+    outcome = execute(http_call(loopback, "/calendar", event, method="POST", body_args=["title", "date"]))
+    assert outcome.text == tool_samples.tool_result_text({"created": True, **event})
+    rows = [json.loads(line) for line in tool_samples.SAMPLE_PATH.read_text(encoding="utf-8").splitlines()]
+    results = [message["content"] for row in rows for message in row["messages"] if message["role"] == "tool"]
+    assert len(results) > 200
+    assert all(text == tool_samples.tool_result_text(json.loads(text)) for text in results)
 
 
 def test_result_path_gives_the_model_that_value_only(loopback: Loopback) -> None:
