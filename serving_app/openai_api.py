@@ -37,7 +37,6 @@ from functools import wraps
 from typing import Any, Literal
 
 import httpx
-from asgiref.sync import sync_to_async
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -51,6 +50,7 @@ from accounts.services import authenticate_team_api_key
 from serving_app import completions as stored_completions
 from serving_app import deployments, guardrails, releases, studio_tools
 from serving_app.catalog import Servable, publish, servable_version
+from serving_app.database import in_database_thread
 from serving_app.engine.params import CHAT_PARAMS, COMPLETION_PARAMS, listing, unknown_params
 from serving_app.guard_filter import AnswerGuard, check_prompt
 from serving_app.inference import server_url
@@ -126,11 +126,17 @@ def _unauthorized(message: str) -> OpenAIError:
     return OpenAIError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
 
-async def authenticate(request: HttpRequest) -> TeamAPIKey:
-    """The active team API key of the request's ``Authorization: Bearer`` header; 401 for anything else.
+@dataclass(frozen=True)
+class _Credentials:
+    """What a request presents: the token of its ``Authorization: Bearer`` header and the team its
+    ``OpenAI-Organization`` header names (the clients' ``organization=``), if any."""
 
-    An ``OpenAI-Organization`` header (the clients' ``organization=``), when sent, must name the key's team.
-    """
+    token: str
+    organization: str
+
+
+def _credentials(request: HttpRequest) -> _Credentials:
+    """The request's credentials; 401 for a missing or malformed ``Authorization`` header."""
     header = request.headers.get("Authorization", "").strip()
     if not header:
         raise _unauthorized(
@@ -141,9 +147,14 @@ async def authenticate(request: HttpRequest) -> TeamAPIKey:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise _unauthorized("Send the API key as `Authorization: Bearer atk_…`.")
-    key = await sync_to_async(authenticate_team_api_key)(token)
+    return _Credentials(token, request.headers.get("OpenAI-Organization", "").strip())
+
+
+def _key_of(credentials: _Credentials) -> TeamAPIKey:
+    """The active team API key the credentials present, of the team they name; 401 for anything else."""
+    key = authenticate_team_api_key(credentials.token)
     if key is None:
-        if PersonalAccessToken.split(token) is not None:
+        if PersonalAccessToken.split(credentials.token) is not None:
             raise _unauthorized(
                 f"Personal tokens (atl_…) do not work here: use a team API key (atk_…); {KEYS_PAGE_HINT}."
             )
@@ -151,13 +162,21 @@ async def authenticate(request: HttpRequest) -> TeamAPIKey:
             f"Incorrect API key provided, or the key was revoked. Check the key you send, or ask for a new one; "
             f"{KEYS_PAGE_HINT}."
         )
-    organization = request.headers.get("OpenAI-Organization", "").strip()
+    organization = credentials.organization
     if organization and organization != key.team.slug:
         raise _unauthorized(
             f"This API key belongs to another team than “{organization}” (the OpenAI-Organization header). Use a "
             "key of that team, or leave the organization out."
         )
     return key
+
+
+async def authenticate(request: HttpRequest) -> TeamAPIKey:
+    """The active team API key of the request's ``Authorization: Bearer`` header; 401 for anything else.
+
+    An ``OpenAI-Organization`` header, when sent, must name the key's team.
+    """
+    return await in_database_thread(_key_of)(_credentials(request))
 
 
 # --- the request body ---------------------------------------------------------------------------
@@ -360,7 +379,7 @@ async def list_models(request: HttpRequest) -> HttpResponseBase:
     """``GET /v1/models``: the deployments the key may call."""
     _require_method(request, "GET")
     key = await authenticate(request)
-    data = await sync_to_async(_model_list)(key)
+    data = await in_database_thread(_model_list)(key)
     return JsonResponse({"object": "list", "data": data})
 
 
@@ -369,7 +388,7 @@ async def retrieve_model(request: HttpRequest, name: str) -> HttpResponseBase:
     """``GET /v1/models/<name>``: one deployment the key may call, or 404."""
     _require_method(request, "GET")
     key = await authenticate(request)
-    deployment = await sync_to_async(deployments.find_deployment_for_key)(key, name)
+    deployment = await in_database_thread(deployments.find_deployment_for_key)(key, name)
     if deployment is None:
         raise _model_not_found(name)
     return JsonResponse(_model_entry(deployment))
@@ -404,12 +423,14 @@ class _Target:
 
 
 def _admit(
-    key: TeamAPIKey, body: GenerationRequest, endpoint: Endpoint
-) -> tuple[_Target, deployments.ApiRequest, bool, guardrails.Guard | None]:
-    """The deployment ``key`` calls as ``body.model``, made known to the inference server, whether it runs studio
-    tools on this endpoint, its guard policy, and the request metered against the key's limit: one trip to the
-    database thread for all. 404 when the key may not call it; 400, unmetered, for a resume of studio tools it
-    has none of, or log-probabilities under a guard policy."""
+    credentials: _Credentials, body: GenerationRequest, endpoint: Endpoint
+) -> tuple[TeamAPIKey, _Target, deployments.ApiRequest, bool, guardrails.Guard | None]:
+    """The key the credentials present, the deployment it calls as ``body.model``, made known to the inference
+    server, whether it runs studio tools on this endpoint, its guard policy, and the request metered against
+    the key's limit: one trip to the database thread for all. 401 for a bad key; 404 when the key may not call
+    the model; 400, unmetered, for a resume of studio tools it has none of, or log-probabilities under a guard
+    policy."""
+    key = _key_of(credentials)
     deployment = deployments.find_deployment_for_key(key, body.model)
     if deployment is None:
         raise _model_not_found(body.model)
@@ -429,15 +450,20 @@ def _admit(
     version = releases.route(deployment)  # the current version, or the canary for its share of requests
     target = _Target(deployment, servable_version(version), version)
     publish([target.servable])  # reads the registry; writes it only when the entry is missing
-    return target, deployments.start_api_request(key=key, deployment=deployment, version=version), tools, guard
+    started = deployments.start_api_request(key=key, deployment=deployment, version=version)
+    return key, target, started, tools, guard
 
 
 async def _generate(request: HttpRequest, endpoint: Endpoint) -> HttpResponseBase:
     """Authenticate, find the deployment, meter the request and relay the inference server's answer."""
     _require_method(request, "POST")
-    key = await authenticate(request)
-    body = parse_request(request.body, endpoint)
-    target, started, studio_tools, guard = await sync_to_async(_admit)(key, body, endpoint)
+    credentials = _credentials(request)
+    try:
+        body = parse_request(request.body, endpoint)
+    except (OpenAIError, RequestDataTooBig):  # told only to a client whose key is good
+        await in_database_thread(_key_of)(credentials)
+        raise
+    key, target, started, studio_tools, guard = await in_database_thread(_admit)(credentials, body, endpoint)
     if started.retry_after is not None:
         raise OpenAIError(
             429, f"Rate limit reached: this API key may make {key.requests_per_minute} requests per minute. "
@@ -609,7 +635,7 @@ class _Guarded:
         if not self.events:
             return
         access = TeamAccess(team=self.key.team, role=Role(self.key.role), api_key=self.key)
-        record = sync_to_async(guardrails.record)
+        record = in_database_thread(guardrails.record)
         await asyncio.shield(
             record(self.events, team=self.key.team, deployment_id=self.deployment.pk, revision=self.guard.revision,
                    via="api", access=access, ip=self.ip)
@@ -695,7 +721,7 @@ class _Store:
         whole = self.choice.whole(chat=True)
         message = whole["message"]
         text = message.get("content") or "".join(self.choice.text)
-        await sync_to_async(stored_completions.keep)(
+        await in_database_thread(stored_completions.keep)(
             deployment=self.deployment, version=self.version, key=self.key, messages=self.messages, answer=text,
             tool_calls=message.get("tool_calls") or [], finish_reason=whole["finish_reason"] or "",
         )  # fmt: skip
@@ -720,7 +746,7 @@ class _Meter:
         # No usage chunk (the client went away): each delta is at least one token.
         completion = self.usage.get("completion_tokens", self.deltas)
         prompt = self.usage.get("prompt_tokens", 0)
-        finish = sync_to_async(deployments.finish_api_request)
+        finish = in_database_thread(deployments.finish_api_request)
         # Shielded: a request cancelled by a client disconnect still records what it used.
         await asyncio.shield(finish(self.record, ok=self.ok, prompt_tokens=prompt, completion_tokens=completion))
         if self.ok and self.store is not None:
@@ -896,6 +922,8 @@ async def _open_relay(body: GenerationRequest, key: TeamAPIKey, target: _Target,
 # asked for again. The inference server's least-recently-used adapter count sees a busy model at this interval.
 ROUTE_TTL_SECONDS = 5.0
 _ROUTES: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+# The questions to /v1/route under way, by event loop (a task belongs to its loop), server and model.
+_ASKING: dict[tuple[asyncio.AbstractEventLoop, str, str], asyncio.Task[dict[str, Any]]] = {}
 
 
 async def _direct_route(client: httpx.AsyncClient, target: _Target, max_tokens: int | None) -> tuple[str, str] | None:
@@ -924,11 +952,23 @@ async def _direct_route(client: httpx.AsyncClient, target: _Target, max_tokens: 
 
 
 async def _route(client: httpx.AsyncClient, inference: str, served_name: str) -> dict[str, Any]:
-    """The inference server's /v1/route answer for ``served_name`` (reused while fresh), or {} when it gave none."""
+    """The inference server's /v1/route answer for ``served_name`` (reused while fresh), or {} when it gave none.
+
+    Requests that find no fresh answer at once (a burst after a quiet spell) share one question to the
+    inference server instead of asking it once each."""
     now = time.monotonic()
     cached = _ROUTES.get((inference, served_name))
     if cached is not None and cached[0] > now:
         return cached[1]
+    loop = asyncio.get_running_loop()
+    asking = _ASKING.get((loop, inference, served_name))
+    if asking is None:
+        asking = _ASKING[(loop, inference, served_name)] = loop.create_task(_ask_route(client, inference, served_name))
+        asking.add_done_callback(lambda _: _ASKING.pop((loop, inference, served_name), None))
+    return await asyncio.shield(asking)  # one client going away does not cancel the others' answer
+
+
+async def _ask_route(client: httpx.AsyncClient, inference: str, served_name: str) -> dict[str, Any]:
     try:
         response = await client.post(f"{inference}/v1/route", json={"model": served_name})
         route = response.json() if response.status_code == 200 else {}
@@ -937,7 +977,7 @@ async def _route(client: httpx.AsyncClient, inference: str, served_name: str) ->
     if not isinstance(route, dict):
         return {}
     if route.get("engine") == "vllm":  # a builtin or absent answer is not kept: the model may move to vLLM soon
-        _ROUTES[(inference, served_name)] = (now + ROUTE_TTL_SECONDS, route)
+        _ROUTES[(inference, served_name)] = (time.monotonic() + ROUTE_TTL_SECONDS, route)
     return route
 
 

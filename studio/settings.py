@@ -190,6 +190,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
+else:
+    # A connection the /v1 API's database threads keep (serving_app.database) is checked before each use, so
+    # that a restarted database server costs no request. Connections used for one request are not checked.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 # PostgreSQL connection pool (psycopg_pool) for the web process, where every request would otherwise
 # open a new connection. Persistent connections (CONN_MAX_AGE) are not offered: under ASGI they leak.
 # Off by default, because a pool must not be shared across the fork of a prefork Celery worker.

@@ -33,6 +33,7 @@ from playwright.sync_api import Browser, sync_playwright
 
 from accounts import services
 from accounts.roles import Role
+from serving_app.database import close_kept_connections
 from tests.factories import PASSWORD, TeamFactory, UserFactory, member
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -249,6 +250,14 @@ def base_model_row(db: None) -> Any:
     from tests.factories import starter_like_base_model
 
     return starter_like_base_model()
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None) -> Iterator[None]:
+    """pytest-django's test databases; the /v1 API's database threads (``serving_app.database``), which keep
+    their connections open, let go of them before the databases are dropped."""
+    yield
+    close_kept_connections()
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,8 @@ server; the deployment is a real LoRA adapter of the starter model registered as
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -379,3 +381,28 @@ def test_a_client_that_disconnects_stops_the_generation(
 def test_a_vllm_route_on_loopback_is_taken_only_from_an_inference_server_on_loopback(url: str, loopback: bool) -> None:
     # A vLLM server at 127.0.0.1 behind an inference server on another host is not this machine's.
     assert openai_api._loopback(url) is loopback
+
+
+def test_requests_that_find_no_fresh_route_share_one_question_to_the_inference_server() -> None:
+    # A burst after a quiet spell: 16 requests at once would otherwise each ask /v1/route.
+    asked: list[bytes] = []
+
+    async def inference_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        asked.append(await reader.readuntil(b"\r\n\r\n"))
+        await asyncio.sleep(0.2)  # the answer takes a while: the others ask meanwhile
+        body = json.dumps({"engine": "vllm", "url": "http://127.0.0.1:1", "model": "adapter-1"}).encode()
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        await writer.drain()
+        writer.close()
+
+    async def burst() -> list[dict[str, Any]]:
+        server = await asyncio.start_server(inference_server, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        async with server, httpx.AsyncClient() as http:
+            return await asyncio.gather(*(openai_api._route(http, url, "studio-burst") for _ in range(16)))
+
+    answers = asyncio.run(asyncio.wait_for(burst(), 30))
+    assert len(asked) == 1
+    assert [answer["model"] for answer in answers] == ["adapter-1"] * 16
