@@ -265,7 +265,10 @@ def _team_keys(access: TeamAccess, api_keys: Iterable[TeamAPIKey]) -> list[TeamA
 
 def find_deployment_for_key(key: TeamAPIKey, name: str) -> Deployment | None:
     """The deployment called ``name`` in the key's team, if ``key`` may call it (None otherwise)."""
-    return deployments_of_key(key).filter(name=name).first()
+    try:  # names are unique in a team: no ordering to compile (a third of this lookup's CPU on every /v1 request)
+        return deployments_of_key(key).order_by().get(name=name)
+    except Deployment.DoesNotExist:
+        return None
 
 
 @dataclass(frozen=True)
