@@ -28,7 +28,9 @@ Phases (one inference server at a time, so each gets the whole machine):
 3. ``full_stack`` / ``inference_server`` / ``vllm_direct``: the studio (``python -m studio.serve``) in front of
    that inference server, with a team, a deployment of ``adapter-1`` and a team API key made through the
    services; 16 streams of ``/v1/chat/completions`` with the key, the same 16 sent to the inference server,
-   and straight to its vLLM server (the adapter under the name the inference server loaded it with).
+   and straight to its vLLM server (the adapter under the name the inference server loaded it with). With
+   ``--other-studio DIR`` a second studio, started from that checkout (a ``git worktree`` of an older commit),
+   stands beside the first as ``full_stack_other``: two versions of the studio compared in the same rounds.
 
 Prints one JSON line per scenario on stdout (median aggregate tokens/s over ``--rounds``, TTFT p50/p95/max over
 every request of those rounds, tokens per request, the 1-minute load average), then a line of ratios against
@@ -39,6 +41,8 @@ run (exit 124).
     .venv/bin/python bench/serving_concurrency.py                # about 2-3 minutes on the 2-core machine
     .venv/bin/python bench/serving_concurrency.py --rounds 5 --max-tokens 64
     .venv/bin/python bench/serving_concurrency.py --rounds 5 --pause 1.5 --adapter-modules all-linear
+    git worktree add /tmp/before HEAD~1 && .venv/bin/python bench/serving_concurrency.py --skip in_process \
+        --rounds 8 --pause 1.5 --other-studio /tmp/before
 
 ``--adapter-modules`` picks what the 8 adapters train (the studio's default is ``all-linear``); ``--pause`` gives
 each counted round that many seconds of quiet first; ``VLLM_PLUGINS=lora_filesystem_resolver`` in the
@@ -348,6 +352,7 @@ def verdicts(figures: dict[str, dict[str, Any]], load_before: float) -> dict[str
         "adapters_8_vs_base_only": ratio(rate("vllm_adapters_8"), rate("vllm_base_only")),
         "one_adapter_vs_base_only": ratio(rate("vllm_one_adapter"), rate("vllm_base_only")),
         "full_stack_vs_vllm_direct": ratio(rate("full_stack"), rate("vllm_direct")),
+        "full_stack_vs_other_studio": ratio(rate("full_stack"), rate("full_stack_other")),
         "inference_server_vs_vllm_direct": ratio(rate("inference_server"), rate("vllm_direct")),
         "vllm_vs_in_process_single": ratio(rate("vllm_single"), rate("in_process_single")),
         "goals": GOALS,
@@ -399,6 +404,11 @@ def main() -> int:
         "for its first tokens, even on a plain vLLM server)",
     )  # fmt: skip
     parser.add_argument("--skip", choices=["in_process", "full_stack"], action="append", default=[], help="phases")
+    parser.add_argument(
+        "--other-studio", type=Path, help="another checkout of the studio (a `git worktree` of an older commit, "
+        "say) served beside this one in front of the same inference server and database, as the side "
+        "full_stack_other, in the same alternating rounds",
+    )  # fmt: skip
     parser.add_argument("--max-seconds", type=int, default=1800, help="hard cap (default 1800)")
     parser.add_argument(
         "--database-url", help="the studio's database instead of the embedded SQLite, e.g. an empty PostgreSQL "
@@ -465,18 +475,21 @@ def main() -> int:
             env["ATELIER_INFERENCE_URL"] = url
             manage(["migrate", "--noinput"], env=env, log=data_dir / "migrate.log", timeout=300)
             deployment, served, secret = create_deployment(starter, adapters[0])
-            web_port = free_port()
-            web_url, web_log = f"http://127.0.0.1:{web_port}", data_dir / "web.log"
-            command = [sys.executable, "-m", "studio.serve", "--port", str(web_port), "--log-level", "warning"]
-            processes.append(start(command, env=env, log=web_log))
-            wait_for(f"{web_url}/healthz", processes[-1], web_log, 90)
             auth = {"Authorization": f"Bearer {secret}"}
-            one_round(Side(web_url, [deployment], auth), 8)  # publishes it: the inference server loads the adapter
-            sides = {
-                "full_stack": Side(web_url, [deployment] * STREAMS, auth, server_pid=processes[-1].pid),
-                "inference_server": Side(url, [served] * STREAMS),
-                "vllm_direct": Side(vllm["url"], [served] * STREAMS),
-            }
+            studios = {"full_stack": ROOT}
+            if options.other_studio:
+                studios["full_stack_other"] = options.other_studio
+            sides = {}
+            for name, checkout in studios.items():
+                web_port = free_port()
+                web_url, web_log = f"http://127.0.0.1:{web_port}", data_dir / f"web-{name}.log"
+                command = [sys.executable, "-m", "studio.serve", "--port", str(web_port), "--log-level", "warning"]
+                processes.append(start(command, env=env, log=web_log, cwd=checkout))  # its own code comes first
+                wait_for(f"{web_url}/healthz", processes[-1], web_log, 90)
+                one_round(Side(web_url, [deployment], auth), 8)  # publishes it: the inference server loads the adapter
+                sides[name] = Side(web_url, [deployment] * STREAMS, auth, server_pid=processes[-1].pid)
+            sides["inference_server"] = Side(url, [served] * STREAMS)
+            sides["vllm_direct"] = Side(vllm["url"], [served] * STREAMS)
             measure_and_emit(figures, sides, *sampling)
 
         ratios = verdicts(figures, load_before)
