@@ -89,7 +89,7 @@ test: $(STAMP) $(VLLM_STAMP) browser lint typecheck
 		$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup --durations=25
 
 # The inner loop while developing: everything but the browser, integration and slow tests, on two pytest-xdist
-# workers (each with its own test database and Redis database): 3 min 32 s on a 2-core machine (2026-12-07: 3,900
+# workers (each with its own test database and Redis database): 2 min 50 s on a 2-core machine (2026-12-07: 3,906
 # tests; the goal is 2 minutes; the role matrix and the isolation sweep are a third of it).
 test-fast: $(STAMP)
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} CELERY_BROKER_URL=$${CELERY_BROKER_URL:-$(TEST_BROKER_URL)} \
