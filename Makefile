@@ -79,9 +79,9 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy .
 
 # The whole suite on TEST_WORKERS pytest-xdist workers (each with its own test database and Redis database):
-# about 19 minutes on a 2-core machine with the test models cached (2026-12-07: 4,165 tests; real training, vLLM
+# about 10 minutes on a 2-core machine with the test models cached (2026-12-07: 4,173 tests; real training, vLLM
 # servers and the browser take most of it; the goal is 7), where servers, trainers and the browser wait on
-# subprocesses often enough for two workers to overlap.
+# subprocesses often enough for two workers to overlap. Each worker runs PyTorch on its share of the CPUs.
 TEST_WORKERS ?= 2
 
 test: $(STAMP) $(VLLM_STAMP) browser lint typecheck
@@ -89,7 +89,7 @@ test: $(STAMP) $(VLLM_STAMP) browser lint typecheck
 		$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup --durations=25
 
 # The inner loop while developing: everything but the browser, integration and slow tests, on two pytest-xdist
-# workers (each with its own test database and Redis database): 2 min 50 s on a 2-core machine (2026-12-07: 3,906
+# workers (each with its own test database and Redis database): 2 min 16 s on a 2-core machine (2026-12-07: 3,906
 # tests; the goal is 2 minutes; the role matrix and the isolation sweep are a third of it).
 test-fast: $(STAMP)
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} CELERY_BROKER_URL=$${CELERY_BROKER_URL:-$(TEST_BROKER_URL)} \

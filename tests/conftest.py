@@ -58,10 +58,31 @@ TEST_LEASE_SECONDS = 10
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist each worker has its own test database (pytest-django) and its own Redis database."""
+    """Under pytest-xdist each worker has its own test database (pytest-django) and its own Redis database, and its
+    share of the CPUs for PyTorch's threads (``torch_threads_per_worker``)."""
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     if worker and settings.CELERY_BROKER_URL.startswith("redis://"):
         use_broker(worker_broker_url(settings.CELERY_BROKER_URL, int(worker.removeprefix("gw"))))
+    if worker:
+        # Inherited by everything the worker starts: Celery workers (and through them the trainers:
+        # ``training_app.runner.cpu_threads``), studio and inference servers.
+        os.environ.setdefault("OMP_NUM_THREADS", str(torch_threads_per_worker()))
+        if "torch" in sys.modules:  # imported before this hook: its OpenMP read the environment already
+            sys.modules["torch"].set_num_threads(torch_threads_per_worker())
+
+
+def torch_threads_per_worker() -> int:
+    """PyTorch threads per pytest worker: the CPUs divided among the workers (all of them without pytest-xdist).
+
+    Two workers on two cores, each running PyTorch on both, wait on each other's spinning OpenMP threads: measured on
+    the 2-core machine, greedy generation beside one busy core took 7.7 s on 2 threads and 1.6 s on 1 (1.4 s on 2
+    threads alone). An explicit ``OMP_NUM_THREADS`` wins.
+    """
+    explicit = os.environ.get("OMP_NUM_THREADS", "")
+    if explicit.isdigit() and int(explicit) > 0:
+        return int(explicit)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cpus // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 
 
 # A test that needs one of these starts a real process or needs the real starter model's weights (built on a
@@ -74,6 +95,9 @@ SLOW_FIXTURES = frozenset(
 )  # fmt: skip
 # Tests on vLLM share one vLLM server per pytest worker: they are grouped onto one worker (``--dist loadgroup``).
 VLLM_FIXTURES = frozenset({"vllm_inference_server", "vllm_studio_server"})
+# Module fixtures too costly to build once per pytest worker (the estimator's real runs, about 40 s): the tests using
+# one are grouped onto one worker.
+SHARED_MODULE_FIXTURES = frozenset({"cpu_runs"})
 # The models the tests tune from the starter model: on a cold cache the first test to ask for one trains it in its
 # setup (the obedient model took 163 s at 80 steps on a busy 2-core machine, and now trains 160), and then may start
 # its vLLM server, past the 300 s every test has. Those tests get 900 s unless they say otherwise.
@@ -90,8 +114,31 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if VLLM_FIXTURES & fixtures:
             item.add_marker(pytest.mark.slow)
             item.add_marker(pytest.mark.xdist_group("vllm"))
+        for name in SHARED_MODULE_FIXTURES & fixtures:
+            item.add_marker(pytest.mark.xdist_group(name))
         if TRAINED_MODEL_FIXTURES & fixtures and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(TRAINED_MODEL_TIMEOUT_S))
+
+
+UNGROUPED: set[str] = set()  # grouped tests whose ids pytest-xdist could not mark with their group
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Under ``--dist loadgroup`` a grouped test's id must carry its group, or pytest-xdist schedules it alone."""
+    if getattr(session.config.option, "loadgroup", False):  # set in pytest-xdist's workers
+        UNGROUPED.update(
+            item.nodeid for item in session.items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid
+        )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.nodeid in UNGROUPED:
+        pytest.fail(
+            "--dist loadgroup is not grouping this test with the others of its group (its id has no @group): this "
+            "pytest and pytest-xdist do not work together (pytest-dev/pytest-xdist#1386); install the versions "
+            "pyproject.toml pins",
+            pytrace=False,
+        )
 
 
 def worker_broker_url(url: str, worker: int) -> str:
@@ -171,12 +218,28 @@ def starter_model_path() -> Path:
     Ask for it only where real weights matter (training, generation); pages and permissions do with
     ``base_model_row``.
     """
-    import torch
-
     from training_app.engine.starter import ensure_starter_model
 
+    with model_building_threads():
+        return ensure_starter_model(starter_models_dir())
+
+
+@contextlib.contextmanager
+def model_building_threads() -> Iterator[None]:
+    """Build a cached test model on as many PyTorch threads as ``manage.py create_starter_model`` and a trainer with
+    the machine to itself use, then go back to the worker's share (``torch_threads_per_worker``).
+
+    A model's weights depend on how its sums were split among threads: a starter model built on one thread answered
+    differently from one built on two. The cached models must not depend on how many pytest workers the run that
+    built them had, and what the tests ask of them was measured on models built this way.
+    """
+    import torch
+
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    return ensure_starter_model(starter_models_dir())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(torch_threads_per_worker())
 
 
 # The tool-call run (a short full fine-tune of the starter model on ``datasets_app/samples/tools.jsonl``).
@@ -840,7 +903,8 @@ def trained_model(
                 **settings, "model_path": str(starter_model_path), "train_path": str(train_path),
                 "output_dir": str(work / "out"), "run_dir": str(work / "run"),
             })  # fmt: skip
-            outcome = run(config)
+            with model_building_threads():
+                outcome = run(config)
             if outcome.status != "succeeded":
                 pytest.fail(f"the {label} model's run failed: {outcome.failure}")
             os.replace((outcome.result or {})["artifacts"][artifact], target)

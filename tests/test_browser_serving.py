@@ -78,8 +78,9 @@ def test_compare_two_models_then_battle_and_read_the_leaderboard(
         expect(figures).to_contain_text("TTFT")
         expect(app.locator(f"#compare-chat-{column}")).to_contain_text("Tell me about the sea.")
     answers = [frame.evaluate(f"() => window.__answers['#compare-chat-{column}']") for column in (1, 2)]
-    for seen in answers:
-        assert len(seen) >= 2, f"the answer appeared at once, not streamed: {seen}"
+    for column, seen in enumerate(answers, 1):
+        shown = app.locator(f"#compare-chat-{column}").inner_text()
+        assert len(seen) >= 2, f"column {column}'s answer appeared at once, not streamed: {seen}; it shows {shown!r}"
     assert answers[0][-1] != answers[1][-1], "the base model and the fine-tune answered the same"
     screenshot(page, tmp_path, "playground-compare")
 

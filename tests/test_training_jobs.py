@@ -289,6 +289,29 @@ def test_a_multi_device_pool_launches_one_process_per_device_through_accelerate(
     assert command[command.index("--num_processes") + 1] == "2"
 
 
+def test_a_cpu_trainer_shares_the_threads_its_worker_was_given_among_its_processes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+
+    env = runner._trainer_environment(TrainingJob(pool="cpu-2"), processes=2)
+
+    assert env["OMP_NUM_THREADS"] == "2"
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs a machine with more CPUs than the worker may use")
+def test_a_cpu_trainer_uses_the_cpus_its_worker_may_run_on_not_the_machines(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed)})  # as ``taskset -c 0`` or a container's CPU set would start the worker
+    try:
+        env = runner._trainer_environment(TrainingJob(pool="cpu"), processes=1)
+    finally:
+        os.sched_setaffinity(0, allowed)
+
+    assert env["OMP_NUM_THREADS"] == "1"
+
+
 def test_the_trainers_failure_report_becomes_the_jobs_failure(
     alice: Any, model_folder_row: Any, fake_trainer: Callable[..., None]
 ) -> None:
