@@ -22,7 +22,7 @@ import pytest
 from openai import OpenAI
 
 from serving_app.engine.client import StreamUpdate, stream_chat
-from serving_app.engine.vllm_server import IDENTITY_ADAPTER
+from serving_app.engine.vllm_server import BASE_NAME, IDENTITY_ADAPTER
 from tests.conftest import running_inference_server, vllm_servers, wait_for_vllm
 from tests.factories import make_lora_adapter
 from tests.test_inference_server import MAX_TOKENS, PROMPT, _greedy_in_process, _write_registry
@@ -201,6 +201,49 @@ def test_a_json_schema_answer_validates(server: str) -> None:
 
     value = json.loads(text)
     assert set(value) == {"city", "rain"} and isinstance(value["rain"], bool)
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 12}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+def test_a_forced_tool_call_from_a_model_that_prefers_whitespace_still_ends_with_its_arguments_whole(
+    server: str, starter_model_path: Path
+) -> None:
+    # A strong bias towards whitespace stands in for a small model that prefers it: vLLM's tool-call grammar lets
+    # it write whitespace between the arguments' tokens for as long as it likes, and the studio's plugin
+    # (atelier_vllm.tool_calls) bounds that. Asked of vLLM itself: the studio does not pass logit_bias on.
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(starter_model_path)
+    whitespace = {
+        token for text in (" ", "  ", "\n", "\n\n") for token in tokenizer.encode(text, add_special_tokens=False)
+    }
+    body = {
+        "model": BASE_NAME, "messages": PROMPT, "tools": [WEATHER_TOOL], "max_tokens": 200, "temperature": 0,
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "logit_bias": {str(token): 50 for token in whitespace},
+    }  # fmt: skip
+
+    response = httpx.post(f"{vllm_status(server)['url']}/v1/chat/completions", json=body, timeout=120)
+
+    assert response.status_code == 200, response.text
+    (choice,) = response.json()["choices"]
+    assert choice["message"].get("tool_calls"), choice  # arguments cut short are no call at all
+    (call,) = choice["message"]["tool_calls"]
+    arguments = json.loads(call["function"]["arguments"])
+    assert set(arguments) == {"city", "unit"} and arguments["unit"] in ("celsius", "fahrenheit")
+    assert response.json()["usage"]["completion_tokens"] < body["max_tokens"]
 
 
 def test_a_vllm_server_run_elsewhere_is_attached_to_and_left_running(

@@ -268,9 +268,9 @@ class VllmServer:
             "--enable-lora", "--max-loras", str(settings.max_loras + 1),
             "--max-lora-rank", str(self.lora_rank),
             # Tool calls as the starter template writes them (<tool_call>{json}</tool_call>), arguments held to
-            # the tool's schema; structured outputs without free whitespace (small models loop on it). vLLM 0.32
-            # applies that to response_format only: a forced tool call's arguments (a structural tag) still allow
-            # any whitespace between their tokens, and a weak model can spend its max_tokens on it.
+            # the tool's schema; structured outputs without free whitespace (small models loop on it): vLLM
+            # applies that to response_format only, and the studio's plugin bounds it in tool calls' arguments
+            # (vllm_plugin/atelier_vllm/tool_calls.py).
             "--enable-auto-tool-choice", "--tool-call-parser", "hermes", "--tool-strict-level", "parameter",
             "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
             "--disable-uvicorn-access-log",

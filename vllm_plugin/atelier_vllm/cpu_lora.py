@@ -33,12 +33,11 @@ functions so that they can be tested without vLLM (``tests/test_vllm_plugin.py``
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
 
-logger = logging.getLogger("vllm.atelier")
+from atelier_vllm import logger, written_for
 
 # vLLM versions whose PunicaWrapperCPU has the methods and metadata patched here.
 SUPPORTED_VLLM = ("0.32.0",)
@@ -149,11 +148,7 @@ def register() -> None:
         return
     if not current_platform.is_cpu():
         return
-    if vllm.__version__ not in SUPPORTED_VLLM:
-        logger.warning(
-            "atelier: vLLM %s is not a version the CPU multi-LoRA kernels were written for (%s); vLLM's own "
-            "are used", vllm.__version__, ", ".join(SUPPORTED_VLLM),
-        )  # fmt: skip
+    if not written_for(vllm.__version__, SUPPORTED_VLLM, "CPU multi-LoRA kernels", "vLLM's own are used"):
         return
     from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
