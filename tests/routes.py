@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from django.db import connection
+from django.db.models import QuerySet
 from django.urls import URLPattern, URLResolver, get_resolver
 from ninja.utils import normalize_path
 
@@ -101,108 +104,105 @@ def api_team_operations() -> set[tuple[str, str]]:
     return operations
 
 
-def team_state(team: Team) -> dict[str, Any]:
-    """Everything a team route could change about ``team``, in a comparable form."""
+def team_state(team: Team) -> dict[str, list[str]]:
+    """Everything a team route could change about ``team``, comparable: the rows of each of ``team_queries``, as
+    JSON text, sorted.
+
+    The queries are compiled once and run with ``team``'s pk: the sweep and the role matrix take thousands of
+    these snapshots, and compiling 40-odd querysets was three quarters of each (17 of 23 ms).
+    """
+    state = {}
+    with connection.cursor() as cursor:
+        for name, sql, params in _compiled_team_queries():
+            cursor.execute(sql, [team.pk if value == ANY_TEAM else value for value in params])
+            state[name] = sorted(json.dumps(row, sort_keys=True, default=str) for row in cursor.fetchall())
+    return state
+
+
+ANY_TEAM = -7_340_001  # the team's pk in the compiled queries: no team has it
+
+
+@functools.cache
+def _compiled_team_queries() -> tuple[tuple[str, str, tuple[Any, ...]], ...]:
+    compiled = []
+    for name, queryset in team_queries(Team(pk=ANY_TEAM)).items():
+        sql, params = queryset.query.sql_with_params()
+        assert ANY_TEAM in params, f"the {name} query does not read one team's rows"
+        compiled.append((name, sql, tuple(params)))
+    return tuple(compiled)
+
+
+def team_queries(team: Team) -> dict[str, QuerySet[Any]]:
+    """What ``team_state`` reads of ``team``, by name."""
     return {
-        "team": Team.objects.filter(pk=team.pk)
-        .values_list("name", "slug", "acceptable_use_policy", "acceptable_use_revision")
-        .get(),
-        "memberships": sorted(Membership.objects.filter(team=team).values_list("user__username", "role")),
-        "invitations": sorted(
-            Invitation.objects.for_team(team).values_list("pk", "role", "email", "revoked_at", "accepted_at")
+        "team": Team.objects.filter(pk=team.pk).values_list(
+            "name", "slug", "acceptable_use_policy", "acceptable_use_revision"
         ),
-        "keys": sorted(TeamAPIKey.objects.for_team(team).values_list("pk", "name", "role", "revoked_at")),
-        "shares": sorted(
-            TeamAPIKeyUserObjectPermission.objects.filter(content_object__team=team).values_list(
-                "content_object_id", "user__username", "permission__codename"
-            )
+        "memberships": Membership.objects.filter(team=team).values_list("user__username", "role"),
+        "invitations": Invitation.objects.for_team(team).values_list(
+            "pk", "role", "email", "revoked_at", "accepted_at"
         ),
-        "datasets": sorted(Dataset.objects.for_team(team).values_list("pk", "name", "restricted")),
-        "versions": sorted(
-            DatasetVersion.objects.for_team(team).values_list("pk", "number", "status", "kind", "content_hash")
+        "keys": TeamAPIKey.objects.for_team(team).values_list("pk", "name", "role", "revoked_at"),
+        "shares": TeamAPIKeyUserObjectPermission.objects.filter(content_object__team=team).values_list(
+            "content_object_id", "user__username", "permission__codename"
         ),
-        "dataset_shares": sorted(
-            DatasetUserObjectPermission.objects.filter(content_object__team=team).values_list(
-                "content_object_id", "user__username", "permission__codename"
-            )
+        "datasets": Dataset.objects.for_team(team).values_list("pk", "name", "restricted"),
+        "versions": DatasetVersion.objects.for_team(team).values_list("pk", "number", "status", "kind", "content_hash"),
+        "dataset_shares": DatasetUserObjectPermission.objects.filter(content_object__team=team).values_list(
+            "content_object_id", "user__username", "permission__codename"
         ),
-        "base_models": sorted(BaseModel.objects.filter(team=team).values_list("pk", "name", "status")),
-        "jobs": sorted(TrainingJob.objects.for_team(team).values_list("pk", "name", "status")),
-        "model_version_shares": sorted(
-            ModelVersionUserObjectPermission.objects.filter(content_object__team=team).values_list(
-                "content_object_id", "user__username", "permission__codename"
-            )
+        "base_models": BaseModel.objects.filter(team=team).values_list("pk", "name", "status"),
+        "jobs": TrainingJob.objects.for_team(team).values_list("pk", "name", "status"),
+        "model_version_shares": ModelVersionUserObjectPermission.objects.filter(content_object__team=team).values_list(
+            "content_object_id", "user__username", "permission__codename"
         ),
-        "model_versions": sorted(
-            ModelVersion.objects.for_team(team).values_list(
-                "pk", "name", "intended_use", "out_of_scope", "limitations", "restricted"
-            )
+        "model_versions": ModelVersion.objects.for_team(team).values_list(
+            "pk", "name", "intended_use", "out_of_scope", "limitations", "restricted"
         ),
-        "deployments": sorted(
-            tuple(json.dumps(value, sort_keys=True) if isinstance(value, dict) else value for value in row)
-            for row in Deployment.objects.for_team(team).values_list(*DEPLOYMENT_FIELDS)
+        "deployments": Deployment.objects.for_team(team).values_list(*DEPLOYMENT_FIELDS),
+        "releases": Release.objects.for_team(team).values_list("pk", "action", "model_version_id"),
+        "distillations": Distillation.objects.for_team(team).values_list("pk", "name", "status", "output_id"),
+        "retrains": Retrain.objects.for_team(team).values_list("pk", "deployment_id", "status"),
+        "stored_completions": StoredCompletion.objects.for_team(team).values_list("pk", "deployment_id", "exported_at"),
+        "deployment_keys": Deployment.api_keys.through.objects.filter(deployment__team=team).values_list(
+            "deployment_id", "teamapikey_id"
         ),
-        "releases": sorted(Release.objects.for_team(team).values_list("pk", "action", "model_version_id")),
-        "distillations": sorted(Distillation.objects.for_team(team).values_list("pk", "name", "status", "output_id")),
-        "retrains": sorted(Retrain.objects.for_team(team).values_list("pk", "deployment_id", "status")),
-        "stored_completions": sorted(
-            StoredCompletion.objects.for_team(team).values_list("pk", "deployment_id", "exported_at")
+        "comparisons": Comparison.objects.for_team(team).values_list("pk", "title", "restricted"),
+        "comparison_shares": ComparisonUserObjectPermission.objects.filter(content_object__team=team).values_list(
+            "content_object_id", "user__username", "permission__codename"
         ),
-        "deployment_keys": sorted(
-            Deployment.api_keys.through.objects.filter(deployment__team=team).values_list(
-                "deployment_id", "teamapikey_id"
-            )
+        "presets": PromptPreset.objects.for_team(team).values_list("pk", "name", "system_prompt"),
+        "battles": ArenaBattle.objects.for_team(team).values_list("pk", "vote", "exported_at"),
+        "playground_votes": PlaygroundVote.objects.for_team(team).values_list("pk", "label", "exported_at"),
+        "tools": Tool.objects.for_team(team).values_list("pk", "name", "risk", "updated_at"),
+        "tool_grants": ToolGrant.objects.for_team(team).values_list(
+            "pk", "deployment_id", "tool_id", "approval", "roles", "argument_constraints"
         ),
-        "comparisons": sorted(Comparison.objects.for_team(team).values_list("pk", "title", "restricted")),
-        "comparison_shares": sorted(
-            ComparisonUserObjectPermission.objects.filter(content_object__team=team).values_list(
-                "content_object_id", "user__username", "permission__codename"
-            )
+        "tool_grant_keys": ToolGrant.api_keys.through.objects.filter(toolgrant__team=team).values_list(
+            "toolgrant_id", "teamapikey_id"
         ),
-        "presets": sorted(PromptPreset.objects.for_team(team).values_list("pk", "name", "system_prompt")),
-        "battles": sorted(ArenaBattle.objects.for_team(team).values_list("pk", "vote", "exported_at")),
-        "playground_votes": sorted(PlaygroundVote.objects.for_team(team).values_list("pk", "label", "exported_at")),
-        "tools": sorted(Tool.objects.for_team(team).values_list("pk", "name", "risk", "updated_at")),
-        "tool_grants": sorted(
-            (pk, deployment, tool, approval, json.dumps([roles, constraints], sort_keys=True))
-            for pk, deployment, tool, approval, roles, constraints in ToolGrant.objects.for_team(team).values_list(
-                "pk", "deployment_id", "tool_id", "approval", "roles", "argument_constraints"
-            )
+        "tool_approvals": ToolApproval.objects.for_team(team).values_list(
+            "pk", "status", "decided_by_id", "binding", "used_at"
         ),
-        "tool_grant_keys": sorted(
-            ToolGrant.api_keys.through.objects.filter(toolgrant__team=team).values_list("toolgrant_id", "teamapikey_id")
+        "eval_suites": EvalSuite.objects.for_team(team).values_list("pk", "name", "description", "dataset_version_id"),
+        "eval_runs": EvalRun.objects.for_team(team).values_list("pk", "suite_id", "status"),
+        "evals_policy": EvalsPolicy.objects.for_team(team).values_list(
+            "max_perplexity_increase", "max_pass_rate_drop", "max_bias_gap", "check_after_training"
         ),
-        "tool_approvals": sorted(
-            ToolApproval.objects.for_team(team).values_list("pk", "status", "decided_by_id", "binding", "used_at")
+        "forgetting_checks": ForgettingCheck.objects.for_team(team).values_list("pk", "model_version_id"),
+        "probe_sets": ProbeSet.objects.for_team(team).values_list("pk", "name", "templates", "groups"),
+        "probe_runs": ProbeRun.objects.for_team(team).values_list("pk", "probe_set_id", "model_key"),
+        "model_exports": ModelExport.objects.for_team(team).values_list("pk", "format", "status", "hub_repo"),
+        "export_settings": ExportSettings.objects.for_team(team).values_list("pk", "hub_token_set_at"),
+        "guard_policies": GuardPolicy.objects.for_team(team).values_list(
+            "pk", "deployment_id", "revision", "refusal_message"
         ),
-        "eval_suites": sorted(
-            EvalSuite.objects.for_team(team).values_list("pk", "name", "description", "dataset_version_id")
-        ),
-        "eval_runs": sorted(EvalRun.objects.for_team(team).values_list("pk", "suite_id", "status")),
-        "evals_policy": sorted(
-            EvalsPolicy.objects.for_team(team).values_list(
-                "max_perplexity_increase", "max_pass_rate_drop", "max_bias_gap", "check_after_training"
-            )
-        ),
-        "forgetting_checks": sorted(ForgettingCheck.objects.for_team(team).values_list("pk", "model_version_id")),
-        "probe_sets": sorted(
-            (pk, name, json.dumps([templates, groups]))
-            for pk, name, templates, groups in ProbeSet.objects.for_team(team).values_list(
-                "pk", "name", "templates", "groups"
-            )
-        ),
-        "probe_runs": sorted(ProbeRun.objects.for_team(team).values_list("pk", "probe_set_id", "model_key")),
-        "model_exports": sorted(ModelExport.objects.for_team(team).values_list("pk", "format", "status", "hub_repo")),
-        "export_settings": sorted(ExportSettings.objects.for_team(team).values_list("pk", "hub_token_set_at")),
-        "guard_policies": sorted(
-            GuardPolicy.objects.for_team(team).values_list("pk", "deployment_id", "revision", "refusal_message")
-        ),
-        "guard_revisions": GuardPolicyRevision.objects.for_team(team).count(),
-        "guard_tests": sorted(GuardTest.objects.for_team(team).values_list("pk", "deployment_id", "revision")),
-        "usage": UsageRecord.objects.for_team(team).count(),
-        "budget": sorted(Budget.objects.for_team(team).values_list("soft_limit", "hard_limit", "cpu_hour_price")),
-        "spend": SpendRecord.objects.for_team(team).count(),
+        "guard_revisions": GuardPolicyRevision.objects.for_team(team).values_list("pk"),
+        "guard_tests": GuardTest.objects.for_team(team).values_list("pk", "deployment_id", "revision"),
+        "usage": UsageRecord.objects.for_team(team).values_list("pk"),
+        "budget": Budget.objects.for_team(team).values_list("soft_limit", "hard_limit", "cpu_hour_price"),
+        "spend": SpendRecord.objects.for_team(team).values_list("pk"),
         # A refused approval attempt is recorded in the acting member's team (the trail of who tried what); it is
         # the refusal itself, not a change the attempt made.
-        "audit_events": AuditEvent.objects.for_team(team).exclude(action="tool.approval_refused").count(),
+        "audit_events": AuditEvent.objects.for_team(team).exclude(action="tool.approval_refused").values_list("pk"),
     }
