@@ -31,6 +31,9 @@ Phases (one inference server at a time, so each gets the whole machine):
    and straight to its vLLM server (the adapter under the name the inference server loaded it with). With
    ``--other-studio DIR`` a second studio, started from that checkout (a ``git worktree`` of an older commit),
    stands beside the first as ``full_stack_other``: two versions of the studio compared in the same rounds.
+   Then the same three again as ``*_long``, with the model's end tokens banned (``logit_bias`` -100, which ``/v1``
+   passes on), so that every answer runs to ``--max-tokens``: the starter model's own answers end after ~12
+   tokens, which makes the short scenarios measure the studio's cost per request more than per token.
 
 Prints one JSON line per scenario on stdout (median aggregate tokens/s over ``--rounds``, TTFT p50/p95/max over
 every request of those rounds, tokens per request, the 1-minute load average), then a line of ratios against
@@ -63,7 +66,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -337,6 +340,12 @@ def wait_for_vllm(url: str, process: subprocess.Popen[bytes], log: Path, logs: P
 # --- output ----------------------------------------------------------------------------------------------
 
 
+def end_token_ids(model: Path) -> list[int]:
+    """The token ids that end the model's answers (its generation config's ``eos_token_id``, one or a list)."""
+    eos = json.loads((model / "generation_config.json").read_text(encoding="utf-8")).get("eos_token_id")
+    return [eos] if isinstance(eos, int) else list(eos or [])
+
+
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return round(numerator / denominator, 2) if numerator and denominator else None
 
@@ -354,6 +363,8 @@ def verdicts(figures: dict[str, dict[str, Any]], load_before: float) -> dict[str
         "full_stack_vs_vllm_direct": ratio(rate("full_stack"), rate("vllm_direct")),
         "full_stack_vs_other_studio": ratio(rate("full_stack"), rate("full_stack_other")),
         "inference_server_vs_vllm_direct": ratio(rate("inference_server"), rate("vllm_direct")),
+        "full_stack_vs_vllm_direct_long_answers": ratio(rate("full_stack_long"), rate("vllm_direct_long")),
+        "inference_server_vs_vllm_direct_long_answers": ratio(rate("inference_server_long"), rate("vllm_direct_long")),
         "vllm_vs_in_process_single": ratio(rate("vllm_single"), rate("in_process_single")),
         "goals": GOALS,
         "load_1min_before": round(load_before, 2),
@@ -490,6 +501,14 @@ def main() -> int:
                 sides[name] = Side(web_url, [deployment] * STREAMS, auth, server_pid=processes[-1].pid)
             sides["inference_server"] = Side(url, [served] * STREAMS)
             sides["vllm_direct"] = Side(vllm["url"], [served] * STREAMS)
+            measure_and_emit(figures, sides, *sampling)
+            # The same three with answers that run to --max-tokens: the model's end tokens banned (OpenAI's
+            # logit_bias, which /v1 passes on), so the studio's cost per token shows beside its cost per request.
+            # (Not the other studio: a checkout from before /v1 took logit_bias refuses it.)
+            long = {"logit_bias": {str(token): -100 for token in end_token_ids(starter)}}
+            sides = {
+                f"{name}_long": replace(side, extra=long) for name, side in sides.items() if name != "full_stack_other"
+            }
             measure_and_emit(figures, sides, *sampling)
 
         ratios = verdicts(figures, load_before)

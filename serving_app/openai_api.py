@@ -1153,7 +1153,7 @@ async def _collect(relay: _Relay, endpoint: Endpoint, observe: Callable[[dict[st
     try:
         async for chunk in relay.chunks():
             if "error" in chunk:
-                raise OpenAIError(500, chunk["error"]["message"], type="server_error")
+                raise _stream_error(chunk["error"], answered=bool(choices))
             first = first or chunk
             observe(chunk)
             for part in chunk.get("choices", []):
@@ -1170,6 +1170,16 @@ async def _collect(relay: _Relay, endpoint: Endpoint, observe: Callable[[dict[st
         "model": relay.name,
         "choices": [choices[index].whole(chat=endpoint.chat) for index in sorted(choices)],
     }
+
+
+def _stream_error(error: dict[str, Any], *, answered: bool) -> OpenAIError:
+    """An error the engine reported in its stream, for a client waiting for the whole answer. A refusal of the
+    request (400 or 422) before any answer keeps its status and names the parameter: vLLM checks some parameters
+    only once the stream has begun (``logit_bias`` against the vocabulary). Anything else is a 500."""
+    message, code, param = str(error.get("message", "generation failed")), error.get("code"), error.get("param")
+    if not answered and code in (400, 422):
+        return OpenAIError(code, message, param=param if isinstance(param, str) else None)
+    return OpenAIError(500, message, type="server_error")
 
 
 async def _whole_answer(

@@ -249,6 +249,16 @@ def test_tools_on_a_model_served_in_process_get_400_saying_the_engine_does_not_s
     assert refused.value.param == "tools"
 
 
+def test_logit_bias_on_a_model_served_in_process_gets_400_saying_the_engine_does_not_support_it(
+    studio_server: str, owner: TeamAccess, deployment: Deployment
+) -> None:
+    _, key = make_key(owner, deployment)
+    unsupported = "in-process engine, which does not support `logit_bias`"
+    with pytest.raises(openai.BadRequestError, match=unsupported) as refused:
+        client(studio_server, key).chat.completions.create(model="support-bot", messages=HELLO, logit_bias={"7": 5})
+    assert refused.value.param == "logit_bias"
+
+
 def test_revoked_key_gets_401(studio_server: str, owner: TeamAccess, deployment: Deployment) -> None:
     key_row, key = make_key(owner, deployment)
     account_services.revoke_team_api_key(access=owner, key=key_row)

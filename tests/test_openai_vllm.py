@@ -195,6 +195,33 @@ def test_logprobs_come_for_every_token_with_the_top_alternatives_asked_for(studi
     assert all(len(token.top_logprobs) == 2 and token.logprob <= 0 for token in logprobs.content)
 
 
+def test_logit_bias_makes_every_token_of_the_answer_the_favoured_one(studio: Studio, starter_model_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(starter_model_path)
+    favoured = tokenizer.encode(" blue", add_special_tokens=False)[0]
+    answer = studio.client().chat.completions.create(
+        model="support-bot", messages=HELLO, max_tokens=6, temperature=0, logit_bias={str(favoured): 100}
+    )
+
+    (choice,) = answer.choices
+    assert choice.message.content == tokenizer.decode([favoured] * 6)
+    assert choice.finish_reason == "length"
+
+
+def test_a_logit_bias_on_a_token_outside_the_vocabulary_gets_400(studio: Studio, starter_model_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    outside = len(AutoTokenizer.from_pretrained(starter_model_path)) + 10
+    with pytest.raises(APIStatusError) as refused:
+        studio.client().chat.completions.create(
+            model="support-bot", messages=HELLO, max_tokens=6, logit_bias={str(outside): 5}
+        )
+    assert refused.value.status_code == 400
+    assert str(outside) in refused.value.message
+    assert refused.value.body["param"] == "logit_bias"  # type: ignore[index]
+
+
 def test_a_text_completion_returns_the_logprobs_of_its_tokens(studio: Studio) -> None:
     answer = studio.client().completions.create(
         model="support-bot", prompt="Once upon a time", logprobs=1, max_tokens=8, temperature=0

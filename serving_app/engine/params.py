@@ -15,10 +15,10 @@ BUILTIN_PARAMS = frozenset({
 })  # fmt: skip
 CHAT_PARAMS = BUILTIN_PARAMS - {"prompt"} | {
     "tools", "tool_choice", "parallel_tool_calls", "response_format", "logprobs", "top_logprobs",
-    "presence_penalty", "frequency_penalty",
+    "presence_penalty", "frequency_penalty", "logit_bias",
 }  # fmt: skip
 COMPLETION_PARAMS = BUILTIN_PARAMS - {"messages", "max_completion_tokens"} | {
-    "logprobs", "echo", "presence_penalty", "frequency_penalty",
+    "logprobs", "echo", "presence_penalty", "frequency_penalty", "logit_bias",
 }  # fmt: skip
 # What the in-process engine takes on each endpoint.
 BUILTIN_CHAT_PARAMS = BUILTIN_PARAMS - {"prompt"}
