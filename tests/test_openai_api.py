@@ -410,7 +410,8 @@ def test_requests_that_find_no_fresh_route_share_one_question_to_the_inference_s
     async def burst() -> list[dict[str, Any]]:
         server = await asyncio.start_server(inference_server, "127.0.0.1", 0)
         url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-        async with server, httpx.AsyncClient() as http:
+        async with server:
+            http = await openai_api._engine_session()
             return await asyncio.gather(*(openai_api._route(http, url, "studio-burst") for _ in range(16)))
 
     answers = asyncio.run(asyncio.wait_for(burst(), 30))
