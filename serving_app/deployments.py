@@ -264,11 +264,25 @@ def _team_keys(access: TeamAccess, api_keys: Iterable[TeamAPIKey]) -> list[TeamA
 
 
 def find_deployment_for_key(key: TeamAPIKey, name: str) -> Deployment | None:
-    """The deployment called ``name`` in the key's team, if ``key`` may call it (None otherwise)."""
-    try:  # names are unique in a team: no ordering to compile (a third of this lookup's CPU on every /v1 request)
-        return deployments_of_key(key).order_by().get(name=name)
+    """The deployment called ``name`` in the key's team, if ``key`` may call it (None otherwise), with its
+    version and base model.
+
+    Every /v1 request asks this, so it reads no more than it must: no ordering (names are unique in a team), the
+    team from the key rather than a join, and the canary version only for a deployment that has one (that and
+    the team's join were a third of this lookup's CPU).
+    """
+    try:
+        deployment = (
+            key.deployments.for_team(key.team).select_related("model_version__base_model").order_by().get(name=name)
+        )
     except Deployment.DoesNotExist:
         return None
+    deployment.team = key.team
+    if deployment.canary_version_id is not None:
+        deployment.canary_version = (
+            ModelVersion.objects.for_team(key.team).select_related("base_model").get(pk=deployment.canary_version_id)
+        )
+    return deployment
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.test import Client
 from django.urls import reverse
 
+from accounts import services as account_services
 from accounts.models import AuditEvent, Team, TeamAPIKey
 from accounts.permissions import TeamAccess, resolve_access
 from accounts.roles import Role
@@ -290,6 +291,31 @@ def test_a_canary_takes_its_share_of_requests(
     canary = sum(1 for version in routed if version == candidate)
     assert 1_850 <= canary <= 2_150  # 20 % ± 1.5 points: about 4 standard deviations at n = 10,000
     assert set(routed) == {candidate, model_version}
+
+
+def test_a_keys_deployment_comes_with_its_canary_ready_to_route(
+    owner: TeamAccess,
+    deployment: Deployment,
+    candidate: ModelVersion,
+    model_version: ModelVersion,
+    django_assert_num_queries: Any,
+) -> None:
+    # /v1 reads the canary only for a deployment that has one; routing and serving it then read nothing more.
+    releases.promote(access=owner, deployment=deployment, version=candidate, canary_share=50)
+    key, _ = account_services.create_team_api_key(access=owner, name="widget", deployments=[deployment])
+
+    found = deployments.find_deployment_for_key(key, "support-bot")
+
+    assert found is not None
+    with django_assert_num_queries(0):
+        routed = {
+            (version.pk, version.base_model.name)
+            for version in (found.model_version, found.canary_version)
+            if version is not None
+        }
+        team = found.team.slug
+    assert routed == {(model_version.pk, model_version.base_model.name), (candidate.pk, candidate.base_model.name)}
+    assert team == "acme"
 
 
 def test_without_a_canary_every_request_goes_to_the_current_version(
