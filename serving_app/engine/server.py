@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -228,11 +229,11 @@ def create_app(
         served = await _served(body.model)
         on_vllm, in_process = ENDPOINT_PARAMS[path]
         server = await _route(served)
-        if server is None:
+        if server is None or vllm is None:
             _check_params(raw, in_process, path, builtin=True)
             return body, served, None
         _check_params(raw, on_vllm, path)
-        return body, served, await _forward(server, served, path, raw, max_tokens_ceiling)
+        return body, served, await _forward(await vllm.relay_session(), server, served, path, raw, max_tokens_ceiling)
 
     async def _served(name: str) -> ServedModel:
         if registry.models() is not known["models"]:  # the file changed: unload the adapters it dropped
@@ -366,39 +367,52 @@ def _check_builtin_messages(messages: list[ChatMessage]) -> None:
             )  # fmt: skip
 
 
-async def _forward(server: VllmServer, served: ServedModel, path: str, raw: dict[str, Any], ceiling: int) -> Response:
-    """Send the request on to ``server`` under vLLM's name for the model, and relay its answer as it comes."""
+async def _forward(
+    session: aiohttp.ClientSession,
+    server: VllmServer,
+    served: ServedModel,
+    path: str,
+    raw: dict[str, Any],
+    ceiling: int,
+) -> Response:
+    """Send the request on to ``server`` under vLLM's name for the model, and relay its answer as it comes (with
+    ``session``, the supervisor's ``relay_session``)."""
     for param in ("max_tokens", "max_completion_tokens"):
         requested = raw.get(param)
         if isinstance(requested, int) and requested > ceiling:
             raise ApiError(400, f"{param} is {requested}; this server allows at most {ceiling}", param=param)
     try:
         name = await server.model_name(served.name, served.adapter)
-        request = server.client.build_request("POST", f"{server.url}{path}", json={**raw, "model": name})
-        upstream = await server.client.send(request, stream=True)
+        upstream = await session.post(f"{server.url}{path}", json={**raw, "model": name})
     except Unavailable as exc:
         raise _unavailable(served.name, str(exc), exc.retry_after) from exc
-    except httpx.TransportError as exc:
+    except (httpx.TransportError, aiohttp.ClientError, TimeoutError) as exc:
         raise _unavailable(served.name, f"its vLLM server is not answering ({exc.__class__.__name__})") from exc
     # vLLM answers under the name it was sent (for a base model, the identity adapter's or the base's own): the
     # client asked for the served name.
     rename = (f'"model":{json.dumps(name)}'.encode(), f'"model":{json.dumps(served.name)}'.encode())
     streaming = upstream.headers.get("content-type", "").startswith("text/event-stream")
     if not streaming:
-        body = await upstream.aread()
-        await upstream.aclose()
+        async with upstream:
+            try:
+                body = await upstream.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise _unavailable(served.name, f"its vLLM server stopped ({exc.__class__.__name__})") from exc
         body = body.replace(*rename)
-        return Response(body, status_code=upstream.status_code, media_type="application/json")
+        return Response(body, status_code=upstream.status, media_type="application/json")
 
     async def relay() -> AsyncIterator[bytes]:
         try:
-            async for chunk in upstream.aiter_raw():
+            async for chunk in upstream.content.iter_any():
                 yield chunk.replace(*rename)
-        except httpx.TransportError:  # the server died mid-answer: say so in the stream, as OpenAI does
+        except (aiohttp.ClientError, TimeoutError):  # the server died mid-answer: say so in the stream, as OpenAI does
             error = {"message": "the model's server stopped mid-answer; retry", "type": "server_error"}
             yield f"data: {json.dumps({'error': error})}\n\n".encode()
-        finally:
-            await upstream.aclose()
+        finally:  # read to its end, the connection serves another answer; else closing it stops the generation
+            if upstream.content.at_eof():
+                upstream.release()
+            else:
+                upstream.close()
 
     return StreamingResponse(
         relay(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 
 logger = logging.getLogger(__name__)
@@ -575,6 +576,18 @@ class VllmSupervisor:
         )
         self.servers: OrderedDict[str, VllmServer] = OrderedDict()
         self._lock = asyncio.Lock()
+        self._relay: aiohttp.ClientSession | None = None
+
+    async def relay_session(self) -> aiohttp.ClientSession:
+        """The HTTP client that relays answers from the vLLM servers (made on first use, in the server's event
+        loop). aiohttp, not httpx: reading a stream costs it about a third of the CPU per chunk (a C parser; see
+        ``serving_app.openai_api._engine_session``), and this server relays every token of the playground's
+        answers. No read timeout, as for ``client``."""
+        if self._relay is None:
+            self._relay = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, connect=5.0), connector=aiohttp.TCPConnector(limit=256)
+            )
+        return self._relay
 
     async def server(
         self, base: str, lora_rank: int = VLLM_LORA_RANKS[0], lora_modules: frozenset[str] | None = None
@@ -625,3 +638,6 @@ class VllmSupervisor:
         await asyncio.gather(*(server.stop() for server in self.servers.values()), return_exceptions=True)
         self.servers.clear()
         await self.client.aclose()
+        if self._relay is not None:
+            await self._relay.close()
+            self._relay = None
