@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from serving_app.engine.client import InferenceError, StreamUpdate, list_models, stream_chat
+from serving_app.engine.server import whole_lines
 from tests.conftest import running_inference_server
 from tests.factories import make_lora_adapter
 
@@ -266,3 +267,20 @@ def _answer_sampled(server: str, *, seed: int) -> str:
     response = _chat(server, "adapter-a", temperature=1.0, top_p=0.9, seed=seed)
     assert response.status_code == 200, response.text
     return str(response.json()["choices"][0]["message"]["content"])
+
+
+def test_vllms_stream_is_relayed_in_whole_lines_wherever_a_network_read_ends() -> None:
+    # The relay renames vLLM's name for the model in each piece it passes on: a read that ends inside the name must
+    # not leave half of it in each piece.
+    reads = [b'data: {"model":"ada', b'pter-1","n":1}\n\ndata: {"mo', b'del":"adapter-1"}\n\n', b"data: [DONE]"]
+
+    async def received() -> AsyncIterator[bytes]:
+        for read in reads:
+            yield read
+
+    async def relayed() -> list[bytes]:
+        return [piece async for piece in whole_lines(received())]
+
+    assert asyncio.run(relayed()) == [
+        b'data: {"model":"adapter-1","n":1}\n\n', b'data: {"model":"adapter-1"}\n\n', b"data: [DONE]",
+    ]  # fmt: skip

@@ -403,8 +403,8 @@ async def _forward(
 
     async def relay() -> AsyncIterator[bytes]:
         try:
-            async for chunk in upstream.content.iter_any():
-                yield chunk.replace(*rename)
+            async for lines in whole_lines(upstream.content.iter_any()):
+                yield lines.replace(*rename)
         except (aiohttp.ClientError, TimeoutError):  # the server died mid-answer: say so in the stream, as OpenAI does
             error = {"message": "the model's server stopped mid-answer; retry", "type": "server_error"}
             yield f"data: {json.dumps({'error': error})}\n\n".encode()
@@ -417,6 +417,21 @@ async def _forward(
     return StreamingResponse(
         relay(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
+
+
+async def whole_lines(received: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """What ``received`` reads, cut after the last line break of each read (the rest waits for the next one), so
+    that no line of an SSE stream is split between two pieces: the model's name is renamed in each piece, and a
+    network read may end anywhere."""
+    pending = b""
+    async for chunk in received:
+        pending += chunk
+        cut = pending.rfind(b"\n") + 1
+        if cut:
+            yield pending[:cut]
+            pending = pending[cut:]
+    if pending:
+        yield pending
 
 
 def _unavailable(name: str, reason: str, retry_after: int = 10) -> ApiError:
