@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jsonschema
 import pytest
 from asgiref.sync import async_to_sync
@@ -94,8 +95,19 @@ def tool_helper(acme: Any, alice: Any, starter_model: Any, deployed_tool_tuned_p
 
 
 @pytest.fixture
-def tuned(acme: Any, alice: Any, starter_model: Any, lora_adapters: list[Path]) -> Any:
-    return adapter_model_version(acme, alice, starter_model, lora_adapters[0], name="support-bot")
+def tuned(
+    acme: Any, alice: Any, starter_model: Any, lora_adapters: list[Path], vllm_inference_server: str,
+    vllm_registry: Path,
+) -> Any:  # fmt: skip
+    """A LoRA version of the starter model, already loaded into vLLM. The first request for an adapter waits while
+    vLLM loads it, so on a busy machine the base model's whole answer could come before the adapter's first token,
+    and a test watching both stream at once would see them one after the other."""
+    version = adapter_model_version(acme, alice, starter_model, lora_adapters[0], name="support-bot")
+    servable = catalog.servable_version(version)
+    catalog.publish([servable], vllm_registry)
+    question = {"model": servable.served_name, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+    httpx.post(f"{vllm_inference_server}/v1/chat/completions", json=question, timeout=120).raise_for_status()
+    return version
 
 
 # A complete answer's figures line (while it streams, the line counts tokens "so far").

@@ -275,7 +275,7 @@ def fake_upload_hub(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[
             self.end_headers()
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
     settings.HF_ENDPOINT = f"http://127.0.0.1:{server.server_address[1]}"
     yield state
     server.shutdown()

@@ -71,7 +71,7 @@ def engine(settings: Any) -> Iterator[Script]:
             self.wfile.write(payload)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Engine)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
     settings.INFERENCE_URL = f"http://127.0.0.1:{server.server_address[1]}"
     settings.INFERENCE_ROUTES = {}
     yield script

@@ -340,8 +340,6 @@ def test_saved_comparison_keeps_models_settings_answers_and_figures(
 def test_saved_comparison_reopens_in_the_playground(
     studio_server: str, alice: Any, acme: Any, starter_model: Any, lora_version: ModelVersion
 ) -> None:
-    # (alice, an owner: the test server caches content type ids, which the flush between tests renumbers,
-    # so a guardian share is only reliable in the first server test that looks one up)
     saved = _saved(acme, alice, [f"base:{starter_model.pk}", f"version:{lora_version.pk}"], system="Be brief.")
     client = signed_in(studio_server, "alice")
     session = open_playground(client, "acme", comparison=str(saved.pk))

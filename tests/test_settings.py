@@ -23,9 +23,14 @@ PRODUCTION_ENV = {
 
 
 def manage(*args: str, env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return python("manage.py", *args, env=env, tmp_path=tmp_path)
+
+
+def python(*args: str, env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """This Python, in a new process, with the studio's data folder in ``tmp_path``."""
     base = {k: v for k, v in os.environ.items() if k not in ("DEBUG", "SECRET_KEY", "ATELIER_PRODUCTION")}
     return subprocess.run(
-        [sys.executable, "manage.py", *args],
+        [sys.executable, *args],
         cwd=ROOT,
         env={**base, "ATELIER_DATA_DIR": str(tmp_path), **env},
         capture_output=True,
@@ -48,12 +53,17 @@ def test_production_mode_refuses_to_start_without(missing: str, tmp_path: Path) 
     assert f"{missing} is required when ATELIER_PRODUCTION=1" in result.stderr
 
 
+READ_SECRET_KEY = "import studio.settings; print(studio.settings.SECRET_KEY)"
+
+
 def test_embedded_default_generates_and_keeps_a_secret_key(tmp_path: Path) -> None:
+    """Two starts of the settings (what every process of the studio reads first) share one generated key."""
     env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
-    assert manage("check", env=env, tmp_path=tmp_path).returncode == 0
+    first = python("-c", READ_SECRET_KEY, env=env, tmp_path=tmp_path)
     key = (tmp_path / "secret_key").read_text()
     assert len(key) >= 50
-    assert manage("check", env=env, tmp_path=tmp_path).returncode == 0
+    second = python("-c", READ_SECRET_KEY, env=env, tmp_path=tmp_path)
+    assert first.stdout.strip() == second.stdout.strip() == key
     assert (tmp_path / "secret_key").read_text() == key
 
 

@@ -118,7 +118,7 @@ class RecordingServer(ThreadingHTTPServer):
 @pytest.fixture(scope="module")
 def loopback_server() -> Iterator[RecordingServer]:
     server = RecordingServer()
-    Thread(target=server.serve_forever, daemon=True).start()
+    Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
     yield server
     server.shutdown()
     server.server_close()

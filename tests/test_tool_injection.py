@@ -104,7 +104,7 @@ class OrderHandler(BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def order_service_server() -> Iterator[OrderService]:
     server = OrderService()
-    Thread(target=server.serve_forever, daemon=True).start()
+    Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
     yield server
     server.shutdown()
     server.server_close()
