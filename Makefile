@@ -83,7 +83,7 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy .
 
 # The whole suite on TEST_WORKERS pytest-xdist workers (each with its own test database and Redis database):
-# about 9.5 minutes on a 2-core machine with the test models cached (2026-12-07: 4,174 tests; real training, vLLM
+# about 10 minutes on a 2-core machine with the test models cached (2026-12-07: 4,179 tests; real training, vLLM
 # servers and the browser take most of it; the goal is 7), where servers, trainers and the browser wait on
 # subprocesses often enough for two workers to overlap. Each worker runs PyTorch on its share of the CPUs.
 TEST_WORKERS ?= 2
@@ -93,8 +93,8 @@ test: $(STAMP) $(VLLM_STAMP) browser lint typecheck
 		$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup --durations=25
 
 # The inner loop while developing: everything but the browser, integration and slow tests, on two pytest-xdist
-# workers (each with its own test database and Redis database): 1 min 53 s to 1 min 59 s on a 2-core machine
-# (2026-12-07: 3,906 tests; the goal is 2 minutes; the isolation sweep and the role matrix are its largest files).
+# workers (each with its own test database and Redis database): 1 min 48 s on a 2-core AMD EPYC (2026-12-07: 3,908
+# tests; the goal is 2 minutes; the isolation sweep and the role matrix are its largest files).
 # It keeps its test databases between runs (--reuse-db: 5 s less a run) and migrates them; after editing a migration
 # that already ran, rebuild them with `make test-fast PYTEST_ARGS=--create-db`.
 test-fast: $(STAMP)
