@@ -33,6 +33,7 @@ GPU_SERVICES = frozenset({"worker-gpu", "inference"})
 # One vLLM OpenAI server per base model (official image); the inference server attaches to each.
 VLLM_SERVICES = frozenset({"vllm"})
 VLLM_IMAGE = "vllm/vllm-openai"
+VLLM_DOCKERFILE = "compose/vllm.Dockerfile"
 
 Service = dict[str, Any]
 
@@ -384,11 +385,21 @@ def default_of(value: str) -> str:
     return value
 
 
-def test_vllm_runs_the_official_image_at_a_pinned_version(services: dict[str, Service]) -> None:
+def test_vllm_runs_the_official_image_at_a_pinned_version_with_the_studios_plugin(
+    services: dict[str, Service],
+) -> None:
+    dockerfile = (REPO_ROOT / VLLM_DOCKERFILE).read_text(encoding="utf-8")
+    [base] = re.findall(r"^FROM (\S+)$", dockerfile, flags=re.MULTILINE)
+    [default_tag] = re.findall(r"^ARG VLLM_IMAGE_TAG=(\S+)$", dockerfile, flags=re.MULTILINE)
+    assert base == f"{VLLM_IMAGE}:${{VLLM_IMAGE_TAG}}", f"{VLLM_DOCKERFILE} builds on {base!r}"
+    assert "COPY vllm_plugin " in dockerfile and "pip install --no-cache-dir --no-deps /opt/atelier-vllm" in dockerfile
     for name in sorted(VLLM_SERVICES):
-        image, _, tag = default_of(str(services[name].get("image", ""))).partition(":")
-        assert image == VLLM_IMAGE, f"{name} runs {image!r}, not the official {VLLM_IMAGE}"
+        build = services[name].get("build", {})
+        assert (build.get("context"), build.get("dockerfile")) == ("..", VLLM_DOCKERFILE), f"{name}: build {build}"
+        tag = default_of(str(build.get("args", {}).get("VLLM_IMAGE_TAG", "")))
         assert re.fullmatch(r"v\d+\.\d+\.\d+", tag), f"{name}: tag {tag!r} is not a pinned release"
+        assert tag == default_tag, f"{name} builds on {tag}, the Dockerfile's default is {default_tag}"
+        assert default_of(str(services[name].get("image", ""))) == f"atelier-vllm:{tag}", f"{name}: image name"
 
 
 def test_vllm_reserves_as_many_gpus_as_its_tensor_parallel_size(services: dict[str, Service]) -> None:
