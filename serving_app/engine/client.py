@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -218,6 +220,14 @@ def _starting_wait(response: httpx.Response) -> float | None:
         return None
 
 
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """How an inference server on https is verified (httpx's default: certifi's authorities, or SSL_CERT_FILE /
+    SSL_CERT_DIR), made once. httpx reads the certificates afresh for every client it makes unless it is given a
+    context: 25 ms of CPU, on the event loop that streams every playground column, against 0.3 ms with this one."""
+    return httpx.create_ssl_context()
+
+
 class _client:
     """Use the caller's client, or open (and close) one for this call."""
 
@@ -228,7 +238,7 @@ class _client:
     async def __aenter__(self) -> httpx.AsyncClient:
         if self.given is not None:
             return self.given
-        self.owned = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=5.0))
+        self.owned = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=5.0), verify=_tls())
         return self.owned
 
     async def __aexit__(self, *exc: object) -> None:
