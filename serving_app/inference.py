@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from accounts.models import Team
 from serving_app.catalog import Servable, publish
-from serving_app.engine.client import InferenceError, StreamUpdate, ToolCall, stream_chat
+from serving_app.engine.client import InferenceError, StreamUpdate, ToolCall, stream_chat, tls_context
 from serving_app.models import PromptLog, UsageRecord
 
 __all__ = [
@@ -190,7 +190,7 @@ _ENGINES = _EngineStatusCache()
 def _fetch_engines(url: str) -> dict[str, str] | Exception:
     """The ``engines`` of the server's ``/admin/status`` answer, or why there are none."""
     try:
-        response = httpx.get(f"{url.rstrip('/')}/admin/status", timeout=ENGINE_STATUS_TIMEOUT)
+        response = httpx.get(f"{url.rstrip('/')}/admin/status", timeout=ENGINE_STATUS_TIMEOUT, verify=tls_context())
         response.raise_for_status()
         engines = response.json().get("engines")
     except (httpx.HTTPError, ValueError, AttributeError) as exc:
