@@ -110,11 +110,15 @@ def fetch(
     return asyncio.run(_fetch(method.upper(), _parse(url), policy, httpx.Headers(headers), params, json, content))
 
 
+def _tls_context() -> ssl.SSLContext:
+    """What a tool's https calls are verified against: certifi's certificate authorities, as httpx takes by default
+    (the environment's SSL_CERT_FILE is not read), loaded once per file. httpx loads them afresh for every client
+    or transport it makes unless it is given a context: 22-24 ms of CPU per tool call."""
+    return _tls_for(certifi.where())
+
+
 @functools.cache
-def _tls(authorities: str) -> ssl.SSLContext:
-    """What a tool's https call is verified against: the certificate authorities in ``authorities`` (certifi's
-    file, as httpx takes by default; the environment's SSL_CERT_FILE is not read), loaded once per file. httpx
-    loads them afresh for every client it makes unless it is given a context: 24 ms of CPU per tool call."""
+def _tls_for(authorities: str) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=authorities)
 
 
@@ -136,7 +140,7 @@ async def _fetch(
         # bounds each network operation, so a server trickling one byte at a time would outlive it.
         async with (
             asyncio.timeout(policy.timeout_s),
-            httpx.AsyncClient(timeout=policy.timeout_s, trust_env=False, verify=_tls(certifi.where())) as client,
+            httpx.AsyncClient(timeout=policy.timeout_s, trust_env=False, verify=_tls_context()) as client,
         ):
             for redirects in range(policy.max_redirects + 1):
                 response = await _send_pinned(
