@@ -319,6 +319,7 @@ def base_model_row(db: None) -> Any:
 
 # Kept when a ``transactional_db`` test's rows are flushed: the rows Django's post_migrate signal would write back.
 KEPT_BY_FLUSH = frozenset({"django_content_type", "auth_permission"})
+POSTGRES_SQL_FLUSH = PostgresOperations.sql_flush  # Django's own, for a flush that resets the sequences
 
 
 def delete_rows_of_used_tables(
@@ -343,9 +344,6 @@ def delete_rows_of_used_tables(
         )
         used = [tables[n] for (n,) in cursor.fetchall()]
     return [f"DELETE FROM {quote(table)};" for table in used]  # noqa: S608
-
-
-POSTGRES_SQL_FLUSH = PostgresOperations.sql_flush
 
 
 @pytest.fixture(scope="session")
