@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -42,6 +43,8 @@ from serving_app.engine.vllm_server import (
     adapter_rank,
     served_modules,
 )
+
+logger = logging.getLogger(__name__)
 
 # The most new tokens one request may ask for, whatever the model's context allows.
 MAX_TOKENS_CEILING = 4096
@@ -383,7 +386,7 @@ async def _forward(
             raise ApiError(400, f"{param} is {requested}; this server allows at most {ceiling}", param=param)
     try:
         name = await server.model_name(served.name, served.adapter)
-        upstream = await session.post(f"{server.url}{path}", json={**raw, "model": name})
+        upstream = await _post(session, f"{server.url}{path}", {**raw, "model": name})
     except Unavailable as exc:
         raise _unavailable(served.name, str(exc), exc.retry_after) from exc
     except (httpx.TransportError, aiohttp.ClientError, TimeoutError) as exc:
@@ -417,6 +420,21 @@ async def _forward(
     return StreamingResponse(
         relay(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
+
+
+async def _post(session: aiohttp.ClientSession, url: str, payload: dict[str, Any]) -> aiohttp.ClientResponse:
+    """POST ``payload``, and once more when the connection was dropped under the request: a kept-alive connection
+    the server closed as idle just as the request went out ("Connection reset by peer", or closed before any
+    answer). A server run elsewhere may let idle connections go sooner than ours do (``CLIENT_KEEPALIVE_S``).
+    Sending a generation again is safe: it changes nothing on the server. A server that takes no connection at
+    all is down, and that is not retried."""
+    try:
+        return await session.post(url, json=payload)
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as error:
+        if isinstance(error, aiohttp.ClientConnectorError):
+            raise
+        logger.info("%s dropped the connection under a request (%s); sending it again", url, error)
+        return await session.post(url, json=payload)
 
 
 async def whole_lines(received: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

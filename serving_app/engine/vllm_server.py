@@ -61,6 +61,11 @@ MAX_RESTARTS, RESTART_WINDOW_S = 3, 600.0
 # What a 503 asks the client to wait while a server starts (vLLM needs 20-40 s on a 2-core CPU).
 RETRY_AFTER_S = 10
 HEALTH_POLL_S = 0.5
+# vLLM's API server (uvicorn) closes a connection idle for ``VLLM_HTTP_TIMEOUT_KEEP_ALIVE``, 5 s by default. A client
+# that keeps idle connections longer now and then sends a request just as the server closes one, and gets
+# "Connection reset by peer": 1 request in 50 sent about 5 s apart with aiohttp's default of 15 s. This server's
+# clients let idle connections go first.
+CLIENT_KEEPALIVE_S = 4.0
 # Log lines kept from a server that failed to start, for the reason shown on the model's page.
 FAILURE_LOG_LINES = 12
 _PR_SET_PDEATHSIG = 1
@@ -572,7 +577,8 @@ class VllmSupervisor:
         self.settings = settings
         # No read timeout: a stream lasts as long as the answer; a dead server closes its connections.
         self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(None, connect=5.0), limits=httpx.Limits(max_connections=256)
+            timeout=httpx.Timeout(None, connect=5.0),
+            limits=httpx.Limits(max_connections=256, keepalive_expiry=CLIENT_KEEPALIVE_S),
         )
         self.servers: OrderedDict[str, VllmServer] = OrderedDict()
         self._lock = asyncio.Lock()
@@ -585,7 +591,8 @@ class VllmSupervisor:
         answers. No read timeout, as for ``client``."""
         if self._relay is None:
             self._relay = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, connect=5.0), connector=aiohttp.TCPConnector(limit=256)
+                timeout=aiohttp.ClientTimeout(total=None, connect=5.0),
+                connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=CLIENT_KEEPALIVE_S),
             )
         return self._relay
 
