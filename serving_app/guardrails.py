@@ -187,8 +187,9 @@ def rules_of(policy: GuardPolicy) -> Rules:
 
 def guard_for(deployment: Deployment) -> Guard | None:
     """What the deployment's enabled policy needs at request time (database work: call it off the event loop)."""
-    policy = GuardPolicy.objects.for_team(deployment.team).filter(deployment=deployment, enabled=True).first()
-    if policy is None:
+    try:  # one policy per deployment at most: ``get`` compiles no ordering, as ``first`` would
+        policy = GuardPolicy.objects.for_team(deployment.team).get(deployment=deployment, enabled=True)
+    except GuardPolicy.DoesNotExist:
         return None
     classify = classifier(policy) if policy.guard_model_key else None
     return Guard(deployment.pk, policy.revision, rules_of(policy), classify)
