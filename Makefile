@@ -83,8 +83,9 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy .
 
 # The whole suite on TEST_WORKERS pytest-xdist workers (each with its own test database and Redis database):
-# about 10 minutes on a 2-core machine with the test models cached (2026-12-07: 4,179 tests; real training, vLLM
-# servers and the browser take most of it; the goal is 7), where servers, trainers and the browser wait on
+# 10 to 12 minutes on a 2-core machine with the test models cached (2026-12-07: 4,181 tests, 12 min 21 s on the
+# session's AMD EPYC; real training, vLLM servers and the browser take most of it, see the README's Tests section;
+# the goal is 7), where servers, trainers and the browser wait on
 # subprocesses often enough for two workers to overlap. Each worker runs PyTorch on its share of the CPUs.
 TEST_WORKERS ?= 2
 
@@ -93,8 +94,8 @@ test: $(STAMP) $(VLLM_STAMP) browser lint typecheck
 		$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup --durations=25
 
 # The inner loop while developing: everything but the browser, integration and slow tests, on two pytest-xdist
-# workers (each with its own test database and Redis database): 1 min 48 s to 2 min 11 s on a 2-core AMD EPYC
-# (2026-12-07: 3,908 tests; the goal is 2 minutes; the isolation sweep and the role matrix are its largest files).
+# workers (each with its own test database and Redis database): 1 min 48 s to 2 min 14 s on 2-core AMD EPYCs
+# (2026-12-07: 3,910 tests; the goal is 2 minutes; the isolation sweep and the role matrix are its largest files).
 # It keeps its test databases between runs (--reuse-db: 5 s less a run) and migrates them; after editing a migration
 # that already ran, rebuild them with `make test-fast PYTEST_ARGS=--create-db`.
 test-fast: $(STAMP)
