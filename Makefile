@@ -94,7 +94,7 @@ test: $(STAMP) $(VLLM_STAMP) browser lint typecheck
 		$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup --durations=25
 
 # The inner loop while developing: everything but the browser, integration and slow tests, on two pytest-xdist
-# workers (each with its own test database and Redis database): 1 min 48 s to 2 min 14 s on 2-core AMD EPYCs
+# workers (each with its own test database and Redis database): 1 min 48 s to 2 min 25 s on 2-core AMD EPYCs
 # (2026-12-07: 3,910 tests; the goal is 2 minutes; the isolation sweep and the role matrix are its largest files).
 # It keeps its test databases between runs (--reuse-db: 5 s less a run) and migrates them; after editing a migration
 # that already ran, rebuild them with `make test-fast PYTEST_ARGS=--create-db`.
