@@ -52,6 +52,7 @@ from serving_app import completions as stored_completions
 from serving_app import deployments, guardrails, releases, studio_tools
 from serving_app.catalog import Servable, publish, servable_version
 from serving_app.database import in_database_thread
+from serving_app.engine.client import IDLE_CONNECTION_S
 from serving_app.engine.params import CHAT_PARAMS, COMPLETION_PARAMS, listing, unknown_params
 from serving_app.guard_filter import AnswerGuard, check_prompt
 from serving_app.inference import server_url
@@ -64,8 +65,6 @@ MAX_CHOICES = 8
 SEED_RANGE = (-(2**63), 2**64 - 1)
 # 5 s to connect; then at most 300 s between two reads of an answer (a long prompt's first token), none in all.
 ENGINE_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=5.0, sock_read=300.0)
-# Idle connections are dropped before uvicorn's 5 s keep-alive would close them under a request.
-ENGINE_KEEPALIVE_SECONDS = 4.0
 # How long the end of a stream's body may take after its ``[DONE]`` for the connection to be kept.
 DRAIN_SECONDS = 1.0
 KEYS_PAGE_HINT = "team owners and admins create keys under Team → API keys"
@@ -891,7 +890,7 @@ async def _engine_session() -> aiohttp.ClientSession:
         for closed in [other for other in _SESSIONS if other.is_closed()]:  # ended without closing its generators
             _SESSIONS.pop(closed, None)
             _LIFETIMES.pop(closed, None)
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=ENGINE_KEEPALIVE_SECONDS)
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=IDLE_CONNECTION_S)
         session = _SESSIONS[loop] = aiohttp.ClientSession(connector=connector, timeout=ENGINE_TIMEOUT)
         lifetime = _LIFETIMES[loop] = _session_lifetime(loop, session)
         await anext(lifetime)

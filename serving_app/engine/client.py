@@ -30,6 +30,12 @@ import httpx
 # asking again every START_POLL_S at most.
 START_WAIT_S = 240.0
 START_POLL_S = 2.0
+# How long a client of the inference server or of vLLM keeps an idle connection. Both are uvicorn servers, which
+# close a connection idle for 5 s (vLLM's ``VLLM_HTTP_TIMEOUT_KEEP_ALIVE``). A client that keeps idle connections
+# longer now and then sends a request just as the server closes one, and gets "Connection reset by peer": 1
+# request in 50 sent about 5 s apart with aiohttp's default of 15 s. The studio's and the inference server's
+# clients let them go first.
+IDLE_CONNECTION_S = 4.0
 
 
 class InferenceError(RuntimeError):

@@ -425,7 +425,7 @@ async def _forward(
 async def _post(session: aiohttp.ClientSession, url: str, payload: dict[str, Any]) -> aiohttp.ClientResponse:
     """POST ``payload``, and once more when the connection was dropped under the request: a kept-alive connection
     the server closed as idle just as the request went out ("Connection reset by peer", or closed before any
-    answer). A server run elsewhere may let idle connections go sooner than ours do (``CLIENT_KEEPALIVE_S``).
+    answer). A server run elsewhere may let idle connections go sooner than ours do (``IDLE_CONNECTION_S``).
     Sending a generation again is safe: it changes nothing on the server. A server that takes no connection at
     all is down, and that is not retried."""
     try:

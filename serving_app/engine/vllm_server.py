@@ -37,6 +37,8 @@ from typing import Any
 import aiohttp
 import httpx
 
+from serving_app.engine.client import IDLE_CONNECTION_S
+
 logger = logging.getLogger(__name__)
 
 # vLLM's CPU LoRA kernels (torch ops) pick each token's adapter weights by slot index, and a base-model token
@@ -61,11 +63,6 @@ MAX_RESTARTS, RESTART_WINDOW_S = 3, 600.0
 # What a 503 asks the client to wait while a server starts (vLLM needs 20-40 s on a 2-core CPU).
 RETRY_AFTER_S = 10
 HEALTH_POLL_S = 0.5
-# vLLM's API server (uvicorn) closes a connection idle for ``VLLM_HTTP_TIMEOUT_KEEP_ALIVE``, 5 s by default. A client
-# that keeps idle connections longer now and then sends a request just as the server closes one, and gets
-# "Connection reset by peer": 1 request in 50 sent about 5 s apart with aiohttp's default of 15 s. This server's
-# clients let idle connections go first.
-CLIENT_KEEPALIVE_S = 4.0
 # Log lines kept from a server that failed to start, for the reason shown on the model's page.
 FAILURE_LOG_LINES = 12
 _PR_SET_PDEATHSIG = 1
@@ -578,7 +575,7 @@ class VllmSupervisor:
         # No read timeout: a stream lasts as long as the answer; a dead server closes its connections.
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(None, connect=5.0),
-            limits=httpx.Limits(max_connections=256, keepalive_expiry=CLIENT_KEEPALIVE_S),
+            limits=httpx.Limits(max_connections=256, keepalive_expiry=IDLE_CONNECTION_S),
         )
         self.servers: OrderedDict[str, VllmServer] = OrderedDict()
         self._lock = asyncio.Lock()
@@ -592,7 +589,7 @@ class VllmSupervisor:
         if self._relay is None:
             self._relay = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=None, connect=5.0),
-                connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=CLIENT_KEEPALIVE_S),
+                connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=IDLE_CONNECTION_S),
             )
         return self._relay
 
