@@ -21,7 +21,7 @@ from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
 from guardian.utils import get_user_obj_perms_model
 
-from accounts import audit
+from accounts import audit, plain_sql
 from accounts.models import (
     RESERVED_SLUGS,
     SLUG_VALIDATOR,
@@ -435,12 +435,14 @@ def authenticate_team_api_key(raw: str) -> TeamAPIKey | None:
     prefix = TeamAPIKey.split(raw)
     if prefix is None:
         return None
-    try:  # every /v1 request asks: ``get`` on the unique prefix, as above
-        key = TeamAPIKey.objects.unscoped().select_related("team").get(prefix=prefix)
-    except TeamAPIKey.DoesNotExist:
+    # Every /v1 request asks: SQL written out (``accounts.plain_sql``), across teams until the key names its own.
+    key = plain_sql.first(TeamAPIKey, '"prefix" = %s', [prefix], unscoped=True)
+    if key is None or not key.is_active or not secret_matches(raw, key.secret_hash):
         return None
-    if not key.is_active or not secret_matches(raw, key.secret_hash):
+    team = plain_sql.first(Team, '"id" = %s', [key.team_id])
+    if team is None:  # deleted between the two reads
         return None
+    key.team = team
     _touch(TeamAPIKey, key)
     return key
 

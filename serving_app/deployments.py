@@ -21,12 +21,12 @@ from django.db.models.functions import TruncDate
 from django.urls import reverse
 from django.utils import timezone
 
-from accounts import audit, costs
+from accounts import audit, costs, plain_sql
 from accounts.models import Team, TeamAPIKey
 from accounts.permissions import TeamAccess, visible_objects
 from accounts.roles import Perm
 from serving_app.models import DEPLOYMENT_NAME_VALIDATOR, Deployment, Release, UsageRecord
-from training_app.models import ModelVersion
+from training_app.models import BaseModel, ModelVersion
 from training_app.services import visible_versions
 
 # The window a key's ``requests_per_minute`` is counted over.
@@ -265,24 +265,38 @@ def _team_keys(access: TeamAccess, api_keys: Iterable[TeamAPIKey]) -> list[TeamA
 
 def find_deployment_for_key(key: TeamAPIKey, name: str) -> Deployment | None:
     """The deployment called ``name`` in the key's team, if ``key`` may call it (None otherwise), with its
-    version and base model.
+    version and base model (and its canary's, for a deployment that has one).
 
-    Every /v1 request asks this, so it reads no more than it must: no ordering (names are unique in a team), the
-    team from the key rather than a join, and the canary version only for a deployment that has one (that and
-    the team's join were a third of this lookup's CPU).
+    Every /v1 request asks this, so its SQL is written out (``accounts.plain_sql``): the deployment by name among
+    those listed for the key, then each version and base model by id. Through the ORM, with its joins, this was
+    the most expensive read of a /v1 request.
     """
-    try:
-        deployment = (
-            key.deployments.for_team(key.team).select_related("model_version__base_model").order_by().get(name=name)
-        )
-    except Deployment.DoesNotExist:
+    links = Deployment.api_keys.through._meta
+    listed = (  # the ids of the deployments listed for the key
+        f"SELECT {plain_sql.quote(links.get_field('deployment').column)} FROM {plain_sql.quote(links.db_table)} "  # noqa: S608
+        f"WHERE {plain_sql.quote(links.get_field('teamapikey').column)} = %s"
+    )
+    deployment = plain_sql.first(Deployment, f'"name" = %s AND "id" IN ({listed})', [name, key.pk], team_id=key.team_id)
+    if deployment is None:
+        return None
+    version = _version_of(deployment.team_id, deployment.model_version_id)
+    if version is None:
         return None
     deployment.team = key.team
+    deployment.model_version = version
     if deployment.canary_version_id is not None:
-        deployment.canary_version = (
-            ModelVersion.objects.for_team(key.team).select_related("base_model").get(pk=deployment.canary_version_id)
-        )
+        deployment.canary_version = _version_of(deployment.team_id, deployment.canary_version_id)
     return deployment
+
+
+def _version_of(team_id: int, version_id: int) -> ModelVersion | None:
+    """The team's model version ``version_id`` with its base model (None when gone), for the /v1 lookup above."""
+    version = plain_sql.first(ModelVersion, '"id" = %s', [version_id], team_id=team_id)
+    if version is not None:
+        version.base_model = (
+            plain_sql.first(BaseModel, '"id" = %s', [version.base_model_id]) if version.base_model_id else None
+        )
+    return version
 
 
 @dataclass(frozen=True)
@@ -306,22 +320,35 @@ def start_api_request(*, key: TeamAPIKey, deployment: Deployment, version: Model
     frees up. ``version`` is the one routed to answer (``releases.route``): a canary's requests are told apart.
     """
     team = key.team
-    record = UsageRecord.objects.create(
-        team=team, source=UsageRecord.Source.API, deployment=deployment, api_key=key, model_label=deployment.name,
-        model_version=version,
+    # Every /v1 request runs these two statements: their SQL is written out (``accounts.plain_sql``).
+    record = plain_sql.insert(
+        UsageRecord(
+            team=team, source=UsageRecord.Source.API, deployment=deployment, api_key=key, model_label=deployment.name,
+            model_version=version,
+        )
     )  # fmt: skip
     now = record.created_at
-    counted = (
-        UsageRecord.objects.for_team(team)
-        .filter(api_key=key, created_at__gt=now - RATE_WINDOW, pk__lte=record.pk)
-        .exclude(status=UsageRecord.Status.REJECTED)
+    count = plain_sql.count(
+        UsageRecord,
+        '"api_key_id" = %s AND "created_at" > %s AND "id" <= %s AND "status" <> %s',
+        [
+            key.pk,
+            plain_sql.prepare(UsageRecord, "created_at", now - RATE_WINDOW),
+            record.pk,
+            UsageRecord.Status.REJECTED,
+        ],
+        team_id=team.pk,
     )
-    count = counted.count()
     if count <= key.requests_per_minute:
         return ApiRequest(record)
     UsageRecord.objects.for_team(team).filter(pk=record.pk).update(status=UsageRecord.Status.REJECTED)
     record.status = UsageRecord.Status.REJECTED
     # The next request fits once (count - limit) of the counted rows have left the window.
+    counted = (
+        UsageRecord.objects.for_team(team)
+        .filter(api_key=key, created_at__gt=now - RATE_WINDOW, pk__lte=record.pk)
+        .exclude(status=UsageRecord.Status.REJECTED)
+    )
     oldest = list(
         counted.order_by("created_at", "pk").values_list("created_at", flat=True)[: count - key.requests_per_minute]
     )
@@ -332,9 +359,8 @@ def start_api_request(*, key: TeamAPIKey, deployment: Deployment, version: Model
 def finish_api_request(record: UsageRecord, *, ok: bool, prompt_tokens: int, completion_tokens: int) -> None:
     """Store how a /v1 request ended and the tokens it used (prompt and completion)."""
     status = UsageRecord.Status.OK if ok else UsageRecord.Status.FAILED
-    UsageRecord.objects.for_team(record.team).filter(pk=record.pk).update(
-        status=status, prompt_tokens=max(0, prompt_tokens), completion_tokens=max(0, completion_tokens)
-    )
+    changes = {"status": status, "prompt_tokens": max(0, prompt_tokens), "completion_tokens": max(0, completion_tokens)}
+    plain_sql.update(UsageRecord, changes, '"id" = %s', [record.pk], team_id=record.team_id)
 
 
 # --- usage --------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from accounts import audit
+from accounts import audit, plain_sql
 from accounts.models import AuditEvent, Team
 from accounts.permissions import TeamAccess
 from accounts.roles import Perm
@@ -187,10 +187,12 @@ def rules_of(policy: GuardPolicy) -> Rules:
 
 def guard_for(deployment: Deployment) -> Guard | None:
     """What the deployment's enabled policy needs at request time (database work: call it off the event loop)."""
-    try:  # one policy per deployment at most: ``get`` compiles no ordering, as ``first`` would
-        policy = GuardPolicy.objects.for_team(deployment.team).get(deployment=deployment, enabled=True)
-    except GuardPolicy.DoesNotExist:
+    # One policy per deployment at most. Every /v1 request asks: SQL written out (``accounts.plain_sql``).
+    condition = '"deployment_id" = %s AND "enabled" = %s'
+    policy = plain_sql.first(GuardPolicy, condition, [deployment.pk, True], team_id=deployment.team_id)
+    if policy is None:
         return None
+    policy.team = deployment.team
     classify = classifier(policy) if policy.guard_model_key else None
     return Guard(deployment.pk, policy.revision, rules_of(policy), classify)
 

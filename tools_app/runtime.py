@@ -44,7 +44,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
-from accounts import audit
+from accounts import audit, plain_sql
 from accounts.models import AuditEvent
 from accounts.permissions import TeamAccess
 from serving_app.models import Deployment
@@ -86,7 +86,8 @@ class Runner:
     """The tools app's side of /v1 and the playground (``serving_app.studio_tools.StudioTools``)."""
 
     def granted(self, deployment: Deployment) -> bool:
-        return ToolGrant.objects.for_team(deployment.team).filter(deployment=deployment).exists()
+        # Every /v1 request asks: SQL written out (``accounts.plain_sql``).
+        return plain_sql.exists(ToolGrant, '"deployment_id" = %s', [deployment.pk], team_id=deployment.team_id)
 
     async def run(self, run: ToolRun) -> dict[str, Any]:
         context = await sync_to_async(_context)(run)
