@@ -79,6 +79,15 @@ def test_revoked_token_gets_401(alice: Any) -> None:
     assert client.get("/api/v1/teams/").status_code == 401
 
 
+def test_a_deactivated_users_token_gets_401(alice: Any) -> None:
+    _, token = services.create_personal_token(user=alice, name="cli")
+    client = Client(headers={"Authorization": f"Bearer {token}"})
+    assert client.get("/api/v1/teams/").status_code == 200
+    alice.is_active = False
+    alice.save(update_fields=["is_active"])
+    assert client.get("/api/v1/teams/").status_code == 401
+
+
 def test_write_with_a_revoked_token_gets_401_not_a_csrf_403(alice: Any) -> None:
     token_row, token = services.create_personal_token(user=alice, name="cli")
     services.revoke_personal_token(user=alice, token=token_row)
