@@ -1,9 +1,10 @@
 """Reads and writes with their SQL written out, for the few statements every ``/v1`` request runs.
 
 Every ``/v1`` request authenticates its key, finds the deployment it calls, reads the deployment's guard policy
-and tool grants, and inserts and counts its usage row; every REST API request reads its token and user. Through the ORM each of those statements costs 0.25-0.6 ms
-of CPU, nine tenths of it building and compiling the query rather than running it (``bench/studio_relay.py``;
-README, Performance), on the two cores vLLM needs. These helpers run the same statements from SQL written out:
+and tool grants, and inserts and counts its usage row; every REST API request reads its token and user. Through
+the ORM each of those statements costs 0.25-0.6 ms of CPU, nine tenths of it building and compiling the query
+rather than running it (``bench/studio_relay.py``; README, Performance), on the two cores vLLM needs. These
+helpers run the same statements from SQL written out:
 
 - ``rows`` / ``first``: model instances (``Model.from_db``) from ``SELECT <its columns> FROM <its table> WHERE
   <condition>``, each column's value converted as the ORM converts it (the database's converters, then the
