@@ -15,6 +15,9 @@ helpers run the same statements from SQL written out:
 - ``update``: columns set on the rows of a condition.
 - ``prepare``: a value as ``field`` stores it (a datetime on SQLite, say), for a condition's parameters.
 
+Like ``QuerySet.update``, ``insert`` and ``update`` send none of Django's model signals (``pre_save``,
+``post_save``): use them only for models nothing listens to (``UsageRecord``).
+
 A condition is SQL over the model's own columns with ``%s`` placeholders, e.g. ``'"prefix" = %s'``: a constant
 of the code, with every value passed in ``params``, never written into it (the statements below are built from
 the models' table and column names and such conditions, hence their ``noqa: S608``). Team
