@@ -343,7 +343,8 @@ def start_api_request(*, key: TeamAPIKey, deployment: Deployment, version: Model
         return ApiRequest(record)
     UsageRecord.objects.for_team(team).filter(pk=record.pk).update(status=UsageRecord.Status.REJECTED)
     record.status = UsageRecord.Status.REJECTED
-    # The next request fits once (count - limit) of the counted rows have left the window.
+    # The next request fits once (count - limit) of the counted rows have left the window. The rows counted
+    # above, through the ORM this time (a rejection is rare): the two conditions must stay the same.
     counted = (
         UsageRecord.objects.for_team(team)
         .filter(api_key=key, created_at__gt=now - RATE_WINDOW, pk__lte=record.pk)
